@@ -1,0 +1,784 @@
+//! The store: opening and recovery, the single committer, subscriptions, pruning, and
+//! catalog operations (indexes with backfill, schemas).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use kiln_persistence::{CommitRecord, IndexId, IndexWrite, KeyRange, Order, Persistence, PersistenceError, Timestamp};
+use kiln_value::validator::IdCheck;
+use kiln_value::{DocumentId, FieldPath};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::cache::{CacheStats, DocumentCache};
+use crate::catalog::{CATALOG_INDEX, Catalog, Schema, check_index_definition, check_table_name};
+use crate::commit_log::{Check, CommitLog, WrittenKeys};
+use crate::document::{Document, ordered_index_key};
+use crate::error::{Result, StoreError};
+use crate::knobs::{StoreConfig, TransactionLimits};
+use crate::query::Query;
+use crate::read_set::{ReadSet, ReadToken};
+use crate::subscription::{Registry, SubState, Subscription};
+use crate::transaction::Transaction;
+
+/// A change to the catalog, applied by the committer to the newest catalog.
+pub(crate) type CatalogEdit = Box<dyn FnOnce(&mut Catalog) -> Result<()> + Send + Sync>;
+
+/// A document write: the id, the new document (`None` deletes) and its storage encoding.
+pub(crate) type DocWrite = (DocumentId, Option<Arc<Document>>, Option<Vec<u8>>);
+
+/// A transaction ready to commit.
+pub(crate) struct CommitRequest {
+    pub begin_ts: Timestamp,
+    pub reads: ReadSet,
+    pub docs: Vec<DocWrite>,
+    pub index_writes: Vec<IndexWrite>,
+    pub keys: WrittenKeys,
+    pub catalog_edit: Option<CatalogEdit>,
+}
+
+struct Envelope {
+    request: CommitRequest,
+    reply: oneshot::Sender<Result<Timestamp>>,
+}
+
+#[derive(Clone)]
+struct Snapshot {
+    ts: Timestamp,
+    catalog: Arc<Catalog>,
+}
+
+/// Counters of the store's activity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Commits made durable.
+    pub commits: u64,
+    /// Commits refused for conflicts.
+    pub conflicts: u64,
+    /// Live subscriptions.
+    pub subscriptions: usize,
+    /// The document cache.
+    pub cache: CacheStats,
+    /// The newest published commit.
+    pub published_ts: Timestamp,
+}
+
+/// State shared by the store handle, its transactions and its background tasks.
+pub(crate) struct Inner {
+    pub(crate) persistence: Arc<dyn Persistence>,
+    pub(crate) config: StoreConfig,
+    snapshot: RwLock<Snapshot>,
+    pub(crate) cache: Mutex<DocumentCache>,
+    log: Mutex<CommitLog>,
+    registry: Arc<Mutex<Registry>>,
+    commit_tx: Mutex<Option<mpsc::Sender<Envelope>>>,
+    next_table_number: AtomicU32,
+    next_index_id: AtomicU32,
+    prune_floor: AtomicU64,
+    failed: Mutex<Option<String>>,
+    commits: AtomicU64,
+    conflicts: AtomicU64,
+    published: watch::Sender<Timestamp>,
+}
+
+/// Nanoseconds since the Unix epoch.
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch, with sub-millisecond precision (for `_creationTime`).
+pub(crate) fn now_ms() -> f64 {
+    now_ns() as f64 / 1e6
+}
+
+fn next_ts(last: Timestamp) -> Timestamp {
+    Timestamp(now_ns().max(last.0 + 1))
+}
+
+impl Inner {
+    pub(crate) fn reserve_table_number(&self) -> u32 {
+        self.next_table_number.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn reserve_index_id(&self) -> u32 {
+        self.next_index_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Fails if pruning may have removed revisions a read at `ts` needs. Called after each
+    /// persistence read: the floor is raised before pruning starts, so a read that finished
+    /// with `ts` at or above the floor saw intact data.
+    pub(crate) fn check_not_pruned(&self, ts: Timestamp) -> Result<()> {
+        if ts.0 < self.prune_floor.load(Ordering::Acquire) {
+            return Err(StoreError::SnapshotTooOld { ts });
+        }
+        Ok(())
+    }
+
+    /// Caches a revision read from persistence if it is provably the newest one.
+    pub(crate) fn fill_cache(&self, id: DocumentId, read_ts: Timestamp, rev_ts: Timestamp, doc: Option<Arc<Document>>) {
+        let mut cache = self.cache.lock();
+        if cache.contains(&id) {
+            return;
+        }
+        // The revision is the newest at `read_ts`; it is the newest overall unless a commit
+        // after `read_ts` (published or pending) wrote the document.
+        if self.log.lock().written_after(&id, read_ts) {
+            return;
+        }
+        cache.put(id, rev_ts, doc);
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().clone()
+    }
+
+    pub(crate) async fn submit(&self, request: CommitRequest) -> Result<Timestamp> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.commit_tx.lock().clone().ok_or(StoreError::Closed)?;
+        tx.send(Envelope { request, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn table_of_index(catalog: &Catalog, index: IndexId, key: &[u8]) -> String {
+        if index == CATALOG_INDEX {
+            return String::from_utf8_lossy(key).into_owned();
+        }
+        catalog
+            .tables
+            .values()
+            .find(|t| {
+                t.by_id == index.0 || t.by_creation_time == index.0 || t.indexes.values().any(|m| m.id == index.0)
+            })
+            .map(|t| t.name.clone())
+            .unwrap_or_default()
+    }
+}
+
+type Inflight = Pin<Box<dyn Future<Output = Completed> + Send>>;
+
+struct Completed {
+    ts: Timestamp,
+    result: std::result::Result<(), PersistenceError>,
+    reply: oneshot::Sender<Result<Timestamp>>,
+    docs: Vec<(DocumentId, Option<Arc<Document>>)>,
+    keys: WrittenKeys,
+    catalog: Option<Arc<Catalog>>,
+}
+
+/// The single committer: validates commits in arrival order, assigns timestamps, and keeps
+/// several commits in flight to persistence (which batches them into one durable write);
+/// completions are published strictly in timestamp order.
+async fn run_committer(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<Envelope>,
+    mut catalog: Arc<Catalog>,
+    mut last_ts: Timestamp,
+) {
+    let mut inflight: FuturesOrdered<Inflight> = FuturesOrdered::new();
+    let mut open = true;
+    while open || !inflight.is_empty() {
+        tokio::select! {
+            Some(done) = inflight.next(), if !inflight.is_empty() => publish(&inner, done),
+            envelope = rx.recv(), if open => match envelope {
+                Some(e) => {
+                    if let Some(f) = validate(&inner, &mut catalog, &mut last_ts, e) {
+                        inflight.push_back(f);
+                    }
+                }
+                None => open = false,
+            },
+        }
+    }
+}
+
+fn validate(
+    inner: &Arc<Inner>,
+    catalog: &mut Arc<Catalog>,
+    last_ts: &mut Timestamp,
+    envelope: Envelope,
+) -> Option<Inflight> {
+    let Envelope { request, reply } = envelope;
+    if let Some(msg) = inner.failed.lock().clone() {
+        let _ = reply.send(Err(StoreError::Failed(msg)));
+        return None;
+    }
+    let check = inner.log.lock().check(request.begin_ts, &request.reads);
+    match check {
+        Check::Clean => {}
+        Check::TooOld => {
+            let _ = reply.send(Err(StoreError::SnapshotTooOld { ts: request.begin_ts }));
+            return None;
+        }
+        Check::Conflict(conflicting_ts, index, key) => {
+            inner.conflicts.fetch_add(1, Ordering::Relaxed);
+            let table = Inner::table_of_index(catalog, index, &key);
+            tracing::debug!(%table, "commit conflict");
+            let _ = reply.send(Err(StoreError::Conflict { table, conflicting_ts }));
+            return None;
+        }
+    }
+    let mut new_catalog = None;
+    if let Some(edit) = request.catalog_edit {
+        let mut next = (**catalog).clone();
+        if let Err(e) = edit(&mut next) {
+            let _ = reply.send(Err(e));
+            return None;
+        }
+        let blob = match next.encode() {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return None;
+            }
+        };
+        let next = Arc::new(next);
+        *catalog = next.clone();
+        new_catalog = Some((next, blob));
+    }
+    let ts = next_ts(*last_ts);
+    *last_ts = ts;
+    let doc_ids = request.docs.iter().map(|(id, _, _)| *id).collect();
+    inner.log.lock().push(ts, request.keys.clone(), doc_ids);
+    let mut documents = Vec::with_capacity(request.docs.len());
+    let mut docs = Vec::with_capacity(request.docs.len());
+    for (id, doc, encoded) in request.docs {
+        documents.push((id, encoded));
+        docs.push((id, doc));
+    }
+    let record = CommitRecord {
+        ts,
+        documents,
+        indexes: request.index_writes,
+        catalog: new_catalog.as_ref().map(|(_, blob)| blob.clone()),
+    };
+    let persistence = inner.persistence.clone();
+    let keys = request.keys;
+    Some(Box::pin(async move {
+        let result = persistence.commit(record).await;
+        Completed { ts, result, reply, docs, keys, catalog: new_catalog.map(|(c, _)| c) }
+    }))
+}
+
+fn publish(inner: &Inner, done: Completed) {
+    let Completed { ts, result, reply, docs, keys, catalog } = done;
+    if let Err(e) = result {
+        tracing::error!(error = %e, ts = ts.0, "commit failed; the store stops accepting commits");
+        inner.failed.lock().get_or_insert_with(|| e.to_string());
+        let _ = reply.send(Err(StoreError::Persistence(e)));
+        return;
+    }
+    if let Some(msg) = inner.failed.lock().clone() {
+        // An earlier commit failed; later ones were validated assuming it succeeded.
+        let _ = reply.send(Err(StoreError::Failed(msg)));
+        return;
+    }
+    {
+        let mut cache = inner.cache.lock();
+        for (id, doc) in docs {
+            cache.put(id, ts, doc);
+        }
+    }
+    {
+        let mut snap = inner.snapshot.write();
+        snap.ts = ts;
+        if let Some(c) = catalog {
+            snap.catalog = c;
+        }
+    }
+    inner.published.send_replace(ts);
+    inner.log.lock().evict(ts);
+    inner.registry.lock().on_commit(&keys, ts);
+    inner.commits.fetch_add(1, Ordering::Relaxed);
+    let _ = reply.send(Ok(ts));
+}
+
+/// A deployment's document store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Store {
+    inner: Arc<Inner>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    background: Mutex<Vec<JoinHandle<()>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Store {
+    /// Opens a store on `persistence`, recovering its catalog and newest timestamp.
+    /// Must be called within a tokio runtime.
+    pub async fn open(persistence: Arc<dyn Persistence>, config: StoreConfig) -> Result<Store> {
+        let span = tracing::info_span!("store_open");
+        let _guard = span.enter();
+        let state = persistence.recover().await?;
+        let (catalog, ts) = match &state.catalog {
+            Some(bytes) => (Catalog::decode(bytes)?, state.max_ts),
+            None => {
+                let catalog = Catalog::new();
+                let ts = next_ts(state.max_ts);
+                persistence.commit(CommitRecord { ts, catalog: Some(catalog.encode()?), ..Default::default() }).await?;
+                (catalog, ts)
+            }
+        };
+        let catalog = Arc::new(catalog);
+        let (commit_tx, commit_rx) = mpsc::channel(4096);
+        let inner = Arc::new(Inner {
+            persistence,
+            snapshot: RwLock::new(Snapshot { ts, catalog: catalog.clone() }),
+            cache: Mutex::new(DocumentCache::new(config.cache_bytes)),
+            log: Mutex::new(CommitLog::new(ts, config.commit_log_age, config.commit_log_bytes)),
+            registry: Arc::new(Mutex::new(Registry::default())),
+            commit_tx: Mutex::new(Some(commit_tx)),
+            next_table_number: AtomicU32::new(catalog.next_table_number),
+            next_index_id: AtomicU32::new(catalog.next_index_id),
+            prune_floor: AtomicU64::new(state.pruned_up_to.0),
+            failed: Mutex::new(None),
+            commits: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            published: watch::channel(ts).0,
+            config,
+        });
+        let committer = tokio::spawn(run_committer(inner.clone(), commit_rx, catalog.clone(), ts));
+        let (shutdown, _) = watch::channel(false);
+        let store =
+            Store { inner, committer: Mutex::new(Some(committer)), background: Mutex::new(Vec::new()), shutdown };
+        store.start_background(&catalog);
+        tracing::info!(ts = ts.0, tables = catalog.tables.len(), "store opened");
+        Ok(store)
+    }
+
+    fn start_background(&self, catalog: &Catalog) {
+        let mut tasks = self.background.lock();
+        if !self.inner.config.prune_interval.is_zero() {
+            let inner = self.inner.clone();
+            let mut stop = self.shutdown.subscribe();
+            let interval = self.inner.config.prune_interval;
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = stop.changed() => return,
+                    }
+                    if let Err(e) = prune(&inner).await {
+                        tracing::warn!(error = %e, "pruning failed");
+                    }
+                }
+            }));
+        }
+        // Resume work a previous run did not finish.
+        for table in catalog.tables.values() {
+            for meta in table.indexes.values().filter(|m| !m.ready) {
+                let (inner, table, id) = (self.inner.clone(), table.name.clone(), meta.id);
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = backfill(&inner, &table, id).await {
+                        tracing::error!(error = %e, %table, index = id, "index backfill failed");
+                    }
+                }));
+            }
+        }
+        if !catalog.dropped_indexes.is_empty() {
+            let inner = self.inner.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = clean_dropped_indexes(&inner).await {
+                    tracing::warn!(error = %e, "dropped index cleanup failed");
+                }
+            }));
+        }
+    }
+
+    /// Begins a read-write transaction at the newest snapshot.
+    pub fn begin(&self) -> Transaction {
+        self.begin_with(false, self.inner.config.limits.clone())
+    }
+
+    /// Begins a read-only transaction (a query) at the newest snapshot.
+    pub fn begin_read_only(&self) -> Transaction {
+        self.begin_with(true, self.inner.config.limits.clone())
+    }
+
+    /// Begins a transaction with explicit limits.
+    pub fn begin_with(&self, read_only: bool, limits: TransactionLimits) -> Transaction {
+        let snap = self.inner.snapshot();
+        Transaction::new(self.inner.clone(), snap.ts, snap.catalog, read_only, limits)
+    }
+
+    /// The newest published commit timestamp.
+    pub fn published_ts(&self) -> Timestamp {
+        self.inner.snapshot.read().ts
+    }
+
+    /// Waits until the commit at `ts` (or a later one) is published, so that a transaction
+    /// begun afterwards sees it. Returns early if the store stops publishing.
+    pub async fn wait_for(&self, ts: Timestamp) {
+        let mut rx = self.inner.published.subscribe();
+        let _ = rx.wait_for(|p| *p >= ts).await;
+    }
+
+    /// The newest catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.inner.snapshot().catalog
+    }
+
+    /// Activity counters.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.inner.commits.load(Ordering::Relaxed),
+            conflicts: self.inner.conflicts.load(Ordering::Relaxed),
+            subscriptions: self.inner.registry.lock().len(),
+            cache: self.inner.cache.lock().stats(),
+            published_ts: self.published_ts(),
+        }
+    }
+
+    /// Registers a token; the subscription resolves when a commit after `token.ts` writes a
+    /// key the token read (immediately if one already has).
+    pub fn subscribe(&self, token: &ReadToken) -> Subscription {
+        let state = Arc::new(SubState::default());
+        let mut registry = self.inner.registry.lock();
+        // Under the registry lock no publication can slip between this check and registering.
+        let published = self.published_ts();
+        let check = self.inner.log.lock().check_range(token.ts, published, &token.read_set);
+        let id = registry.register(token, state.clone());
+        match check {
+            Check::Clean => {}
+            Check::Conflict(..) => {
+                registry.remove(id);
+                state.invalidate(published);
+            }
+            Check::TooOld => {
+                registry.remove(id);
+                state.invalidate(published);
+            }
+        }
+        Subscription { id, state, registry: self.inner.registry.clone() }
+    }
+
+    /// The token moved to `ts` if no commit in `(token.ts, ts]` wrote what it read; `None`
+    /// when one did (or the log no longer covers `token.ts`) and the query must re-run.
+    pub fn refresh_token(&self, token: &ReadToken, ts: Timestamp) -> Option<ReadToken> {
+        let ts = ts.min(self.published_ts());
+        if ts <= token.ts {
+            return Some(token.clone());
+        }
+        match self.inner.log.lock().check_range(token.ts, ts, &token.read_set) {
+            Check::Clean => Some(ReadToken { ts, read_set: token.read_set.clone() }),
+            Check::Conflict(..) | Check::TooOld => None,
+        }
+    }
+
+    /// Prunes revisions older than the retention window now; returns the rows removed.
+    pub async fn prune_now(&self) -> Result<u64> {
+        prune(&self.inner).await
+    }
+
+    /// Adds an index and waits until it is backfilled and ready. Creates the table if needed.
+    pub async fn add_index(&self, table: &str, name: &str, fields: &[&str]) -> Result<()> {
+        check_table_name(table)?;
+        let fields = fields.iter().map(|f| FieldPath::parse(f)).collect::<kiln_value::Result<Vec<_>>>()?;
+        check_index_definition(table, name, &fields)?;
+        let id = self.inner.reserve_index_id();
+        let (t, n) = (table.to_owned(), name.to_owned());
+        self.catalog_change(table, move |tx| {
+            let (t, n, fields) = (t.clone(), n.clone(), fields.clone());
+            tx.ensure_table(&t);
+            Box::new(move |c: &mut Catalog| c.add_index(&t, &n, fields, id))
+        })
+        .await?;
+        backfill(&self.inner, table, id).await
+    }
+
+    /// Drops a user index; its entries are deleted in the background.
+    pub async fn drop_index(&self, table: &str, name: &str) -> Result<()> {
+        let (t, n) = (table.to_owned(), name.to_owned());
+        self.catalog_change(table, move |_| {
+            let (t, n) = (t.clone(), n.clone());
+            Box::new(move |c: &mut Catalog| c.drop_index(&t, &n))
+        })
+        .await?;
+        let inner = self.inner.clone();
+        self.background.lock().push(tokio::spawn(async move {
+            if let Err(e) = clean_dropped_indexes(&inner).await {
+                tracing::warn!(error = %e, "dropped index cleanup failed");
+            }
+        }));
+        Ok(())
+    }
+
+    /// Waits before retrying after `e`: for the conflicting commit to be published, plus a
+    /// growing delay.
+    async fn backoff(&self, e: &StoreError, attempt: u32) {
+        if let Some(ts) = e.retry_after() {
+            self.wait_for(ts).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1 << attempt.min(8))).await;
+    }
+
+    /// Runs a catalog change as a transaction that writes the table's catalog key, retrying
+    /// on conflicts.
+    async fn catalog_change(&self, table: &str, make: impl Fn(&mut Transaction) -> CatalogEdit) -> Result<Timestamp> {
+        let mut attempt = 0;
+        loop {
+            let mut tx = self.begin_with(false, TransactionLimits::unlimited());
+            let edit = make(&mut tx);
+            tx.catalog_writes.insert(table.to_owned());
+            tx.catalog_edit = Some(edit);
+            match tx.commit().await {
+                Err(e) if e.is_retryable() && attempt < 8 => {
+                    attempt += 1;
+                    self.backoff(&e, attempt).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Applies a schema (from `defineSchema(...).export()`): creates declared tables, adds
+    /// declared indexes (backfilled before this returns), drops undeclared ones, and sets the
+    /// document validators. With validation on, existing documents are checked first and a
+    /// violation rejects the whole schema.
+    pub async fn set_schema(&self, schema: &Schema) -> Result<()> {
+        let mut attempt = 0;
+        let (ts, added) = loop {
+            match self.try_set_schema(schema).await {
+                Err(e) if e.is_retryable() && attempt < 8 => {
+                    attempt += 1;
+                    self.backoff(&e, attempt).await;
+                }
+                other => break other?,
+            }
+        };
+        tracing::info!(ts = ts.0, new_indexes = added.len(), "schema applied");
+        for (table, id) in added {
+            backfill(&self.inner, &table, id).await?;
+        }
+        if !self.catalog().dropped_indexes.is_empty() {
+            clean_dropped_indexes(&self.inner).await?;
+        }
+        Ok(())
+    }
+
+    async fn try_set_schema(&self, schema: &Schema) -> Result<(Timestamp, Vec<(String, u32)>)> {
+        let mut tx = self.begin_with(false, TransactionLimits::unlimited());
+        let catalog = Arc::new(tx.catalog().clone());
+        if schema.schema_validation {
+            for (name, def) in &schema.tables {
+                let Some(validator) = &def.document_type else { continue };
+                let stream = tx.open_query(Query::full_table_scan(name))?;
+                while let Some(doc) = tx.next(stream).await? {
+                    validator.check_document(&doc.value, &SchemaIds(&catalog, schema)).map_err(|e| match e {
+                        kiln_value::ValueError::ValidationFailed { path, message } => StoreError::SchemaViolation {
+                            table: name.clone(),
+                            path,
+                            message: format!("existing document {} breaks the new schema: {message}", doc.id),
+                        },
+                        other => other.into(),
+                    })?;
+                }
+                tx.close_query(stream)?;
+            }
+        }
+        let mut added = Vec::new();
+        let mut new_tables = Vec::new();
+        for (name, def) in &schema.tables {
+            let existing = catalog.table(name);
+            if existing.is_none() {
+                new_tables.push(tx.ensure_table(name));
+            }
+            for (index, fields) in &def.indexes {
+                let same = existing.and_then(|t| t.indexes.get(index)).is_some_and(|m| &m.fields == fields);
+                if !same {
+                    added.push((name.clone(), index.clone(), fields.clone(), self.inner.reserve_index_id()));
+                }
+            }
+        }
+        let touched: BTreeSet<String> = schema.tables.keys().chain(catalog.tables.keys()).cloned().collect();
+        tx.catalog_writes.extend(touched);
+        let schema = schema.clone();
+        let to_add = added.clone();
+        tx.catalog_edit = Some(Box::new(move |c: &mut Catalog| {
+            let names: Vec<String> = c.tables.keys().cloned().collect();
+            for table in names {
+                let declared = schema.tables.get(&table);
+                let existing: Vec<(String, Vec<FieldPath>)> = c
+                    .table(&table)
+                    .map(|t| t.indexes.iter().map(|(n, m)| (n.clone(), m.fields.clone())).collect())
+                    .unwrap_or_default();
+                for (index, fields) in existing {
+                    if declared.and_then(|d| d.indexes.get(&index)) != Some(&fields) {
+                        c.drop_index(&table, &index)?;
+                    }
+                }
+                c.set_document_type(&table, declared.and_then(|d| d.document_type.clone()));
+            }
+            for (table, index, fields, id) in to_add {
+                c.add_index(&table, &index, fields, id)?;
+            }
+            c.schema_validation = schema.schema_validation;
+            Ok(())
+        }));
+        drop(new_tables);
+        let ts = tx.commit().await?;
+        Ok((ts, added.into_iter().map(|(t, _, _, id)| (t, id)).collect()))
+    }
+
+    /// Stops the committer (after in-flight commits finish) and background tasks.
+    pub async fn close(self) {
+        self.inner.commit_tx.lock().take();
+        let committer = self.committer.lock().take();
+        if let Some(c) = committer {
+            let _ = c.await;
+        }
+        let _ = self.shutdown.send(true);
+        let tasks: Vec<JoinHandle<()>> = self.background.lock().drain(..).collect();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.inner.commit_tx.lock().take();
+        let _ = self.shutdown.send(true);
+        for t in self.background.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Ids in a schema check: tables existing or declared by the schema being applied.
+struct SchemaIds<'a>(&'a Catalog, &'a Schema);
+
+impl IdCheck for SchemaIds<'_> {
+    fn is_id_of(&self, id: &str, table: &str) -> bool {
+        match (DocumentId::decode(id), self.0.table(table)) {
+            (Ok(d), Some(t)) => d.table == t.number,
+            (Ok(_), None) => self.1.tables.contains_key(table),
+            _ => false,
+        }
+    }
+}
+
+/// Writes the entries of index `id` for every document of `table`, batch by batch at the
+/// newest snapshot, then marks the index ready. Commits made meanwhile maintain the index
+/// themselves (they see it in the catalog), and entries carry timestamps, so a document
+/// changed during the backfill ends with its newest entry whichever write lands first.
+async fn backfill(inner: &Arc<Inner>, table: &str, id: u32) -> Result<()> {
+    let span = tracing::info_span!("index_backfill", %table, index = id);
+    let _guard = span.enter();
+    let mut after: Option<Vec<u8>> = None;
+    let mut total = 0usize;
+    loop {
+        let snap = inner.snapshot();
+        let Some(meta) = snap.catalog.table(table) else { return Ok(()) };
+        let Some(index) = meta.indexes.values().find(|m| m.id == id) else { return Ok(()) };
+        if index.ready {
+            return Ok(());
+        }
+        let range = match &after {
+            Some(k) => {
+                let mut s = k.clone();
+                s.push(0);
+                KeyRange { start: s, end: None }
+            }
+            None => KeyRange::all(),
+        };
+        let batch = inner.config.backfill_batch.max(1);
+        let hits = inner.persistence.scan_table(meta.number, &range, snap.ts, Order::Asc, batch).await;
+        inner.check_not_pruned(snap.ts)?;
+        let hits = hits?;
+        let mut entries = Vec::with_capacity(hits.len());
+        for hit in &hits {
+            let Some(bytes) = &hit.revision.value else { continue };
+            let doc = Document::decode(hit.revision.id, bytes)?;
+            entries.push((ordered_index_key(&index.fields, &doc), doc.id));
+        }
+        total += entries.len();
+        inner.persistence.write_index_entries(IndexId(id), snap.ts, entries).await?;
+        match hits.last() {
+            Some(last) if hits.len() >= batch => after = Some(last.key.clone()),
+            _ => break,
+        }
+    }
+    let table_name = table.to_owned();
+    let edit: CatalogEdit = Box::new(move |c: &mut Catalog| {
+        if let Some(t) = c.table_mut(&table_name) {
+            for m in t.indexes.values_mut() {
+                if m.id == id {
+                    m.ready = true;
+                }
+            }
+        }
+        Ok(())
+    });
+    let ts = inner.snapshot().ts;
+    let keys = WrittenKeys::new(vec![(CATALOG_INDEX, table.as_bytes().to_vec())]);
+    inner
+        .submit(CommitRequest {
+            begin_ts: ts,
+            reads: ReadSet::new(),
+            docs: Vec::new(),
+            index_writes: Vec::new(),
+            keys,
+            catalog_edit: Some(edit),
+        })
+        .await?;
+    tracing::info!(documents = total, "index ready");
+    Ok(())
+}
+
+async fn clean_dropped_indexes(inner: &Arc<Inner>) -> Result<()> {
+    let dropped = inner.snapshot().catalog.dropped_indexes.clone();
+    for id in dropped {
+        loop {
+            let step =
+                inner.persistence.delete_index_entries(IndexId(id), inner.config.prune_batch_rows.max(1)).await?;
+            if step.done {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let edit: CatalogEdit = Box::new(move |c: &mut Catalog| {
+            c.dropped_indexes.retain(|d| *d != id);
+            Ok(())
+        });
+        let ts = inner.snapshot().ts;
+        inner
+            .submit(CommitRequest {
+                begin_ts: ts,
+                reads: ReadSet::new(),
+                docs: Vec::new(),
+                index_writes: Vec::new(),
+                keys: WrittenKeys::default(),
+                catalog_edit: Some(edit),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn prune(inner: &Arc<Inner>) -> Result<u64> {
+    let retention = inner.config.revision_retention.as_nanos() as u64;
+    let cutoff = Timestamp(now_ns().saturating_sub(retention).min(inner.snapshot().ts.0));
+    if cutoff.0 <= inner.prune_floor.load(Ordering::Acquire) {
+        return Ok(0);
+    }
+    // Raise the floor first: reads below it from now on report SnapshotTooOld.
+    inner.prune_floor.fetch_max(cutoff.0, Ordering::AcqRel);
+    let span = tracing::debug_span!("prune", cutoff = cutoff.0);
+    let _guard = span.enter();
+    let mut total = 0;
+    loop {
+        let step = inner.persistence.prune(cutoff, inner.config.prune_batch_rows.max(1)).await?;
+        total += step.rows_deleted;
+        if step.done {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(total)
+}

@@ -1,0 +1,177 @@
+//! Documents, indexes and queries through the public API.
+
+use kiln_store::query::Query;
+use kiln_value::{DocumentId, Value};
+use serde_json::json;
+
+use crate::{config, obj, open};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crud_and_own_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config()).await;
+    let mut tx = store.begin();
+    let id = tx.insert("messages", obj(r#"{"body": "hi", "n": 1}"#)).await.unwrap();
+    let doc = tx.get(id).await.unwrap().unwrap();
+    assert_eq!(doc.value["body"], Value::from("hi"));
+    assert_eq!(doc.value["_id"], Value::String(id.encode()));
+    assert!(matches!(doc.value["_creationTime"], Value::Float64(t) if t > 1.6e12));
+    let all = tx.collect(Query::full_table_scan("messages")).await.unwrap();
+    assert_eq!(all.len(), 1, "a transaction sees its own insert in queries");
+    let ts = tx.commit().await.unwrap();
+    assert!(ts > kiln_store::Timestamp(0));
+
+    let mut tx = store.begin();
+    let patched =
+        tx.patch(id, [("n".to_string(), Some(Value::Float64(2.0))), ("body".to_string(), None)].into()).await.unwrap();
+    assert_eq!(patched.value.get("body"), None);
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin();
+    assert_eq!(tx.get(id).await.unwrap().unwrap().value["n"], Value::Float64(2.0));
+    tx.replace(id, obj(r#"{"other": true}"#)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin();
+    let doc = tx.get(id).await.unwrap().unwrap();
+    assert_eq!(doc.value.get("n"), None);
+    assert_eq!(doc.value["other"], Value::Boolean(true));
+    tx.delete(id).await.unwrap();
+    assert!(tx.get(id).await.unwrap().is_none());
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin_read_only();
+    assert!(tx.get(id).await.unwrap().is_none());
+    let err = tx.insert("messages", obj("{}")).await.unwrap_err();
+    assert_eq!(err.code(), "ReadOnlyTransaction");
+    let err = store.begin().patch(id, Default::default()).await.unwrap_err();
+    assert_eq!(err.code(), "DocumentNotFound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_bound_to_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config()).await;
+    let mut tx = store.begin();
+    let a = tx.insert("a", obj("{}")).await.unwrap();
+    tx.insert("b", obj("{}")).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin();
+    assert_eq!(tx.normalize_id(Some("a"), &a.encode()).unwrap(), Some(a));
+    assert_eq!(tx.normalize_id(Some("b"), &a.encode()).unwrap(), None);
+    assert_eq!(tx.normalize_id(None, &a.encode()).unwrap(), Some(a));
+    assert_eq!(tx.normalize_id(Some("a"), "garbage").unwrap(), None);
+    assert_eq!(tx.table_name_of(&a).as_deref(), Some("a"));
+    // A syntactically valid id of a table that does not exist reads as missing.
+    let ghost = DocumentId::new(kiln_value::TableNumber(999), kiln_value::InternalId([1; 16]));
+    assert!(tx.get(ghost).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_ranges_filters_order_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config()).await;
+    store.add_index("msgs", "by_channel_n", &["channel", "n"]).await.unwrap();
+    let mut tx = store.begin();
+    for i in 0..20 {
+        let ch = if i % 2 == 0 { "even" } else { "odd" };
+        tx.insert("msgs", obj(&format!(r#"{{"channel": "{ch}", "n": {i}}}"#))).await.unwrap();
+    }
+    tx.insert("msgs", obj(r#"{"n": 100}"#)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let q = |range: serde_json::Value, order: &str, ops: serde_json::Value| {
+        Query::from_json(&json!({
+            "source": {"type": "IndexRange", "indexName": "msgs.by_channel_n", "range": range, "order": order},
+            "operators": ops
+        }))
+        .unwrap()
+    };
+    let ns = |docs: Vec<std::sync::Arc<kiln_store::Document>>| -> Vec<f64> {
+        docs.iter()
+            .map(|d| match d.value["n"] {
+                Value::Float64(n) => n,
+                _ => -1.0,
+            })
+            .collect()
+    };
+    let mut tx = store.begin_read_only();
+    let r = tx
+        .collect(q(json!([{"type": "Eq", "fieldPath": "channel", "value": "even"}, {"type": "Gt", "fieldPath": "n", "value": 4}, {"type": "Lte", "fieldPath": "n", "value": 12}]), "asc", json!([])))
+        .await
+        .unwrap();
+    assert_eq!(ns(r), vec![6.0, 8.0, 10.0, 12.0]);
+    let r = tx
+        .collect(q(
+            json!([{"type": "Eq", "fieldPath": "channel", "value": "odd"}]),
+            "desc",
+            json!([{"filter": {"$gt": [{"$field": "n"}, {"$literal": 3}]}}, {"limit": 3}]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ns(r), vec![19.0, 17.0, 15.0]);
+    // A missing field is undefined, which sorts before every value.
+    let r = tx
+        .collect(q(json!([{"type": "Eq", "fieldPath": "channel", "value": {"$undefined": null}}]), "asc", json!([])))
+        .await
+        .unwrap();
+    assert_eq!(ns(r), vec![100.0]);
+    let err = tx.open_query(q(json!([{"type": "Eq", "fieldPath": "n", "value": 1}]), "asc", json!([]))).unwrap_err();
+    assert_eq!(err.code(), "InvalidQuery");
+    let missing =
+        Query::from_json(&json!({"source": {"type": "IndexRange", "indexName": "msgs.nope", "range": []}})).unwrap();
+    assert_eq!(tx.open_query(missing).unwrap_err().code(), "IndexNotFound");
+    let by_ct = Query::from_json(&json!({"source": {"type": "FullTableScan", "tableName": "msgs", "order": "desc"}, "operators": [{"limit": 2}]})).unwrap();
+    assert_eq!(ns(tx.collect(by_ct).await.unwrap()), vec![100.0, 19.0]);
+    assert!(tx.collect(Query::full_table_scan("nothing_here")).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_an_index_backfills_existing_documents_and_reopen_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), kiln_store::StoreConfig { backfill_batch: 7, ..config() }).await;
+        let mut tx = store.begin();
+        for i in 0..50 {
+            tx.insert("items", obj(&format!(r#"{{"k": {}}}"#, i % 5))).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        store.add_index("items", "by_k", &["k"]).await.unwrap();
+        let mut tx = store.begin_read_only();
+        let q = Query::from_json(&json!({"source": {"type": "IndexRange", "indexName": "items.by_k", "range": [{"type": "Eq", "fieldPath": "k", "value": 3}]}})).unwrap();
+        assert_eq!(tx.collect(q).await.unwrap().len(), 10);
+        store.close().await;
+    }
+    let store = open(dir.path(), config()).await;
+    let mut tx = store.begin();
+    tx.insert("items", obj(r#"{"k": 3}"#)).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin_read_only();
+    let q = Query::from_json(&json!({"source": {"type": "IndexRange", "indexName": "items.by_k", "range": [{"type": "Eq", "fieldPath": "k", "value": 3}]}})).unwrap();
+    assert_eq!(tx.collect(q.clone()).await.unwrap().len(), 11);
+    drop(tx);
+    store.drop_index("items", "by_k").await.unwrap();
+    let mut tx = store.begin_read_only();
+    assert_eq!(tx.open_query(q).unwrap_err().code(), "IndexNotFound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_snapshots_fail_cleanly_after_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        open(dir.path(), kiln_store::StoreConfig { revision_retention: std::time::Duration::ZERO, ..config() }).await;
+    let mut tx = store.begin();
+    let id = tx.insert("t", obj(r#"{"v": 1}"#)).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut old = store.begin_read_only();
+    let mut tx = store.begin();
+    tx.patch(id, [("v".to_string(), Some(Value::Float64(2.0)))].into()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(store.prune_now().await.unwrap() > 0);
+    // The cache still answers for the latest version; an old snapshot must not read pruned data.
+    let err = old.collect(Query::full_table_scan("t")).await.unwrap_err();
+    assert_eq!(err.code(), "SnapshotTooOld");
+    assert!(err.is_retryable());
+    let mut fresh = store.begin_read_only();
+    assert_eq!(fresh.collect(Query::full_table_scan("t")).await.unwrap()[0].value["v"], Value::Float64(2.0));
+}

@@ -1,0 +1,208 @@
+//! Document ids: opaque, URL-safe strings bound to a table.
+//!
+//! An id is the lowercase base32 (`0123456789abcdefghjkmnpqrstvwxyz`) of
+//! `varint(table number) ‖ 16 random bytes ‖ CRC-16 of the preceding bytes (big-endian)`.
+//! Within one table all ids have the same length and the string order equals the order of the
+//! random bytes, so `_id` order is the same whether compared as strings or as internal ids.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ValueError};
+
+const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// The number of a table within a deployment; ids carry it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TableNumber(pub u32);
+
+/// The random part of a document id, unique within its table.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InternalId(pub [u8; 16]);
+
+impl InternalId {
+    /// A fresh random id from the operating system's generator.
+    pub fn random() -> Self {
+        let mut b = [0u8; 16];
+        // getrandom only fails when the OS has no entropy source at all; fall back to time
+        // and a counter, which keeps ids unique within the process.
+        if getrandom::fill(&mut b).is_err() {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            b[..8].copy_from_slice(&nanos.to_be_bytes());
+            b[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        }
+        InternalId(b)
+    }
+}
+
+/// A document's identity: its table and its internal id.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DocumentId {
+    /// The table the document lives in.
+    pub table: TableNumber,
+    /// The document's id within the table.
+    pub internal: InternalId,
+}
+
+impl DocumentId {
+    /// Builds an id from its parts.
+    pub fn new(table: TableNumber, internal: InternalId) -> Self {
+        DocumentId { table, internal }
+    }
+
+    /// The id's string form, as stored in `_id` and seen by clients.
+    pub fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(23);
+        let mut n = self.table.0;
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                bytes.push(b);
+                break;
+            }
+            bytes.push(b | 0x80);
+        }
+        bytes.extend_from_slice(&self.internal.0);
+        let crc = crc16(&bytes);
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        base32_encode(&bytes)
+    }
+
+    /// Parses an id string of any table.
+    pub fn decode(s: &str) -> Result<DocumentId> {
+        let bad = |reason| ValueError::InvalidId { id: s.chars().take(64).collect(), reason };
+        if s.len() < 31 || s.len() > 37 {
+            return Err(bad("wrong length"));
+        }
+        let bytes = base32_decode(s).ok_or_else(|| bad("not lowercase base32"))?;
+        let (table, used) = read_varint(&bytes).ok_or_else(|| bad("bad table number"))?;
+        if bytes.len() != used + 18 {
+            return Err(bad("wrong length"));
+        }
+        let (body, crc) = bytes.split_at(used + 16);
+        if crc16(body).to_be_bytes() != crc {
+            return Err(bad("checksum mismatch"));
+        }
+        let mut internal = [0u8; 16];
+        internal.copy_from_slice(&body[used..]);
+        Ok(DocumentId { table: TableNumber(table), internal: InternalId(internal) })
+    }
+
+    /// Parses an id string that must belong to `table` (named `table_name` in errors).
+    pub fn decode_for_table(s: &str, table: TableNumber, table_name: &str) -> Result<DocumentId> {
+        let id = Self::decode(s)?;
+        if id.table != table {
+            return Err(ValueError::IdWrongTable { id: s.to_owned(), expected: table_name.to_owned() });
+        }
+        Ok(id)
+    }
+}
+
+impl fmt::Display for DocumentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.encode())
+    }
+}
+
+/// Reads a canonical (shortest-form) LEB128 u32.
+fn read_varint(bytes: &[u8]) -> Option<(u32, usize)> {
+    let mut n: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(5) {
+        n |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            // A trailing zero group would be a second spelling of a smaller number.
+            if i > 0 && b == 0 {
+                return None;
+            }
+            return u32::try_from(n).ok().map(|n| (n, i + 1));
+        }
+    }
+    None
+}
+
+/// CRC-16/CCITT-FALSE: detects every error burst up to 16 bits, so every single changed
+/// base32 character.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0xffff;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+fn base32_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// Decodes base32; the unused low bits of the last character must be zero (one spelling per id).
+fn base32_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 5 / 8);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+        acc = ((acc << 5) | v) & 0xffff;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    if bits >= 5 || acc & ((1 << bits) - 1) != 0 {
+        return None;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_order() {
+        for table in [1, 127, 128, 10_001, u32::MAX] {
+            let a = DocumentId::new(TableNumber(table), InternalId([3; 16]));
+            let b = DocumentId::new(TableNumber(table), InternalId([4; 16]));
+            assert_eq!(DocumentId::decode(&a.encode()).unwrap(), a);
+            assert!(a.encode() < b.encode());
+            assert!(a.encode().bytes().all(|c| ALPHABET.contains(&c)));
+        }
+        assert_eq!(DocumentId::new(TableNumber(5), InternalId::random()).encode().len(), 31);
+    }
+
+    #[test]
+    fn corruption_and_wrong_tables_are_rejected() {
+        let id = DocumentId::new(TableNumber(7), InternalId::random()).encode();
+        for i in 0..id.len() {
+            let mut chars: Vec<u8> = id.bytes().collect();
+            chars[i] = if chars[i] == b'0' { b'1' } else { b'0' };
+            let s = String::from_utf8(chars).unwrap();
+            assert_eq!(DocumentId::decode(&s).unwrap_err().code(), "InvalidId", "{s}");
+        }
+        assert_eq!(DocumentId::decode("hello").unwrap_err().code(), "InvalidId");
+        assert_eq!(DocumentId::decode(&id.to_uppercase()).unwrap_err().code(), "InvalidId");
+        assert_eq!(DocumentId::decode_for_table(&id, TableNumber(8), "users").unwrap_err().code(), "IdWrongTable");
+    }
+}

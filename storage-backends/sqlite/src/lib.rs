@@ -1,0 +1,592 @@
+//! SQLite persistence: one file per deployment, WAL mode, and group commit.
+//!
+//! All writes go through one writer thread that owns the only write connection. It drains every
+//! commit waiting in its queue into one SQLite transaction, so concurrent commits share one
+//! fsync; each commit is acknowledged only after that transaction is durable
+//! (`synchronous=FULL`). Reads run on a small pool of read-only connections on tokio's blocking
+//! threads, and never wait for the writer (WAL readers see the last durable state).
+//!
+//! Layout: `documents(table_id, id, ts, value)` and `index_entries(index_id, key, ts, doc_table,
+//! doc_id)`, both keyed by (key…, ts) so a snapshot read is a range scan that keeps, per key, the
+//! newest revision at or before the read timestamp. `meta` holds the newest timestamp, the
+//! catalog and pruning progress, so opening a file reads no documents.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use kiln_persistence::{
+    CommitRecord, DocumentRevision, IndexId, KeyRange, Order, Persistence, PersistenceError, RecoveredState, Result,
+    ScanHit, StepResult, Timestamp,
+};
+use kiln_value::{DocumentId, InternalId, TableNumber};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use tokio::sync::oneshot;
+
+/// The on-disk format version, kept in SQLite's `user_version`.
+const FORMAT_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS documents (
+    table_id INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    ts INTEGER NOT NULL,
+    value BLOB,
+    PRIMARY KEY (table_id, id, ts)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS documents_by_ts ON documents (ts);
+CREATE TABLE IF NOT EXISTS index_entries (
+    index_id INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    ts INTEGER NOT NULL,
+    doc_table INTEGER,
+    doc_id BLOB,
+    PRIMARY KEY (index_id, key, ts)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS index_entries_by_ts ON index_entries (ts);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    int_value INTEGER,
+    blob_value BLOB
+) WITHOUT ROWID;
+";
+
+/// Tunables of the SQLite backend.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// Read connections kept open for reuse.
+    pub reader_connections: usize,
+    /// SQLite page cache per connection, in KiB.
+    pub cache_kib: u32,
+    /// Most commits written in one durable transaction.
+    pub max_batch: usize,
+    /// Whether commits wait for fsync (`synchronous=FULL`). Turning this off loses durability
+    /// on power failure (not on a process crash); it exists for benchmarks' comparisons.
+    pub durable: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { reader_connections: 4, cache_kib: 2048, max_batch: 2048, durable: true }
+    }
+}
+
+enum WriterMsg {
+    Commit(CommitRecord, oneshot::Sender<Result<()>>),
+    Backfill(IndexId, Timestamp, Vec<(Vec<u8>, DocumentId)>, oneshot::Sender<Result<()>>),
+    DeleteIndex(IndexId, usize, oneshot::Sender<Result<StepResult>>),
+    Prune(Timestamp, usize, oneshot::Sender<Result<StepResult>>),
+}
+
+struct Shared {
+    path: PathBuf,
+    options: SqliteOptions,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// A deployment's persistence in one SQLite file.
+pub struct SqlitePersistence {
+    shared: Arc<Shared>,
+    writer_tx: Mutex<Option<mpsc::Sender<WriterMsg>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    // Held for the lifetime of the instance: a second opener gets `Locked`.
+    _lock: File,
+}
+
+fn storage(e: impl std::fmt::Display) -> PersistenceError {
+    PersistenceError::Storage(e.to_string())
+}
+
+fn corrupt(what: impl Into<String>) -> PersistenceError {
+    PersistenceError::Corrupt(what.into())
+}
+
+fn ts_to_sql(ts: Timestamp) -> Result<i64> {
+    i64::try_from(ts.0).map_err(|_| storage(format!("timestamp {ts} out of range")))
+}
+
+fn ts_from_sql(v: i64) -> Result<Timestamp> {
+    u64::try_from(v).map(Timestamp).map_err(|_| corrupt(format!("negative timestamp {v}")))
+}
+
+fn doc_id_from_sql(table: i64, id: &[u8]) -> Result<DocumentId> {
+    let table = u32::try_from(table).map_err(|_| corrupt(format!("bad table number {table}")))?;
+    let internal: [u8; 16] = id.try_into().map_err(|_| corrupt("document id is not 16 bytes"))?;
+    Ok(DocumentId::new(TableNumber(table), InternalId(internal)))
+}
+
+impl SqlitePersistence {
+    /// Opens (creating if needed) the file of deployment `name` under `data_dir`.
+    pub fn open_in_dir(data_dir: &Path, name: &str, options: SqliteOptions) -> Result<Self> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(storage(format!("invalid deployment name {name:?}: use 1-64 of [A-Za-z0-9_-]")));
+        }
+        std::fs::create_dir_all(data_dir).map_err(storage)?;
+        Self::open(&data_dir.join(format!("{name}.sqlite3")), options)
+    }
+
+    /// Opens (creating if needed) the SQLite file at `path`.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<Self> {
+        let lock_path = path.with_extension("lock");
+        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(storage)?;
+        lock.try_lock().map_err(|_| PersistenceError::Locked(path.display().to_string()))?;
+
+        let conn = Connection::open(path).map_err(storage)?;
+        configure(&conn, &options)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(storage)?;
+        let fresh: bool = conn
+            .query_row("SELECT count(*) = 0 FROM sqlite_master WHERE name = 'documents'", [], |r| r.get(0))
+            .map_err(storage)?;
+        if !fresh && version != FORMAT_VERSION {
+            return Err(corrupt(format!("unsupported file format version {version} (expected {FORMAT_VERSION})")));
+        }
+        conn.execute_batch(SCHEMA).map_err(storage)?;
+        conn.pragma_update(None, "user_version", FORMAT_VERSION).map_err(storage)?;
+
+        let (tx, rx) = mpsc::channel();
+        let max_batch = options.max_batch.max(1);
+        let writer = std::thread::Builder::new()
+            .name("kiln-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, max_batch))
+            .map_err(storage)?;
+        Ok(SqlitePersistence {
+            shared: Arc::new(Shared { path: path.to_owned(), options, readers: Mutex::new(Vec::new()) }),
+            writer_tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            _lock: lock,
+        })
+    }
+
+    /// The path of the SQLite file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    async fn send<T: Send + 'static>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriterMsg) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.writer_tx.lock();
+            let tx = guard.as_ref().ok_or(PersistenceError::Closed)?;
+            tx.send(make(reply)).map_err(|_| PersistenceError::Closed)?;
+        }
+        rx.await.map_err(|_| PersistenceError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = shared.readers.lock().pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_reader(&shared.path, &shared.options)?,
+            };
+            let result = f(&conn);
+            let mut pool = shared.readers.lock();
+            if pool.len() < shared.options.reader_connections {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| storage(format!("read task failed: {e}")))?
+    }
+}
+
+impl Drop for SqlitePersistence {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what it has queued, then exit.
+        self.writer_tx.lock().take();
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn configure(conn: &Connection, options: &SqliteOptions) -> Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
+    conn.pragma_update(None, "synchronous", if options.durable { "FULL" } else { "OFF" }).map_err(storage)?;
+    conn.pragma_update(None, "cache_size", -i64::from(options.cache_kib)).map_err(storage)?;
+    conn.pragma_update(None, "mmap_size", 0).map_err(storage)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(storage)?;
+    Ok(())
+}
+
+fn open_reader(path: &Path, options: &SqliteOptions) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(storage)?;
+    conn.pragma_update(None, "cache_size", -i64::from(options.cache_kib)).map_err(storage)?;
+    conn.pragma_update(None, "mmap_size", 0).map_err(storage)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(storage)?;
+    Ok(conn)
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriterMsg>, max_batch: usize) {
+    let mut next: Option<WriterMsg> = None;
+    loop {
+        let msg = match next.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
+        match msg {
+            WriterMsg::Commit(record, reply) => {
+                let mut batch = vec![(record, reply)];
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(WriterMsg::Commit(r, s)) => batch.push((r, s)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let span = tracing::debug_span!("sqlite_group_commit", commits = batch.len());
+                let _enter = span.enter();
+                let result = write_batch(&mut conn, batch.iter().map(|(r, _)| r));
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "group commit failed");
+                }
+                for (_, reply) in batch {
+                    let _ = reply.send(result.clone());
+                }
+            }
+            WriterMsg::Backfill(index, ts, entries, reply) => {
+                let _ = reply.send(write_index_entries(&mut conn, index, ts, &entries));
+            }
+            WriterMsg::DeleteIndex(index, max_rows, reply) => {
+                let _ = reply.send(delete_index_entries(&conn, index, max_rows));
+            }
+            WriterMsg::Prune(cutoff, max_rows, reply) => {
+                let _ = reply.send(prune_step(&mut conn, cutoff, max_rows));
+            }
+        }
+    }
+}
+
+fn write_batch<'a>(conn: &mut Connection, records: impl Iterator<Item = &'a CommitRecord>) -> Result<()> {
+    let tx = conn.transaction().map_err(storage)?;
+    let mut max_ts = None;
+    let mut catalog = None;
+    {
+        let mut put_doc = tx
+            .prepare_cached("INSERT OR REPLACE INTO documents (table_id, id, ts, value) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(storage)?;
+        let mut put_index = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO index_entries (index_id, key, ts, doc_table, doc_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(storage)?;
+        for record in records {
+            let ts = ts_to_sql(record.ts)?;
+            for (id, value) in &record.documents {
+                put_doc.execute(params![id.table.0, &id.internal.0[..], ts, value]).map_err(storage)?;
+            }
+            for w in &record.indexes {
+                let (table, doc) = match &w.doc {
+                    Some(d) => (Some(d.table.0), Some(&d.internal.0[..])),
+                    None => (None, None),
+                };
+                put_index.execute(params![w.index.0, &w.key, ts, table, doc]).map_err(storage)?;
+            }
+            if record.catalog.is_some() {
+                catalog = record.catalog.as_ref();
+            }
+            max_ts = max_ts.max(Some(ts));
+        }
+    }
+    if let Some(ts) = max_ts {
+        tx.prepare_cached(
+            "INSERT INTO meta (name, int_value) VALUES ('max_ts', ?1)
+             ON CONFLICT (name) DO UPDATE SET int_value = max(int_value, excluded.int_value)",
+        )
+        .and_then(|mut s| s.execute(params![ts]))
+        .map_err(storage)?;
+    }
+    if let Some(c) = catalog {
+        tx.execute("INSERT OR REPLACE INTO meta (name, blob_value) VALUES ('catalog', ?1)", params![c])
+            .map_err(storage)?;
+    }
+    tx.commit().map_err(storage)
+}
+
+fn set_meta_int(tx: &Transaction, name: &str, v: i64) -> Result<()> {
+    tx.prepare_cached("INSERT OR REPLACE INTO meta (name, int_value) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![name, v]))
+        .map(|_| ())
+        .map_err(storage)
+}
+
+fn meta_int(conn: &Connection, name: &str) -> Result<Option<i64>> {
+    conn.query_row("SELECT int_value FROM meta WHERE name = ?1", params![name], |r| r.get(0))
+        .optional()
+        .map_err(storage)
+        .map(Option::flatten)
+}
+
+fn write_index_entries(
+    conn: &mut Connection,
+    index: IndexId,
+    ts: Timestamp,
+    entries: &[(Vec<u8>, DocumentId)],
+) -> Result<()> {
+    let ts = ts_to_sql(ts)?;
+    let tx = conn.transaction().map_err(storage)?;
+    {
+        let mut put = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO index_entries (index_id, key, ts, doc_table, doc_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(storage)?;
+        for (key, doc) in entries {
+            put.execute(params![index.0, key, ts, doc.table.0, &doc.internal.0[..]]).map_err(storage)?;
+        }
+    }
+    tx.commit().map_err(storage)
+}
+
+fn delete_index_entries(conn: &Connection, index: IndexId, max_rows: usize) -> Result<StepResult> {
+    let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
+    let n = conn
+        .execute(
+            "DELETE FROM index_entries WHERE (index_id, key, ts) IN
+               (SELECT index_id, key, ts FROM index_entries WHERE index_id = ?1 LIMIT ?2)",
+            params![index.0, limit],
+        )
+        .map_err(storage)?;
+    Ok(StepResult { rows_deleted: n as u64, done: n < max_rows })
+}
+
+/// One bounded pruning step: handles revisions with timestamps in `(progress, boundary]`,
+/// where the boundary is chosen so that roughly `max_rows` revisions are examined.
+fn prune_step(conn: &mut Connection, cutoff: Timestamp, max_rows: usize) -> Result<StepResult> {
+    let cutoff = ts_to_sql(cutoff)?;
+    let tx = conn.transaction().map_err(storage)?;
+    let progress = meta_int(&tx, "pruned_up_to")?.unwrap_or(0);
+    if progress >= cutoff {
+        return Ok(StepResult { rows_deleted: 0, done: true });
+    }
+    let offset = i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX);
+    let boundary_of = |table: &str| -> Result<Option<i64>> {
+        tx.query_row(
+            &format!("SELECT ts FROM {table} WHERE ts > ?1 AND ts <= ?2 ORDER BY ts LIMIT 1 OFFSET ?3"),
+            params![progress, cutoff, offset],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(storage)
+    };
+    let boundary =
+        [boundary_of("documents")?, boundary_of("index_entries")?].into_iter().flatten().min().unwrap_or(cutoff);
+    let mut deleted = 0u64;
+    for sql in [
+        // Revisions superseded by a newer one inside the window…
+        "DELETE FROM documents WHERE (table_id, id, ts) IN (
+            SELECT d.table_id, d.id, d.ts FROM documents n
+            JOIN documents d ON d.table_id = n.table_id AND d.id = n.id AND d.ts < n.ts
+            WHERE n.ts > ?1 AND n.ts <= ?2)",
+        // …and tombstones inside it, which no read at or after the cutoff needs.
+        "DELETE FROM documents WHERE ts > ?1 AND ts <= ?2 AND value IS NULL",
+        "DELETE FROM index_entries WHERE (index_id, key, ts) IN (
+            SELECT d.index_id, d.key, d.ts FROM index_entries n
+            JOIN index_entries d ON d.index_id = n.index_id AND d.key = n.key AND d.ts < n.ts
+            WHERE n.ts > ?1 AND n.ts <= ?2)",
+        "DELETE FROM index_entries WHERE ts > ?1 AND ts <= ?2 AND doc_id IS NULL",
+    ] {
+        deleted += tx.execute(sql, params![progress, boundary]).map_err(storage)? as u64;
+    }
+    set_meta_int(&tx, "pruned_up_to", boundary)?;
+    tx.commit().map_err(storage)?;
+    Ok(StepResult { rows_deleted: deleted, done: boundary >= cutoff })
+}
+
+/// Folds rows `(key, ts, payload)` ordered by key (and by ts within a key) into the newest
+/// revision per key, keeping at most `limit` whose payload is live.
+fn newest_per_key<P>(
+    rows: impl Iterator<Item = Result<(Vec<u8>, i64, Option<P>)>>,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, i64, P)>> {
+    let mut out = Vec::new();
+    let mut current: Option<(Vec<u8>, i64, Option<P>)> = None;
+    for row in rows {
+        let (key, ts, payload) = row?;
+        match &mut current {
+            Some((k, best_ts, best)) if *k == key => {
+                if ts > *best_ts {
+                    *best_ts = ts;
+                    *best = payload;
+                }
+            }
+            _ => {
+                if let Some((k, t, Some(p))) = current.take() {
+                    out.push((k, t, p));
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+                current = Some((key, ts, payload));
+            }
+        }
+    }
+    if let Some((k, t, Some(p))) = current
+        && out.len() < limit
+    {
+        out.push((k, t, p));
+    }
+    Ok(out)
+}
+
+fn range_sql(base: &str, key_col: &str, tie_cols: &str, bounded: bool, order: Order) -> String {
+    let upper = if bounded { format!(" AND {key_col} < ?4") } else { String::new() };
+    let dir = match order {
+        Order::Asc => "ASC",
+        Order::Desc => "DESC",
+    };
+    format!("{base} AND {key_col} >= ?3{upper} ORDER BY {tie_cols} {dir}, ts {dir}")
+}
+
+fn get_document_sync(conn: &Connection, id: DocumentId, ts: Timestamp) -> Result<Option<DocumentRevision>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT ts, value FROM documents WHERE table_id = ?1 AND id = ?2 AND ts <= ?3 ORDER BY ts DESC LIMIT 1",
+        )
+        .map_err(storage)?;
+    let row = stmt
+        .query_row(params![id.table.0, &id.internal.0[..], ts_to_sql(ts)?], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+        })
+        .optional()
+        .map_err(storage)?;
+    row.map(|(t, value)| Ok(DocumentRevision { id, ts: ts_from_sql(t)?, value })).transpose()
+}
+
+#[async_trait]
+impl Persistence for SqlitePersistence {
+    async fn recover(&self) -> Result<RecoveredState> {
+        self.read(|conn| {
+            let max_ts = meta_int(conn, "max_ts")?.map(ts_from_sql).transpose()?.unwrap_or_default();
+            let pruned_up_to = meta_int(conn, "pruned_up_to")?.map(ts_from_sql).transpose()?.unwrap_or_default();
+            let catalog = conn
+                .query_row("SELECT blob_value FROM meta WHERE name = 'catalog'", [], |r| r.get(0))
+                .optional()
+                .map_err(storage)?
+                .flatten();
+            Ok(RecoveredState { max_ts, catalog, pruned_up_to })
+        })
+        .await
+    }
+
+    async fn commit(&self, record: CommitRecord) -> Result<()> {
+        self.send(|reply| WriterMsg::Commit(record, reply)).await
+    }
+
+    async fn get_document(&self, id: DocumentId, ts: Timestamp) -> Result<Option<DocumentRevision>> {
+        self.read(move |conn| get_document_sync(conn, id, ts)).await
+    }
+
+    async fn scan_table(
+        &self,
+        table: TableNumber,
+        range: &KeyRange,
+        ts: Timestamp,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<ScanHit>> {
+        let range = range.clone();
+        self.read(move |conn| {
+            let sql = range_sql(
+                "SELECT id, ts, value FROM documents WHERE table_id = ?1 AND ts <= ?2",
+                "id",
+                "id",
+                range.end.is_some(),
+                order,
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(storage)?;
+            let ts_sql = ts_to_sql(ts)?;
+            let map =
+                |r: &rusqlite::Row| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<Vec<u8>>>(2)?));
+            let rows = match &range.end {
+                Some(end) => stmt.query_map(params![table.0, ts_sql, range.start, end], map),
+                None => stmt.query_map(params![table.0, ts_sql, range.start], map),
+            }
+            .map_err(storage)?;
+            let live = newest_per_key(rows.map(|r| r.map_err(storage)), limit)?;
+            live.into_iter()
+                .map(|(key, t, value)| {
+                    let id = doc_id_from_sql(i64::from(table.0), &key)?;
+                    Ok(ScanHit { key, revision: DocumentRevision { id, ts: ts_from_sql(t)?, value: Some(value) } })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn scan_index(
+        &self,
+        index: IndexId,
+        range: &KeyRange,
+        ts: Timestamp,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<ScanHit>> {
+        let range = range.clone();
+        self.read(move |conn| {
+            let sql = range_sql(
+                "SELECT key, ts, doc_table, doc_id FROM index_entries WHERE index_id = ?1 AND ts <= ?2",
+                "key",
+                "key",
+                range.end.is_some(),
+                order,
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(storage)?;
+            let ts_sql = ts_to_sql(ts)?;
+            let map = |r: &rusqlite::Row| {
+                let table: Option<i64> = r.get(2)?;
+                let doc: Option<Vec<u8>> = r.get(3)?;
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, table.zip(doc)))
+            };
+            let rows = match &range.end {
+                Some(end) => stmt.query_map(params![index.0, ts_sql, range.start, end], map),
+                None => stmt.query_map(params![index.0, ts_sql, range.start], map),
+            }
+            .map_err(storage)?;
+            let live = newest_per_key(rows.map(|r| r.map_err(storage)), limit)?;
+            let mut hits = Vec::with_capacity(live.len());
+            for (key, _, (table, doc)) in live {
+                let id = doc_id_from_sql(table, &doc)?;
+                match get_document_sync(conn, id, ts)? {
+                    Some(revision) if revision.value.is_some() => hits.push(ScanHit { key, revision }),
+                    _ => return Err(corrupt(format!("index {} points at missing document {id:?}", index.0))),
+                }
+            }
+            Ok(hits)
+        })
+        .await
+    }
+
+    async fn write_index_entries(
+        &self,
+        index: IndexId,
+        ts: Timestamp,
+        entries: Vec<(Vec<u8>, DocumentId)>,
+    ) -> Result<()> {
+        self.send(|reply| WriterMsg::Backfill(index, ts, entries, reply)).await
+    }
+
+    async fn delete_index_entries(&self, index: IndexId, max_rows: usize) -> Result<StepResult> {
+        self.send(|reply| WriterMsg::DeleteIndex(index, max_rows, reply)).await
+    }
+
+    async fn prune(&self, cutoff: Timestamp, max_rows: usize) -> Result<StepResult> {
+        self.send(|reply| WriterMsg::Prune(cutoff, max_rows, reply)).await
+    }
+}
