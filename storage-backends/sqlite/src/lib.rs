@@ -64,6 +64,8 @@ pub struct SqliteOptions {
     pub cache_kib: u32,
     /// Most commits written in one durable transaction.
     pub max_batch: usize,
+    /// How long opening waits for another holder of the file lock to let go.
+    pub lock_timeout: std::time::Duration,
     /// Whether commits wait for fsync (`synchronous=FULL`). Turning this off loses durability
     /// on power failure (not on a process crash); it exists for benchmarks' comparisons.
     pub durable: bool,
@@ -71,7 +73,13 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { reader_connections: 4, cache_kib: 2048, max_batch: 2048, durable: true }
+        SqliteOptions {
+            reader_connections: 4,
+            cache_kib: 2048,
+            max_batch: 2048,
+            lock_timeout: std::time::Duration::from_secs(2),
+            durable: true,
+        }
     }
 }
 
@@ -136,7 +144,15 @@ impl SqlitePersistence {
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self> {
         let lock_path = path.with_extension("lock");
         let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(storage)?;
-        lock.try_lock().map_err(|_| PersistenceError::Locked(path.display().to_string()))?;
+        // The lock can be held for a moment by a process forked elsewhere in this program
+        // (between fork and exec it shares our descriptors), so wait a little before giving up.
+        let deadline = std::time::Instant::now() + options.lock_timeout;
+        while lock.try_lock().is_err() {
+            if std::time::Instant::now() >= deadline {
+                return Err(PersistenceError::Locked(path.display().to_string()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
 
         let conn = Connection::open(path).map_err(storage)?;
         configure(&conn, &options)?;

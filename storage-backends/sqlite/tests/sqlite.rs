@@ -30,7 +30,8 @@ conformance_tests!(snapshot_reads, index_scans, pruning, backfill_and_drop, cata
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_opener_is_refused() {
     let (dir, _p) = fresh();
-    match SqlitePersistence::open_in_dir(dir.path(), "test", SqliteOptions::default()) {
+    let quick = SqliteOptions { lock_timeout: std::time::Duration::from_millis(50), ..SqliteOptions::default() };
+    match SqlitePersistence::open_in_dir(dir.path(), "test", quick) {
         Err(e @ PersistenceError::Locked(_)) => assert_eq!(e.code(), "StorageLocked"),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("opened the same file twice"),

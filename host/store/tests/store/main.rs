@@ -30,7 +30,14 @@ macro_rules! retry {
 }
 
 mod basics;
+mod crash;
+mod limits;
+mod memory;
+mod model;
 mod occ;
+mod pagination;
+mod schema;
+mod subscriptions;
 
 use std::path::Path;
 use std::sync::Arc;
