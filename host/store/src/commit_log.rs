@@ -52,7 +52,9 @@ impl CommitLog {
 
     /// Appends a commit (timestamps must increase).
     pub fn push(&mut self, ts: Timestamp, keys: WrittenKeys, docs: Vec<DocumentId>) {
-        let bytes = 64 + keys.iter().map(|(_, k)| k.len() + 40).sum::<usize>() + docs.len() * 48;
+        // Real allocations: the entry and its Arc'd key list, each key's heap buffer and slot,
+        // and per document a list slot plus its `last_write` map entry.
+        let bytes = 160 + keys.iter().map(|(_, k)| k.len() + 56).sum::<usize>() + docs.len() * 70;
         for d in &docs {
             self.last_write.insert(*d, ts);
         }

@@ -36,9 +36,10 @@ impl Document {
         2 + self.value.iter().map(|(k, v)| k.len() + 1 + v.size()).sum::<usize>()
     }
 
-    /// Approximate memory held, for the cache budget.
+    /// Approximate memory held behind an `Arc<Document>`, for the cache budget.
     pub fn heap_size(&self) -> usize {
-        std::mem::size_of::<Document>() + object_heap_size(&self.value)
+        // The Arc allocation (two counters and the document) plus the fields.
+        (std::mem::size_of::<Document>() + 16).next_multiple_of(16) + 16 + object_heap_size(&self.value)
     }
 
     /// The storage encoding: MessagePack of the fields without `_id` (the id is the row's key).

@@ -69,9 +69,9 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            cache_bytes: 64 << 20,
-            commit_log_age: Duration::from_secs(120),
-            commit_log_bytes: 64 << 20,
+            cache_bytes: 32 << 20,
+            commit_log_age: Duration::from_secs(60),
+            commit_log_bytes: 32 << 20,
             revision_retention: Duration::from_secs(300),
             prune_interval: Duration::from_secs(30),
             prune_batch_rows: 10_000,

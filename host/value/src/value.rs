@@ -103,14 +103,15 @@ impl Value {
     }
 
     /// An estimate of the heap memory this value holds (not counting the `Value` itself),
-    /// for memory budgets: allocations plus container bookkeeping.
+    /// for memory budgets: allocations, their allocator overhead, and container nodes.
     pub fn heap_size(&self) -> usize {
-        const SLOT: usize = std::mem::size_of::<Value>();
         match self {
             Value::Null | Value::Boolean(_) | Value::Int64(_) | Value::Float64(_) => 0,
-            Value::String(s) => s.capacity(),
-            Value::Bytes(b) => b.capacity(),
-            Value::Array(a) => a.capacity() * SLOT + a.iter().map(Value::heap_size).sum::<usize>(),
+            Value::String(s) => allocation(s.capacity()),
+            Value::Bytes(b) => allocation(b.capacity()),
+            Value::Array(a) => {
+                allocation(a.capacity() * std::mem::size_of::<Value>()) + a.iter().map(Value::heap_size).sum::<usize>()
+            }
             Value::Object(o) => object_heap_size(o),
         }
     }
@@ -131,11 +132,17 @@ impl Value {
     }
 }
 
+/// Bytes an allocation of `n` bytes really takes: malloc rounds up and adds a header.
+fn allocation(n: usize) -> usize {
+    if n == 0 { 0 } else { n.next_multiple_of(16) + 16 }
+}
+
 /// An estimate of the heap memory of an object's fields (see [`Value::heap_size`]).
 pub fn object_heap_size(o: &Object) -> usize {
-    // BTreeMap nodes hold up to 11 entries plus links: about 1.4x the raw entry size on average.
-    const MAP_ENTRY: usize = (std::mem::size_of::<String>() + std::mem::size_of::<Value>()) * 14 / 10;
-    o.iter().map(|(k, v)| MAP_ENTRY + k.capacity() + v.heap_size()).sum()
+    // A BTreeMap node always has room for 11 entries; nodes average about 8 once maps split.
+    const NODE: usize = 11 * (std::mem::size_of::<String>() + std::mem::size_of::<Value>()) + 16;
+    let nodes = o.len().div_ceil(8);
+    allocation(NODE) * nodes + o.iter().map(|(k, v)| allocation(k.capacity()) + v.heap_size()).sum::<usize>()
 }
 
 /// Size of an object's fields, without the container overhead.

@@ -64,7 +64,9 @@ async fn paging_while_others_insert_and_delete() {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(7);
                 let mut mine: Vec<DocumentId> = Vec::new();
                 let mut writes = 0;
-                while !stop.load(Ordering::Relaxed) {
+                // Bounded and paced: appends at the end of the scan order must not outrun the pager.
+                while !stop.load(Ordering::Relaxed) && writes < 400 {
+                    tokio::time::sleep(Duration::from_micros(300)).await;
                     if rng.gen_bool(0.5) {
                         let k = rng.gen_range(0..700);
                         let (id, _) = retry!(store, |tx| { tx.insert("p", obj(&format!(r#"{{"k": {k}}}"#))).await });
