@@ -27,6 +27,15 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
+/// Where deployments' files live unless configured otherwise.
+pub const DEFAULT_DATA_DIR: &str = "kiln-data";
+
+/// The data directory: `KILN_DATA_DIR` if set, else [`DEFAULT_DATA_DIR`] (relative to the
+/// working directory).
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("KILN_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
 /// The on-disk format version, kept in SQLite's `user_version`.
 const FORMAT_VERSION: i64 = 1;
 
