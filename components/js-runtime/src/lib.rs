@@ -1,0 +1,332 @@
+//! Kiln's QuickJS runtime: a component of world `app` that runs a Convex-style app bundled as
+//! one ES module.
+//!
+//! Build time (pre-initialization, driven by the guest SDK): the host writes the bundle into
+//! memory (`kiln-source-alloc`) and runs `kiln-wizer-init`, which creates the QuickJS runtime,
+//! installs the natives and the prelude (`prelude.js`), and evaluates the bundle; the memory
+//! image is then snapshotted, so every call starts with the app already loaded.
+//!
+//! Call time: `invoke` hands the call to the prelude's dispatcher, drives the returned promise
+//! to completion, and converts the result between Convex JSON and MessagePack. Natives reach
+//! the world only through the WIT imports (`syscall.rs`); WASI calls made by libc are served by
+//! `kiln-wasi-stubs` from the same per-call state.
+
+mod syscall;
+
+use std::cell::{Cell, RefCell};
+
+use javy_plugin_api::javy::quickjs::prelude::Func;
+use javy_plugin_api::javy::quickjs::{self, Ctx, Function, Module, Object, Promise};
+use javy_plugin_api::javy::{self, Runtime};
+use kiln_value::{Value, from_msgpack, to_convex_json};
+
+wit_bindgen::generate!({ world: "app", path: "../../wit" });
+
+use exports::kiln::platform::guest::{Call, FunctionInfo, Guest, HttpRoute, Manifest};
+use kiln::platform::types::{Error, FunctionKind, Visibility};
+use kiln::platform::{env, log};
+
+const PRELUDE: &str = include_str!("prelude.js");
+
+thread_local! {
+    static RUNTIME: RefCell<Option<Runtime>> = const { RefCell::new(None) };
+    static SOURCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static INIT_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+    static IN_CALL: Cell<Option<&'static str>> = const { Cell::new(None) };
+    static RNG: Cell<u64> = const { Cell::new(0x853c_49e6_748f_ea9b) };
+}
+
+fn error(code: &str, message: impl Into<String>) -> Error {
+    Error { code: code.to_owned(), message: message.into(), data: None }
+}
+
+/// The kind of the call in progress, or `None` during initialization.
+pub(crate) fn call_kind() -> Option<&'static str> {
+    IN_CALL.with(Cell::get)
+}
+
+/// The next number of the call's generator (SplitMix64, seeded by the host per call).
+fn next_random() -> u64 {
+    RNG.with(|r| {
+        let mut z = r.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        r.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+fn now_ms() -> f64 {
+    if call_kind().is_some() { env::now_ms() } else { 0.0 }
+}
+
+fn stub_write(fd: u32, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text.trim_end_matches('\n');
+    if !line.is_empty() {
+        log::write(if fd == 2 { log::Level::Error } else { log::Level::Log }, line);
+    }
+}
+
+fn stub_now_ns() -> u64 {
+    (now_ms() * 1e6) as u64
+}
+
+fn stub_fill_random(buf: &mut [u8]) {
+    for chunk in buf.chunks_mut(8) {
+        let r = next_random().to_le_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+}
+
+/// Allocates the buffer the build tooling writes the JavaScript bundle into.
+#[unsafe(export_name = "kiln-source-alloc")]
+pub extern "C" fn source_alloc(len: u32) -> *mut u8 {
+    SOURCE.with(|s| {
+        let mut s = s.borrow_mut();
+        *s = vec![0; len as usize];
+        s.as_mut_ptr()
+    })
+}
+
+/// The pre-initializer's entry point: creates the runtime and evaluates the bundle written
+/// with `kiln-source-alloc`. A failure is kept for `kiln-init-error` (the snapshot taken
+/// afterwards is then discarded by the build).
+#[unsafe(export_name = "kiln-wizer-init")]
+pub extern "C" fn wizer_init() {
+    let source = SOURCE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if let Err(message) = initialize(&source) {
+        INIT_ERROR.with(|e| *e.borrow_mut() = message);
+    }
+}
+
+/// The length of the initialization error message (0: initialization succeeded).
+#[unsafe(export_name = "kiln-init-error-len")]
+pub extern "C" fn init_error_len() -> u32 {
+    INIT_ERROR.with(|e| e.borrow().len() as u32)
+}
+
+/// The initialization error message.
+#[unsafe(export_name = "kiln-init-error")]
+pub extern "C" fn init_error() -> *const u8 {
+    INIT_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+fn initialize(source: &[u8]) -> Result<(), String> {
+    let source = std::str::from_utf8(source).map_err(|e| format!("the bundle is not UTF-8: {e}"))?;
+    let mut config = javy::Config::default();
+    // QuickJS's own stack check does not work on wasm32: unbounded recursion ends with the
+    // engine's stack-overflow trap, which the host reports (the instance is discarded).
+    config.text_encoding(true);
+    let runtime = Runtime::new(config).map_err(|e| e.to_string())?;
+    runtime.context().with(|ctx| {
+        let js = |e: quickjs::Error| javy::from_js_error(ctx.clone(), e).to_string();
+        install_natives(&ctx).map_err(js)?;
+        ctx.eval::<(), _>(PRELUDE).map_err(js)?;
+        let module = Module::declare(ctx.clone(), "app.js", source).map_err(js)?;
+        let (module, promise) = module.eval().map_err(js)?;
+        promise.finish::<()>().map_err(js)?;
+        let modules: Object = module.get("modules").map_err(js)?;
+        ctx.globals().set("__kiln_modules", modules).map_err(js)
+    })?;
+    RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
+    Ok(())
+}
+
+fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
+    let native = Object::new(ctx.clone())?;
+    native.set("syscall", Func::from(|op: String, args: String| syscall::call(&op, &args)))?;
+    native.set(
+        "log",
+        Func::from(|level: i32, line: String| {
+            if call_kind().is_none() {
+                return;
+            }
+            let level = match level {
+                0 => log::Level::Debug,
+                1 => log::Level::Info,
+                3 => log::Level::Warn,
+                4 => log::Level::Error,
+                _ => log::Level::Log,
+            };
+            log::write(level, &line);
+        }),
+    )?;
+    native.set("random", Func::from(|| (next_random() >> 11) as f64 / (1u64 << 53) as f64))?;
+    native.set("randomU32", Func::from(|| (next_random() >> 32) as f64))?;
+    native.set("now", Func::from(now_ms))?;
+    native.set(
+        "env",
+        Func::from(|| {
+            let vars = if call_kind().is_some() { env::variables() } else { Vec::new() };
+            serde_json::Value::Object(vars.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect())
+                .to_string()
+        }),
+    )?;
+    native.set("kind", Func::from(|| call_kind().unwrap_or("init").to_owned()))?;
+    ctx.globals().set("__kiln_native", native)
+}
+
+fn kind_name(kind: FunctionKind) -> &'static str {
+    match kind {
+        FunctionKind::Query => "query",
+        FunctionKind::Mutation => "mutation",
+        FunctionKind::Action => "action",
+        FunctionKind::HttpAction => "http-action",
+    }
+}
+
+/// Starts a call: per-call randomness and the WASI stubs' hooks.
+fn begin_call(kind: &'static str) {
+    IN_CALL.with(|c| c.set(Some(kind)));
+    RNG.with(|r| r.set(env::seed()));
+    kiln_wasi_stubs::install(kiln_wasi_stubs::Hooks {
+        write: stub_write,
+        now_ns: stub_now_ns,
+        fill_random: stub_fill_random,
+    });
+}
+
+fn end_call() {
+    syscall::close_streams();
+    kiln_wasi_stubs::reset();
+    IN_CALL.with(|c| c.set(None));
+}
+
+fn with_runtime<T>(f: impl FnOnce(&Runtime) -> Result<T, Error>) -> Result<T, Error> {
+    RUNTIME.with(|r| match r.borrow().as_ref() {
+        Some(rt) => f(rt),
+        None => Err(error("NotInitialized", "the runtime was not pre-initialized with an app")),
+    })
+}
+
+fn js_error(ctx: &Ctx<'_>, e: quickjs::Error) -> Error {
+    error("UncaughtException", javy::from_js_error(ctx.clone(), e).to_string())
+}
+
+fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
+    let args = match from_msgpack(&call.args) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(other) => {
+            return Err(error("InvalidArgs", format!("arguments must be an object, not {}", other.kind().name())));
+        }
+        Err(e) => return Err(error(e.code(), e.to_string())),
+    };
+    let args_json = format!("[{}]", to_convex_json(&args));
+    rt.context().with(|ctx| {
+        let globals = ctx.globals();
+        let dispatch: Function = globals.get("__kiln_dispatch").map_err(|e| js_error(&ctx, e))?;
+        let promise: Promise = dispatch
+            .call((kind, call.path.as_str(), args_json, call.request_id.as_str()))
+            .map_err(|e| js_error(&ctx, e))?;
+        loop {
+            match promise.finish::<String>() {
+                Ok(envelope) => return Ok(envelope),
+                Err(quickjs::Error::WouldBlock) => {
+                    // No job is left: only a timer (actions) can make progress.
+                    let run_timer: Function = globals.get("__kiln_run_timer").map_err(|e| js_error(&ctx, e))?;
+                    let ran: bool = run_timer.call(()).map_err(|e| js_error(&ctx, e))?;
+                    if !ran {
+                        return Err(error(
+                            "UnsettledPromise",
+                            format!("{} returned a promise that never settled", call.path),
+                        ));
+                    }
+                }
+                Err(e) => return Err(js_error(&ctx, e)),
+            }
+        }
+    })
+}
+
+/// Turns the dispatcher's envelope ("0" + result JSON, or "1" + error JSON) into the result.
+fn decode_envelope(envelope: &str) -> Result<Vec<u8>, Error> {
+    let (tag, body) = envelope.split_at(envelope.len().min(1));
+    let json: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| error("InvalidResult", format!("the function's result is not JSON: {e}")))?;
+    if tag == "0" {
+        let value =
+            kiln_value::from_convex_json(&json).map_err(|e| error(e.code(), format!("invalid return value: {e}")))?;
+        return Ok(kiln_value::to_msgpack(&value));
+    }
+    let text = |k: &str| json.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+    let data = match json.get("data") {
+        Some(d) => Some(kiln_value::to_msgpack(
+            &kiln_value::from_convex_json(d).map_err(|e| error(e.code(), format!("invalid ConvexError data: {e}")))?,
+        )),
+        None => None,
+    };
+    Err(Error { code: text("code"), message: text("message"), data })
+}
+
+struct Component;
+
+impl Guest for Component {
+    fn invoke(call: Call) -> Result<Vec<u8>, Error> {
+        let kind = kind_name(call.kind);
+        with_runtime(|rt| {
+            begin_call(kind);
+            let outcome = run(rt, &call, kind);
+            end_call();
+            decode_envelope(&outcome?)
+        })
+    }
+
+    fn analyze() -> Result<Manifest, Error> {
+        let text = with_runtime(|rt| {
+            rt.context().with(|ctx| {
+                let analyze: Function = ctx.globals().get("__kiln_analyze").map_err(|e| js_error(&ctx, e))?;
+                analyze.call::<_, String>(()).map_err(|e| js_error(&ctx, e))
+            })
+        })?;
+        parse_manifest(&text)
+    }
+}
+
+fn parse_manifest(text: &str) -> Result<Manifest, Error> {
+    use serde_json::Value as J;
+    let bad = |m: &str| error("InvalidManifest", m.to_owned());
+    let root: J = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
+    let string = |v: &J| v.as_str().map(str::to_owned);
+    let mut functions = Vec::new();
+    for f in root.get("functions").and_then(J::as_array).ok_or_else(|| bad("no functions"))? {
+        let kind = match f.get("kind").and_then(J::as_str) {
+            Some("query") => FunctionKind::Query,
+            Some("mutation") => FunctionKind::Mutation,
+            Some("action") => FunctionKind::Action,
+            Some("http-action") => FunctionKind::HttpAction,
+            _ => return Err(bad("unknown function kind")),
+        };
+        let visibility = match f.get("visibility").and_then(J::as_str) {
+            Some("internal") => Visibility::Internal,
+            _ => Visibility::Public,
+        };
+        functions.push(FunctionInfo {
+            path: f.get("path").and_then(string).ok_or_else(|| bad("function without a path"))?,
+            kind,
+            visibility,
+            args: f.get("args").and_then(string),
+            returns: f.get("returns").and_then(string),
+        });
+    }
+    let http_routes = root
+        .get("httpRoutes")
+        .and_then(J::as_array)
+        .map(|routes| {
+            routes
+                .iter()
+                .filter_map(|r| {
+                    Some(HttpRoute { path: r.get("path").and_then(string)?, method: r.get("method").and_then(string)? })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Manifest {
+        functions,
+        schema: root.get("schema").and_then(string),
+        crons: root.get("crons").and_then(string),
+        http_routes,
+    })
+}
+
+export!(Component);

@@ -1,0 +1,615 @@
+// Kiln's JavaScript prelude: the globals that the `convex` package's `convex/server` code and
+// user code expect, built on the natives the Rust side installs as `__kiln_native`, and the
+// dispatcher behind the component's `invoke` and `analyze` exports.
+// It runs once, at build time (pre-initialization), before the app's bundle is evaluated.
+(function () {
+  "use strict";
+  const native = globalThis.__kiln_native;
+  delete globalThis.__kiln_native;
+  const define = (name, value) =>
+    Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
+
+  // ---- host calls ------------------------------------------------------------------------
+  // The native returns "0" + result JSON, or "1" + error JSON ({code, message, data?}).
+  function hostCall(op, argsJson) {
+    const reply = native.syscall(op, argsJson);
+    if (reply.charCodeAt(0) === 48) return reply.slice(1);
+    const err = JSON.parse(reply.slice(1));
+    const e = new Error(err.message);
+    e.code = err.code;
+    if (err.data !== undefined) e.data = err.data;
+    throw e;
+  }
+
+  define(
+    "Convex",
+    Object.freeze({
+      syscall: (op, argsJson) => hostCall(op, argsJson),
+      asyncSyscall: (op, argsJson) =>
+        new Promise((resolve, reject) => {
+          try {
+            resolve(hostCall(op, argsJson));
+          } catch (e) {
+            reject(e);
+          }
+        }),
+      jsSyscall: (op) => {
+        throw new Error(`The operation ${op} is not supported by this version of Kiln`);
+      },
+    }),
+  );
+
+  // ---- console ---------------------------------------------------------------------------
+  function inspect(value, depth, seen) {
+    if (typeof value === "string") return depth === 0 ? value : JSON.stringify(value);
+    if (typeof value === "bigint") return `${value}n`;
+    if (typeof value === "symbol") return value.toString();
+    if (typeof value === "function") return `[Function${value.name ? `: ${value.name}` : " (anonymous)"}]`;
+    if (value === null || typeof value !== "object") return String(value);
+    if (value instanceof Error) return value.stack ? `${value.name}: ${value.message}\n${value.stack}` : `${value.name}: ${value.message}`;
+    if (seen.includes(value)) return "[Circular]";
+    if (depth > 4) return Array.isArray(value) ? "[Array]" : "[Object]";
+    seen = seen.concat([value]);
+    if (Array.isArray(value)) return `[ ${value.map((v) => inspect(v, depth + 1, seen)).join(", ")} ]`;
+    if (value instanceof ArrayBuffer) return `ArrayBuffer { byteLength: ${value.byteLength} }`;
+    if (value instanceof Date) return value.toISOString();
+    if (value instanceof Map) return `Map(${value.size}) { ${[...value].map(([k, v]) => `${inspect(k, depth + 1, seen)} => ${inspect(v, depth + 1, seen)}`).join(", ")} }`;
+    if (value instanceof Set) return `Set(${value.size}) { ${[...value].map((v) => inspect(v, depth + 1, seen)).join(", ")} }`;
+    const entries = Object.entries(value).map(([k, v]) => `${/^[A-Za-z_$][\w$]*$/.test(k) ? k : JSON.stringify(k)}: ${inspect(v, depth + 1, seen)}`);
+    return entries.length ? `{ ${entries.join(", ")} }` : "{}";
+  }
+  const format = (args) => args.map((a) => inspect(a, 0, [])).join(" ");
+  const LEVELS = { debug: 0, info: 1, log: 2, warn: 3, error: 4 };
+  const console = {};
+  for (const [name, level] of Object.entries(LEVELS)) console[name] = (...args) => native.log(level, format(args));
+  console.trace = (...args) => native.log(0, format(args));
+  console.assert = (cond, ...args) => {
+    if (!cond) native.log(4, `Assertion failed${args.length ? ": " + format(args) : ""}`);
+  };
+  const timers = new Map();
+  console.time = (label = "default") => timers.set(label, Date.now());
+  console.timeEnd = (label = "default") => {
+    if (timers.has(label)) native.log(2, `${label}: ${Date.now() - timers.get(label)}ms`);
+    timers.delete(label);
+  };
+  define("console", console);
+
+  // ---- time and randomness: only from the host, per call --------------------------------
+  Math.random = () => native.random();
+  Date.now = () => native.now();
+
+  function randomBytes(n) {
+    const out = new Uint8Array(n);
+    for (let i = 0; i < n; i += 4) {
+      const r = native.randomU32();
+      for (let j = 0; j < 4 && i + j < n; j++) out[i + j] = (r >>> (8 * j)) & 0xff;
+    }
+    return out;
+  }
+  define("crypto", {
+    getRandomValues(array) {
+      if (!ArrayBuffer.isView(array) || array instanceof Float32Array || array instanceof Float64Array || array instanceof DataView) {
+        throw new TypeError("crypto.getRandomValues: argument must be an integer typed array");
+      }
+      if (array.byteLength > 65536) throw new RangeError("crypto.getRandomValues: at most 65536 bytes");
+      new Uint8Array(array.buffer, array.byteOffset, array.byteLength).set(randomBytes(array.byteLength));
+      return array;
+    },
+    randomUUID() {
+      const b = randomBytes(16);
+      b[6] = (b[6] & 0x0f) | 0x40;
+      b[8] = (b[8] & 0x3f) | 0x80;
+      const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+      return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+    },
+  });
+
+  // ---- structuredClone -------------------------------------------------------------------
+  define("structuredClone", function structuredClone(value) {
+    const seen = new Map();
+    const clone = (v) => {
+      if (v === null || typeof v !== "object") {
+        if (typeof v === "function" || typeof v === "symbol") throw new TypeError(`structuredClone: ${typeof v} could not be cloned`);
+        return v;
+      }
+      if (seen.has(v)) return seen.get(v);
+      let out;
+      if (Array.isArray(v)) {
+        out = [];
+        seen.set(v, out);
+        v.forEach((x, i) => (out[i] = clone(x)));
+        return out;
+      }
+      if (v instanceof Date) return new Date(v.getTime());
+      if (v instanceof RegExp) return new RegExp(v.source, v.flags);
+      if (v instanceof ArrayBuffer) return v.slice(0);
+      if (ArrayBuffer.isView(v)) return new v.constructor(clone(v.buffer), v.byteOffset, v instanceof DataView ? v.byteLength : v.length);
+      if (v instanceof Map) {
+        out = new Map();
+        seen.set(v, out);
+        v.forEach((x, k) => out.set(clone(k), clone(x)));
+        return out;
+      }
+      if (v instanceof Set) {
+        out = new Set();
+        seen.set(v, out);
+        v.forEach((x) => out.add(clone(x)));
+        return out;
+      }
+      if (v instanceof Error) {
+        out = new v.constructor(v.message);
+        if (v.stack) out.stack = v.stack;
+        return out;
+      }
+      out = {};
+      seen.set(v, out);
+      for (const k of Object.keys(v)) out[k] = clone(v[k]);
+      return out;
+    };
+    return clone(value);
+  });
+
+  // ---- base64 ----------------------------------------------------------------------------
+  const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  define("btoa", function btoa(input) {
+    const s = String(input);
+    let out = "";
+    for (let i = 0; i < s.length; i += 3) {
+      const codes = [s.charCodeAt(i), s.charCodeAt(i + 1), s.charCodeAt(i + 2)];
+      for (const c of codes) if (c > 255) throw new Error("btoa: the string contains characters outside of Latin1");
+      const [a, b, c] = codes;
+      out += B64[a >> 2] + B64[((a & 3) << 4) | ((b || 0) >> 4)];
+      out += i + 1 < s.length ? B64[((b & 15) << 2) | ((c || 0) >> 6)] : "=";
+      out += i + 2 < s.length ? B64[c & 63] : "=";
+    }
+    return out;
+  });
+  define("atob", function atob(input) {
+    let s = String(input).replace(/[\t\n\f\r ]/g, "");
+    if (s.length % 4 === 0) s = s.replace(/==?$/, "");
+    if (s.length % 4 === 1 || /[^A-Za-z0-9+/]/.test(s)) throw new Error("atob: the string is not correctly encoded");
+    let out = "";
+    let bits = 0;
+    let acc = 0;
+    for (const ch of s) {
+      acc = (acc << 6) | B64.indexOf(ch);
+      bits += 6;
+      if (bits >= 8) {
+        bits -= 8;
+        out += String.fromCharCode((acc >> bits) & 255);
+      }
+    }
+    return out;
+  });
+
+  // ---- URL and URLSearchParams -----------------------------------------------------------
+  const encodeForm = (s) => encodeURIComponent(s).replace(/%20/g, "+").replace(/[!'()~]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
+  const decodeForm = (s) => {
+    try {
+      return decodeURIComponent(s.replace(/\+/g, " "));
+    } catch {
+      return s;
+    }
+  };
+  class URLSearchParams {
+    #list = [];
+    #url = null;
+    constructor(init = "") {
+      if (typeof init === "string") {
+        this.#parse(init);
+      } else if (init instanceof URLSearchParams) {
+        this.#list = [...init];
+      } else if (init && typeof init[Symbol.iterator] === "function") {
+        for (const pair of init) {
+          const [k, v] = [...pair];
+          this.#list.push([String(k), String(v)]);
+        }
+      } else if (init && typeof init === "object") {
+        for (const k of Object.keys(init)) this.#list.push([k, String(init[k])]);
+      }
+    }
+    #parse(s) {
+      this.#list = [];
+      for (const part of s.replace(/^\?/, "").split("&")) {
+        if (!part) continue;
+        const i = part.indexOf("=");
+        this.#list.push(i < 0 ? [decodeForm(part), ""] : [decodeForm(part.slice(0, i)), decodeForm(part.slice(i + 1))]);
+      }
+    }
+    static _bind(params, url, query) {
+      params.#url = url;
+      params.#parse(query);
+    }
+    #update() {
+      if (this.#url) this.#url._setSearch(this.toString());
+    }
+    get size() {
+      return this.#list.length;
+    }
+    append(k, v) {
+      this.#list.push([String(k), String(v)]);
+      this.#update();
+    }
+    delete(k) {
+      this.#list = this.#list.filter(([n]) => n !== String(k));
+      this.#update();
+    }
+    get(k) {
+      const e = this.#list.find(([n]) => n === String(k));
+      return e ? e[1] : null;
+    }
+    getAll(k) {
+      return this.#list.filter(([n]) => n === String(k)).map(([, v]) => v);
+    }
+    has(k) {
+      return this.#list.some(([n]) => n === String(k));
+    }
+    set(k, v) {
+      const i = this.#list.findIndex(([n]) => n === String(k));
+      if (i < 0) this.#list.push([String(k), String(v)]);
+      else this.#list = this.#list.filter(([n], j) => j <= i || n !== String(k)).map((e, j) => (j === i ? [String(k), String(v)] : e));
+      this.#update();
+    }
+    sort() {
+      this.#list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+      this.#update();
+    }
+    forEach(f, self) {
+      for (const [k, v] of this.#list) f.call(self, v, k, this);
+    }
+    keys() {
+      return this.#list.map(([k]) => k)[Symbol.iterator]();
+    }
+    values() {
+      return this.#list.map(([, v]) => v)[Symbol.iterator]();
+    }
+    entries() {
+      return this.#list.map((e) => [...e])[Symbol.iterator]();
+    }
+    [Symbol.iterator]() {
+      return this.entries();
+    }
+    toString() {
+      return this.#list.map(([k, v]) => `${encodeForm(k)}=${encodeForm(v)}`).join("&");
+    }
+  }
+  const DEFAULT_PORTS = { "http:": "80", "https:": "443", "ws:": "80", "wss:": "443", "ftp:": "21" };
+  const URL_RE = /^([A-Za-z][A-Za-z0-9+.-]*:)(\/\/(?:([^/?#@]*)@)?(\[[^\]]*\]|[^/?#:]*)(?::(\d*))?)?([^?#]*)(\?[^#]*)?(#.*)?$/;
+  class URL {
+    #p;
+    #params = new URLSearchParams();
+    constructor(url, base) {
+      let s = String(url).trim();
+      if (base !== undefined && !/^[A-Za-z][A-Za-z0-9+.-]*:/.test(s)) {
+        const b = new URL(base);
+        if (s.startsWith("//")) s = b.protocol + s;
+        else if (s.startsWith("/")) s = b.origin + s;
+        else if (s.startsWith("?")) s = b.origin + b.pathname + s;
+        else if (s.startsWith("#")) s = b.origin + b.pathname + b.search + s;
+        else s = b.origin + b.pathname.replace(/[^/]*$/, "") + s;
+      }
+      const m = URL_RE.exec(s);
+      if (!m) throw new TypeError(`Invalid URL: ${url}`);
+      const [, protocol, authority, userinfo = "", hostname = "", port = "", path = "", search = "", hash = ""] = m;
+      const special = protocol.toLowerCase() in DEFAULT_PORTS || protocol.toLowerCase() === "file:";
+      if (special && authority === undefined && protocol.toLowerCase() !== "file:") throw new TypeError(`Invalid URL: ${url}`);
+      const [username = "", password = ""] = userinfo.split(":");
+      this.#p = {
+        protocol: protocol.toLowerCase(),
+        username,
+        password,
+        hostname: hostname.toLowerCase(),
+        port: DEFAULT_PORTS[protocol.toLowerCase()] === port ? "" : port,
+        pathname: normalizePath(path, special),
+        search: search === "?" ? "" : search,
+        hash: hash === "#" ? "" : hash,
+        authority: authority !== undefined,
+      };
+      URLSearchParams._bind(this.#params, this, this.#p.search);
+    }
+    static canParse(url, base) {
+      try {
+        new URL(url, base);
+        return true;
+      } catch {
+        return false;
+      }
+    }
+    _setSearch(query) {
+      this.#p.search = query ? `?${query}` : "";
+    }
+    get protocol() {
+      return this.#p.protocol;
+    }
+    get username() {
+      return this.#p.username;
+    }
+    get password() {
+      return this.#p.password;
+    }
+    get hostname() {
+      return this.#p.hostname;
+    }
+    get port() {
+      return this.#p.port;
+    }
+    get host() {
+      return this.#p.port ? `${this.#p.hostname}:${this.#p.port}` : this.#p.hostname;
+    }
+    get origin() {
+      return this.#p.protocol in DEFAULT_PORTS ? `${this.#p.protocol}//${this.host}` : "null";
+    }
+    get pathname() {
+      return this.#p.pathname;
+    }
+    set pathname(v) {
+      this.#p.pathname = normalizePath(String(v).startsWith("/") ? String(v) : "/" + v, true);
+    }
+    get search() {
+      return this.#p.search;
+    }
+    set search(v) {
+      const s = String(v).replace(/^\?/, "");
+      this.#p.search = s ? `?${s}` : "";
+      URLSearchParams._bind(this.#params, this, this.#p.search);
+    }
+    get searchParams() {
+      return this.#params;
+    }
+    get hash() {
+      return this.#p.hash;
+    }
+    set hash(v) {
+      const s = String(v).replace(/^#/, "");
+      this.#p.hash = s ? `#${s}` : "";
+    }
+    get href() {
+      const p = this.#p;
+      const cred = p.username ? `${p.username}${p.password ? ":" + p.password : ""}@` : "";
+      const auth = p.authority ? `//${cred}${this.host}` : "";
+      return `${p.protocol}${auth}${p.pathname}${p.search}${p.hash}`;
+    }
+    toString() {
+      return this.href;
+    }
+    toJSON() {
+      return this.href;
+    }
+  }
+  function normalizePath(path, special) {
+    if (!special) return path;
+    const out = [];
+    for (const seg of (path || "/").split("/").slice(1)) {
+      if (seg === "..") out.pop();
+      else if (seg !== ".") out.push(seg);
+    }
+    return "/" + out.join("/");
+  }
+  define("URL", URL);
+  define("URLSearchParams", URLSearchParams);
+
+  // ---- process.env -----------------------------------------------------------------------
+  define("process", {
+    get env() {
+      return Object.freeze(JSON.parse(native.env()));
+    },
+  });
+
+  // ---- Headers, Response, fetch and timers (actions) -------------------------------------
+  class Headers {
+    #h = new Map();
+    constructor(init) {
+      if (init instanceof Headers) init.forEach((v, k) => this.append(k, v));
+      else if (Array.isArray(init)) init.forEach(([k, v]) => this.append(k, v));
+      else if (init) Object.keys(init).forEach((k) => this.append(k, init[k]));
+    }
+    append(k, v) {
+      const key = String(k).toLowerCase();
+      this.#h.set(key, this.#h.has(key) ? `${this.#h.get(key)}, ${v}` : String(v));
+    }
+    set(k, v) {
+      this.#h.set(String(k).toLowerCase(), String(v));
+    }
+    get(k) {
+      const v = this.#h.get(String(k).toLowerCase());
+      return v === undefined ? null : v;
+    }
+    has(k) {
+      return this.#h.has(String(k).toLowerCase());
+    }
+    delete(k) {
+      this.#h.delete(String(k).toLowerCase());
+    }
+    forEach(f, self) {
+      [...this.#h].sort().forEach(([k, v]) => f.call(self, v, k, this));
+    }
+    entries() {
+      return [...this.#h].sort()[Symbol.iterator]();
+    }
+    [Symbol.iterator]() {
+      return this.entries();
+    }
+  }
+  const toBytes = (body) => {
+    if (body === undefined || body === null) return new Uint8Array(0);
+    if (typeof body === "string") return new TextEncoder().encode(body);
+    if (body instanceof ArrayBuffer) return new Uint8Array(body);
+    if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+    if (body instanceof URLSearchParams) return new TextEncoder().encode(body.toString());
+    throw new TypeError("unsupported body type");
+  };
+  class Body {
+    #bytes;
+    constructor(body) {
+      this.#bytes = toBytes(body);
+    }
+    get bodyUsed() {
+      return false;
+    }
+    async arrayBuffer() {
+      return this.#bytes.slice().buffer;
+    }
+    async bytes() {
+      return this.#bytes.slice();
+    }
+    async text() {
+      return new TextDecoder().decode(this.#bytes);
+    }
+    async json() {
+      return JSON.parse(await this.text());
+    }
+  }
+  class Response extends Body {
+    constructor(body, init = {}) {
+      super(body);
+      this.status = init.status ?? 200;
+      this.statusText = init.statusText ?? "";
+      this.headers = new Headers(init.headers);
+      this.url = init.url ?? "";
+    }
+    get ok() {
+      return this.status >= 200 && this.status < 300;
+    }
+    static json(data, init = {}) {
+      const headers = new Headers(init.headers);
+      if (!headers.has("content-type")) headers.set("content-type", "application/json");
+      return new Response(JSON.stringify(data), { ...init, headers });
+    }
+  }
+  class Request extends Body {
+    constructor(input, init = {}) {
+      super(init.body);
+      this.url = input instanceof Request ? input.url : String(input);
+      this.method = (init.method ?? (input instanceof Request ? input.method : "GET")).toUpperCase();
+      this.headers = new Headers(init.headers ?? (input instanceof Request ? input.headers : undefined));
+    }
+  }
+  define("Headers", Headers);
+  define("Response", Response);
+  define("Request", Request);
+
+  const inAction = () => {
+    if (native.kind() !== "action") throw new Error("fetch and timers are only available in actions");
+  };
+  const hex = (bytes) => [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  const unhex = (s) => new Uint8Array(s.match(/../g) || []).map((_, i) => parseInt(s.substr(2 * i, 2), 16));
+  define("fetch", async function fetch(input, init = {}) {
+    inAction();
+    const req = input instanceof Request && Object.keys(init).length === 0 ? input : new Request(input, init);
+    const body = await req.bytes();
+    const reply = JSON.parse(hostCall("kiln/fetch", JSON.stringify({ method: req.method, url: req.url, headers: [...req.headers], body: hex(body) })));
+    return new Response(unhex(reply.body), { status: reply.status, headers: reply.headers, url: req.url });
+  });
+
+  // Timers run on virtual time: when no promise job is left, the dispatcher runs the earliest.
+  const queue = [];
+  let nextTimer = 1;
+  let virtualNow = 0;
+  define("setTimeout", (f, ms = 0, ...args) => {
+    inAction();
+    const id = nextTimer++;
+    queue.push({ id, at: virtualNow + Math.max(0, Number(ms) || 0), f, args });
+    return id;
+  });
+  define("clearTimeout", (id) => {
+    const i = queue.findIndex((t) => t.id === id);
+    if (i >= 0) queue.splice(i, 1);
+  });
+  define("__kiln_run_timer", () => {
+    if (queue.length === 0) return false;
+    queue.sort((a, b) => a.at - b.at || a.id - b.id);
+    const t = queue.shift();
+    virtualNow = t.at;
+    t.f(...t.args);
+    return true;
+  });
+
+  // ---- dispatch --------------------------------------------------------------------------
+  const modules = () => globalThis.__kiln_modules || {};
+  function parsePath(path) {
+    const i = path.lastIndexOf(":");
+    const mod = (i < 0 ? path : path.slice(0, i)).replace(/\.js$/, "");
+    return [mod, i < 0 ? "default" : path.slice(i + 1)];
+  }
+  const KINDS = { query: ["isQuery", "Query"], mutation: ["isMutation", "Mutation"], action: ["isAction", "Action"] };
+  const kindOf = (fn) => (fn.isQuery ? "Query" : fn.isMutation ? "Mutation" : fn.isAction ? "Action" : fn.isHttp ? "HttpAction" : null);
+
+  function fail(code, message, data) {
+    return "1" + JSON.stringify(data === undefined ? { code, message } : { code, message, data });
+  }
+
+  function describe(e) {
+    if (e !== null && typeof e === "object" && (e.ConvexErrorSymbol === Symbol.for("ConvexError") || Symbol.for("ConvexError") in e)) {
+      let data = e.data;
+      if (typeof data === "string") {
+        try {
+          data = JSON.parse(data);
+        } catch {}
+      }
+      return fail("ConvexError", `Uncaught ConvexError: ${e.message}`, data === undefined ? null : data);
+    }
+    if (e instanceof Error) {
+      const head = `Uncaught ${e.name}: ${e.message}`;
+      const stack = typeof e.stack === "string" && e.stack.trim() ? `\n${e.stack.replace(/\s+$/, "")}` : "";
+      return fail("UncaughtException", head + stack);
+    }
+    return fail("UncaughtException", `Uncaught ${inspect(e, 1, [])}`);
+  }
+
+  define("__kiln_dispatch", async function dispatch(kind, path, argsJson, requestId) {
+    try {
+      const [modName, exportName] = parsePath(path);
+      const mod = modules()[modName];
+      const fn = mod ? mod[exportName] : undefined;
+      const actual = fn ? kindOf(fn) : null;
+      if (!actual) return fail("FunctionNotFound", `Could not find function for '${path}'`);
+      const [flag, name] = KINDS[kind] || [];
+      if (!flag) return fail("UnsupportedCall", `Calls of kind ${kind} are not supported by this runtime`);
+      if (!fn[flag]) return fail("WrongFunctionKind", `Trying to execute ${path} as ${name}, but it is defined as ${actual}.`);
+      let result;
+      if (kind === "query") result = await fn.invokeQuery(argsJson);
+      else if (kind === "mutation") result = await fn.invokeMutation(argsJson);
+      else result = await fn.invokeAction(requestId, argsJson);
+      return "0" + result;
+    } catch (e) {
+      return describe(e);
+    }
+  });
+
+  define("__kiln_analyze", function analyze() {
+    const functions = [];
+    const mods = modules();
+    for (const modName of Object.keys(mods).sort()) {
+      const mod = mods[modName];
+      for (const name of Object.keys(mod).sort()) {
+        const fn = mod[name];
+        if (typeof fn !== "function") continue;
+        const kind = fn.isQuery ? "query" : fn.isMutation ? "mutation" : fn.isAction ? "action" : fn.isHttp ? "http-action" : null;
+        if (!kind) continue;
+        const parse = (f) => {
+          if (typeof f !== "function") return null;
+          const s = f();
+          return s === "null" || s === undefined ? null : s;
+        };
+        functions.push({
+          path: `${modName}:${name}`,
+          kind,
+          visibility: fn.isPublic ? "public" : "internal",
+          args: parse(fn.exportArgs),
+          returns: parse(fn.exportReturns),
+        });
+      }
+    }
+    const special = (name) => (mods[name] && mods[name].default) || null;
+    const schema = special("schema");
+    const crons = special("crons");
+    const router = special("http");
+    const routes = router && typeof router.getRoutes === "function" ? router.getRoutes().map(([path, method]) => ({ path, method })) : [];
+    return JSON.stringify({
+      functions,
+      schema: schema && typeof schema.export === "function" ? schema.export() : null,
+      crons: crons && typeof crons.export === "function" ? crons.export() : null,
+      httpRoutes: routes,
+    });
+  });
+})();

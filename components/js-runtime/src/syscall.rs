@@ -1,0 +1,280 @@
+//! The syscalls of the `convex` package's `convex/server` code, mapped onto the WIT imports.
+//!
+//! Arguments and results are Convex JSON text (as `Convex.syscall` passes them); values cross
+//! the WIT boundary as MessagePack. Each reply is "0" + result JSON or "1" + error JSON.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use kiln_value::{Value, from_convex_json, from_msgpack, json::patch_from_convex_json, to_convex_json, to_msgpack};
+use serde_json::{Value as Json, json};
+
+use crate::kiln::platform::types::{Error, Header, HttpRequest};
+use crate::kiln::platform::{auth, db, functions, http, scheduler, search, storage};
+use crate::{call_kind, error};
+
+thread_local! {
+    static STREAMS: RefCell<(u32, HashMap<u32, db::QueryStream>)> = RefCell::new((0, HashMap::new()));
+}
+
+/// Drops every query stream of the call.
+pub(crate) fn close_streams() {
+    STREAMS.with(|s| s.borrow_mut().1.clear());
+}
+
+/// Runs one syscall and encodes its reply.
+pub(crate) fn call(op: &str, args: &str) -> String {
+    let result = if call_kind().is_none() {
+        Err(error("NotAvailable", format!("{op} cannot be called while the app is being loaded")))
+    } else {
+        serde_json::from_str::<Json>(args)
+            .map_err(|e| error("InvalidSyscallArgs", format!("{op}: arguments are not JSON: {e}")))
+            .and_then(|args| dispatch(op, &args))
+    };
+    match result {
+        Ok(v) => format!("0{v}"),
+        Err(e) => {
+            let mut reply = json!({"code": e.code, "message": e.message});
+            if let Some(data) = e.data.as_deref().and_then(|d| from_msgpack(d).ok()) {
+                reply["data"] = to_convex_json(&data);
+            }
+            format!("1{reply}")
+        }
+    }
+}
+
+fn bad_args(op: &str, what: &str) -> Error {
+    error("InvalidSyscallArgs", format!("{op}: {what}"))
+}
+
+fn str_arg<'a>(op: &str, args: &'a Json, key: &str) -> Result<&'a str, Error> {
+    args.get(key).and_then(Json::as_str).ok_or_else(|| bad_args(op, &format!("`{key}` must be a string")))
+}
+
+fn opt_str_arg(args: &Json, key: &str) -> Option<String> {
+    args.get(key).and_then(Json::as_str).map(str::to_owned)
+}
+
+fn value_arg(op: &str, args: &Json, key: &str) -> Result<Vec<u8>, Error> {
+    let j = args.get(key).ok_or_else(|| bad_args(op, &format!("missing `{key}`")))?;
+    let v = from_convex_json(j).map_err(|e| error(e.code(), format!("{op}: {e}")))?;
+    Ok(to_msgpack(&v))
+}
+
+fn json_of(bytes: &[u8]) -> Result<Json, Error> {
+    from_msgpack(bytes)
+        .map(|v| to_convex_json(&v))
+        .map_err(|e| error(e.code(), format!("invalid value from the host: {e}")))
+}
+
+fn function_name(op: &str, args: &Json) -> Result<String, Error> {
+    if let Some(name) = opt_str_arg(args, "name") {
+        return Ok(name);
+    }
+    Err(error(
+        "UnsupportedSyscall",
+        format!("{op}: only functions named `module:export` can be called (no components or handles)"),
+    ))
+}
+
+fn dispatch(op: &str, args: &Json) -> Result<Json, Error> {
+    Ok(match op {
+        "1.0/get" => {
+            if args.get("isSystem").and_then(Json::as_bool) == Some(true) {
+                return Err(error(
+                    "UnsupportedSyscall",
+                    format!("{op}: system tables are not supported by this version of Kiln"),
+                ));
+            }
+            let id = str_arg(op, args, "id")?;
+            match db::get(id, opt_str_arg(args, "table").as_deref())? {
+                Some(doc) => json_of(&doc)?,
+                None => Json::Null,
+            }
+        }
+        "1.0/insert" => {
+            let id = db::insert(str_arg(op, args, "table")?, &value_arg(op, args, "value")?)?;
+            json!({ "_id": id })
+        }
+        "1.0/shallowMerge" => {
+            let patch = patch_from_convex_json(args.get("value").unwrap_or(&Json::Null))
+                .map_err(|e| error(e.code(), format!("{op}: {e}")))?;
+            let mut set = kiln_value::Object::new();
+            let mut remove = Vec::new();
+            for (k, v) in patch {
+                match v {
+                    Some(v) => {
+                        set.insert(k, v);
+                    }
+                    None => remove.push(k),
+                }
+            }
+            db::patch(str_arg(op, args, "id")?, &to_msgpack(&Value::Object(set)), &remove)?;
+            Json::Null
+        }
+        "1.0/replace" => {
+            db::replace(str_arg(op, args, "id")?, &value_arg(op, args, "value")?)?;
+            Json::Null
+        }
+        "1.0/remove" => {
+            db::delete(str_arg(op, args, "id")?)?;
+            Json::Null
+        }
+        "1.0/db/normalizeId" => {
+            let id = db::normalize_id(str_arg(op, args, "table")?, str_arg(op, args, "idString")?)?;
+            json!({ "id": id })
+        }
+        "1.0/queryStream" => {
+            let query = args.get("query").ok_or_else(|| bad_args(op, "missing `query`"))?;
+            let stream = db::open_query(&query.to_string())?;
+            let id = STREAMS.with(|s| {
+                let mut s = s.borrow_mut();
+                let id = s.0;
+                s.0 = s.0.wrapping_add(1);
+                s.1.insert(id, stream);
+                id
+            });
+            json!({ "queryId": id })
+        }
+        "1.0/queryStreamNext" => {
+            let id =
+                args.get("queryId").and_then(Json::as_u64).ok_or_else(|| bad_args(op, "`queryId` must be a number"))?;
+            let next = STREAMS.with(|s| {
+                let s = s.borrow();
+                let stream =
+                    s.1.get(&(id as u32))
+                        .ok_or_else(|| error("QueryStreamNotFound", format!("query {id} is not open")))?;
+                stream.next()
+            })?;
+            match next {
+                Some(doc) => json!({ "value": json_of(&doc)?, "done": false }),
+                None => json!({ "value": null, "done": true }),
+            }
+        }
+        "1.0/queryCleanup" => {
+            let id = args.get("queryId").and_then(Json::as_u64).unwrap_or(u64::MAX);
+            let removed = STREAMS.with(|s| s.borrow_mut().1.remove(&(id as u32)).is_some());
+            json!(removed)
+        }
+        "1.0/queryPage" => {
+            let query = args.get("query").ok_or_else(|| bad_args(op, "missing `query`"))?;
+            let page_size = args
+                .get("pageSize")
+                .and_then(Json::as_f64)
+                .ok_or_else(|| bad_args(op, "`pageSize` must be a number"))?;
+            let max_rows =
+                args.get("maximumRowsRead").and_then(Json::as_f64).map(|n| n.clamp(0.0, u32::MAX as f64) as u32);
+            let page = db::query_page(
+                &query.to_string(),
+                opt_str_arg(args, "cursor").as_deref(),
+                opt_str_arg(args, "endCursor").as_deref(),
+                page_size.clamp(0.0, u32::MAX as f64) as u32,
+                max_rows,
+            )?;
+            let docs = page.documents.iter().map(|d| json_of(d)).collect::<Result<Vec<_>, _>>()?;
+            json!({
+                "page": docs,
+                "isDone": page.is_done,
+                "continueCursor": page.continue_cursor,
+                "splitCursor": page.split_cursor,
+                "pageStatus": page.page_status,
+            })
+        }
+        "1.0/getUserIdentity" => match auth::get_user_identity() {
+            Some(identity) => json_of(&identity)?,
+            None => Json::Null,
+        },
+        "1.0/schedule" | "1.0/actions/schedule" => {
+            let ts = args.get("ts").and_then(Json::as_f64).ok_or_else(|| bad_args(op, "`ts` must be a number"))?;
+            let id = scheduler::schedule(&function_name(op, args)?, &value_arg(op, args, "args")?, ts * 1000.0)?;
+            json!(id)
+        }
+        "1.0/cancel_job" | "1.0/actions/cancel_job" => {
+            scheduler::cancel(str_arg(op, args, "id")?)?;
+            Json::Null
+        }
+        "1.0/runUdf" => {
+            let (name, fn_args) = (function_name(op, args)?, value_arg(op, args, "args")?);
+            let result = match args.get("udfType").and_then(Json::as_str) {
+                Some("query") | Some("snapshotQuery") => functions::run_query(&name, &fn_args)?,
+                Some("mutation") => functions::run_mutation(&name, &fn_args)?,
+                other => return Err(bad_args(op, &format!("unknown udfType {other:?}"))),
+            };
+            json_of(&result)?
+        }
+        "1.0/actions/query" | "1.0/actions/mutation" | "1.0/actions/action" => {
+            let (name, fn_args) = (function_name(op, args)?, value_arg(op, args, "args")?);
+            let result = match op {
+                "1.0/actions/query" => functions::run_query(&name, &fn_args)?,
+                "1.0/actions/mutation" => functions::run_mutation(&name, &fn_args)?,
+                _ => functions::run_action(&name, &fn_args)?,
+            };
+            json_of(&result)?
+        }
+        "1.0/actions/vectorSearch" => {
+            let query = args.get("query").ok_or_else(|| bad_args(op, "missing `query`"))?;
+            let index = str_arg(op, query, "indexName")?;
+            let vector: Vec<f64> = query
+                .get("vector")
+                .and_then(Json::as_array)
+                .map(|v| v.iter().filter_map(Json::as_f64).collect())
+                .ok_or_else(|| bad_args(op, "`vector` must be an array of numbers"))?;
+            let limit = query.get("limit").and_then(Json::as_f64).unwrap_or(10.0).clamp(1.0, 256.0) as u32;
+            let filter = query.get("expressions").filter(|e| !e.is_null()).map(Json::to_string);
+            let results = search::vector_search(index, &vector, limit, filter.as_deref())?;
+            json!({ "results": results.iter().map(|m| json!({"_id": m.id, "_score": m.score})).collect::<Vec<_>>() })
+        }
+        "1.0/storageGetUrl" => json!(storage::get_url(str_arg(op, args, "storageId")?)?),
+        "1.0/storageGetMetadata" => match storage::get_metadata(str_arg(op, args, "storageId")?)? {
+            Some(m) => json_of(&m)?,
+            None => Json::Null,
+        },
+        "1.0/storageGenerateUploadUrl" => json!(storage::generate_upload_url()?),
+        "1.0/storageDelete" => {
+            storage::delete(str_arg(op, args, "storageId")?)?;
+            Json::Null
+        }
+        "kiln/fetch" => {
+            let headers = args
+                .get("headers")
+                .and_then(Json::as_array)
+                .map(|hs| {
+                    hs.iter()
+                        .filter_map(|h| {
+                            Some(Header { name: h.get(0)?.as_str()?.to_owned(), value: h.get(1)?.as_str()?.to_owned() })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let request = HttpRequest {
+                method: str_arg(op, args, "method")?.to_owned(),
+                url: str_arg(op, args, "url")?.to_owned(),
+                headers,
+                body: unhex(str_arg(op, args, "body")?).ok_or_else(|| bad_args(op, "`body` must be hex"))?,
+            };
+            let response = http::fetch(&request)?;
+            json!({
+                "status": response.status,
+                "headers": response.headers.iter().map(|h| json!([h.name, h.value])).collect::<Vec<_>>(),
+                "body": hex(&response.body),
+            })
+        }
+        _ => {
+            return Err(error(
+                "UnsupportedSyscall",
+                format!("The operation {op} is not supported by this version of Kiln"),
+            ));
+        }
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}

@@ -1,0 +1,79 @@
+import { ConvexError, v } from "convex/values";
+import { action, internalQuery, mutation, query } from "./_generated/server";
+import { api, internal } from "./_generated/api";
+
+/** The latest messages, oldest first. */
+export const list = query({
+  args: { limit: v.optional(v.number()) },
+  handler: async (ctx, { limit }) => {
+    const latest = await ctx.db.query("messages").order("desc").take(limit ?? 50);
+    return latest.reverse();
+  },
+});
+
+/** Posts a message. */
+export const send = mutation({
+  args: { author: v.string(), body: v.string() },
+  handler: async (ctx, { author, body }) => {
+    if (body.trim() === "") {
+      throw new ConvexError({ code: "EMPTY_MESSAGE", message: "A message needs a body" });
+    }
+    return await ctx.db.insert("messages", { author, body, likes: 0 });
+  },
+});
+
+/** Likes a message. */
+export const like = mutation({
+  args: { id: v.id("messages") },
+  handler: async (ctx, { id }) => {
+    const message = await ctx.db.get(id);
+    if (message === null) {
+      throw new ConvexError({ code: "NOT_FOUND", message: "No such message" });
+    }
+    await ctx.db.patch(id, { likes: message.likes + 1 });
+    return message.likes + 1;
+  },
+});
+
+/** Messages by one author, through the `by_author` index. */
+export const byAuthor = query({
+  args: { author: v.string() },
+  handler: async (ctx, { author }) => {
+    return await ctx.db
+      .query("messages")
+      .withIndex("by_author", (q) => q.eq("author", author))
+      .collect();
+  },
+});
+
+/** The signed-in user's messages (none when signed out). */
+export const mine = query({
+  args: {},
+  handler: async (ctx) => {
+    const identity = await ctx.auth.getUserIdentity();
+    if (identity === null) {
+      return [];
+    }
+    const author = identity.name ?? identity.subject;
+    return await ctx.db
+      .query("messages")
+      .withIndex("by_author", (q) => q.eq("author", author))
+      .collect();
+  },
+});
+
+/** How many messages there are (internal: only other functions call it). */
+export const count = internalQuery({
+  args: {},
+  handler: async (ctx) => (await ctx.db.query("messages").collect()).length,
+});
+
+/** An action that reads through queries, as actions must. */
+export const summary = action({
+  args: {},
+  handler: async (ctx): Promise<string> => {
+    const total: number = await ctx.runQuery(internal.messages.count, {});
+    const latest = await ctx.runQuery(api.messages.list, { limit: 1 });
+    return latest.length === 0 ? "no messages yet" : `${total} messages, latest by ${latest[0].author}`;
+  },
+});

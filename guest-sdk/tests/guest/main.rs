@@ -1,0 +1,381 @@
+//! The guest toolchain end to end: example apps and the Rust guest are built by our own
+//! pipeline and run in wasmtime against an in-memory host.
+
+// Tests fail loudly on the first broken expectation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod host;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use host::Harness;
+use kiln_guest_sdk::bindings::kiln::platform::types::FunctionKind;
+use kiln_guest_sdk::component::{check_imports, component_imports, load_component};
+use kiln_guest_sdk::{BuildOptions, BuildOutput, build_app};
+use kiln_value::{Object, Value, from_msgpack, parse_convex_json, to_msgpack};
+use wasmtime::Engine;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
+}
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| kiln_guest_sdk::engine().unwrap())
+}
+
+/// Builds an app once per test run.
+fn built(app: &str) -> &'static BuildOutput {
+    static APPS: OnceLock<std::sync::Mutex<std::collections::HashMap<String, &'static BuildOutput>>> = OnceLock::new();
+    let apps = APPS.get_or_init(Default::default);
+    let mut apps = apps.lock().unwrap();
+    if let Some(out) = apps.get(app) {
+        return out;
+    }
+    let dir = if app.starts_with("fixtures/") {
+        repo().join("guest-sdk/tests").join(app)
+    } else {
+        repo().join("examples").join(app)
+    };
+    let out = build_app(&dir, &BuildOptions { cache_dir: Some(cache_dir()) })
+        .unwrap_or_else(|e| panic!("building {app}: {e}"));
+    let out: &'static BuildOutput = Box::leak(Box::new(out));
+    apps.insert(app.to_owned(), out);
+    out
+}
+
+fn harness(app: &str) -> Harness {
+    let out = built(app);
+    Harness::new(engine(), load_component(engine(), &out.component, Some(&cache_dir())).unwrap())
+}
+
+fn rust_harness() -> Harness {
+    let bytes = kiln_guest_sdk::rust_guest_component().unwrap();
+    Harness::new(engine(), load_component(engine(), &bytes, Some(&cache_dir())).unwrap())
+}
+
+fn args(json: &str) -> Value {
+    parse_convex_json(json).unwrap()
+}
+
+fn int(i: i64) -> String {
+    format!(r#"{{"$integer":"{}"}}"#, kiln_value::json::base64_encode(&i.to_le_bytes()))
+}
+
+use FunctionKind::{Action, Mutation, Query};
+
+#[test]
+fn chat_queries_and_mutations_round_trip() {
+    let h = harness("chat");
+    let sent = h.call(Mutation, "messages:send", &args(r#"{"author": "ann", "body": "hello"}"#));
+    let Value::String(id) = sent.value() else { panic!("send returns an id") };
+    assert_eq!(sent.calls, vec!["db.insert messages"]);
+    h.call(Mutation, "messages:send", &args(r#"{"author": "bob", "body": "hi ann"}"#)).value();
+    let liked = h.call(Mutation, "messages:like", &args(&format!(r#"{{"id": "{id}"}}"#)));
+    assert_eq!(liked.value(), Value::Float64(1.0));
+    assert_eq!(liked.calls, vec!["db.get *", "db.patch"]);
+
+    let list = h.call(Query, "messages:list", &args("{}"));
+    let Value::Array(items) = list.value() else { panic!() };
+    let bodies: Vec<_> = items.iter().map(|m| m.as_object().unwrap()["body"].clone()).collect();
+    assert_eq!(bodies, vec![Value::from("hello"), Value::from("hi ann")]);
+    assert_eq!(items[0].as_object().unwrap()["likes"], Value::Float64(1.0));
+    // `.order("desc").take(50)` is one query with a limit, read document by document.
+    assert_eq!(list.calls[0], "db.query messages");
+    assert!(list.calls[1..].iter().all(|c| c == "db.next"), "{:?}", list.calls);
+
+    let by = h.call(Query, "messages:byAuthor", &args(r#"{"author": "bob"}"#));
+    let Value::Array(items) = by.value() else { panic!() };
+    assert_eq!(items.len(), 1);
+}
+
+#[test]
+fn convex_errors_carry_their_data() {
+    let h = harness("chat");
+    let out = h.call(Mutation, "messages:send", &args(r#"{"author": "ann", "body": "   "}"#));
+    let e = out.error();
+    assert_eq!(e.code, "ConvexError");
+    let data = from_msgpack(e.data.as_ref().unwrap()).unwrap();
+    assert_eq!(data, args(r#"{"code": "EMPTY_MESSAGE", "message": "A message needs a body"}"#));
+
+    let probe = harness("fixtures/probe");
+    let e = probe.call(Mutation, "probe:convexError", &args("{}")).error().clone();
+    assert_eq!(e.code, "ConvexError");
+    assert_eq!(
+        from_msgpack(e.data.as_ref().unwrap()).unwrap(),
+        args(&format!(r#"{{"code": "NOPE", "count": {}}}"#, int(3)))
+    );
+}
+
+#[test]
+fn bank_int64_arithmetic_and_nested_action_calls() {
+    let bank = harness("bank");
+    let open = |owner: &str, balance: i64| match bank
+        .call(Mutation, "accounts:open", &args(&format!(r#"{{"owner": "{owner}", "balance": {}}}"#, int(balance))))
+        .value()
+    {
+        Value::String(id) => id,
+        other => panic!("{other:?}"),
+    };
+    let (a, b) = (open("ann", 100), open("bob", 5));
+    let moved = bank.call(
+        Mutation,
+        "accounts:transfer",
+        &args(&format!(r#"{{"from": "{a}", "to": "{b}", "amount": {}}}"#, int(30))),
+    );
+    assert_eq!(moved.value(), Value::Int64(70));
+    assert_eq!(moved.calls, vec!["db.get *", "db.get *", "db.patch", "db.patch", "db.insert transfers"]);
+    let broke = bank.call(
+        Mutation,
+        "accounts:transfer",
+        &args(&format!(r#"{{"from": "{b}", "to": "{a}", "amount": {}}}"#, int(1000))),
+    );
+    assert_eq!(broke.error().code, "ConvexError");
+    assert_eq!(bank.call(Query, "accounts:total", &args("{}")).value(), Value::Int64(105));
+    let page = bank.call(
+        Query,
+        "accounts:byOwner",
+        &args(r#"{"owner": "ann", "paginationOpts": {"numItems": 10, "cursor": null}}"#),
+    );
+    let page = page.value();
+    assert_eq!(page.as_object().unwrap()["isDone"], Value::Boolean(true));
+
+    let chat = harness("chat");
+    chat.call(Mutation, "messages:send", &args(r#"{"author": "ann", "body": "one"}"#)).value();
+    let summary = chat.call(Action, "messages:summary", &args("{}"));
+    assert_eq!(summary.value(), Value::from("1 messages, latest by ann"));
+    assert!(summary.calls.contains(&"functions.run messages:count".to_owned()), "{:?}", summary.calls);
+}
+
+#[test]
+fn exceptions_unknown_functions_and_bad_arguments_are_errors_not_traps() {
+    let h = harness("fixtures/probe");
+    let e = h.call(Query, "probe:boom", &args("{}")).error().clone();
+    assert_eq!(e.code, "UncaughtException");
+    assert!(e.message.starts_with("Uncaught Error: boom"), "{}", e.message);
+    assert!(e.message.contains("at "), "the stack is included: {}", e.message);
+
+    assert_eq!(h.call(Query, "probe:nothing", &args("{}")).error().code, "FunctionNotFound");
+    assert_eq!(h.call(Query, "nowhere:boom", &args("{}")).error().code, "FunctionNotFound");
+    assert_eq!(h.call(Mutation, "probe:boom", &args("{}")).error().code, "WrongFunctionKind");
+    let not_object = h.call_with(Query, "probe:boom", &to_msgpack(&Value::Array(vec![])), |_| {});
+    assert_eq!(not_object.error().code, "InvalidArgs");
+    let garbage = h.call_with(Query, "probe:boom", &[0xc1, 0x00], |_| {});
+    assert_eq!(garbage.error().code, "MalformedValue");
+
+    let unsupported = h.call(Query, "probe:unsupported", &args("{}")).error().clone();
+    assert!(unsupported.message.contains("1.0/count"), "names the op: {}", unsupported.message);
+    let write = h.call(Query, "probe:writeInQuery", &args("{}")).error().clone();
+    assert!(write.message.contains("read-only"), "{}", write.message);
+    let never = h.call(Query, "probe:neverSettles", &args("{}")).error().clone();
+    assert_eq!(never.code, "UnsettledPromise");
+    assert_eq!(h.call(Query, "probe:recurse", &args(r#"{"depth": 500}"#)).value(), Value::Float64(500.0));
+    assert!(h.call(Query, "probe:timerInQuery", &args("{}")).error().message.contains("only available in actions"));
+}
+
+#[test]
+fn unbounded_recursion_traps_cleanly_and_the_next_call_is_unaffected() {
+    let h = harness("fixtures/probe");
+    let trap = h.call_trapping(Query, "probe:recurse", &args(r#"{"depth": 1000000}"#));
+    assert_eq!(trap, wasmtime::Trap::StackOverflow);
+    assert_eq!(h.call(Query, "probe:recurse", &args(r#"{"depth": 100}"#)).value(), Value::Float64(100.0));
+}
+
+#[test]
+fn calls_are_deterministic_and_start_from_a_clean_image() {
+    let h = harness("fixtures/probe");
+    let a = h.call(Query, "probe:entropy", &args("{}"));
+    let b = h.call(Query, "probe:entropy", &args("{}"));
+    assert_eq!(a.result.as_ref().unwrap(), b.result.as_ref().unwrap(), "byte-identical results");
+    assert_eq!(a.logs, b.logs, "identical logs");
+    assert_eq!(a.logs[1], ("WARN".to_owned(), "careful".to_owned()));
+    let v = a.value();
+    let o = v.as_object().unwrap();
+    assert_eq!(o["now"], Value::Float64(1_750_000_000_123.0), "Date.now is the host's frozen time");
+    assert_eq!(o["date"], Value::from("2025-06-15T15:06:40.123Z"), "so is new Date()");
+    let other_seed = h.call_with(Query, "probe:entropy", &to_msgpack(&args("{}")), |host| host.seed = 8);
+    assert_ne!(other_seed.value().as_object().unwrap()["random"], o["random"], "randomness comes from the seed");
+
+    let first = h.call(Mutation, "probe:setGlobal", &args(r#"{"value": "x"}"#));
+    assert_eq!(first.value(), Value::Null);
+    let second = h.call(Mutation, "probe:setGlobal", &args(r#"{"value": "y"}"#));
+    assert_eq!(second.value(), Value::Null, "a global set by one call is gone in the next");
+}
+
+#[test]
+fn web_globals_and_timers() {
+    let h = harness("fixtures/probe");
+    let out = h.call_with(Query, "probe:webGlobals", &to_msgpack(&args("{}")), |host| {
+        host.variables = vec![("GREETING".into(), "hello".into())];
+    });
+    let v = out.value();
+    let o = v.as_object().unwrap();
+    assert_eq!(o["href"], Value::from("https://user@example.com:8443/a/c?x=1&y=two+words&z=3#frag"));
+    assert_eq!(o["host"], Value::from("example.com:8443"));
+    assert_eq!(o["y"], Value::from("two words"));
+    assert_eq!(o["relative"], Value::from("https://example.com/a/up?q"));
+    assert_eq!(o["base64"], Value::from("S2lsbiB2"));
+    assert_eq!(o["unbase64"], Value::from("Kiln"));
+    assert_eq!(o["encoded"], Value::Array(vec![Value::Float64(195.0), Value::Float64(169.0)]));
+    assert_eq!(o["decoded"], Value::from("kiln"));
+    assert_eq!(o["clonedDate"], Value::Boolean(true));
+    assert_eq!(o["clonedMap"], Value::from("one"));
+    assert_eq!(o["env"], Value::from("hello"));
+
+    let timers = h.call(Action, "probe:timers", &args("{}"));
+    assert_eq!(timers.value(), Value::Array(vec![Value::from("early"), Value::from("late")]));
+}
+
+#[test]
+fn components_import_only_world_app() {
+    for app in ["chat", "bank"] {
+        let compiled = load_component(engine(), &built(app).component, Some(&cache_dir())).unwrap();
+        check_imports(engine(), &compiled).unwrap();
+        let imports = component_imports(engine(), &compiled);
+        assert!(imports.iter().all(|i| i.starts_with("kiln:platform/")), "{imports:?}");
+        assert!(!imports.iter().any(|i| i.contains("wasi")), "{imports:?}");
+    }
+    let rust = kiln_guest_sdk::rust_guest_component().unwrap();
+    let compiled = load_component(engine(), &rust, Some(&cache_dir())).unwrap();
+    check_imports(engine(), &compiled).unwrap();
+    // The Rust guest's std imports WASI files and clocks; they are gone from the component.
+    let before = kiln_guest_sdk::wasi::import_names(kiln_guest_sdk::RUST_GUEST_MODULE).unwrap();
+    assert!(before.iter().any(|i| i == "wasi_snapshot_preview1.path_open"));
+}
+
+#[test]
+fn a_guest_cannot_reach_files_or_the_real_clock() {
+    let h = rust_harness();
+    let v = h.call(Query, "counter:probe", &args("{}")).value();
+    let o = v.as_object().unwrap();
+    let Value::String(fs) = &o["fs"] else { panic!() };
+    assert_ne!(fs, "readable");
+    // No directory is preopened, so libc finds no file; nothing reached the host's filesystem.
+    assert!(fs.contains("os error"), "{fs}");
+    let Value::Float64(now) = o["nowMs"] else { panic!() };
+    assert!((now - 1_750_000_000_123.0).abs() < 0.01, "the clock is the host's frozen time: {now}");
+}
+
+#[test]
+fn analyze_lists_functions_validators_and_schema() {
+    let m = &built("chat").manifest;
+    let paths: Vec<&str> = m.functions.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "messages:byAuthor",
+            "messages:count",
+            "messages:like",
+            "messages:list",
+            "messages:mine",
+            "messages:send",
+            "messages:summary"
+        ]
+    );
+    let count = m.function("messages:count").unwrap();
+    assert_eq!((count.kind.as_str(), count.visibility.as_str()), ("query", "internal"));
+    assert_eq!(m.function("messages:summary").unwrap().kind, "action");
+    let like = m.function("messages:like").unwrap();
+    assert_eq!(
+        like.args.as_ref().unwrap()["value"]["id"]["fieldType"],
+        serde_json::json!({"type": "id", "tableName": "messages"})
+    );
+    let schema = m.schema.as_ref().unwrap();
+    let tables = schema["tables"].as_array().unwrap();
+    assert_eq!(tables[0]["tableName"], "messages");
+    assert_eq!(tables[0]["indexes"][0]["indexDescriptor"], "by_author");
+    // The schema parses as a store schema: the manifest is what deployments apply.
+    kiln_store::Schema::parse(&schema.to_string()).unwrap();
+    let on_disk: kiln_guest_sdk::Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&built("chat").manifest_path).unwrap()).unwrap();
+    assert_eq!(&on_disk, m);
+}
+
+#[test]
+fn the_rust_guest_passes_the_same_harness() {
+    let h = rust_harness();
+    assert_eq!(h.call(Query, "counter:get", &args("{}")).value(), Value::Int64(0));
+    let inc = h.call(Mutation, "counter:increment", &args("{}"));
+    assert_eq!(inc.value(), Value::Int64(1));
+    assert_eq!(inc.calls, vec!["db.query counters", "db.next", "db.insert counters"]);
+    assert_eq!(inc.logs, vec![("LOG".to_owned(), "counter default is now 1".to_owned())]);
+    assert_eq!(h.call(Mutation, "counter:increment", &args("{}")).value(), Value::Int64(2));
+    assert_eq!(h.call(Query, "counter:get", &args("{}")).value(), Value::Int64(2));
+    assert_eq!(h.call(Query, "counter:get", &args(r#"{"name": "other"}"#)).value(), Value::Int64(0));
+    assert_eq!(h.call(Query, "counter:nope", &args("{}")).error().code, "FunctionNotFound");
+    assert_eq!(h.call(Mutation, "counter:get", &args("{}")).error().code, "WrongFunctionKind");
+    assert_eq!(h.call(Query, "counter:get", &args(r#"{"name": 5}"#)).error().code, "InvalidArgs");
+    assert_eq!(h.call(Query, "counter:increment", &args("{}")).error().code, "WrongFunctionKind");
+    let a = h.call(Query, "counter:get", &args("{}"));
+    let b = h.call(Query, "counter:get", &args("{}"));
+    assert_eq!(a.result.unwrap(), b.result.unwrap());
+    let docs = h.db.lock().unwrap().all("counters");
+    assert_eq!(docs.len(), 1);
+    let _: &Object = &docs[0];
+}
+
+#[test]
+fn bundling_errors_name_the_file_and_line() {
+    let err = build_app(&repo().join("guest-sdk/tests/fixtures/broken"), &BuildOptions::default()).unwrap_err();
+    assert_eq!(err.code(), "BundleFailed");
+    assert!(err.to_string().contains("convex/broken.ts:3:"), "{err}");
+    let err = build_app(&repo().join("guest-sdk/tests"), &BuildOptions::default()).unwrap_err();
+    assert_eq!(err.code(), "NotAnApp");
+}
+
+/// The fuel an empty query consumes is a regression baseline: a change of more than 5% to
+/// the runtime's per-call cost fails here. `KILN_UPDATE_BASELINES=1` records a new baseline.
+#[test]
+fn fuel_of_an_empty_query_matches_the_baseline() {
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true);
+    let metered = Engine::new(&config).unwrap();
+    let component = load_component(&metered, &built("fixtures/probe").component, Some(&cache_dir())).unwrap();
+    let h = Harness::new(&metered, component);
+    let fuel = h.fuel_of(Query, "probe:empty", &args("{}"));
+    assert_eq!(fuel, h.fuel_of(Query, "probe:empty", &args("{}")), "fuel is deterministic");
+    let path = repo().join("guest-sdk/tests/fuel-baseline.json");
+    if std::env::var_os("KILN_UPDATE_BASELINES").is_some() {
+        std::fs::write(&path, format!("{}\n", serde_json::json!({ "probe:empty": fuel }))).unwrap();
+        return;
+    }
+    let baseline: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let expected = baseline["probe:empty"].as_u64().unwrap();
+    let drift = (fuel as f64 - expected as f64) / expected as f64;
+    assert!(
+        drift.abs() <= 0.05,
+        "an empty query consumed {fuel} fuel, {:+.1}% from the baseline {expected}",
+        drift * 100.0
+    );
+}
+
+#[test]
+fn a_second_load_of_a_component_does_not_compile_again() {
+    let bytes = &built("bank").component;
+    let dir = tempfile::tempdir().unwrap();
+    load_component(engine(), bytes, Some(dir.path())).unwrap();
+    let before = kiln_guest_sdk::component::cranelift_compiles();
+    load_component(engine(), bytes, Some(dir.path())).unwrap();
+    assert_eq!(kiln_guest_sdk::component::cranelift_compiles(), before, "the cached .cwasm was used");
+}
+
+#[test]
+fn codegen_makes_the_examples_type_check() {
+    for app in ["chat", "bank"] {
+        let dir = repo().join("examples").join(app);
+        kiln_guest_sdk::codegen::codegen(&dir).unwrap();
+        let tsc = dir.join("node_modules/.bin/tsc");
+        let out = std::process::Command::new(&tsc).arg("-p").arg(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "tsc failed on {app}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
