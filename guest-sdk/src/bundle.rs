@@ -128,7 +128,8 @@ mod tests {
     #[test]
     fn module_discovery_follows_convex_rules() {
         let dir = tempfile::tempdir().unwrap();
-        for file in ["a.ts", "b.test.ts", "_generated/api.js", ".hidden.ts", "dir/c.js", "d.d.ts", "notes.md", "e.tsx"] {
+        for file in ["a.ts", "b.test.ts", "_generated/api.js", ".hidden.ts", "dir/c.js", "d.d.ts", "notes.md", "e.tsx"]
+        {
             let path = dir.path().join(file);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, "").unwrap();
