@@ -78,7 +78,8 @@ pub fn load_component(engine: &Engine, bytes: &[u8], cache_dir: Option<&Path>) -
     let serialized = component.serialize().map_err(SdkError::wasm)?;
     std::fs::create_dir_all(dir).map_err(|e| SdkError::io(dir, e))?;
     // Write then rename, so a concurrent reader never sees half a file.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
     std::fs::write(&tmp, serialized).map_err(|e| SdkError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| SdkError::io(&path, e))?;
     Ok(component)
@@ -99,6 +100,9 @@ fn cache_path(engine: &Engine, bytes: &[u8], dir: &Path) -> PathBuf {
 /// Instantiates the component with every import trapping and calls `analyze`.
 pub fn analyze(engine: &Engine, component: &Component) -> Result<Manifest> {
     let mut store = Store::new(engine, ());
+    // Engines that meter fuel or interrupt on epochs need a budget; analyze is cheap.
+    let _ = store.set_fuel(10_000_000_000);
+    store.set_epoch_deadline(1 << 40);
     let mut linker: Linker<()> = Linker::new(engine);
     linker.define_unknown_imports_as_traps(component).map_err(SdkError::wasm)?;
     let app = App::instantiate(&mut store, component, &linker).map_err(SdkError::wasm)?;

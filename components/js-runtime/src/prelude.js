@@ -531,6 +531,7 @@
     const mod = (i < 0 ? path : path.slice(0, i)).replace(/\.js$/, "");
     return [mod, i < 0 ? "default" : path.slice(i + 1)];
   }
+  const MAX_RESULT_JSON = 16 * 1024 * 1024 + 1024;
   const KINDS = { query: ["isQuery", "Query"], mutation: ["isMutation", "Mutation"], action: ["isAction", "Action"] };
   const kindOf = (fn) => (fn.isQuery ? "Query" : fn.isMutation ? "Mutation" : fn.isAction ? "Action" : fn.isHttp ? "HttpAction" : null);
 
@@ -570,6 +571,11 @@
       if (kind === "query") result = await fn.invokeQuery(argsJson);
       else if (kind === "mutation") result = await fn.invokeMutation(argsJson);
       else result = await fn.invokeAction(requestId, argsJson);
+      // Refuse an oversized result here: copying it out would cost memory the call may not
+      // have. The host checks the exact size again.
+      if (result.length > MAX_RESULT_JSON) {
+        return fail("ResultTooLarge", `${path} returned ${result.length} bytes of JSON, over the limit of 16 MiB`);
+      }
       return "0" + result;
     } catch (e) {
       return describe(e);

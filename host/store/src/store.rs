@@ -399,6 +399,14 @@ impl Store {
         self.begin_with(true, self.inner.config.limits.clone())
     }
 
+    /// Begins a system transaction: read-write, without limits, and able to use the reserved
+    /// `_`-prefixed tables that user transactions cannot see (for the host's own records).
+    pub fn begin_system(&self) -> Transaction {
+        let mut tx = self.begin_with(false, TransactionLimits::unlimited());
+        tx.set_system();
+        tx
+    }
+
     /// Begins a transaction with explicit limits.
     pub fn begin_with(&self, read_only: bool, limits: TransactionLimits) -> Transaction {
         let snap = self.inner.snapshot();

@@ -144,6 +144,8 @@ pub struct Transaction {
     ts: Timestamp,
     catalog: Arc<Catalog>,
     read_only: bool,
+    /// System transactions may use reserved `_`-prefixed tables; others cannot even see them.
+    system: bool,
     limits: TransactionLimits,
     reads: ReadSet,
     tables_read: BTreeSet<String>,
@@ -170,6 +172,7 @@ impl Transaction {
             ts,
             catalog,
             read_only,
+            system: false,
             limits,
             reads: ReadSet::new(),
             tables_read: BTreeSet::new(),
@@ -182,6 +185,14 @@ impl Transaction {
             next_stream: 0,
             usage: Usage::default(),
         }
+    }
+
+    pub(crate) fn set_system(&mut self) {
+        self.system = true;
+    }
+
+    fn visible_table(&self, name: &str) -> bool {
+        self.system || !name.starts_with('_')
     }
 
     /// The snapshot timestamp this transaction reads at.
@@ -215,6 +226,9 @@ impl Transaction {
     }
 
     fn table(&mut self, name: &str) -> Option<Arc<TableMeta>> {
+        if !self.visible_table(name) {
+            return None;
+        }
         self.tables_read.insert(name.to_owned());
         self.new_tables.get(name).cloned().or_else(|| self.catalog.tables.get(name).cloned())
     }
@@ -224,6 +238,9 @@ impl Transaction {
             Some(t) => Some(t.clone()),
             None => self.new_tables.values().find(|t| t.number == id.table).cloned(),
         }?;
+        if !self.visible_table(&meta.name) {
+            return None;
+        }
         self.tables_read.insert(meta.name.clone());
         Some(meta)
     }
@@ -332,7 +349,11 @@ impl Transaction {
     /// Inserts a document into `table` (created if it does not exist); returns its id.
     pub async fn insert(&mut self, table: &str, fields: Object) -> Result<DocumentId> {
         self.check_writable()?;
-        check_table_name(table)?;
+        if self.system && table.starts_with('_') {
+            check_table_name(&table[1..])?;
+        } else {
+            check_table_name(table)?;
+        }
         validate_user_fields(&fields)?;
         let meta = self.ensure_table(table);
         let id = DocumentId::new(meta.number, InternalId::random());

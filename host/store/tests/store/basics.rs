@@ -175,3 +175,19 @@ async fn old_snapshots_fail_cleanly_after_pruning() {
     let mut fresh = store.begin_read_only();
     assert_eq!(fresh.collect(Query::full_table_scan("t")).await.unwrap()[0].value["v"], Value::Float64(2.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_tables_are_invisible_to_user_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config()).await;
+    let mut sys = store.begin_system();
+    let id = sys.insert("_usage", obj(r#"{"fuel": 5}"#)).await.unwrap();
+    sys.commit().await.unwrap();
+    assert_eq!(store.begin().insert("_usage", obj("{}")).await.unwrap_err().code(), "InvalidTableName");
+    let mut user = store.begin_read_only();
+    assert!(user.get(id).await.unwrap().is_none(), "a user transaction cannot read a system document by id");
+    assert!(user.collect(Query::full_table_scan("_usage")).await.unwrap().is_empty());
+    assert_eq!(user.normalize_id(Some("_usage"), &id.encode()).unwrap(), None);
+    let mut sys = store.begin_system();
+    assert_eq!(sys.collect(Query::full_table_scan("_usage")).await.unwrap().len(), 1);
+}

@@ -1,0 +1,230 @@
+//! The runtime benchmark: trivial-query latency and throughput in process, durable transfer
+//! mutations with 64 concurrent callers, the cost of fuel metering, resident memory per idle
+//! deployment, and cold start of a deployment from its cached `.cwasm`.
+//!
+//! `cargo bench -p kiln-runtime --bench runtime` (`-- --quick` for a shorter run).
+
+// A benchmark aborts on the first failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kiln_runtime::{CallRequest, DeploymentConfig, FunctionKind, Limits, Runtime, RuntimeConfig};
+use kiln_store::StoreConfig;
+use kiln_value::{Object, Value, parse_convex_json};
+
+fn report(name: &str, value: String) {
+    println!("{name:<66} {value}");
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
+}
+
+fn runtime(dir: &Path, cache: &Path, meter_fuel: bool) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        data_dir: dir.to_path_buf(),
+        cache_dir: Some(cache.to_path_buf()),
+        meter_fuel,
+        store: StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() },
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+fn config(concurrency: usize) -> DeploymentConfig {
+    DeploymentConfig {
+        limits: Limits { max_concurrency: concurrency, mutation_retries: 1000, ..Limits::default() },
+        ..Default::default()
+    }
+}
+
+fn empty() -> Value {
+    Value::Object(Object::new())
+}
+
+/// Sequential latency and concurrent throughput of a trivial query.
+async fn trivial_queries(rt: &Arc<Runtime>, seconds: f64) -> (Vec<Duration>, f64) {
+    let mut lat = Vec::new();
+    for i in 0..3000 {
+        let t = Instant::now();
+        let out = rt.call("probe", CallRequest::new(FunctionKind::Query, "probe:empty", empty())).await;
+        if i >= 200 {
+            lat.push(t.elapsed());
+        }
+        out.result.unwrap();
+    }
+    lat.sort();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (rt, stop, count) = (rt.clone(), stop.clone(), count.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    rt.call("probe", CallRequest::new(FunctionKind::Query, "probe:empty", empty()))
+                        .await
+                        .result
+                        .unwrap();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (lat, count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Transfers between random accounts from 64 concurrent callers; returns committed/s.
+async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f64) {
+    let mut ids = Vec::new();
+    for i in 0..1000 {
+        let a =
+            parse_convex_json(&format!(r#"{{"owner": "o{i}", "balance": {{"$integer": "AADKmjsAAAA="}}}}"#)).unwrap();
+        let out = rt.call(deployment, CallRequest::new(FunctionKind::Mutation, "accounts:open", a)).await;
+        let Ok(Value::String(id)) = out.result else { panic!("open failed: {:?}", out.result) };
+        ids.push(id);
+    }
+    let ids = Arc::new(ids);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (count, retries) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..64u64)
+        .map(|w| {
+            let (rt, ids, stop, count, retries) =
+                (rt.clone(), ids.clone(), stop.clone(), count.clone(), retries.clone());
+            let deployment = deployment.to_owned();
+            tokio::spawn(async move {
+                let mut x = (w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                while !stop.load(Ordering::Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let (a, b) = ((x % 1000) as usize, ((x >> 20) % 1000) as usize);
+                    if a == b {
+                        continue;
+                    }
+                    let args = parse_convex_json(&format!(
+                        r#"{{"from": "{}", "to": "{}", "amount": {{"$integer": "AQAAAAAAAAA="}}}}"#,
+                        ids[a], ids[b]
+                    ))
+                    .unwrap();
+                    let out =
+                        rt.call(&deployment, CallRequest::new(FunctionKind::Mutation, "accounts:transfer", args)).await;
+                    out.result.unwrap();
+                    count.fetch_add(1, Ordering::Relaxed);
+                    retries.fetch_add(u64::from(out.retries), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = count.load(Ordering::Relaxed) as f64;
+    (n / started.elapsed().as_secs_f64(), retries.load(Ordering::Relaxed) as f64 / n.max(1.0))
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let seconds = if quick { 2.0 } else { 5.0 };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap().to_path_buf();
+    let work = tempfile::Builder::new().prefix("kiln-runtime-bench").tempdir_in(repo.join("target")).unwrap();
+    let cache = work.path().join("cache");
+    let build = |app: &str| kiln_guest_sdk::build_app(&repo.join(app), &Default::default()).unwrap().component;
+    let (probe, bank) = (build("guest-sdk/tests/fixtures/probe"), build("examples/bank"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        println!("kiln runtime benchmark ({seconds:.0} s per throughput phase, 2 cores)");
+        let mut results = Vec::new();
+        for meter in [true, false] {
+            let dir = work.path().join(if meter { "metered" } else { "unmetered" });
+            let runtime = Arc::new(runtime(&dir, &cache, meter));
+            runtime.open_deployment("probe", config(16)).await.unwrap();
+            runtime.deploy("probe", &probe).await.unwrap();
+            runtime.open_deployment("bank", config(64)).await.unwrap();
+            runtime.deploy("bank", &bank).await.unwrap();
+            let (lat, qps) = trivial_queries(&runtime, seconds).await;
+            let (tps, retries) = transfers(&runtime, "bank", seconds).await;
+            results.push((meter, lat, qps, tps, retries));
+            runtime.shutdown().await;
+        }
+        let (_, lat, qps, tps, retries) = &results[0];
+        let (_, lat_off, qps_off, tps_off, _) = &results[1];
+        report(
+            "trivial query, one caller: p50 / p99 per call (target p50 <= 50 us)",
+            format!("{:.1} us / {:.1} us", pct(lat, 0.5), pct(lat, 0.99)),
+        );
+        report("trivial queries/s, 16 concurrent callers", format!("{qps:.0}"));
+        report(
+            "bank transfers committed/s, 64 callers, durable (target >= 15000)",
+            format!("{tps:.0} ({retries:.3} retries per transfer)"),
+        );
+        report(
+            "fuel metering cost: p50 / queries/s / transfers/s, on vs off",
+            format!(
+                "{:+.1}% / {:+.1}% / {:+.1}% (off: {:.1} us, {qps_off:.0}/s, {tps_off:.0}/s)",
+                (pct(lat, 0.5) / pct(lat_off, 0.5) - 1.0) * 100.0,
+                (qps_off / qps - 1.0) * 100.0,
+                (tps_off / tps - 1.0) * 100.0,
+                pct(lat_off, 0.5)
+            ),
+        );
+
+        // Idle deployments, and cold starts from the cached .cwasm.
+        let dir = work.path().join("idle");
+        let runtime = runtime(&dir, &cache, true);
+        let before = rss_kib();
+        let n = 40;
+        for i in 0..n {
+            let name = format!("idle{i}");
+            runtime.open_deployment(&name, config(4)).await.unwrap();
+            runtime.deploy(&name, &bank).await.unwrap();
+            runtime.call(&name, CallRequest::new(FunctionKind::Query, "accounts:total", empty())).await.result.unwrap();
+        }
+        let per = (rss_kib() - before) as f64 / n as f64;
+        report(
+            &format!("resident memory per idle deployment ({n} deployments, one call each)"),
+            format!("{per:.0} KiB"),
+        );
+        runtime.shutdown().await;
+        drop(runtime);
+        let runtime = self::runtime(&dir, &cache, true);
+        let mut starts = Vec::new();
+        for i in 0..n {
+            let t = Instant::now();
+            runtime.open_deployment(&format!("idle{i}"), config(4)).await.unwrap();
+            runtime
+                .call(&format!("idle{i}"), CallRequest::new(FunctionKind::Query, "accounts:total", empty()))
+                .await
+                .result
+                .unwrap();
+            starts.push(t.elapsed());
+        }
+        starts.sort();
+        report(
+            "cold start of a deployment from its cached .cwasm (open + first call): p50 / max",
+            format!("{:.1} ms / {:.1} ms", pct(&starts, 0.5) / 1e3, starts.last().unwrap().as_secs_f64() * 1e3),
+        );
+    });
+}

@@ -1,0 +1,423 @@
+//! Running calls: argument checks, quotas, the worker pool, a fresh instance per call with
+//! fuel, deadline and memory limits, nested calls, mutation commits with OCC retries, result
+//! checks and metering.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_guest_sdk::bindings::exports::kiln::platform::guest::Call;
+use kiln_guest_sdk::bindings::kiln::platform::types::{Error as WitError, FunctionKind as WitKind};
+use kiln_store::catalog::Catalog;
+use kiln_store::{StoreError, Transaction};
+use kiln_value::validator::IdCheck;
+use kiln_value::{DocumentId, Value, from_msgpack, to_msgpack};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+use wasmtime::{Store, Trap};
+
+use crate::deployment::{Deployment, FunctionEntry, normalize_path};
+use crate::error::CallError;
+use crate::host::{HostCtx, LogBuffer, MemoryLimiter, wit_error};
+use crate::metering::CallRecord;
+use crate::{CallOutcome, CallRequest, FunctionKind, Shared};
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn wall_clock_ms() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
+fn wit_kind(kind: FunctionKind) -> WitKind {
+    match kind {
+        FunctionKind::Query => WitKind::Query,
+        FunctionKind::Mutation => WitKind::Mutation,
+        FunctionKind::Action => WitKind::Action,
+    }
+}
+
+/// A seed that is the same for the same function, arguments and snapshot: re-running a query
+/// or mutation at the same snapshot draws the same random numbers.
+fn derive_seed(parts: &[&[u8]]) -> u64 {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.finalize()[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// Ids in arguments must name existing documents' tables of this deployment.
+struct CatalogIds(Arc<Catalog>);
+
+impl IdCheck for CatalogIds {
+    fn is_id_of(&self, id: &str, table: &str) -> bool {
+        match (DocumentId::decode(id), self.0.table(table)) {
+            (Ok(d), Some(t)) => d.table == t.number,
+            _ => false,
+        }
+    }
+}
+
+/// Checks arguments against size limits and the function's validator; returns their encoding.
+fn check_args(dep: &Deployment, entry: &FunctionEntry, path: &str, args: &Value) -> Result<Vec<u8>, CallError> {
+    if !matches!(args, Value::Object(_)) {
+        return Err(CallError::new("InvalidArgs", format!("{path}: arguments must be an object")));
+    }
+    let max = dep.config.read().limits.max_value_bytes;
+    if args.size() > max {
+        return Err(CallError::new(
+            "ArgumentsTooLarge",
+            format!("{path}: arguments are {} bytes, over {max}", args.size()),
+        ));
+    }
+    kiln_value::validation::validate_value(args).map_err(|e| CallError::new("InvalidArgs", format!("{path}: {e}")))?;
+    if let Some(v) = &entry.args {
+        v.check(args, &CatalogIds(dep.store.catalog()))
+            .map_err(|e| CallError::new("InvalidArgs", format!("{path}: arguments do not match the validator: {e}")))?;
+    }
+    Ok(to_msgpack(args))
+}
+
+/// Decodes a result and checks its size and the function's return validator.
+fn check_result(dep: &Deployment, entry: &FunctionEntry, path: &str, bytes: &[u8]) -> Result<Value, CallError> {
+    let value = from_msgpack(bytes).map_err(|e| CallError::new("InvalidReturnValue", format!("{path}: {e}")))?;
+    let max = dep.config.read().limits.max_value_bytes;
+    if value.size() > max {
+        return Err(CallError::new(
+            "ResultTooLarge",
+            format!("{path} returned {} bytes, over the limit of {max}", value.size()),
+        ));
+    }
+    if let Some(v) = &entry.returns {
+        v.check(&value, &CatalogIds(dep.store.catalog())).map_err(|e| {
+            CallError::new("InvalidReturnValue", format!("{path}: the return value does not match the validator: {e}"))
+        })?;
+    }
+    Ok(value)
+}
+
+/// The result of running one instance.
+pub(crate) struct Executed {
+    pub ctx: HostCtx,
+    pub outcome: Result<Vec<u8>, CallError>,
+    pub fuel: u64,
+}
+
+/// Runs one call in a fresh instance (synchronously, on a worker thread).
+pub(crate) fn execute(mut ctx: HostCtx, args: Vec<u8>, request_id: &str, fuel: u64) -> Executed {
+    let limits = ctx.deployment.config.read().limits.clone();
+    let deadline = match ctx.kind {
+        FunctionKind::Action => limits.action_deadline,
+        _ => limits.query_mutation_deadline,
+    };
+    let shared = ctx.shared.clone();
+    ctx.limiter = MemoryLimiter { cap: limits.memory_bytes.min(shared.config.max_memory_bytes), exceeded: false };
+    let (version, path, kind) = (ctx.version.clone(), ctx.path.clone(), ctx.kind);
+    let span = tracing::debug_span!("guest", deployment = %ctx.deployment.name, %path, ?kind, depth = ctx.depth);
+    let _guard = span.enter();
+    let mut store = Store::new(shared.engine.engine(), ctx);
+    store.limiter(|c| &mut c.limiter);
+    let _ = store.set_fuel(fuel);
+    let tick = shared.config.epoch_tick.as_micros().max(1);
+    store.set_epoch_deadline((deadline.as_micros() / tick) as u64 + 1);
+    let call = Call { kind: wit_kind(kind), path: path.clone(), args, request_id: request_id.to_owned(), http: None };
+    let result =
+        version.pre.instantiate(&mut store).and_then(|app| app.kiln_platform_guest().call_invoke(&mut store, &call));
+    let used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    let mut ctx = store.into_data();
+    if let Some(txn) = ctx.txn.as_mut() {
+        for (_, id) in ctx.streams.drain() {
+            let _ = txn.close_query(id);
+        }
+    }
+    let outcome = classify(result, &ctx, &path, fuel, deadline);
+    Executed { ctx, outcome, fuel: used }
+}
+
+fn classify(
+    result: wasmtime::Result<Result<Vec<u8>, WitError>>,
+    ctx: &HostCtx,
+    path: &str,
+    fuel: u64,
+    deadline: Duration,
+) -> Result<Vec<u8>, CallError> {
+    let memory = || {
+        CallError::new(
+            "MemoryLimitExceeded",
+            format!("{path} exceeded its memory limit of {} MiB", ctx.limiter.cap >> 20),
+        )
+    };
+    match result {
+        Err(e) => Err(match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => {
+                CallError::new("FuelExhausted", format!("{path} used all of its {fuel} units of fuel"))
+            }
+            Some(Trap::Interrupt) => {
+                CallError::new("DeadlineExceeded", format!("{path} ran past its deadline of {deadline:?}"))
+            }
+            Some(Trap::StackOverflow) => {
+                CallError::new("StackOverflow", format!("{path} exhausted its stack (unbounded recursion?)"))
+            }
+            _ if ctx.limiter.exceeded => memory(),
+            Some(trap) => CallError::new("GuestTrap", format!("{path} trapped: {trap}")),
+            None if format!("{e:#}").contains("concurrent") => {
+                CallError::new("Overloaded", format!("{path}: no instance slot is free: {e:#}"))
+            }
+            None => CallError::new("GuestTrap", format!("{path} failed: {e:#}")),
+        }),
+        Ok(r) => match (&ctx.fatal, r) {
+            (Some(fatal), _) => Err(fatal.error.clone()),
+            (None, Err(_)) if ctx.limiter.exceeded => Err(memory()),
+            (None, Err(e)) => Err(CallError {
+                code: e.code,
+                message: e.message,
+                data: e.data.as_deref().and_then(|d| from_msgpack(d).ok()),
+            }),
+            (None, Ok(bytes)) => Ok(bytes),
+        },
+    }
+}
+
+/// A context for a call of `kind` to `path`.
+#[allow(clippy::too_many_arguments)]
+fn new_ctx(
+    shared: &Arc<Shared>,
+    dep: &Arc<Deployment>,
+    version: &Arc<crate::deployment::Version>,
+    kind: FunctionKind,
+    path: &str,
+    txn: Option<Transaction>,
+    identity: Option<Value>,
+    seed: u64,
+    now_ms: f64,
+    depth: u32,
+) -> HostCtx {
+    let limits = dep.config.read().limits.clone();
+    HostCtx {
+        shared: shared.clone(),
+        deployment: dep.clone(),
+        version: version.clone(),
+        kind,
+        path: path.to_owned(),
+        txn,
+        streams: Default::default(),
+        next_stream: 0,
+        identity,
+        seed,
+        now_ms,
+        logs: LogBuffer::new(limits.log_lines, limits.log_line_bytes),
+        fatal: None,
+        limiter: MemoryLimiter { cap: limits.memory_bytes, exceeded: false },
+        depth,
+        nested_fuel: 0,
+    }
+}
+
+fn fuel_for(dep: &Deployment, kind: FunctionKind) -> u64 {
+    let limits = &dep.config.read().limits;
+    if kind == FunctionKind::Action { limits.action_fuel } else { limits.query_mutation_fuel }
+}
+
+/// Runs `runQuery`/`runMutation`/`runAction` from inside a host call, on the same worker
+/// thread. Queries and mutations share the caller's transaction; from an action each nested
+/// call is its own transaction with its own limits.
+pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args: &[u8]) -> Result<Vec<u8>, WitError> {
+    let limits = ctx.deployment.config.read().limits.clone();
+    if ctx.depth >= limits.max_nesting {
+        return Err(wit_error(
+            "NestingTooDeep",
+            format!("{}: calls nest more than {} deep", ctx.path, limits.max_nesting),
+        ));
+    }
+    let path = normalize_path(name);
+    let version = ctx.version.clone();
+    let entry = version
+        .function(&path)
+        .ok_or_else(|| wit_error("FunctionNotFound", format!("Could not find function for '{path}'")))?;
+    if entry.kind != kind {
+        return Err(wit_error("WrongFunctionKind", format!("{path} is a {:?}, not a {kind:?}", entry.kind)));
+    }
+    let value = from_msgpack(args).map_err(|e| wit_error(e.code(), e.to_string()))?;
+    let args = check_args(&ctx.deployment, entry, &path, &value).map_err(|e| wit_error(&e.code, e.message))?;
+    let (shared, dep) = (ctx.shared.clone(), ctx.deployment.clone());
+    let fuel = fuel_for(&dep, kind);
+    let seed = derive_seed(&[&ctx.seed.to_le_bytes(), path.as_bytes(), &args]);
+    let child = |txn, now_ms| {
+        new_ctx(&shared, &dep, &version, kind, &path, txn, ctx.identity.clone(), seed, now_ms, ctx.depth + 1)
+    };
+    let executed = match (ctx.kind, kind) {
+        (FunctionKind::Query | FunctionKind::Mutation, FunctionKind::Query)
+        | (FunctionKind::Mutation, FunctionKind::Mutation) => {
+            let mut ex = execute(child(ctx.txn.take(), ctx.now_ms), args, "", fuel);
+            ctx.txn = ex.ctx.txn.take();
+            if ctx.fatal.is_none() {
+                ctx.fatal = ex.ctx.fatal.take();
+            }
+            ex
+        }
+        (FunctionKind::Action, FunctionKind::Query) => {
+            let txn = dep.store.begin_read_only();
+            let now = txn.begin_ts().0 as f64 / 1e6;
+            execute(child(Some(txn), now), args, "", fuel)
+        }
+        (FunctionKind::Action, FunctionKind::Mutation) => {
+            let mut attempt = 0;
+            loop {
+                let txn = dep.store.begin();
+                let now = txn.begin_ts().0 as f64 / 1e6;
+                let mut ex = execute(child(Some(txn), now), args.clone(), "", fuel);
+                let retry = match (&ex.outcome, ex.ctx.txn.take()) {
+                    (Ok(_), Some(txn)) => shared.handle.block_on(txn.commit()).err(),
+                    _ => ex.ctx.fatal.as_ref().filter(|f| f.retryable).map(|f| StoreError::Conflict {
+                        table: String::new(),
+                        conflicting_ts: f.retry_after.unwrap_or_default(),
+                    }),
+                };
+                match retry {
+                    None => break ex,
+                    Some(e) if e.is_retryable() && attempt < limits.mutation_retries => {
+                        attempt += 1;
+                        ctx.nested_fuel += ex.fuel;
+                        if let Some(ts) = e.retry_after() {
+                            shared.handle.block_on(dep.store.wait_for(ts));
+                        }
+                    }
+                    Some(e) => {
+                        ex.outcome = Err(CallError::new(e.code(), format!("{path}: {e}")));
+                        break ex;
+                    }
+                }
+            }
+        }
+        (FunctionKind::Action, FunctionKind::Action) => execute(child(None, wall_clock_ms()), args, "", fuel),
+        (caller, callee) => {
+            return Err(wit_error("NotAllowed", format!("{}: a {caller:?} cannot call a {callee:?}", ctx.path)));
+        }
+    };
+    ctx.nested_fuel += executed.fuel + executed.ctx.nested_fuel;
+    ctx.logs.extend(executed.ctx.logs);
+    executed.outcome.and_then(|bytes| check_result(&dep, entry, &path, &bytes).map(|_| bytes)).map_err(|e| WitError {
+        code: e.code,
+        message: e.message,
+        data: e.data.as_ref().map(to_msgpack),
+    })
+}
+
+/// Runs a client's call to completion, including retries, and meters it.
+pub(crate) async fn call(shared: Arc<Shared>, dep: Arc<Deployment>, req: CallRequest) -> CallOutcome {
+    let started = Instant::now();
+    let span = tracing::info_span!("call", deployment = %dep.name, path = %req.path, kind = ?req.kind);
+    let mut out = CallOutcome::default();
+    let result = run(&shared, &dep, &req, &mut out).instrument(span).await;
+    out.wall = started.elapsed();
+    dep.metering.record(CallRecord {
+        path: normalize_path(&req.path),
+        kind: req.kind,
+        fuel: out.fuel,
+        wall: out.wall,
+        outcome: match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.code.clone(),
+        },
+    });
+    out.result = result;
+    out
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    dep: &Arc<Deployment>,
+    req: &CallRequest,
+    out: &mut CallOutcome,
+) -> Result<Value, CallError> {
+    let version = dep
+        .version()
+        .ok_or_else(|| CallError::new("NotDeployed", format!("deployment {:?} has no app deployed", dep.name)))?;
+    let path = normalize_path(&req.path);
+    let entry = version
+        .function(&path)
+        .filter(|e| e.public || req.internal)
+        .ok_or_else(|| CallError::new("FunctionNotFound", format!("Could not find public function for '{path}'")))?;
+    if entry.kind != req.kind {
+        return Err(CallError::new(
+            "WrongFunctionKind",
+            format!("Trying to execute {path} as {:?}, but it is defined as {:?}", req.kind, entry.kind),
+        ));
+    }
+    let args = check_args(dep, entry, &path, &req.args)?;
+    let config = dep.config();
+    let fuel = dep.metering.fuel_budget(&config.quotas, fuel_for(dep, req.kind), &path)?;
+    let _permit = dep
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| CallError::new("ShuttingDown", "the deployment is closing"))?;
+    let mut attempt = 0;
+    loop {
+        let (txn, now_ms, seed) = match req.kind {
+            FunctionKind::Action => {
+                (None, wall_clock_ms(), derive_seed(&[&wall_clock_ms().to_le_bytes(), path.as_bytes()]))
+            }
+            kind => {
+                let txn = if kind == FunctionKind::Query { dep.store.begin_read_only() } else { dep.store.begin() };
+                let ts = txn.begin_ts();
+                let seed = derive_seed(&[dep.name.as_bytes(), path.as_bytes(), &args, &ts.0.to_le_bytes()]);
+                (Some(txn), ts.0 as f64 / 1e6, seed)
+            }
+        };
+        let ctx = new_ctx(shared, dep, &version, req.kind, &path, txn, req.identity.clone(), seed, now_ms, 0);
+        let (job_args, request_id) = (args.clone(), req.request_id.clone());
+        let mut ex = shared
+            .pool
+            .run(move || execute(ctx, job_args, &request_id, fuel))
+            .await
+            .ok_or_else(|| CallError::new("ShuttingDown", "the runtime is shutting down"))?;
+        out.fuel += ex.fuel + ex.ctx.nested_fuel;
+        out.logs = std::mem::take(&mut ex.ctx.logs).finish();
+        let txn = ex.ctx.txn.take();
+        let failure = match (ex.outcome, txn) {
+            (Ok(bytes), Some(txn)) if req.kind == FunctionKind::Mutation => {
+                let value = check_result(dep, entry, &path, &bytes)?;
+                match txn_commit(&mut out.read_token, txn).await {
+                    Ok(ts) => {
+                        out.commit_ts = Some(ts);
+                        return Ok(value);
+                    }
+                    Err(e) => e,
+                }
+            }
+            (Ok(bytes), txn) => {
+                if let Some(mut txn) = txn {
+                    out.read_token = Some(txn.read_token());
+                }
+                return check_result(dep, entry, &path, &bytes);
+            }
+            (Err(e), _) => match ex.ctx.fatal.take() {
+                Some(f) if f.retryable => {
+                    StoreError::Conflict { table: String::new(), conflicting_ts: f.retry_after.unwrap_or_default() }
+                }
+                _ => return Err(e),
+            },
+        };
+        if failure.is_retryable() && attempt < config.limits.mutation_retries && req.kind != FunctionKind::Action {
+            attempt += 1;
+            out.retries = attempt;
+            if let Some(ts) = failure.retry_after() {
+                dep.store.wait_for(ts).await;
+            }
+            tokio::time::sleep(Duration::from_micros(200 << attempt.min(6))).await;
+            continue;
+        }
+        return Err(CallError::new(failure.code(), format!("{path}: {failure}")));
+    }
+}
+
+async fn txn_commit(
+    token: &mut Option<kiln_store::ReadToken>,
+    mut txn: Transaction,
+) -> Result<kiln_store::Timestamp, StoreError> {
+    *token = Some(txn.read_token());
+    txn.commit().await
+}

@@ -1,0 +1,101 @@
+//! Deployments (tenants): a store, the current version of the app, configuration, metering.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kiln_guest_sdk::Manifest;
+use kiln_guest_sdk::bindings::AppPre;
+use kiln_store::Store;
+use kiln_value::Validator;
+use parking_lot::RwLock;
+use tokio::sync::Semaphore;
+
+use crate::FunctionKind;
+use crate::host::HostCtx;
+use crate::knobs::DeploymentConfig;
+use crate::metering::Metering;
+
+/// A function of a version, ready for calls.
+pub(crate) struct FunctionEntry {
+    pub kind: FunctionKind,
+    pub public: bool,
+    pub args: Option<Validator>,
+    pub returns: Option<Validator>,
+}
+
+/// An installed version of a deployment's app.
+pub struct Version {
+    /// A hash of the component bytes.
+    pub id: String,
+    /// What the app defines.
+    pub manifest: Manifest,
+    pub(crate) functions: HashMap<String, FunctionEntry>,
+    pub(crate) pre: AppPre<HostCtx>,
+}
+
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Version").field("id", &self.id).field("functions", &self.functions.len()).finish()
+    }
+}
+
+impl Version {
+    pub(crate) fn function(&self, path: &str) -> Option<&FunctionEntry> {
+        self.functions.get(path)
+    }
+}
+
+/// A named tenant.
+pub struct Deployment {
+    pub(crate) name: String,
+    pub(crate) store: Arc<Store>,
+    pub(crate) config: RwLock<DeploymentConfig>,
+    pub(crate) version: RwLock<Option<Arc<Version>>>,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) metering: Metering,
+}
+
+impl Deployment {
+    /// The deployment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The deployment's store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The version serving calls, if any.
+    pub fn version(&self) -> Option<Arc<Version>> {
+        self.version.read().clone()
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> DeploymentConfig {
+        self.config.read().clone()
+    }
+}
+
+/// Canonical function path: `dir/module:export`, `.js` stripped, `:default` when no export.
+pub fn normalize_path(path: &str) -> String {
+    let path = path.trim_start_matches('/');
+    let (module, export) = match path.rsplit_once(':') {
+        Some((m, e)) => (m, e),
+        None => (path, "default"),
+    };
+    let module = module.strip_suffix(".js").unwrap_or(module);
+    format!("{module}:{export}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized() {
+        assert_eq!(normalize_path("messages:list"), "messages:list");
+        assert_eq!(normalize_path("messages.js:list"), "messages:list");
+        assert_eq!(normalize_path("/dir/mod"), "dir/mod:default");
+    }
+}

@@ -1,0 +1,75 @@
+//! The process's wasmtime engine and the epoch ticker that drives deadlines.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::error::{Result, RuntimeError};
+use crate::knobs::RuntimeConfig;
+
+/// Instances one call may hold at once (itself and nested calls).
+pub(crate) const INSTANCES_PER_WORKER: u32 = 10;
+
+/// The engine plus the thread advancing its epoch.
+pub struct EngineHandle {
+    engine: Engine,
+    stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    /// Builds the engine: cranelift, pooling allocator with copy-on-write images, fuel and
+    /// epoch interruption.
+    pub fn new(config: &RuntimeConfig) -> Result<EngineHandle> {
+        let slots = config.worker_threads as u32 * INSTANCES_PER_WORKER;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .max_memory_size(config.max_memory_bytes)
+            .linear_memory_keep_resident(config.keep_resident_bytes)
+            .pagemap_scan(Enabled::Auto)
+            .total_stacks(slots);
+        let mut c = Config::new();
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .memory_init_cow(true)
+            .consume_fuel(config.meter_fuel)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            // Calls run synchronously, but the async feature is compiled in and wasmtime
+            // requires its stacks to hold the largest wasm stack.
+            .async_stack_size(config.max_wasm_stack + (512 << 10));
+        let engine = Engine::new(&c).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop, tick) = (engine.clone(), stop.clone(), config.epoch_tick);
+            std::thread::Builder::new()
+                .name("kiln-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| RuntimeError::Engine(e.to_string()))?
+        };
+        Ok(EngineHandle { engine, stop, ticker: Some(ticker) })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}

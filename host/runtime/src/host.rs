@@ -1,0 +1,409 @@
+//! The host side of world `app`'s imports, bound to one call's context: its transaction (none
+//! for actions), identity, seed and time, log buffer and memory limiter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kiln_guest_sdk::bindings::kiln::platform::db::{self, Page, QueryStream};
+use kiln_guest_sdk::bindings::kiln::platform::log::Level;
+use kiln_guest_sdk::bindings::kiln::platform::search::VectorMatch;
+use kiln_guest_sdk::bindings::kiln::platform::types::{self, Error as WitError, HttpRequest, HttpResponse};
+use kiln_guest_sdk::bindings::kiln::platform::{auth, env, functions, http, log, scheduler, search, storage};
+use kiln_store::query::Query;
+use kiln_store::{PageRequest, StoreError, StreamId, Timestamp, Transaction};
+use kiln_value::{DocumentId, Object, Patch, Value, from_msgpack, object_to_msgpack, to_msgpack};
+use wasmtime::component::Resource;
+
+use crate::deployment::{Deployment, Version};
+use crate::error::CallError;
+use crate::{FunctionKind, Shared, call};
+
+/// A log line of a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// `DEBUG`, `INFO`, `LOG`, `WARN` or `ERROR`.
+    pub level: &'static str,
+    /// The text (truncated to the deployment's line limit).
+    pub text: String,
+}
+
+/// A call's log lines, capped in count and length.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LogBuffer {
+    pub lines: Vec<LogLine>,
+    pub dropped: usize,
+    pub max_lines: usize,
+    pub max_bytes: usize,
+}
+
+impl LogBuffer {
+    pub fn new(max_lines: usize, max_bytes: usize) -> LogBuffer {
+        LogBuffer { lines: Vec::new(), dropped: 0, max_lines, max_bytes }
+    }
+
+    pub fn push(&mut self, level: &'static str, mut text: String) {
+        if self.lines.len() >= self.max_lines {
+            self.dropped += 1;
+            return;
+        }
+        if text.len() > self.max_bytes {
+            let cut = text.floor_char_boundary(self.max_bytes);
+            text.truncate(cut);
+            text.push_str(" [truncated]");
+        }
+        self.lines.push(LogLine { level, text });
+    }
+
+    pub fn extend(&mut self, other: LogBuffer) {
+        for line in other.lines {
+            self.push(line.level, line.text);
+        }
+        self.dropped += other.dropped;
+    }
+
+    /// The lines, with a final line reporting any that were dropped.
+    pub fn finish(mut self) -> Vec<LogLine> {
+        if self.dropped > 0 {
+            let text = format!(
+                "[kiln] log limit reached: {} more lines were dropped (limit {})",
+                self.dropped, self.max_lines
+            );
+            self.lines.push(LogLine { level: "WARN", text });
+        }
+        self.lines
+    }
+}
+
+/// Refuses linear memory growth beyond the deployment's cap, remembering that it did.
+pub(crate) struct MemoryLimiter {
+    pub cap: usize,
+    pub exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// A host error the guest must not be able to swallow: it decides the call's outcome.
+#[derive(Clone, Debug)]
+pub(crate) struct Fatal {
+    pub error: CallError,
+    /// For a retryable conflict: the commit a retry should wait for.
+    pub retry_after: Option<Timestamp>,
+    pub retryable: bool,
+}
+
+/// Everything the imports of one call need.
+pub(crate) struct HostCtx {
+    pub shared: Arc<Shared>,
+    pub deployment: Arc<Deployment>,
+    pub version: Arc<Version>,
+    pub kind: FunctionKind,
+    pub path: String,
+    pub txn: Option<Transaction>,
+    pub streams: HashMap<u32, StreamId>,
+    pub next_stream: u32,
+    pub identity: Option<Value>,
+    pub seed: u64,
+    pub now_ms: f64,
+    pub logs: LogBuffer,
+    pub fatal: Option<Fatal>,
+    pub limiter: MemoryLimiter,
+    pub depth: u32,
+    pub nested_fuel: u64,
+}
+
+pub(crate) fn wit_error(code: &str, message: impl Into<String>) -> WitError {
+    WitError { code: code.to_owned(), message: message.into(), data: None }
+}
+
+fn not_supported(what: &str) -> WitError {
+    wit_error("NotSupported", format!("{what} is not supported by this version of Kiln"))
+}
+
+impl HostCtx {
+    /// Converts a store error, remembering it if the guest must not be able to swallow it.
+    fn store_error(&mut self, e: StoreError) -> WitError {
+        let fatal = e.is_retryable()
+            || matches!(
+                e,
+                StoreError::LimitExceeded { .. }
+                    | StoreError::Persistence(_)
+                    | StoreError::Failed(_)
+                    | StoreError::Closed
+            );
+        let err = CallError::new(e.code(), format!("{}: {e}", self.path));
+        if fatal && self.fatal.is_none() {
+            self.fatal = Some(Fatal { retry_after: e.retry_after(), retryable: e.is_retryable(), error: err.clone() });
+        }
+        wit_error(&err.code, err.message)
+    }
+
+    fn txn(&mut self) -> Result<&mut Transaction, WitError> {
+        let path = self.path.clone();
+        self.txn.as_mut().ok_or_else(|| {
+            wit_error(
+                "NotAllowed",
+                format!("{path}: actions cannot use the database directly; use runQuery or runMutation"),
+            )
+        })
+    }
+
+    fn writable(&mut self) -> Result<&mut Transaction, WitError> {
+        if self.kind == FunctionKind::Query {
+            return Err(wit_error(
+                "ReadOnlyTransaction",
+                format!("{}: queries cannot write to the database", self.path),
+            ));
+        }
+        self.txn()
+    }
+
+    /// Parses an id the guest passed; `None` when it is well-formed but of no visible table.
+    fn parse_id(&mut self, id: &str) -> Result<Option<DocumentId>, WitError> {
+        let parsed = DocumentId::decode(id).map_err(|e| wit_error(e.code(), format!("{}: {e}", self.path)))?;
+        let txn = self.txn()?;
+        Ok(txn.table_name_of(&parsed).map(|_| parsed))
+    }
+
+    fn existing_id(&mut self, id: &str) -> Result<DocumentId, WitError> {
+        self.parse_id(id)?
+            .ok_or_else(|| wit_error("DocumentNotFound", format!("{}: document {id:?} does not exist", self.path)))
+    }
+}
+
+fn object(bytes: &[u8]) -> Result<Object, WitError> {
+    match from_msgpack(bytes) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(other) => Err(wit_error("InvalidDocument", format!("expected an object, found {}", other.kind().name()))),
+        Err(e) => Err(wit_error(e.code(), e.to_string())),
+    }
+}
+
+impl types::Host for HostCtx {}
+
+impl db::HostQueryStream for HostCtx {
+    fn next(&mut self, stream: Resource<QueryStream>) -> Result<Option<Vec<u8>>, WitError> {
+        let id = *self.streams.get(&stream.rep()).ok_or_else(|| wit_error("QueryStreamNotFound", "no such query"))?;
+        let handle = self.shared.handle.clone();
+        let txn = self.txn()?;
+        let result = handle.block_on(txn.next(id));
+        match result {
+            Ok(doc) => Ok(doc.map(|d| object_to_msgpack(&d.value))),
+            Err(e) => Err(self.store_error(e)),
+        }
+    }
+
+    fn drop(&mut self, stream: Resource<QueryStream>) -> wasmtime::Result<()> {
+        if let (Some(id), Some(txn)) = (self.streams.remove(&stream.rep()), self.txn.as_mut()) {
+            let _ = txn.close_query(id);
+        }
+        Ok(())
+    }
+}
+
+impl db::Host for HostCtx {
+    fn get(&mut self, id: String, table: Option<String>) -> Result<Option<Vec<u8>>, WitError> {
+        let doc_id = match table {
+            Some(t) => self.txn()?.normalize_id(Some(&t), &id).map_err(|e| self.store_error(e))?,
+            None => self.parse_id(&id)?,
+        };
+        let Some(doc_id) = doc_id else { return Ok(None) };
+        let handle = self.shared.handle.clone();
+        let txn = self.txn()?;
+        let result = handle.block_on(txn.get(doc_id));
+        match result {
+            Ok(doc) => Ok(doc.map(|d| object_to_msgpack(&d.value))),
+            Err(e) => Err(self.store_error(e)),
+        }
+    }
+
+    fn insert(&mut self, table: String, fields: Vec<u8>) -> Result<String, WitError> {
+        let fields = object(&fields)?;
+        let handle = self.shared.handle.clone();
+        let txn = self.writable()?;
+        let result = handle.block_on(txn.insert(&table, fields));
+        result.map(|id| id.encode()).map_err(|e| self.store_error(e))
+    }
+
+    fn patch(&mut self, id: String, set: Vec<u8>, remove: Vec<String>) -> Result<(), WitError> {
+        let mut patch: Patch = object(&set)?.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        patch.extend(remove.into_iter().map(|k| (k, None)));
+        let doc_id = self.existing_id(&id)?;
+        let handle = self.shared.handle.clone();
+        let txn = self.writable()?;
+        let result = handle.block_on(txn.patch(doc_id, patch));
+        result.map(|_| ()).map_err(|e| self.store_error(e))
+    }
+
+    fn replace(&mut self, id: String, fields: Vec<u8>) -> Result<(), WitError> {
+        let fields = object(&fields)?;
+        let doc_id = self.existing_id(&id)?;
+        let handle = self.shared.handle.clone();
+        let txn = self.writable()?;
+        let result = handle.block_on(txn.replace(doc_id, fields));
+        result.map(|_| ()).map_err(|e| self.store_error(e))
+    }
+
+    fn delete(&mut self, id: String) -> Result<(), WitError> {
+        let doc_id = self.existing_id(&id)?;
+        let handle = self.shared.handle.clone();
+        let txn = self.writable()?;
+        let result = handle.block_on(txn.delete(doc_id));
+        result.map_err(|e| self.store_error(e))
+    }
+
+    fn normalize_id(&mut self, table: String, id: String) -> Result<Option<String>, WitError> {
+        let txn = self.txn()?;
+        let result = txn.normalize_id(Some(&table), &id);
+        result.map(|o| o.map(|d| d.encode())).map_err(|e| self.store_error(e))
+    }
+
+    fn open_query(&mut self, query: String) -> Result<Resource<QueryStream>, WitError> {
+        let json: serde_json::Value =
+            serde_json::from_str(&query).map_err(|e| wit_error("InvalidQuery", format!("{}: {e}", self.path)))?;
+        let query = Query::from_json(&json).map_err(|e| self.store_error(e))?;
+        let txn = self.txn()?;
+        let id = txn.open_query(query).map_err(|e| self.store_error(e))?;
+        let rep = self.next_stream;
+        self.next_stream = self.next_stream.wrapping_add(1);
+        self.streams.insert(rep, id);
+        Ok(Resource::new_own(rep))
+    }
+
+    fn query_page(
+        &mut self,
+        query: String,
+        cursor: Option<String>,
+        end_cursor: Option<String>,
+        page_size: u32,
+        maximum_rows_read: Option<u32>,
+    ) -> Result<Page, WitError> {
+        let json: serde_json::Value =
+            serde_json::from_str(&query).map_err(|e| wit_error("InvalidQuery", format!("{}: {e}", self.path)))?;
+        let query = Query::from_json(&json).map_err(|e| self.store_error(e))?;
+        let request = PageRequest {
+            cursor,
+            end_cursor,
+            page_size: page_size as usize,
+            max_rows_read: maximum_rows_read.map(|n| n as usize),
+        };
+        let handle = self.shared.handle.clone();
+        let txn = self.txn()?;
+        let result = handle.block_on(txn.query_page(query, request));
+        let page = result.map_err(|e| self.store_error(e))?;
+        Ok(Page {
+            documents: page.documents.iter().map(|d| object_to_msgpack(&d.value)).collect(),
+            is_done: page.is_done,
+            continue_cursor: page.continue_cursor,
+            split_cursor: None,
+            page_status: page.split_required.then(|| "SplitRequired".to_owned()),
+        })
+    }
+}
+
+impl auth::Host for HostCtx {
+    fn get_user_identity(&mut self) -> Option<Vec<u8>> {
+        self.identity.as_ref().map(to_msgpack)
+    }
+}
+
+impl scheduler::Host for HostCtx {
+    fn schedule(&mut self, _name: String, _args: Vec<u8>, _ts_ms: f64) -> Result<String, WitError> {
+        Err(not_supported("scheduling functions"))
+    }
+
+    fn cancel(&mut self, _id: String) -> Result<(), WitError> {
+        Err(not_supported("scheduling functions"))
+    }
+}
+
+impl storage::Host for HostCtx {
+    fn get_url(&mut self, _id: String) -> Result<Option<String>, WitError> {
+        Err(not_supported("file storage"))
+    }
+    fn get_metadata(&mut self, _id: String) -> Result<Option<Vec<u8>>, WitError> {
+        Err(not_supported("file storage"))
+    }
+    fn generate_upload_url(&mut self) -> Result<String, WitError> {
+        Err(not_supported("file storage"))
+    }
+    fn delete(&mut self, _id: String) -> Result<(), WitError> {
+        Err(not_supported("file storage"))
+    }
+}
+
+impl functions::Host for HostCtx {
+    fn run_query(&mut self, name: String, args: Vec<u8>) -> Result<Vec<u8>, WitError> {
+        call::run_nested(self, FunctionKind::Query, &name, &args)
+    }
+    fn run_mutation(&mut self, name: String, args: Vec<u8>) -> Result<Vec<u8>, WitError> {
+        call::run_nested(self, FunctionKind::Mutation, &name, &args)
+    }
+    fn run_action(&mut self, name: String, args: Vec<u8>) -> Result<Vec<u8>, WitError> {
+        call::run_nested(self, FunctionKind::Action, &name, &args)
+    }
+}
+
+impl search::Host for HostCtx {
+    fn vector_search(
+        &mut self,
+        _i: String,
+        _v: Vec<f64>,
+        _l: u32,
+        _f: Option<String>,
+    ) -> Result<Vec<VectorMatch>, WitError> {
+        Err(not_supported("vector search"))
+    }
+}
+
+impl http::Host for HostCtx {
+    fn fetch(&mut self, request: HttpRequest) -> Result<HttpResponse, WitError> {
+        if self.kind != FunctionKind::Action {
+            return Err(wit_error("NotAllowed", format!("{}: only actions may fetch", self.path)));
+        }
+        let policy = self.deployment.config.read().fetch.clone();
+        crate::fetch::fetch(&policy, request).map_err(|e| wit_error(&e.code, format!("{}: {}", self.path, e.message)))
+    }
+}
+
+impl log::Host for HostCtx {
+    fn write(&mut self, level: Level, line: String) {
+        let level = match level {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Log => "LOG",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        };
+        self.logs.push(level, line);
+    }
+}
+
+impl env::Host for HostCtx {
+    fn seed(&mut self) -> u64 {
+        self.seed
+    }
+
+    fn now_ms(&mut self) -> f64 {
+        match self.kind {
+            // Actions see real time; queries and mutations the call's frozen time.
+            FunctionKind::Action => crate::call::wall_clock_ms(),
+            _ => self.now_ms,
+        }
+    }
+
+    fn variables(&mut self) -> Vec<(String, String)> {
+        self.deployment.config.read().env.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}

@@ -1,0 +1,170 @@
+//! Tunables of the runtime and of deployments, with their defaults and `KILN_*` overrides.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kiln_store::StoreConfig;
+
+/// Process-wide configuration.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where deployments' SQLite files live (`KILN_DATA_DIR`, default `./kiln-data`).
+    pub data_dir: PathBuf,
+    /// Where compiled components are cached as `.cwasm` (`KILN_CACHE_DIR`, default
+    /// `<data_dir>/cache`); `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Threads that run guest code (`KILN_WORKER_THREADS`, default 2 per core, at least 4).
+    pub worker_threads: usize,
+    /// Stack size of those threads; guests run on them.
+    pub worker_stack_bytes: usize,
+    /// Largest native stack a guest may use before it traps with a stack overflow.
+    pub max_wasm_stack: usize,
+    /// How often the epoch advances (the granularity of deadlines).
+    pub epoch_tick: Duration,
+    /// Largest linear memory any deployment may be allowed (the pooling allocator's slot size).
+    pub max_memory_bytes: usize,
+    /// Linear memory kept mapped between instances of a slot (dirty pages are reset in place).
+    pub keep_resident_bytes: usize,
+    /// How often usage totals are written to the deployments' stores.
+    pub usage_flush_interval: Duration,
+    /// Whether guests are metered in fuel (fuel limits and usage need it; turning it off
+    /// exists to measure its cost).
+    pub meter_fuel: bool,
+    /// The configuration of every deployment's store.
+    pub store: StoreConfig,
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let raw = std::env::var(name).ok()?;
+    raw.trim().parse().ok().or_else(|| {
+        tracing::warn!(variable = name, value = %raw, "ignoring unparsable knob");
+        None
+    })
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let data_dir = kiln_sqlite::data_dir();
+        RuntimeConfig {
+            cache_dir: Some(data_dir.join("cache")),
+            data_dir,
+            worker_threads: (2 * cores).max(4),
+            worker_stack_bytes: 16 << 20,
+            max_wasm_stack: 2 << 20,
+            epoch_tick: Duration::from_millis(1),
+            max_memory_bytes: 256 << 20,
+            keep_resident_bytes: 16 << 20,
+            usage_flush_interval: Duration::from_secs(2),
+            meter_fuel: true,
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The defaults, overridden by `KILN_*` environment variables.
+    pub fn from_env() -> Self {
+        let mut c = RuntimeConfig { store: StoreConfig::from_env(), ..RuntimeConfig::default() };
+        if let Some(dir) = std::env::var_os("KILN_CACHE_DIR") {
+            c.cache_dir = Some(PathBuf::from(dir));
+        }
+        if let Some(n) = env_u64("KILN_WORKER_THREADS") {
+            c.worker_threads = (n as usize).max(1);
+        }
+        c
+    }
+}
+
+/// Limits of one deployment's calls.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Fuel per query or mutation call (about 1 s of guest work).
+    pub query_mutation_fuel: u64,
+    /// Fuel per action call.
+    pub action_fuel: u64,
+    /// Wall-clock deadline of a query or mutation call (host calls included).
+    pub query_mutation_deadline: Duration,
+    /// Wall-clock deadline of an action call.
+    pub action_deadline: Duration,
+    /// Linear memory cap of an instance.
+    pub memory_bytes: usize,
+    /// Calls of this deployment running at once.
+    pub max_concurrency: usize,
+    /// Depth of nested `runQuery`/`runMutation`/`runAction` calls.
+    pub max_nesting: u32,
+    /// Times a mutation is retried after an optimistic concurrency conflict.
+    pub mutation_retries: u32,
+    /// Log lines kept per call.
+    pub log_lines: usize,
+    /// Bytes kept per log line.
+    pub log_line_bytes: usize,
+    /// Largest argument or result, in accounted bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            query_mutation_fuel: 10_000_000_000,
+            action_fuel: 600_000_000_000,
+            query_mutation_deadline: Duration::from_secs(10),
+            action_deadline: Duration::from_secs(600),
+            memory_bytes: 64 << 20,
+            max_concurrency: 4,
+            max_nesting: 8,
+            mutation_retries: 8,
+            log_lines: 256,
+            log_line_bytes: 4096,
+            max_value_bytes: kiln_value::limits::MAX_VALUE_SIZE,
+        }
+    }
+}
+
+/// Usage quotas of a deployment, enforced before each call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Quotas {
+    /// Fuel per period; a call starts only while the period has fuel left, and never gets
+    /// more than what is left.
+    pub fuel_per_period: Option<u64>,
+    /// The period's length.
+    pub period: Duration,
+}
+
+/// Where actions may `fetch`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FetchPolicy {
+    /// Allowed hosts: `example.com`, `*.example.com`, or `host:port`. Empty: none.
+    pub allowed_hosts: Vec<String>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Largest response body.
+    pub max_response_bytes: usize,
+    /// Largest request body.
+    pub max_request_bytes: usize,
+}
+
+impl Default for FetchPolicy {
+    fn default() -> Self {
+        FetchPolicy {
+            allowed_hosts: Vec::new(),
+            timeout: Duration::from_secs(30),
+            max_response_bytes: 16 << 20,
+            max_request_bytes: 16 << 20,
+        }
+    }
+}
+
+/// One deployment's configuration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeploymentConfig {
+    /// Call limits.
+    pub limits: Limits,
+    /// Usage quotas.
+    pub quotas: Quotas,
+    /// Environment variables (`process.env`).
+    pub env: BTreeMap<String, String>,
+    /// The outgoing HTTP policy of actions.
+    pub fetch: FetchPolicy,
+}

@@ -1,0 +1,357 @@
+//! Kiln's function runner.
+//!
+//! One [`Runtime`] per process holds the wasmtime engine (pooling allocator, copy-on-write
+//! images, fuel and epochs), a pool of worker threads that run guest code, and the
+//! deployments (tenants). Each call gets a fresh instance of the deployment's current version
+//! with its own fuel, deadline and memory cap; its imports are bound to a store transaction
+//! (a read-only snapshot for queries, a serializable transaction for mutations, none for
+//! actions). Every call is metered.
+
+mod call;
+mod deployment;
+mod engine;
+pub mod error;
+mod fetch;
+mod host;
+pub mod knobs;
+mod metering;
+mod pool;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_guest_sdk::bindings::{App, AppPre};
+use kiln_guest_sdk::component::{check_imports, load_component};
+use kiln_store::{ReadToken, Schema, Store, Timestamp};
+use kiln_value::{Validator, Value};
+use parking_lot::{Mutex, RwLock};
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+pub use deployment::{Deployment, Version, normalize_path};
+pub use engine::EngineHandle;
+pub use error::{CallError, Result, RuntimeError};
+pub use host::LogLine;
+pub use knobs::{DeploymentConfig, FetchPolicy, Limits, Quotas, RuntimeConfig};
+pub use metering::{CallRecord, FunctionUsage, Usage};
+
+use crate::deployment::FunctionEntry;
+use crate::host::HostCtx;
+use crate::metering::Metering;
+use crate::pool::WorkerPool;
+
+/// The kinds of functions clients call.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FunctionKind {
+    /// A read-only, deterministic function over a snapshot.
+    Query,
+    /// A serializable transaction.
+    Mutation,
+    /// A non-transactional function.
+    Action,
+}
+
+/// A call of a function.
+#[derive(Clone, Debug)]
+pub struct CallRequest {
+    /// The kind the caller expects.
+    pub kind: FunctionKind,
+    /// `module:export`.
+    pub path: String,
+    /// The arguments object.
+    pub args: Value,
+    /// The caller's identity (Convex's `UserIdentity` shape), if authenticated.
+    pub identity: Option<Value>,
+    /// Whether internal functions may be called (admins, the scheduler).
+    pub internal: bool,
+    /// The request id passed to actions.
+    pub request_id: String,
+}
+
+impl CallRequest {
+    /// A public call without identity.
+    pub fn new(kind: FunctionKind, path: &str, args: Value) -> CallRequest {
+        CallRequest { kind, path: path.to_owned(), args, identity: None, internal: false, request_id: String::new() }
+    }
+}
+
+/// What a call produced.
+#[derive(Debug)]
+pub struct CallOutcome {
+    /// The result value or the error.
+    pub result: std::result::Result<Value, CallError>,
+    /// Log lines (of the final attempt), with a final line if some were dropped.
+    pub logs: Vec<LogLine>,
+    /// Fuel consumed (nested calls and retries included).
+    pub fuel: u64,
+    /// Wall time.
+    pub wall: Duration,
+    /// The commit timestamp of a mutation.
+    pub commit_ts: Option<Timestamp>,
+    /// What a query (or mutation) read: the token for subscriptions.
+    pub read_token: Option<ReadToken>,
+    /// How many times a mutation was retried after conflicts.
+    pub retries: u32,
+}
+
+impl Default for CallOutcome {
+    fn default() -> Self {
+        CallOutcome {
+            result: Err(CallError::new("NotRun", "the call did not run")),
+            logs: Vec::new(),
+            fuel: 0,
+            wall: Duration::ZERO,
+            commit_ts: None,
+            read_token: None,
+            retries: 0,
+        }
+    }
+}
+
+/// State shared by the runtime, its workers and every call.
+pub(crate) struct Shared {
+    pub config: RuntimeConfig,
+    pub engine: EngineHandle,
+    pub pool: WorkerPool,
+    pub linker: Linker<HostCtx>,
+    pub handle: Handle,
+}
+
+/// The function runner of a process.
+pub struct Runtime {
+    shared: Arc<Shared>,
+    deployments: Arc<RwLock<HashMap<String, Arc<Deployment>>>>,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok { Ok(()) } else { Err(RuntimeError::DeploymentNotFound(format!("{name} (names are 1-64 of [A-Za-z0-9_-])"))) }
+}
+
+impl Runtime {
+    /// Starts the engine and the workers. Must be called within a tokio runtime.
+    pub fn new(config: RuntimeConfig) -> Result<Runtime> {
+        let engine = EngineHandle::new(&config)?;
+        let pool = WorkerPool::new(config.worker_threads, config.worker_stack_bytes)
+            .map_err(|e| RuntimeError::Engine(format!("starting workers: {e}")))?;
+        let mut linker = Linker::new(engine.engine());
+        App::add_to_linker::<HostCtx, HasSelf<HostCtx>>(&mut linker, |c| c)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let shared = Arc::new(Shared { config, engine, pool, linker, handle: Handle::current() });
+        let runtime = Runtime { shared, deployments: Arc::default(), flusher: Mutex::new(None) };
+        Ok(runtime)
+    }
+
+    /// The runtime's configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.shared.config
+    }
+
+    /// The engine (for tools that compile or inspect components the same way).
+    pub fn engine(&self) -> &wasmtime::Engine {
+        self.shared.engine.engine()
+    }
+
+    fn component_path(&self, name: &str) -> PathBuf {
+        self.shared.config.data_dir.join(format!("{name}.wasm"))
+    }
+
+    /// Opens a deployment (creating its store if new) with `config`. A component deployed
+    /// before is loaded again (from the compiled-component cache when possible).
+    pub async fn open_deployment(&self, name: &str, config: DeploymentConfig) -> Result<Arc<Deployment>> {
+        check_name(name)?;
+        if self.deployments.read().contains_key(name) {
+            return Err(RuntimeError::DeploymentExists(name.to_owned()));
+        }
+        let persistence = kiln_sqlite::SqlitePersistence::open_in_dir(
+            &self.shared.config.data_dir,
+            name,
+            kiln_sqlite::SqliteOptions::default(),
+        )?;
+        let store = Arc::new(Store::open(Arc::new(persistence), self.shared.config.store.clone()).await?);
+        let metering = Metering::load(&store).await?;
+        let deployment = Arc::new(Deployment {
+            name: name.to_owned(),
+            store,
+            permits: Arc::new(Semaphore::new(config.limits.max_concurrency.max(1))),
+            config: RwLock::new(config),
+            version: RwLock::new(None),
+            metering,
+        });
+        let path = self.component_path(name);
+        if path.exists() {
+            let bytes = std::fs::read(&path).map_err(|e| RuntimeError::Engine(format!("{}: {e}", path.display())))?;
+            let version = self.prepare(&bytes).await?;
+            *deployment.version.write() = Some(version);
+        }
+        let mut deployments = self.deployments.write();
+        if deployments.contains_key(name) {
+            return Err(RuntimeError::DeploymentExists(name.to_owned()));
+        }
+        deployments.insert(name.to_owned(), deployment.clone());
+        drop(deployments);
+        self.start_flusher();
+        Ok(deployment)
+    }
+
+    /// A deployment by name.
+    pub fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
+        self.deployments.read().get(name).cloned()
+    }
+
+    /// The names of all deployments.
+    pub fn deployment_names(&self) -> Vec<String> {
+        let mut names: Vec<_> = self.deployments.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Replaces a deployment's configuration (limits, quotas, environment, fetch policy).
+    pub fn configure(&self, name: &str, config: DeploymentConfig) -> Result<()> {
+        let dep = self.deployment(name).ok_or_else(|| RuntimeError::DeploymentNotFound(name.to_owned()))?;
+        let old = dep.config.read().limits.max_concurrency.max(1);
+        let new = config.limits.max_concurrency.max(1);
+        if new > old {
+            dep.permits.add_permits(new - old);
+        } else {
+            dep.permits.forget_permits(old - new);
+        }
+        *dep.config.write() = config;
+        Ok(())
+    }
+
+    /// Compiles (or loads from the cache), checks and analyzes a component.
+    async fn prepare(&self, bytes: &[u8]) -> Result<Arc<Version>> {
+        let engine = self.engine().clone();
+        let cache = self.shared.config.cache_dir.clone();
+        let owned = bytes.to_vec();
+        let (component, manifest) =
+            tokio::task::spawn_blocking(move || -> Result<(Component, kiln_guest_sdk::Manifest)> {
+                let component = load_component(&engine, &owned, cache.as_deref())?;
+                check_imports(&engine, &component)?;
+                let manifest = kiln_guest_sdk::component::analyze(&engine, &component)?;
+                Ok((component, manifest))
+            })
+            .await
+            .map_err(|e| RuntimeError::Engine(e.to_string()))??;
+        let mut functions = HashMap::new();
+        for f in &manifest.functions {
+            let parse = |v: &Option<serde_json::Value>| -> Result<Option<Validator>> {
+                Ok(v.as_ref().map(Validator::from_json).transpose().map_err(kiln_store::StoreError::from)?)
+            };
+            let kind = match f.kind.as_str() {
+                "query" => FunctionKind::Query,
+                "mutation" => FunctionKind::Mutation,
+                "action" => FunctionKind::Action,
+                _ => continue,
+            };
+            functions.insert(
+                f.path.clone(),
+                FunctionEntry {
+                    kind,
+                    public: f.visibility == "public",
+                    args: parse(&f.args)?,
+                    returns: parse(&f.returns)?,
+                },
+            );
+        }
+        let pre = self.shared.linker.instantiate_pre(&component).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let pre = AppPre::new(pre).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let digest = Sha256::digest(bytes);
+        let id = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Ok(Arc::new(Version { id, manifest, functions, pre }))
+    }
+
+    /// Installs a new version of a deployment's app: compiles and checks the component, applies
+    /// its schema (backfilling new indexes; a schema the data violates is refused and the old
+    /// version keeps serving), then switches atomically. Calls already running finish on the
+    /// version they started with.
+    pub async fn deploy(&self, name: &str, component: &[u8]) -> Result<Arc<Version>> {
+        let dep = self.deployment(name).ok_or_else(|| RuntimeError::DeploymentNotFound(name.to_owned()))?;
+        let span = tracing::info_span!("deploy", deployment = %name, bytes = component.len());
+        let _guard = span.enter();
+        let version = self.prepare(component).await?;
+        if let Some(schema) = &version.manifest.schema {
+            let schema = Schema::parse(&schema.to_string())?;
+            dep.store.set_schema(&schema).await?;
+        }
+        let path = self.component_path(name);
+        let tmp = path.with_extension("wasm.tmp");
+        std::fs::write(&tmp, component)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| RuntimeError::Engine(format!("{}: {e}", path.display())))?;
+        *dep.version.write() = Some(version.clone());
+        tracing::info!(version = %version.id, functions = version.functions.len(), "deployed");
+        Ok(version)
+    }
+
+    /// Calls a function of a deployment.
+    pub async fn call(&self, deployment: &str, request: CallRequest) -> CallOutcome {
+        match self.deployment(deployment) {
+            Some(dep) => call::call(self.shared.clone(), dep, request).await,
+            None => CallOutcome {
+                result: Err(CallError::new("DeploymentNotFound", format!("deployment {deployment:?} not found"))),
+                ..CallOutcome::default()
+            },
+        }
+    }
+
+    /// A deployment's usage totals.
+    pub fn usage(&self, deployment: &str) -> Option<Usage> {
+        self.deployment(deployment).map(|d| d.metering.usage())
+    }
+
+    /// A deployment's most recent calls (up to 1000), oldest first.
+    pub fn recent_calls(&self, deployment: &str) -> Vec<CallRecord> {
+        self.deployment(deployment).map(|d| d.metering.recent()).unwrap_or_default()
+    }
+
+    /// Writes every deployment's usage totals to its store now.
+    pub async fn flush_usage(&self) {
+        let deployments: Vec<_> = self.deployments.read().values().cloned().collect();
+        for d in deployments {
+            if let Err(e) = d.metering.flush(&d.store).await {
+                tracing::warn!(deployment = %d.name, error = %e, "writing usage failed");
+            }
+        }
+    }
+
+    fn start_flusher(&self) {
+        let mut flusher = self.flusher.lock();
+        if flusher.is_some() {
+            return;
+        }
+        let interval = self.shared.config.usage_flush_interval;
+        // Weak references: the flusher ends with the runtime.
+        let (shared, targets) = (Arc::downgrade(&self.shared), Arc::downgrade(&self.deployments));
+        *flusher = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let (Some(_alive), Some(targets)) = (shared.upgrade(), targets.upgrade()) else { return };
+                let list: Vec<Arc<Deployment>> = targets.read().values().cloned().collect();
+                drop(targets);
+                for d in list {
+                    if let Err(e) = d.metering.flush(&d.store).await {
+                        tracing::warn!(deployment = %d.name, error = %e, "writing usage failed");
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Flushes usage and stops background work. Stores close when their last user drops them.
+    pub async fn shutdown(&self) {
+        if let Some(f) = self.flusher.lock().take() {
+            f.abort();
+        }
+        self.flush_usage().await;
+        self.deployments.write().clear();
+    }
+}

@@ -1,0 +1,433 @@
+//! The runtime on real components built by `kiln build` (the example apps and a hostile test
+//! app) and real SQLite-backed stores.
+
+// Tests fail loudly on the first broken expectation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use kiln_runtime::{CallOutcome, CallRequest, DeploymentConfig, FunctionKind, Limits, Quotas, Runtime, RuntimeConfig};
+use kiln_store::StoreConfig;
+use kiln_value::{Value, parse_convex_json};
+
+use FunctionKind::{Action, Mutation, Query};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
+}
+
+/// The component of an app, built once per test run.
+fn component(app: &str) -> Vec<u8> {
+    static BUILT: OnceLock<Mutex<HashMap<String, Vec<u8>>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap();
+    built
+        .entry(app.to_owned())
+        .or_insert_with(|| {
+            let dir = if app.starts_with("fixtures/") {
+                repo().join("guest-sdk/tests").join(app)
+            } else {
+                repo().join("examples").join(app)
+            };
+            let options = kiln_guest_sdk::BuildOptions { cache_dir: Some(cache_dir()) };
+            kiln_guest_sdk::build_app(&dir, &options).unwrap_or_else(|e| panic!("building {app}: {e}")).component
+        })
+        .clone()
+}
+
+fn runtime_config(dir: &Path) -> RuntimeConfig {
+    RuntimeConfig {
+        data_dir: dir.to_path_buf(),
+        cache_dir: Some(cache_dir()),
+        worker_threads: 4,
+        usage_flush_interval: Duration::from_millis(100),
+        store: StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() },
+        ..RuntimeConfig::default()
+    }
+}
+
+fn test_limits() -> Limits {
+    // A smaller fuel budget keeps `while (true) {}` short in tests.
+    Limits { query_mutation_fuel: 2_000_000_000, ..Limits::default() }
+}
+
+async fn deploy(rt: &Runtime, name: &str, app: &str, config: DeploymentConfig) {
+    rt.open_deployment(name, config).await.unwrap();
+    rt.deploy(name, &component(app)).await.unwrap_or_else(|e| panic!("deploying {app}: {e}"));
+}
+
+fn args(json: &str) -> Value {
+    parse_convex_json(json).unwrap()
+}
+
+async fn call(rt: &Runtime, dep: &str, kind: FunctionKind, path: &str, a: &str) -> CallOutcome {
+    rt.call(dep, CallRequest::new(kind, path, args(a))).await
+}
+
+fn ok(out: &CallOutcome) -> Value {
+    match &out.result {
+        Ok(v) => v.clone(),
+        Err(e) => panic!("call failed: {e}"),
+    }
+}
+
+fn code(out: &CallOutcome) -> String {
+    match &out.result {
+        Ok(v) => panic!(
+            "expected an error, got {}",
+            kiln_value::to_convex_json(v).to_string().chars().take(200).collect::<String>()
+        ),
+        Err(e) => e.code.clone(),
+    }
+}
+
+fn config() -> DeploymentConfig {
+    DeploymentConfig { limits: test_limits(), ..DeploymentConfig::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_mutations_and_actions_round_trip_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    deploy(&rt, "chat", "chat", config()).await;
+    let sent = call(&rt, "chat", Mutation, "messages:send", r#"{"author": "ann", "body": "hello"}"#).await;
+    assert!(matches!(ok(&sent), Value::String(_)));
+    assert!(sent.commit_ts.is_some());
+    call(&rt, "chat", Mutation, "messages:send", r#"{"author": "bob", "body": "hi"}"#).await;
+    let list = call(&rt, "chat", Query, "messages:list", "{}").await;
+    let Value::Array(messages) = ok(&list) else { panic!() };
+    assert_eq!(messages.len(), 2);
+    assert!(list.read_token.is_some(), "queries return what they read");
+    let summary = call(&rt, "chat", Action, "messages:summary", "{}").await;
+    assert_eq!(ok(&summary), Value::from("2 messages, latest by bob"));
+    let like = call(&rt, "chat", Mutation, "messages:like", r#"{"id": "nope"}"#).await;
+    assert_eq!(code(&like), "InvalidArgs");
+
+    deploy(&rt, "hostile", "fixtures/hostile", config()).await;
+    let write = call(&rt, "hostile", Query, "hostile:writeInQuery", "{}").await;
+    assert!(write.result.as_ref().unwrap_err().message.contains("queries cannot write"), "{:?}", write.result);
+    assert_eq!(ok(&call(&rt, "hostile", Query, "hostile:items", "{}").await), Value::Array(vec![]));
+    assert_eq!(code(&call(&rt, "nowhere", Query, "x:y", "{}").await), "DeploymentNotFound");
+    assert_eq!(code(&call(&rt, "chat", Query, "messages:nothing", "{}").await), "FunctionNotFound");
+    assert_eq!(
+        code(&call(&rt, "chat", Query, "messages:count", "{}").await),
+        "FunctionNotFound",
+        "internal functions are hidden"
+    );
+    assert_eq!(code(&call(&rt, "chat", Mutation, "messages:list", "{}").await), "WrongFunctionKind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limit_has_its_own_error_and_neighbours_do_not_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let hostile =
+        DeploymentConfig { limits: Limits { max_concurrency: 1, ..test_limits() }, ..DeploymentConfig::default() };
+    deploy(&rt, "hostile", "fixtures/hostile", hostile).await;
+    deploy(&rt, "calm", "chat", config()).await;
+    call(&rt, "calm", Mutation, "messages:send", r#"{"author": "ann", "body": "hello"}"#).await;
+
+    // The calm deployment's latency on its own…
+    let mut baseline = Vec::new();
+    for _ in 0..20 {
+        baseline.push(call(&rt, "calm", Query, "messages:list", "{}").await.wall);
+    }
+    baseline.sort();
+    // …and while the hostile one misbehaves on every slot it is allowed.
+    let calm = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            let mut during = Vec::new();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(4) {
+                let out = call(&rt, "calm", Query, "messages:list", "{}").await;
+                ok(&out);
+                during.push(out.wall);
+            }
+            during.sort();
+            during
+        })
+    };
+    let Value::String(item) = ok(&call(&rt, "hostile", Mutation, "hostile:addItem", r#"{"name": "a"}"#).await) else {
+        panic!()
+    };
+    let id_args = format!(r#"{{"id": "{item}"}}"#);
+    let cases = [
+        ("hostile:spin", "{}", "FuelExhausted"),
+        ("hostile:allocate", "{}", "MemoryLimitExceeded"),
+        ("hostile:recurse", "{}", "StackOverflow"),
+        ("hostile:readLoop", id_args.as_str(), "TooManyReads"),
+        ("hostile:swallowLimit", id_args.as_str(), "TooManyReads"),
+    ];
+    for (path, a, want) in cases {
+        let out = call(&rt, "hostile", Query, path, a).await;
+        assert_eq!(code(&out), want, "{path}");
+        assert!(
+            out.result.as_ref().unwrap_err().message.contains(path),
+            "the message names the function: {:?}",
+            out.result
+        );
+    }
+    // Producing 20 MiB of JSON takes more fuel than this test's small budget, and with 64 MiB
+    // QuickJS's growing JSON buffer hits the memory cap first: the result limit is tested
+    // with room for both.
+    let roomy = Limits { memory_bytes: 256 << 20, ..Limits::default() };
+    deploy(&rt, "roomy", "fixtures/hostile", DeploymentConfig { limits: roomy, ..DeploymentConfig::default() }).await;
+    let big = call(&rt, "roomy", Query, "hostile:bigResult", "{}").await;
+    assert_eq!(code(&big), "ResultTooLarge");
+    assert!(big.result.as_ref().unwrap_err().message.contains("hostile:bigResult"));
+    let during = calm.await.unwrap();
+    let p50 = |v: &[Duration]| v[v.len() / 2];
+    eprintln!(
+        "calm p50 alone {:?}, during the hostile run {:?} ({} calls)",
+        p50(&baseline),
+        p50(&during),
+        during.len()
+    );
+    assert!(p50(&during) < p50(&baseline) * 5 + Duration::from_millis(20), "the neighbour slowed down");
+    // The hostile deployment itself keeps serving.
+    assert_eq!(ok(&call(&rt, "hostile", Query, "hostile:items", "{}").await), Value::Array(vec![Value::from("a")]));
+
+    // The wall-clock deadline also stops a call that has fuel to spare.
+    let slow = DeploymentConfig {
+        limits: Limits {
+            query_mutation_fuel: u64::MAX / 4,
+            query_mutation_deadline: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        ..DeploymentConfig::default()
+    };
+    deploy(&rt, "slow", "fixtures/hostile", slow).await;
+    let started = Instant::now();
+    assert_eq!(code(&call(&rt, "slow", Query, "hostile:spin", "{}").await), "DeadlineExceeded");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_deployments_are_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    deploy(&rt, "a", "fixtures/hostile", config()).await;
+    deploy(&rt, "b", "fixtures/hostile", config()).await;
+    assert_eq!(ok(&call(&rt, "a", Query, "hostile:setGlobal", "{}").await), Value::Null);
+    assert_eq!(
+        ok(&call(&rt, "a", Query, "hostile:setGlobal", "{}").await),
+        Value::Null,
+        "a global is gone in the next call"
+    );
+
+    let Value::String(secret) = ok(&call(&rt, "a", Mutation, "hostile:addItem", r#"{"name": "secret"}"#).await) else {
+        panic!()
+    };
+    call(&rt, "b", Mutation, "hostile:addItem", r#"{"name": "b's own"}"#).await;
+    let peek = ok(&call(&rt, "b", Query, "hostile:getItem", &format!(r#"{{"id": "{secret}"}}"#)).await);
+    assert!(peek == Value::Null || peek == Value::from("not an item id"), "b read a's document: {peek:?}");
+    assert_eq!(ok(&call(&rt, "b", Query, "hostile:items", "{}").await), Value::Array(vec![Value::from("b's own")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_are_deterministic_at_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    deploy(&rt, "d", "fixtures/hostile", config()).await;
+    let a = call(&rt, "d", Query, "hostile:entropy", "{}").await;
+    let b = call(&rt, "d", Query, "hostile:entropy", "{}").await;
+    let bytes = |o: &CallOutcome| kiln_value::to_msgpack(&ok(o));
+    assert_eq!(bytes(&a), bytes(&b), "same snapshot, same result: Math.random, Date.now and randomUUID included");
+    let snapshot = a.read_token.as_ref().unwrap().ts;
+    let Value::Object(o) = ok(&a) else { panic!() };
+    assert_eq!(o["now"], Value::Float64(snapshot.0 as f64 / 1e6), "Date.now is the snapshot's time");
+    call(&rt, "d", Mutation, "hostile:addItem", r#"{"name": "x"}"#).await;
+    let c = call(&rt, "d", Query, "hostile:entropy", "{}").await;
+    assert_ne!(bytes(&a), bytes(&c), "a newer snapshot draws other numbers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_are_exact_and_exhausted_retries_surface_as_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let cfg = DeploymentConfig {
+        limits: Limits { max_concurrency: 8, mutation_retries: 64, ..test_limits() },
+        ..DeploymentConfig::default()
+    };
+    deploy(&rt, "d", "fixtures/hostile", cfg.clone()).await;
+    let run_many = |n: usize| {
+        let rt = rt.clone();
+        async move {
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let rt = rt.clone();
+                    tokio::spawn(async move { call(&rt, "d", Mutation, "hostile:increment", r#"{"name": "c"}"#).await })
+                })
+                .collect();
+            let mut outs = Vec::new();
+            for t in tasks {
+                outs.push(t.await.unwrap());
+            }
+            outs
+        }
+    };
+    let outs = run_many(40).await;
+    assert!(outs.iter().all(|o| o.result.is_ok()), "{:?}", outs.iter().find(|o| o.result.is_err()).map(|o| &o.result));
+    assert_eq!(ok(&call(&rt, "d", Query, "hostile:counter", r#"{"name": "c"}"#).await), Value::Float64(40.0));
+    assert!(outs.iter().any(|o| o.retries > 0), "the increments did contend");
+
+    rt.configure("d", DeploymentConfig { limits: Limits { mutation_retries: 0, ..cfg.limits.clone() }, ..cfg.clone() })
+        .unwrap();
+    let outs = run_many(40).await;
+    let conflicts = outs.iter().filter(|o| matches!(&o.result, Err(e) if e.code == "Conflict")).count();
+    let succeeded = outs.iter().filter(|o| o.result.is_ok()).count();
+    assert_eq!(conflicts + succeeded, 40);
+    assert!(conflicts > 0, "with no retries some increments must fail");
+    let expected = 40.0 + succeeded as f64;
+    assert_eq!(ok(&call(&rt, "d", Query, "hostile:counter", r#"{"name": "c"}"#).await), Value::Float64(expected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metering_sums_persists_and_quotas_stop_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fuel_seen = 0;
+    {
+        let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+        deploy(&rt, "d", "fixtures/hostile", config()).await;
+        for i in 0..5 {
+            fuel_seen += call(&rt, "d", Mutation, "hostile:addItem", &format!(r#"{{"name": "i{i}"}}"#)).await.fuel;
+            fuel_seen += call(&rt, "d", Query, "hostile:items", "{}").await.fuel;
+        }
+        let failed = call(&rt, "d", Query, "hostile:spin", "{}").await;
+        fuel_seen += failed.fuel;
+        let usage = rt.usage("d").unwrap();
+        assert_eq!(usage.total.fuel, fuel_seen, "per-call fuel sums to the deployment's total");
+        assert_eq!(usage.total.calls, 11);
+        assert_eq!(usage.total.errors, 1);
+        assert_eq!(usage.functions["hostile:addItem"].calls, 5);
+        let per_fn: u64 = usage.functions.values().map(|f| f.fuel).sum();
+        assert_eq!(per_fn, usage.total.fuel);
+        assert!(usage.functions["hostile:spin"].fuel >= 2_000_000_000);
+        assert_eq!(rt.recent_calls("d").last().unwrap().outcome, "FuelExhausted");
+
+        // A quota of about three small calls from now.
+        let small = call(&rt, "d", Query, "hostile:items", "{}").await.fuel;
+        let quota = DeploymentConfig {
+            quotas: Quotas {
+                fuel_per_period: Some(rt.usage("d").unwrap().period_fuel + 3 * small),
+                period: Duration::from_secs(3600),
+            },
+            ..config()
+        };
+        rt.configure("d", quota.clone()).unwrap();
+        let mut codes = Vec::new();
+        for _ in 0..6 {
+            let out = call(&rt, "d", Query, "hostile:items", "{}").await;
+            codes.push(out.result.as_ref().err().map(|e| e.code.clone()));
+        }
+        assert!(codes.iter().take(3).all(Option::is_none), "{codes:?}");
+        assert!(codes.iter().skip(3).all(|c| c.as_deref() == Some("QuotaExceeded")), "{codes:?}");
+        let raised = DeploymentConfig { quotas: Quotas { fuel_per_period: Some(u64::MAX), ..quota.quotas }, ..quota };
+        rt.configure("d", raised).unwrap();
+        assert!(call(&rt, "d", Query, "hostile:items", "{}").await.result.is_ok());
+        rt.shutdown().await;
+    }
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    rt.open_deployment("d", config()).await.unwrap();
+    let usage = rt.usage("d").unwrap();
+    assert!(usage.total.calls >= 18, "usage survives a restart: {:?}", usage.total);
+    assert!(usage.total.fuel > fuel_seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loads_the_compiled_component_without_cranelift() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cfg = |c: &Path| RuntimeConfig { cache_dir: Some(c.to_path_buf()), ..runtime_config(dir.path()) };
+    {
+        let rt = Runtime::new(cfg(&cache)).unwrap();
+        deploy(&rt, "d", "bank", config()).await;
+        rt.shutdown().await;
+    }
+    let before = kiln_guest_sdk::component::cranelift_compiles();
+    let rt = Runtime::new(cfg(&cache)).unwrap();
+    rt.open_deployment("d", config()).await.unwrap();
+    assert_eq!(kiln_guest_sdk::component::cranelift_compiles(), before, "the .cwasm from the cache was used");
+    let total = call(&rt, "d", Query, "accounts:total", "{}").await;
+    assert_eq!(ok(&total), Value::Int64(0), "and it serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_and_results_are_validated_and_logs_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    deploy(&rt, "chat", "chat", config()).await;
+    let bad = call(&rt, "chat", Mutation, "messages:send", r#"{"author": 5, "body": "x"}"#).await;
+    assert_eq!(code(&bad), "InvalidArgs");
+    let message = bad.result.unwrap_err().message;
+    assert!(message.contains("messages:send") && message.contains(".author"), "{message}");
+    let missing = call(&rt, "chat", Mutation, "messages:send", r#"{"author": "a"}"#).await;
+    assert!(missing.result.unwrap_err().message.contains(".body"));
+    let huge = format!(r#"{{"author": "a", "body": "{}"}}"#, "z".repeat(17 << 20));
+    assert_eq!(code(&call(&rt, "chat", Mutation, "messages:send", &huge).await), "ArgumentsTooLarge");
+
+    deploy(&rt, "h", "fixtures/hostile", config()).await;
+    assert_eq!(ok(&call(&rt, "h", Query, "hostile:typedReturn", r#"{"wrong": false}"#).await), Value::Float64(42.0));
+    assert_eq!(code(&call(&rt, "h", Query, "hostile:typedReturn", r#"{"wrong": true}"#).await), "InvalidReturnValue");
+    let flood = call(&rt, "h", Query, "hostile:logFlood", "{}").await;
+    ok(&flood);
+    assert_eq!(flood.logs.len(), 257);
+    assert!(flood.logs[..256].iter().all(|l| l.text.len() <= 4096 + " [truncated]".len()));
+    assert!(flood.logs[256].text.contains("744 more lines were dropped"), "{:?}", flood.logs[256]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_calls_and_fetch_with_an_allow_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in server.incoming() {
+            let mut stream = stream.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+        }
+    });
+    let cfg = DeploymentConfig {
+        fetch: kiln_runtime::FetchPolicy { allowed_hosts: vec![format!("127.0.0.1:{port}")], ..Default::default() },
+        ..config()
+    };
+    deploy(&rt, "d", "fixtures/hostile", cfg).await;
+    assert_eq!(ok(&call(&rt, "d", Action, "hostile:viaAction", r#"{"name": "n1"}"#).await), Value::Float64(1.0));
+    assert_eq!(ok(&call(&rt, "d", Query, "hostile:viaQuery", "{}").await), Value::Array(vec![Value::from("n1")]));
+
+    let fetched =
+        ok(&call(&rt, "d", Action, "hostile:fetchText", &format!(r#"{{"url": "http://127.0.0.1:{port}/x"}}"#)).await);
+    assert_eq!(fetched, args(r#"{"status": 200, "body": "hello"}"#));
+    let refused = call(&rt, "d", Action, "hostile:fetchText", r#"{"url": "http://127.0.0.1:1/x"}"#).await;
+    assert!(refused.result.unwrap_err().message.contains("allow-list"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_the_data_violates_is_refused_and_the_old_version_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    deploy(&rt, "d", "chat", config()).await;
+    let old = rt.deployment("d").unwrap().version().unwrap().id.clone();
+    // Data the hostile app's schema forbids (items.name must be a string).
+    let store = rt.deployment("d").unwrap().store().clone();
+    let mut tx = store.begin();
+    let bad = tx.insert("items", args(r#"{"name": 5}"#).as_object().unwrap().clone()).await.unwrap();
+    tx.commit().await.unwrap();
+    let err = rt.deploy("d", &component("fixtures/hostile")).await.unwrap_err();
+    assert_eq!(err.code(), "SchemaViolation");
+    assert!(err.to_string().contains(&bad.encode()), "{err}");
+    assert_eq!(rt.deployment("d").unwrap().version().unwrap().id, old);
+    assert!(call(&rt, "d", Query, "messages:list", "{}").await.result.is_ok());
+}
