@@ -110,6 +110,32 @@ fn breakdown(engine: &Engine, component: &Component) {
     );
 }
 
+/// Fuel per iteration of small operations, from probe functions that repeat them `n` times:
+/// where the guest's time goes.
+fn fuel_breakdown(h: &host::Harness) {
+    let args = |json: &str| kiln_value::parse_convex_json(json).unwrap();
+    h.fuel_of(FunctionKind::Mutation, "probe:addThing", &args("{}"));
+    let things = h.db.lock().unwrap().all("things");
+    let Value::String(id) = things[0]["_id"].clone() else { panic!("no thing") };
+    let per = |f: &str| {
+        let at = |n: u32| {
+            h.fuel_of(FunctionKind::Query, &format!("probe:{f}"), &args(&format!(r#"{{"id": "{id}", "n": {n}}}"#)))
+        };
+        (at(100) - at(0)) / 100
+    };
+    for (f, what) in [
+        ("plainLoop", "one `sum += i` loop iteration"),
+        ("awaits", "one await of a resolved promise"),
+        ("rawReads", "Convex.syscall(\"1.0/get\") alone (guest Rust + host)"),
+        ("asyncReads", "Convex.asyncSyscall(\"1.0/get\") alone"),
+        ("parseOnly", "JSON.parse of a document"),
+        ("convertOnly", "convex's jsonToConvex of a parsed document"),
+        ("readMany", "ctx.db.get through the convex package"),
+    ] {
+        report(&format!("  fuel per {what}"), format!("{}", per(f)));
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let calls = if quick { 1000 } else { 5000 };
@@ -180,4 +206,5 @@ fn main() {
     let h = host::Harness::new(&metered, probe);
     let fuel = h.fuel_of(FunctionKind::Query, "probe:empty", &Value::Object(Object::new()));
     report("fuel of an empty JS query (baseline in tests/fuel-baseline.json)", format!("{fuel}"));
+    fuel_breakdown(&h);
 }

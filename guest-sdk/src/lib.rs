@@ -31,6 +31,18 @@ use wasmtime::Engine;
 pub mod bindings {
     #![allow(missing_docs)]
     wasmtime::component::bindgen!({ world: "app", path: "../wit" });
+
+    /// The name Convex gives a log level in log lines (`LOG`, `WARN`, …).
+    pub fn level_name(level: kiln::platform::log::Level) -> &'static str {
+        use kiln::platform::log::Level;
+        match level {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Log => "LOG",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        }
+    }
 }
 
 /// The QuickJS runtime module as built (before its WASI imports are replaced).

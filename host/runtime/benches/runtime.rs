@@ -145,8 +145,43 @@ async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f
     (n / started.elapsed().as_secs_f64(), retries.load(Ordering::Relaxed) as f64 / n.max(1.0))
 }
 
+/// One caller's transfer latency and fuel (for profiling).
+async fn single_transfer_profile(rt: &Arc<Runtime>) {
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let a =
+            parse_convex_json(&format!(r#"{{"owner": "p{i}", "balance": {{"$integer": "AADKmjsAAAA="}}}}"#)).unwrap();
+        let Ok(Value::String(id)) =
+            rt.call("bank", CallRequest::new(FunctionKind::Mutation, "accounts:open", a)).await.result
+        else {
+            panic!()
+        };
+        ids.push(id);
+    }
+    let args = parse_convex_json(&format!(
+        r#"{{"from": "{}", "to": "{}", "amount": {{"$integer": "AQAAAAAAAAA="}}}}"#,
+        ids[0], ids[1]
+    ))
+    .unwrap();
+    let mut lat = Vec::new();
+    let mut fuel = 0;
+    for _ in 0..500 {
+        let t = Instant::now();
+        let out = rt.call("bank", CallRequest::new(FunctionKind::Mutation, "accounts:transfer", args.clone())).await;
+        lat.push(t.elapsed());
+        fuel = out.fuel;
+        out.result.unwrap();
+    }
+    lat.sort();
+    report(
+        "transfer, one caller: p50 / p99 latency, fuel",
+        format!("{:.1} us / {:.1} us, {fuel}", pct(&lat, 0.5), pct(&lat, 0.99)),
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let profile = std::env::args().any(|a| a == "--profile-transfers");
     let seconds = if quick { 2.0 } else { 5.0 };
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap().to_path_buf();
     let work = tempfile::Builder::new().prefix("kiln-runtime-bench").tempdir_in(repo.join("target")).unwrap();
@@ -156,6 +191,15 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         println!("kiln runtime benchmark ({seconds:.0} s per throughput phase, 2 cores)");
+        if profile {
+            let runtime = Arc::new(runtime(&work.path().join("profile"), &cache, true));
+            runtime.open_deployment("bank", config(64)).await.unwrap();
+            runtime.deploy("bank", &bank).await.unwrap();
+            single_transfer_profile(&runtime).await;
+            let (tps, retries) = transfers(&runtime, "bank", 10.0).await;
+            report("transfers/s (profile run)", format!("{tps:.0} ({retries:.3} retries)"));
+            return;
+        }
         let mut results = Vec::new();
         for meter in [true, false] {
             let dir = work.path().join(if meter { "metered" } else { "unmetered" });

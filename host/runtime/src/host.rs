@@ -379,13 +379,7 @@ impl http::Host for HostCtx {
 
 impl log::Host for HostCtx {
     fn write(&mut self, level: Level, line: String) {
-        let level = match level {
-            Level::Debug => "DEBUG",
-            Level::Info => "INFO",
-            Level::Log => "LOG",
-            Level::Warn => "WARN",
-            Level::Error => "ERROR",
-        };
+        let level = kiln_guest_sdk::bindings::level_name(level);
         self.logs.push(level, line);
     }
 }
