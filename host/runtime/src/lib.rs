@@ -125,6 +125,9 @@ pub(crate) struct Shared {
 pub struct Runtime {
     shared: Arc<Shared>,
     deployments: Arc<RwLock<HashMap<String, Arc<Deployment>>>>,
+    /// Versions by the hash of their component: deployments of the same app share compiled
+    /// code and its memory image instead of each holding a copy.
+    versions: Mutex<HashMap<String, std::sync::Weak<Version>>>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -145,7 +148,8 @@ impl Runtime {
         App::add_to_linker::<HostCtx, HasSelf<HostCtx>>(&mut linker, |c| c)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let shared = Arc::new(Shared { config, engine, pool, linker, handle: Handle::current() });
-        let runtime = Runtime { shared, deployments: Arc::default(), flusher: Mutex::new(None) };
+        let runtime =
+            Runtime { shared, deployments: Arc::default(), versions: Mutex::default(), flusher: Mutex::new(None) };
         Ok(runtime)
     }
 
@@ -227,8 +231,14 @@ impl Runtime {
         Ok(())
     }
 
-    /// Compiles (or loads from the cache), checks and analyzes a component.
+    /// Compiles (or loads from the cache), checks and analyzes a component; a component some
+    /// deployment already runs is shared, not prepared again.
     async fn prepare(&self, bytes: &[u8]) -> Result<Arc<Version>> {
+        let digest = Sha256::digest(bytes);
+        let key: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(version) = self.versions.lock().get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(version);
+        }
         let engine = self.engine().clone();
         let cache = self.shared.config.cache_dir.clone();
         let owned = bytes.to_vec();
@@ -264,9 +274,15 @@ impl Runtime {
         }
         let pre = self.shared.linker.instantiate_pre(&component).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let pre = AppPre::new(pre).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let digest = Sha256::digest(bytes);
-        let id = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        Ok(Arc::new(Version { id, manifest, functions, pre }))
+        let version = Arc::new(Version { id: key[..16].to_owned(), manifest, functions, pre });
+        let mut versions = self.versions.lock();
+        versions.retain(|_, v| v.strong_count() > 0);
+        // Two deploys of the same new component may race: the first to get here wins.
+        if let Some(existing) = versions.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(existing);
+        }
+        versions.insert(key, Arc::downgrade(&version));
+        Ok(version)
     }
 
     /// Installs a new version of a deployment's app: compiles and checks the component, applies

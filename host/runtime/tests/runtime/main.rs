@@ -216,6 +216,8 @@ async fn calls_and_deployments_are_isolated() {
     let rt = Runtime::new(runtime_config(dir.path())).unwrap();
     deploy(&rt, "a", "fixtures/hostile", config()).await;
     deploy(&rt, "b", "fixtures/hostile", config()).await;
+    let (va, vb) = (rt.deployment("a").unwrap().version().unwrap(), rt.deployment("b").unwrap().version().unwrap());
+    assert!(Arc::ptr_eq(&va, &vb), "deployments of one component share its compiled code");
     assert_eq!(ok(&call(&rt, "a", Query, "hostile:setGlobal", "{}").await), Value::Null);
     assert_eq!(
         ok(&call(&rt, "a", Query, "hostile:setGlobal", "{}").await),
