@@ -18,6 +18,7 @@ use wasmtime::{Store, Trap};
 use crate::deployment::{Deployment, FunctionEntry, normalize_path};
 use crate::error::CallError;
 use crate::host::{HostCtx, LogBuffer, MemoryLimiter, wit_error};
+use crate::idempotency;
 use crate::metering::CallRecord;
 use crate::{CallOutcome, CallRequest, FunctionKind, Shared};
 
@@ -361,7 +362,21 @@ async fn run(
                 (None, wall_clock_ms(), derive_seed(&[&wall_clock_ms().to_le_bytes(), path.as_bytes()]))
             }
             kind => {
-                let txn = if kind == FunctionKind::Query { dep.store.begin_read_only() } else { dep.store.begin() };
+                let mut txn = match (kind, req.snapshot) {
+                    (FunctionKind::Query, Some(ts)) => dep
+                        .store
+                        .begin_read_only_at(ts)
+                        .map_err(|e| CallError::new(e.code(), format!("{path}: {e}")))?,
+                    (FunctionKind::Query, None) => dep.store.begin_read_only(),
+                    _ => dep.store.begin(),
+                };
+                if let (FunctionKind::Mutation, Some(key)) = (kind, &req.idempotency_key)
+                    && let Some(value) = idempotency::replay(&mut txn, key).await?
+                {
+                    out.commit_ts = Some(txn.begin_ts());
+                    out.replayed = true;
+                    return Ok(value);
+                }
                 let ts = txn.begin_ts();
                 let seed = derive_seed(&[dep.name.as_bytes(), path.as_bytes(), &args, &ts.0.to_le_bytes()]);
                 (Some(txn), ts.0 as f64 / 1e6, seed)
@@ -378,8 +393,11 @@ async fn run(
         out.logs = std::mem::take(&mut ex.ctx.logs).finish();
         let txn = ex.ctx.txn.take();
         let failure = match (ex.outcome, txn) {
-            (Ok(bytes), Some(txn)) if req.kind == FunctionKind::Mutation => {
+            (Ok(bytes), Some(mut txn)) if req.kind == FunctionKind::Mutation => {
                 let value = check_result(dep, entry, &path, &bytes)?;
+                if let Some(key) = &req.idempotency_key {
+                    idempotency::record(&mut txn, key, &value).await?;
+                }
                 match txn_commit(&mut out.read_token, txn).await {
                     Ok(ts) => {
                         out.commit_ts = Some(ts);
@@ -394,11 +412,17 @@ async fn run(
                 }
                 return check_result(dep, entry, &path, &bytes);
             }
-            (Err(e), _) => match ex.ctx.fatal.take() {
+            (Err(e), txn) => match ex.ctx.fatal.take() {
                 Some(f) if f.retryable => {
                     StoreError::Conflict { table: String::new(), conflicting_ts: f.retry_after.unwrap_or_default() }
                 }
-                _ => return Err(e),
+                _ => {
+                    // A failed query's result depends on what it read, like a successful one.
+                    if let (FunctionKind::Query, Some(mut txn)) = (req.kind, txn) {
+                        out.read_token = Some(txn.read_token());
+                    }
+                    return Err(e);
+                }
             },
         };
         if failure.is_retryable() && attempt < config.limits.mutation_retries && req.kind != FunctionKind::Action {

@@ -28,6 +28,9 @@ pub struct RuntimeConfig {
     pub keep_resident_bytes: usize,
     /// How often usage totals are written to the deployments' stores.
     pub usage_flush_interval: Duration,
+    /// How long idempotency records of mutations are kept (`KILN_MUTATION_RECORD_RETENTION_SECS`,
+    /// default one hour): a client resending a mutation later than this may apply it twice.
+    pub mutation_record_retention: Duration,
     /// Whether guests are metered in fuel (fuel limits and usage need it; turning it off
     /// exists to measure its cost).
     pub meter_fuel: bool,
@@ -57,6 +60,7 @@ impl Default for RuntimeConfig {
             max_memory_bytes: 256 << 20,
             keep_resident_bytes: 16 << 20,
             usage_flush_interval: Duration::from_secs(2),
+            mutation_record_retention: Duration::from_secs(3600),
             meter_fuel: true,
             store: StoreConfig::default(),
         }
@@ -69,6 +73,9 @@ impl RuntimeConfig {
         let mut c = RuntimeConfig { store: StoreConfig::from_env(), ..RuntimeConfig::default() };
         if let Some(dir) = std::env::var_os("KILN_CACHE_DIR") {
             c.cache_dir = Some(PathBuf::from(dir));
+        }
+        if let Some(n) = env_u64("KILN_MUTATION_RECORD_RETENTION_SECS") {
+            c.mutation_record_retention = Duration::from_secs(n);
         }
         if let Some(n) = env_u64("KILN_WORKER_THREADS") {
             c.worker_threads = (n as usize).max(1);

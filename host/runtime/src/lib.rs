@@ -13,6 +13,7 @@ mod engine;
 pub mod error;
 mod fetch;
 mod host;
+mod idempotency;
 pub mod knobs;
 mod metering;
 mod pool;
@@ -70,12 +71,28 @@ pub struct CallRequest {
     pub internal: bool,
     /// The request id passed to actions.
     pub request_id: String,
+    /// Queries only: evaluate at this snapshot instead of the newest one (so that several
+    /// queries share one timestamp).
+    pub snapshot: Option<Timestamp>,
+    /// Mutations only: a key that makes the call idempotent. The first call that commits
+    /// records its result in the same transaction; a later call with the same key returns
+    /// that result without running again.
+    pub idempotency_key: Option<String>,
 }
 
 impl CallRequest {
     /// A public call without identity.
     pub fn new(kind: FunctionKind, path: &str, args: Value) -> CallRequest {
-        CallRequest { kind, path: path.to_owned(), args, identity: None, internal: false, request_id: String::new() }
+        CallRequest {
+            kind,
+            path: path.to_owned(),
+            args,
+            identity: None,
+            internal: false,
+            request_id: String::new(),
+            snapshot: None,
+            idempotency_key: None,
+        }
     }
 }
 
@@ -96,6 +113,9 @@ pub struct CallOutcome {
     pub read_token: Option<ReadToken>,
     /// How many times a mutation was retried after conflicts.
     pub retries: u32,
+    /// Whether a mutation's result was replayed from its idempotency record (it had already
+    /// committed; nothing ran).
+    pub replayed: bool,
 }
 
 impl Default for CallOutcome {
@@ -108,6 +128,7 @@ impl Default for CallOutcome {
             commit_ts: None,
             read_token: None,
             retries: 0,
+            replayed: false,
         }
     }
 }
@@ -345,6 +366,7 @@ impl Runtime {
             return;
         }
         let interval = self.shared.config.usage_flush_interval;
+        let retention = self.shared.config.mutation_record_retention;
         // Weak references: the flusher ends with the runtime.
         let (shared, targets) = (Arc::downgrade(&self.shared), Arc::downgrade(&self.deployments));
         *flusher = Some(tokio::spawn(async move {
@@ -356,6 +378,17 @@ impl Runtime {
                 for d in list {
                     if let Err(e) = d.metering.flush(&d.store).await {
                         tracing::warn!(deployment = %d.name, error = %e, "writing usage failed");
+                    }
+                    // Expire old idempotency records, a bounded amount per round.
+                    for _ in 0..16 {
+                        match idempotency::prune(&d.store, retention, 2000).await {
+                            Ok(2000) => continue,
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::warn!(deployment = %d.name, error = %e, "expiring mutation records failed");
+                                break;
+                            }
+                        }
                     }
                 }
             }

@@ -278,6 +278,14 @@ pub fn check_table_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks the name of a system table: `_` followed by a valid table name.
+pub fn check_system_table(name: &str) -> Result<()> {
+    match name.strip_prefix('_') {
+        Some(rest) => check_table_name(rest),
+        None => Err(StoreError::InvalidTableName { name: name.to_owned(), reason: "system tables start with `_`" }),
+    }
+}
+
 /// Checks a user index definition.
 pub fn check_index_definition(table: &str, name: &str, fields: &[FieldPath]) -> Result<()> {
     let bad = |reason: String| Err(StoreError::InvalidIndex { index: format!("{table}.{name}"), reason });

@@ -49,6 +49,12 @@ pub enum StoreError {
         /// The snapshot timestamp.
         ts: Timestamp,
     },
+    /// A snapshot newer than the newest published commit was asked for.
+    #[error("snapshot at {ts} is not published yet")]
+    SnapshotInFuture {
+        /// The snapshot timestamp.
+        ts: Timestamp,
+    },
     /// A value, id or validator problem.
     #[error(transparent)]
     Value(#[from] ValueError),
@@ -133,6 +139,7 @@ impl StoreError {
         match self {
             StoreError::Conflict { .. } => "Conflict",
             StoreError::SnapshotTooOld { .. } => "SnapshotTooOld",
+            StoreError::SnapshotInFuture { .. } => "SnapshotInFuture",
             StoreError::Value(e) => e.code(),
             StoreError::InvalidTableName { .. } => "InvalidTableName",
             StoreError::IndexNotFound(_) => "IndexNotFound",

@@ -53,6 +53,8 @@ struct Envelope {
 struct Snapshot {
     ts: Timestamp,
     catalog: Arc<Catalog>,
+    /// The commit that made `catalog` current: reads at or after it may use it.
+    catalog_ts: Timestamp,
 }
 
 /// Counters of the store's activity.
@@ -290,6 +292,7 @@ fn publish(inner: &Inner, done: Completed) {
         snap.ts = ts;
         if let Some(c) = catalog {
             snap.catalog = c;
+            snap.catalog_ts = ts;
         }
     }
     inner.published.send_replace(ts);
@@ -327,7 +330,7 @@ impl Store {
         let (commit_tx, commit_rx) = mpsc::channel(4096);
         let inner = Arc::new(Inner {
             persistence,
-            snapshot: RwLock::new(Snapshot { ts, catalog: catalog.clone() }),
+            snapshot: RwLock::new(Snapshot { ts, catalog: catalog.clone(), catalog_ts: ts }),
             cache: Mutex::new(DocumentCache::new(config.cache_bytes)),
             log: Mutex::new(CommitLog::new(ts, config.commit_log_age, config.commit_log_bytes)),
             registry: Arc::new(Mutex::new(Registry::default())),
@@ -411,6 +414,22 @@ impl Store {
     pub fn begin_with(&self, read_only: bool, limits: TransactionLimits) -> Transaction {
         let snap = self.inner.snapshot();
         Transaction::new(self.inner.clone(), snap.ts, snap.catalog, read_only, limits)
+    }
+
+    /// Begins a read-only transaction at an earlier snapshot `ts` (so that several queries
+    /// can be evaluated at one timestamp). Fails with `SnapshotInFuture` when `ts` is newer
+    /// than the newest published commit, and with `SnapshotTooOld` when it is older than the
+    /// current catalog (tables or indexes changed since) or already pruned.
+    pub fn begin_read_only_at(&self, ts: Timestamp) -> Result<Transaction> {
+        let snap = self.inner.snapshot();
+        if ts > snap.ts {
+            return Err(StoreError::SnapshotInFuture { ts });
+        }
+        if ts < snap.catalog_ts {
+            return Err(StoreError::SnapshotTooOld { ts });
+        }
+        self.inner.check_not_pruned(ts)?;
+        Ok(Transaction::new(self.inner.clone(), ts, snap.catalog, true, self.inner.config.limits.clone()))
     }
 
     /// The newest published commit timestamp.
@@ -602,12 +621,14 @@ impl Store {
                 }
             }
         }
-        let touched: BTreeSet<String> = schema.tables.keys().chain(catalog.tables.keys()).cloned().collect();
+        let touched: BTreeSet<String> =
+            schema.tables.keys().chain(catalog.tables.keys()).filter(|t| !t.starts_with('_')).cloned().collect();
         tx.catalog_writes.extend(touched);
         let schema = schema.clone();
         let to_add = added.clone();
         tx.catalog_edit = Some(Box::new(move |c: &mut Catalog| {
-            let names: Vec<String> = c.tables.keys().cloned().collect();
+            // System tables belong to the host, not to the app's schema.
+            let names: Vec<String> = c.tables.keys().filter(|t| !t.starts_with('_')).cloned().collect();
             for table in names {
                 let declared = schema.tables.get(&table);
                 let existing: Vec<(String, Vec<FieldPath>)> = c

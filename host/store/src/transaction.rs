@@ -16,7 +16,7 @@ use kiln_value::validation::{
 use kiln_value::validator::IdCheck;
 use kiln_value::{DocumentId, InternalId, Object, Patch, TableNumber, Value};
 
-use crate::catalog::{CATALOG_INDEX, Catalog, IndexKind, IndexRef, TableMeta, check_table_name};
+use crate::catalog::{CATALOG_INDEX, Catalog, IndexKind, IndexRef, TableMeta, check_system_table, check_table_name};
 use crate::commit_log::WrittenKeys;
 use crate::document::{Document, by_id_key, ordered_index_key};
 use crate::error::{LimitKind, Result, StoreError};
@@ -418,6 +418,43 @@ impl Transaction {
         self.record_write(&meta, id, Some(current), None)
     }
 
+    // ---- host records -------------------------------------------------------------------
+
+    /// Reads the host's record `key` of system table `table` (`_`-prefixed) within this
+    /// transaction: a point read, so a concurrent write of the same record conflicts. Guests
+    /// never reach system tables; this is for the host's own bookkeeping that must commit
+    /// atomically with user writes (e.g. idempotency records of mutations).
+    pub async fn get_record(&mut self, table: &str, key: InternalId) -> Result<Option<Arc<Document>>> {
+        check_system_table(table)?;
+        let was = std::mem::replace(&mut self.system, true);
+        let result = match self.table(table) {
+            Some(meta) => self.read_by_id(&meta, DocumentId::new(meta.number, key)).await,
+            None => Ok(None),
+        };
+        self.system = was;
+        result
+    }
+
+    /// Writes (inserts or replaces) the host's record `key` of system table `table`.
+    pub async fn put_record(&mut self, table: &str, key: InternalId, fields: Object) -> Result<()> {
+        self.check_writable()?;
+        check_system_table(table)?;
+        validate_user_fields(&fields)?;
+        let was = std::mem::replace(&mut self.system, true);
+        let result = async {
+            let meta = self.ensure_table(table);
+            let id = DocumentId::new(meta.number, key);
+            let current = self.read_by_id(&meta, id).await?;
+            let created = current.as_ref().map(|d| d.creation_time()).unwrap_or_else(now_ms);
+            let doc = Document::new(id, created, fields);
+            validate_document(&doc.value)?;
+            self.record_write(&meta, id, current, Some(Arc::new(doc)))
+        }
+        .await;
+        self.system = was;
+        result
+    }
+
     async fn existing(&mut self, id: DocumentId) -> Result<(Arc<TableMeta>, Arc<Document>)> {
         let not_found = || StoreError::DocumentNotFound(id.encode());
         let meta = self.table_of(&id).ok_or_else(not_found)?;
@@ -750,6 +787,8 @@ impl Transaction {
             return Ok(self.ts);
         }
         let reads = self.final_reads();
+        // Every write was checked when it was made; host records in system tables included.
+        self.system = true;
         let mut docs = Vec::with_capacity(self.writes.len());
         let mut index_writes = Vec::new();
         let mut keys = Vec::new();

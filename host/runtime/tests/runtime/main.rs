@@ -293,6 +293,59 @@ async fn concurrent_increments_are_exact_and_exhausted_retries_surface_as_confli
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_with_one_idempotency_key_apply_once_and_queries_run_at_a_given_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let cfg = DeploymentConfig {
+        limits: Limits { max_concurrency: 8, mutation_retries: 64, ..test_limits() },
+        ..DeploymentConfig::default()
+    };
+    deploy(&rt, "d", "fixtures/hostile", cfg).await;
+    let keyed = |key: &str| {
+        let mut req = CallRequest::new(Mutation, "hostile:increment", args(r#"{"name": "k"}"#));
+        req.idempotency_key = Some(key.to_owned());
+        req
+    };
+    let first = rt.call("d", keyed("session-1/7")).await;
+    let first_value = ok(&first);
+    let first_ts = first.commit_ts.unwrap();
+    assert!(!first.replayed);
+    let again = rt.call("d", keyed("session-1/7")).await;
+    assert!(again.replayed, "the resent mutation is not run again");
+    assert_eq!(ok(&again), first_value, "it returns the recorded result");
+    assert!(again.commit_ts.unwrap() >= first_ts);
+    let counter = || async { ok(&call(&rt, "d", Query, "hostile:counter", r#"{"name": "k"}"#).await) };
+    assert_eq!(counter().await, Value::Float64(1.0));
+
+    // Concurrent resends of one new request: exactly one applies.
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let rt = rt.clone();
+            let req = keyed("session-1/8");
+            tokio::spawn(async move { rt.call("d", req).await })
+        })
+        .collect();
+    let mut replayed = 0;
+    for t in tasks {
+        let out = t.await.unwrap();
+        assert_eq!(ok(&out), Value::Float64(2.0), "every caller gets the one result");
+        replayed += usize::from(out.replayed);
+    }
+    assert_eq!(replayed, 11, "one call ran, the others replayed its result");
+    assert_eq!(counter().await, Value::Float64(2.0));
+
+    // A query at the first mutation's snapshot sees the counter as it was then.
+    let mut at = CallRequest::new(Query, "hostile:counter", args(r#"{"name": "k"}"#));
+    at.snapshot = Some(first_ts);
+    let out = rt.call("d", at).await;
+    assert_eq!(ok(&out), Value::Float64(1.0));
+    assert_eq!(out.read_token.unwrap().ts, first_ts);
+    let mut future = CallRequest::new(Query, "hostile:counter", args(r#"{"name": "k"}"#));
+    future.snapshot = Some(kiln_store::Timestamp(u64::MAX));
+    assert_eq!(code(&rt.call("d", future).await), "SnapshotInFuture");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metering_sums_persists_and_quotas_stop_calls() {
     let dir = tempfile::tempdir().unwrap();
     let mut fuel_seen = 0;

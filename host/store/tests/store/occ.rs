@@ -197,3 +197,42 @@ async fn concurrent_transfers_are_serializable() {
     let _ = DocumentId::decode(&ids[0].encode()).unwrap();
     eprintln!("transfers committed: {}, conflicts: {}", committed.len(), store.stats().conflicts);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_records_commit_with_user_writes_and_conflict_like_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config()).await;
+    let key = kiln_value::InternalId([7; 16]);
+    let record = |n: f64| [("n".to_string(), Value::Float64(n))].into_iter().collect::<kiln_value::Object>();
+
+    // Two transactions both find no record, then both write it: the second must conflict.
+    let mut a = store.begin();
+    let mut b = store.begin();
+    assert!(a.get_record("_requests", key).await.unwrap().is_none());
+    assert!(b.get_record("_requests", key).await.unwrap().is_none());
+    a.insert("things", obj("{}")).await.unwrap();
+    a.put_record("_requests", key, record(1.0)).await.unwrap();
+    b.put_record("_requests", key, record(2.0)).await.unwrap();
+    a.commit().await.unwrap();
+    let err = b.commit().await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+
+    let mut tx = store.begin();
+    let got = tx.get_record("_requests", key).await.unwrap().unwrap();
+    assert_eq!(got.value["n"], Value::Float64(1.0), "the record committed with the user write");
+    assert!(tx.get_record("requests", key).await.is_err(), "records live only in system tables");
+    // User code cannot see the system table, by name or by id.
+    assert!(
+        tx.collect(kiln_store::query::Query::full_table_scan("_requests")).await.map(|d| d.is_empty()).unwrap_or(true)
+    );
+    let id = got.value["_id"].clone();
+    let Value::String(id) = id else { panic!() };
+    assert_eq!(tx.normalize_id(None, &id).unwrap(), None);
+    drop(tx);
+
+    // Applying an app schema leaves system tables alone.
+    let schema = kiln_store::Schema::parse(r#"{"tables": [], "schemaValidation": true}"#).unwrap();
+    store.set_schema(&schema).await.unwrap();
+    let mut tx = store.begin_read_only();
+    assert!(tx.get_record("_requests", key).await.unwrap().is_some());
+}

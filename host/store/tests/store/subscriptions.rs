@@ -85,3 +85,28 @@ async fn many_subscriptions_only_the_touched_one_fires() {
     subs.truncate(10);
     assert_eq!(store.stats().subscriptions, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_an_earlier_snapshot_see_that_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config()).await;
+    let mut tx = store.begin();
+    let id = tx.insert("counters", obj(r#"{"n": 1}"#)).await.unwrap();
+    let created = tx.commit().await.unwrap();
+    let mut tx = store.begin();
+    tx.patch(id, [("n".to_string(), Some(Value::Float64(2.0)))].into()).await.unwrap();
+    let patched = tx.commit().await.unwrap();
+
+    let mut old = store.begin_read_only_at(created).unwrap();
+    assert_eq!(old.get(id).await.unwrap().unwrap().value["n"], Value::Float64(1.0));
+    assert_eq!(old.read_token().ts, created, "the token is at the requested snapshot");
+    let mut new = store.begin_read_only_at(patched).unwrap();
+    assert_eq!(new.get(id).await.unwrap().unwrap().value["n"], Value::Float64(2.0));
+    assert!(old.insert("counters", obj("{}")).await.is_err(), "snapshot reads are read-only");
+
+    let future = kiln_store::Timestamp(patched.0 + 1_000_000_000);
+    assert_eq!(store.begin_read_only_at(future).err().unwrap().code(), "SnapshotInFuture");
+    // Before the table existed the catalog was different: that snapshot is refused.
+    let before = kiln_store::Timestamp(created.0 - 1);
+    assert_eq!(store.begin_read_only_at(before).err().unwrap().code(), "SnapshotTooOld");
+}
