@@ -43,6 +43,11 @@ impl Version {
     pub(crate) fn function(&self, path: &str) -> Option<&FunctionEntry> {
         self.functions.get(path)
     }
+
+    /// The kind of a function (by any path form), and whether it is public.
+    pub fn function_kind(&self, path: &str) -> Option<(FunctionKind, bool)> {
+        self.functions.get(&normalize_path(path)).map(|f| (f.kind, f.public))
+    }
 }
 
 /// A named tenant.

@@ -50,6 +50,9 @@ pub enum RuntimeError {
     /// The storage failed.
     #[error(transparent)]
     Persistence(#[from] kiln_persistence::PersistenceError),
+    /// The caller's check refused the version.
+    #[error("deploy refused: {0}")]
+    Rejected(String),
     /// wasmtime refused the configuration or component.
     #[error("wasm engine: {0}")]
     Engine(String),
@@ -65,6 +68,7 @@ impl RuntimeError {
             RuntimeError::Component(e) => e.code(),
             RuntimeError::Store(e) => e.code(),
             RuntimeError::Persistence(e) => e.code(),
+            RuntimeError::Rejected(_) => "DeployRejected",
             RuntimeError::Engine(_) => "EngineError",
         }
     }

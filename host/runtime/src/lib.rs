@@ -311,10 +311,22 @@ impl Runtime {
     /// version keeps serving), then switches atomically. Calls already running finish on the
     /// version they started with.
     pub async fn deploy(&self, name: &str, component: &[u8]) -> Result<Arc<Version>> {
+        self.deploy_checked(name, component, |_| Ok(())).await
+    }
+
+    /// [`Runtime::deploy`], refusing the version (before anything changes) when `check`
+    /// fails, e.g. because its manifest is not the one the uploader built.
+    pub async fn deploy_checked(
+        &self,
+        name: &str,
+        component: &[u8],
+        check: impl FnOnce(&Version) -> std::result::Result<(), String>,
+    ) -> Result<Arc<Version>> {
         let dep = self.deployment(name).ok_or_else(|| RuntimeError::DeploymentNotFound(name.to_owned()))?;
         let span = tracing::info_span!("deploy", deployment = %name, bytes = component.len());
         let _guard = span.enter();
         let version = self.prepare(component).await?;
+        check(&version).map_err(RuntimeError::Rejected)?;
         if let Some(schema) = &version.manifest.schema {
             let schema = Schema::parse(&schema.to_string())?;
             dep.store.set_schema(&schema).await?;

@@ -288,16 +288,22 @@ fn publish(inner: &Inner, done: Completed) {
         }
     }
     {
+        // Subscriptions are invalidated before the commit becomes visible, under the registry
+        // lock: whoever sees the new timestamp also sees every invalidation it caused, and a
+        // token registered concurrently is checked against either the old or the new state,
+        // never a mix.
+        let mut registry = inner.registry.lock();
+        registry.on_commit(&keys, ts);
         let mut snap = inner.snapshot.write();
         snap.ts = ts;
         if let Some(c) = catalog {
             snap.catalog = c;
             snap.catalog_ts = ts;
         }
+        drop(snap);
+        inner.published.send_replace(ts);
     }
-    inner.published.send_replace(ts);
     inner.log.lock().evict(ts);
-    inner.registry.lock().on_commit(&keys, ts);
     inner.commits.fetch_add(1, Ordering::Relaxed);
     let _ = reply.send(Ok(ts));
 }
@@ -430,6 +436,11 @@ impl Store {
         }
         self.inner.check_not_pruned(ts)?;
         Ok(Transaction::new(self.inner.clone(), ts, snap.catalog, true, self.inner.config.limits.clone()))
+    }
+
+    /// A receiver of the newest published commit timestamp (changes with every commit).
+    pub fn watch_published(&self) -> watch::Receiver<Timestamp> {
+        self.inner.published.subscribe()
     }
 
     /// The newest published commit timestamp.
