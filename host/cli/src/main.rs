@@ -1,9 +1,63 @@
 //! `kiln`: the command-line tool of Kiln.
 
+mod client;
+mod dev;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::client::{Target, admin_key, deployment_url};
+
+/// Everything the CLI can fail at, with stable codes.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Building an app failed.
+    #[error(transparent)]
+    Sdk(#[from] kiln_guest_sdk::SdkError),
+    /// The server could not start.
+    #[error(transparent)]
+    Server(#[from] kiln_server::ServerError),
+    /// The server refused a request.
+    #[error("{message}")]
+    Remote {
+        /// Its code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// A function failed.
+    #[error("{message}{}", data.as_ref().map(|d| format!("\ndata: {d}")).unwrap_or_default())]
+    Function {
+        /// The error message.
+        message: String,
+        /// `ConvexError` data.
+        data: Option<Value>,
+    },
+    /// The server could not be reached.
+    #[error("{0}")]
+    Http(String),
+    /// Wrong usage or local problem.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    /// The stable code.
+    pub fn code(&self) -> &str {
+        match self {
+            CliError::Sdk(e) => e.code(),
+            CliError::Server(e) => e.code(),
+            CliError::Remote { code, .. } => code,
+            CliError::Function { .. } => "FunctionFailed",
+            CliError::Http(_) => "Unreachable",
+            CliError::Usage(_) => "Usage",
+        }
+    }
+}
 
 /// Kiln: Convex-style apps as WebAssembly components.
 #[derive(Parser)]
@@ -13,8 +67,59 @@ struct Cli {
     command: Command,
 }
 
+/// Where the server is.
+#[derive(clap::Args, Clone)]
+struct Remote {
+    /// The server's URL.
+    #[arg(long, env = "KILN_URL", default_value = "http://127.0.0.1:3210")]
+    url: String,
+    /// The deployment (default: the server's default deployment).
+    #[arg(long, short = 'd', env = "KILN_DEPLOYMENT")]
+    deployment: Option<String>,
+    /// The admin key (default: a local server's instance key from its data directory).
+    #[arg(long, env = "KILN_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// A local server's data directory (where its `admin_key` is).
+    #[arg(long, env = "KILN_DATA_DIR", default_value = "kiln-data")]
+    data: PathBuf,
+}
+
+impl Remote {
+    fn target(&self) -> Result<Target, CliError> {
+        Ok(Target {
+            url: deployment_url(&self.url, self.deployment.as_deref()),
+            admin_key: admin_key(self.admin_key.clone(), &self.data)?,
+        })
+    }
+}
+
+/// Local server options.
+#[derive(clap::Args, Clone)]
+struct Local {
+    /// The data directory (one SQLite file per deployment, the compiled-component cache).
+    #[arg(long, env = "KILN_DATA_DIR", default_value = "kiln-data")]
+    data: PathBuf,
+    /// Where to listen.
+    #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:3210")]
+    listen: SocketAddr,
+    /// A directory of static files to serve at `/` (e.g. a web page).
+    #[arg(long = "static")]
+    static_dir: Option<PathBuf>,
+}
+
+impl Local {
+    fn options(&self) -> dev::ServeOptions {
+        dev::ServeOptions { data: self.data.clone(), listen: self.listen, static_dir: self.static_dir.clone() }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Runs a server (embedded SQLite under the data directory).
+    Serve {
+        #[command(flatten)]
+        local: Local,
+    },
     /// Builds an app's convex/ folder into `<app>/.kiln/app.wasm` and `manifest.json`.
     Build {
         /// The app directory (containing convex/ and node_modules/convex).
@@ -25,6 +130,71 @@ enum Command {
         /// The app directory.
         app: PathBuf,
     },
+    /// Builds an app and uploads it to a server.
+    Deploy {
+        /// The app directory.
+        app: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Develops an app: serves it locally (or uses --url), deploys, redeploys on change.
+    Dev {
+        /// The app directory.
+        app: PathBuf,
+        /// Use this running server instead of starting one.
+        #[arg(long)]
+        url: Option<String>,
+        /// The deployment (created if the local server does not have it).
+        #[arg(long, short = 'd')]
+        deployment: Option<String>,
+        /// The admin key for --url.
+        #[arg(long, env = "KILN_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
+        /// Deploy once, then stop.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        local: Local,
+    },
+    /// Runs a function (as admin) and prints its result as Convex JSON.
+    Run {
+        /// `module:function`.
+        function: String,
+        /// The arguments object (Convex JSON).
+        #[arg(default_value = "{}")]
+        args: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Prints the function log.
+    Logs {
+        /// Keep printing new entries.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Manages deployments (needs the instance admin key).
+    Deployments {
+        #[command(subcommand)]
+        action: DeploymentsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeploymentsAction {
+    /// Creates a deployment and prints its admin key (shown once).
+    Create {
+        /// The name (1-64 of [A-Za-z0-9_-]).
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Lists the deployments.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,17 +203,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Build { app } => build(&app),
-        Command::Codegen { app } => kiln_guest_sdk::codegen::codegen(&app).map(|changed| {
-            if changed.is_empty() {
-                println!("convex/_generated/ is up to date");
-            } else {
-                println!("wrote convex/_generated/{{{}}}", changed.join(", "));
-            }
-        }),
-    };
-    match result {
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error[{}]: {e}", e.code());
@@ -52,7 +212,68 @@ fn main() -> ExitCode {
     }
 }
 
-fn build(app: &std::path::Path) -> kiln_guest_sdk::Result<()> {
+fn instance_target(remote: &Remote) -> Result<Target, CliError> {
+    Ok(Target {
+        url: remote.url.trim_end_matches('/').to_owned(),
+        admin_key: admin_key(remote.admin_key.clone(), &remote.data)?,
+    })
+}
+
+fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Serve { local } => dev::serve(local.options()),
+        Command::Build { app } => build(&app),
+        Command::Codegen { app } => {
+            let changed = kiln_guest_sdk::codegen::codegen(&app)?;
+            if changed.is_empty() {
+                println!("convex/_generated/ is up to date");
+            } else {
+                println!("wrote convex/_generated/{{{}}}", changed.join(", "));
+            }
+            Ok(())
+        }
+        Command::Deploy { app, remote } => dev::build_and_deploy(&app, &remote.target()?),
+        Command::Dev { app, url, deployment, admin_key, once, local } => {
+            dev::dev(dev::DevOptions { app, url, admin_key, deployment, serve: local.options(), once })
+        }
+        Command::Run { function, args, remote } => {
+            let args: Value =
+                serde_json::from_str(&args).map_err(|e| CliError::Usage(format!("the arguments are not JSON: {e}")))?;
+            let value = remote.target()?.run(&function, &args)?;
+            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            Ok(())
+        }
+        Command::Logs { follow, remote } => remote.target()?.logs(follow, |e| {
+            if e.get("seq").is_some() {
+                println!("{}", client::format_log(e));
+            }
+        }),
+        Command::Deployments { action } => match action {
+            DeploymentsAction::Create { name, remote } => {
+                let reply = instance_target(&remote)?.create_deployment(&name)?;
+                println!("created deployment {name}");
+                println!("  url: {}/d/{name}", remote.url.trim_end_matches('/'));
+                println!("  admin key (shown once): {}", reply.get("adminKey").and_then(Value::as_str).unwrap_or("?"));
+                Ok(())
+            }
+            DeploymentsAction::List { remote } => {
+                let reply = instance_target(&remote)?.list_deployments()?;
+                for d in reply.get("deployments").and_then(Value::as_array).into_iter().flatten() {
+                    println!(
+                        "{:<24} {}/d/{}  version {}",
+                        d.get("name").and_then(Value::as_str).unwrap_or("?"),
+                        remote.url.trim_end_matches('/'),
+                        d.get("name").and_then(Value::as_str).unwrap_or("?"),
+                        d.get("version").and_then(Value::as_str).unwrap_or("-"),
+                    );
+                }
+                Ok(())
+            }
+        },
+    }
+}
+
+fn build(app: &std::path::Path) -> Result<(), CliError> {
     let started = std::time::Instant::now();
     let out = kiln_guest_sdk::build_app(app, &kiln_guest_sdk::BuildOptions::default())?;
     let t = out.timings;

@@ -1,0 +1,253 @@
+//! `kiln serve` and `kiln dev`: a server in this process; for `dev`, also build, deploy and
+//! redeploy whenever the app's `convex/` folder changes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_server::{Server, ServerConfig};
+use notify::Watcher;
+
+use crate::CliError;
+use crate::client::{Target, deployment_url};
+
+/// Options of a local server.
+pub struct ServeOptions {
+    /// Data directory.
+    pub data: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Static files to serve at `/`.
+    pub static_dir: Option<PathBuf>,
+}
+
+/// Raises the open-file limit to its hard maximum: every WebSocket is a file descriptor, and
+/// the usual soft limit (1024) would cap a server at about a thousand clients.
+fn raise_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                limit.rlim_cur = limit.rlim_max;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    raise_file_limit();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Usage(e.to_string()))
+}
+
+fn config(opts: &ServeOptions) -> ServerConfig {
+    let mut config = ServerConfig::from_env();
+    config.listen = opts.listen;
+    config.static_dir = opts.static_dir.clone();
+    config.runtime.data_dir = opts.data.clone();
+    config.runtime.cache_dir = Some(opts.data.join("cache"));
+    config
+}
+
+/// A started local server.
+struct Local {
+    server: std::sync::Arc<Server>,
+    url: String,
+    instance_key: String,
+}
+
+async fn start_local(opts: &ServeOptions) -> Result<Local, CliError> {
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let addr = listener.local_addr().map_err(|e| CliError::Usage(e.to_string()))?;
+    let (server, first) = Server::start(config(opts)).await?;
+    let server = std::sync::Arc::new(server);
+    let url = format!("http://{addr}");
+    if let Some(key) = &first.instance_key {
+        println!(
+            "created {} with a new instance admin key (saved in {}):\n  {key}",
+            opts.data.display(),
+            opts.data.join("admin_key").display()
+        );
+    }
+    if let Some(key) = &first.default_admin_key {
+        println!("admin key of the default deployment (shown once):\n  {key}");
+    }
+    let instance_key = crate::client::admin_key(first.instance_key.clone(), &opts.data)?;
+    let serving = server.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serving.serve(listener).await {
+            eprintln!("server error: {e}");
+        }
+    });
+    Ok(Local { server, url, instance_key })
+}
+
+/// `kiln serve`: runs until Ctrl-C.
+pub fn serve(opts: ServeOptions) -> Result<(), CliError> {
+    runtime()?.block_on(async {
+        let local = start_local(&opts).await?;
+        let names = local.server.state().registry.lock().names();
+        println!("kiln is serving on {} (data: {})", local.url, opts.data.display());
+        for name in names {
+            println!("  deployment {name}: {}/d/{name}", local.url);
+        }
+        if opts.static_dir.is_some() {
+            println!("  web page: {}/", local.url);
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        println!("stopping");
+        local.server.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Options of `kiln dev`.
+pub struct DevOptions {
+    /// The app directory.
+    pub app: PathBuf,
+    /// A running server to use instead of starting one.
+    pub url: Option<String>,
+    /// Its admin key.
+    pub admin_key: Option<String>,
+    /// The deployment (default: the server's default deployment).
+    pub deployment: Option<String>,
+    /// The local server, when one is started.
+    pub serve: ServeOptions,
+    /// Stop after the first deploy (for scripts and tests).
+    pub once: bool,
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Builds the app and deploys it; prints what happened.
+pub fn build_and_deploy(app: &Path, target: &Target) -> Result<(), CliError> {
+    let started = Instant::now();
+    let bar = spinner("building");
+    let built = kiln_guest_sdk::build_app(app, &kiln_guest_sdk::BuildOptions::default());
+    let built = match built {
+        Ok(b) => b,
+        Err(e) => {
+            bar.finish_and_clear();
+            return Err(e.into());
+        }
+    };
+    bar.set_message(format!("deploying {} KiB", built.component.len() / 1024));
+    let manifest = serde_json::to_value(&built.manifest).map_err(|e| CliError::Usage(e.to_string()))?;
+    let reply = target.deploy(&built.component, &manifest);
+    bar.finish_and_clear();
+    let reply = reply?;
+    println!(
+        "deployed version {} ({} functions) to {} in {:.1} s",
+        reply.get("version").and_then(|v| v.as_str()).unwrap_or("?"),
+        built.manifest.functions.len(),
+        target.url,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+enum Event {
+    Changed(PathBuf),
+    Stop,
+}
+
+/// `kiln dev`: build, deploy, then watch and redeploy until Ctrl-C.
+pub fn dev(opts: DevOptions) -> Result<(), CliError> {
+    let rt = runtime()?;
+    let (target, local) = match &opts.url {
+        Some(url) => {
+            let key = crate::client::admin_key(opts.admin_key.clone(), &opts.serve.data)?;
+            (Target { url: deployment_url(url, opts.deployment.as_deref()), admin_key: key }, None)
+        }
+        None => {
+            let local = rt.block_on(start_local(&opts.serve))?;
+            if let Some(d) = &opts.deployment
+                && local.server.state().deployment(d).is_err()
+            {
+                let key = rt.block_on(local.server.state().create_deployment(d))?;
+                println!("created deployment {d}; its admin key (shown once):\n  {key}");
+            }
+            let target = Target {
+                url: deployment_url(&local.url, opts.deployment.as_deref()),
+                admin_key: local.instance_key.clone(),
+            };
+            println!("kiln dev: serving on {}", local.url);
+            (target, Some(local))
+        }
+    };
+    let first = build_and_deploy(&opts.app, &target);
+    if opts.serve.static_dir.is_some()
+        && let Some(local) = &local
+    {
+        println!("open {}/ in a browser", local.url);
+    }
+    if opts.once {
+        if let Some(local) = local {
+            rt.block_on(local.server.shutdown());
+        }
+        return first;
+    }
+    if let Err(e) = first {
+        eprintln!("error[{}]: {e}", e.code());
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let watch_tx = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            for path in event.paths {
+                let _ = watch_tx.send(Event::Changed(path));
+            }
+        }
+    })
+    .map_err(|e| CliError::Usage(format!("cannot watch files: {e}")))?;
+    let convex = opts.app.join("convex");
+    watcher
+        .watch(&convex, notify::RecursiveMode::Recursive)
+        .map_err(|e| CliError::Usage(format!("cannot watch {}: {e}", convex.display())))?;
+    rt.spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(Event::Stop);
+    });
+    println!("watching {} for changes (Ctrl-C stops)", convex.display());
+    // Generated files and build outputs change during builds; they do not trigger one.
+    let relevant = |p: &Path| !p.components().any(|c| matches!(c.as_os_str().to_str(), Some("_generated" | ".kiln")));
+    loop {
+        match rx.recv() {
+            Ok(Event::Stop) | Err(_) => break,
+            Ok(Event::Changed(p)) if !relevant(&p) => continue,
+            Ok(Event::Changed(_)) => {
+                // Let a burst of saves settle.
+                let mut stop = false;
+                while let Ok(e) = rx.recv_timeout(Duration::from_millis(250)) {
+                    stop |= matches!(e, Event::Stop);
+                }
+                if stop {
+                    break;
+                }
+                if let Err(e) = build_and_deploy(&opts.app, &target) {
+                    eprintln!("error[{}]: {e}", e.code());
+                }
+            }
+        }
+    }
+    drop(watcher);
+    if let Some(local) = local {
+        rt.block_on(local.server.shutdown());
+    }
+    Ok(())
+}

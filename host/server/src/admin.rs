@@ -1,0 +1,278 @@
+//! Admin endpoints: deploys, deployments, configuration (auth providers, environment),
+//! logs, usage, dropping connections, and metrics.
+//!
+//! Deployment-scoped endpoints need that deployment's admin key or the instance key
+//! (`Authorization: Convex <key>`); creating and listing deployments needs the instance key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value as JsonValue, json};
+
+use crate::AppState;
+use crate::auth::AuthConfig;
+use crate::error::{Result, ServerError};
+use crate::routing::Deployment;
+
+fn admin_key(headers: &HeaderMap) -> Result<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Convex "))
+        .map(str::trim)
+        .ok_or_else(|| ServerError::Unauthorized("this endpoint needs `Authorization: Convex <admin key>`".into()))
+}
+
+/// Checks the deployment's admin key (or the instance key).
+pub fn require_admin(state: &AppState, deployment: &str, headers: &HeaderMap) -> Result<()> {
+    let key = admin_key(headers)?;
+    state.deployment(deployment)?;
+    if state.registry.lock().is_admin_key(deployment, key) {
+        Ok(())
+    } else {
+        Err(ServerError::Unauthorized(format!("invalid admin key for deployment {deployment:?}")))
+    }
+}
+
+fn require_instance(state: &AppState, headers: &HeaderMap) -> Result<()> {
+    let key = admin_key(headers)?;
+    if state.registry.lock().is_instance_key(key) {
+        Ok(())
+    } else {
+        Err(ServerError::Unauthorized("this endpoint needs the instance admin key".into()))
+    }
+}
+
+/// A deploy upload: the component and the manifest `kiln build` wrote beside it.
+#[derive(Deserialize)]
+pub struct DeployBody {
+    /// The component, base64.
+    pub component: String,
+    /// The manifest; when given, the component's own must match it.
+    #[serde(default)]
+    pub manifest: Option<JsonValue>,
+}
+
+/// `POST /api/kiln/deploy`: validates, applies the schema, switches atomically.
+pub async fn deploy(
+    State(state): State<Arc<AppState>>,
+    Extension(Deployment(d)): Extension<Deployment>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    require_admin(&state, &d, &headers)?;
+    let body: DeployBody =
+        serde_json::from_slice(&body).map_err(|e| ServerError::BadRequest(format!("invalid deploy body: {e}")))?;
+    let component = base64::engine::general_purpose::STANDARD
+        .decode(body.component.as_bytes())
+        .map_err(|_| ServerError::BadRequest("`component` is not base64".into()))?;
+    let expected = body.manifest;
+    let version = state
+        .runtime
+        .deploy_checked(&d, &component, |v| match &expected {
+            None => Ok(()),
+            Some(m) => {
+                let actual = serde_json::to_value(&v.manifest).map_err(|e| e.to_string())?;
+                if &actual == m {
+                    Ok(())
+                } else {
+                    Err("the uploaded manifest does not match the component's own (rebuild and deploy again)".into())
+                }
+            }
+        })
+        .await?;
+    let dep = state.deployment(&d)?;
+    dep.hub.invalidate_all();
+    tracing::info!(deployment = %d, version = %version.id, "deploy finished");
+    Ok(Json(json!({
+        "version": version.id,
+        "functions": version.manifest.functions.len(),
+    }))
+    .into_response())
+}
+
+/// `GET /api/kiln/deployments` (instance key): the deployments.
+pub async fn list_deployments(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response> {
+    require_instance(&state, &headers)?;
+    let names = state.registry.lock().names();
+    let list: Vec<JsonValue> = names
+        .iter()
+        .map(|n| {
+            let version = state.runtime.deployment(n).and_then(|d| d.version()).map(|v| v.id.clone());
+            json!({ "name": n, "version": version, "path": format!("/d/{n}") })
+        })
+        .collect();
+    Ok(Json(json!({ "deployments": list })).into_response())
+}
+
+/// `POST /api/kiln/deployments {name}` (instance key): creates one; the admin key is in
+/// the response and nowhere else.
+pub async fn create_deployment(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<JsonValue>,
+) -> Result<Response> {
+    require_instance(&state, &headers)?;
+    let name =
+        body.get("name").and_then(JsonValue::as_str).ok_or_else(|| ServerError::BadRequest("missing `name`".into()))?;
+    let key = state.create_deployment(name).await?;
+    Ok(Json(json!({ "name": name, "adminKey": key, "path": format!("/d/{name}") })).into_response())
+}
+
+/// A configuration change.
+#[derive(Deserialize)]
+pub struct ConfigBody {
+    /// New identity providers.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// New environment variables (replacing all).
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// `GET /api/kiln/config`: the deployment's auth providers and environment variable names.
+pub async fn get_config(
+    State(state): State<Arc<AppState>>,
+    Extension(Deployment(d)): Extension<Deployment>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    require_admin(&state, &d, &headers)?;
+    let record = state.registry.lock().get(&d).cloned().unwrap_or_default();
+    Ok(Json(json!({ "auth": record.auth, "env": record.env.keys().collect::<Vec<_>>() })).into_response())
+}
+
+/// `POST /api/kiln/config`: sets auth providers and/or environment variables.
+pub async fn set_config(
+    State(state): State<Arc<AppState>>,
+    Extension(Deployment(d)): Extension<Deployment>,
+    headers: HeaderMap,
+    Json(body): Json<ConfigBody>,
+) -> Result<Response> {
+    require_admin(&state, &d, &headers)?;
+    let dep = state.deployment(&d)?;
+    state.registry.lock().update(&d, body.auth.clone(), body.env.clone())?;
+    if let Some(auth) = body.auth {
+        *dep.auth.write() = auth;
+    }
+    if let Some(env) = body.env
+        && let Some(rdep) = state.runtime.deployment(&d)
+    {
+        let mut config = rdep.config();
+        config.env = env;
+        state.runtime.configure(&d, config)?;
+        // Functions read `process.env`: their results may change.
+        dep.hub.invalidate_all();
+    }
+    Ok(Json(json!({ "ok": true })).into_response())
+}
+
+/// Query of the logs endpoint.
+#[derive(Deserialize)]
+pub struct LogsQuery {
+    /// Entries after this sequence number.
+    #[serde(default)]
+    pub after: u64,
+    /// Keep the response open and stream new entries.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// `GET /api/kiln/logs?after=&follow=`: the function log as NDJSON.
+pub async fn logs(
+    State(state): State<Arc<AppState>>,
+    Extension(Deployment(d)): Extension<Deployment>,
+    headers: HeaderMap,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response> {
+    require_admin(&state, &d, &headers)?;
+    let dep = state.deployment(&d)?;
+    let (history, rx) = dep.log.follow(q.after);
+    let last = history.last().map(|e| e.seq).unwrap_or(q.after);
+    let line = |e: &crate::logs::LogEntry| {
+        let mut s = serde_json::to_string(e).unwrap_or_default();
+        s.push('\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(s))
+    };
+    let head: Vec<_> = history.iter().map(line).collect();
+    let head = futures::stream::iter(head);
+    if !q.follow {
+        return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(head)).into_response());
+    }
+    let mut stop = state.shutdown.subscribe();
+    let tail = futures::stream::unfold((rx, last), move |(mut rx, last)| async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+                // A heartbeat line keeps proxies from closing an idle stream.
+                Err(_) => return Some((Ok(Bytes::from_static(b"\n")), (rx, last))),
+                Ok(Ok(e)) if e.seq > last => {
+                    let seq = e.seq;
+                    let mut s = serde_json::to_string(&e).unwrap_or_default();
+                    s.push('\n');
+                    return Some((Ok(Bytes::from(s)), (rx, seq)));
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                    let s = format!("{{\"lagged\":{n}}}\n");
+                    return Some((Ok(Bytes::from(s)), (rx, last)));
+                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+            }
+        }
+    })
+    .take_until(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(head.chain(tail))).into_response())
+}
+
+/// `GET /api/kiln/usage`: fuel and calls, per deployment and function.
+pub async fn usage(
+    State(state): State<Arc<AppState>>,
+    Extension(Deployment(d)): Extension<Deployment>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    require_admin(&state, &d, &headers)?;
+    let usage = state.runtime.usage(&d).ok_or_else(|| ServerError::DeploymentNotFound(d.clone()))?;
+    Ok(Json(usage).into_response())
+}
+
+/// `POST /api/kiln/drop_connections`: closes every socket of the deployment (clients
+/// reconnect).
+pub async fn drop_connections(
+    State(state): State<Arc<AppState>>,
+    Extension(Deployment(d)): Extension<Deployment>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    require_admin(&state, &d, &headers)?;
+    let dep = state.deployment(&d)?;
+    let open = dep.connections.load(std::sync::atomic::Ordering::Relaxed);
+    dep.drop_sockets.send_modify(|n| *n += 1);
+    Ok(Json(json!({ "dropped": open })).into_response())
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let deployments: Vec<_> = state.deployments.read().values().cloned().collect();
+    for d in deployments {
+        if let Some(rd) = state.runtime.deployment(&d.name) {
+            let stats = rd.store().stats();
+            state.metrics.store_stats(&d.name, stats.commits, stats.conflicts, d.hub.len());
+        }
+        state
+            .metrics
+            .connections
+            .get_or_create(&crate::metrics::DeploymentLabels { deployment: d.name.clone() })
+            .set(d.connections.load(std::sync::atomic::Ordering::Relaxed) as i64);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.encode()).into_response()
+}

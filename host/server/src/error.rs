@@ -1,0 +1,98 @@
+//! Request-level errors: everything that is not a function's own failure. Each has a stable
+//! code and an HTTP status, and renders as `{"code": …, "message": …}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use thiserror::Error;
+
+/// A refused or failed request.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The body or a parameter is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such deployment.
+    #[error("deployment {0:?} not found")]
+    DeploymentNotFound(String),
+    /// A deployment of that name exists already.
+    #[error("deployment {0:?} exists already")]
+    DeploymentExists(String),
+    /// The credentials are missing or wrong for an admin operation.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A user token was refused.
+    #[error("{0}")]
+    InvalidAuthToken(String),
+    /// Too many requests are in flight for the deployment.
+    #[error("too many concurrent requests for deployment {0:?}; retry later")]
+    TooManyConcurrentRequests(String),
+    /// The body is larger than allowed.
+    #[error("request body too large (limit {0} bytes)")]
+    BodyTooLarge(usize),
+    /// A deploy was refused (invalid component, schema the data violates, …).
+    #[error("{message}")]
+    DeployFailed {
+        /// The stable code of the underlying failure.
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Something not supported by this server.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A failure of the server itself.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServerError {
+    /// The stable code.
+    pub fn code(&self) -> &str {
+        match self {
+            ServerError::BadRequest(_) => "BadRequest",
+            ServerError::DeploymentNotFound(_) => "DeploymentNotFound",
+            ServerError::DeploymentExists(_) => "DeploymentExists",
+            ServerError::Unauthorized(_) => "Unauthorized",
+            ServerError::InvalidAuthToken(_) => "InvalidAuthToken",
+            ServerError::TooManyConcurrentRequests(_) => "TooManyConcurrentRequests",
+            ServerError::BodyTooLarge(_) => "BodyTooLarge",
+            ServerError::DeployFailed { code, .. } => code,
+            ServerError::Unsupported(_) => "Unsupported",
+            ServerError::Internal(_) => "InternalServerError",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServerError::BadRequest(_) | ServerError::DeployFailed { .. } => StatusCode::BAD_REQUEST,
+            ServerError::DeploymentNotFound(_) => StatusCode::NOT_FOUND,
+            ServerError::DeploymentExists(_) => StatusCode::CONFLICT,
+            ServerError::Unauthorized(_) | ServerError::InvalidAuthToken(_) => StatusCode::UNAUTHORIZED,
+            ServerError::TooManyConcurrentRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServerError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<kiln_runtime::RuntimeError> for ServerError {
+    fn from(e: kiln_runtime::RuntimeError) -> Self {
+        match e {
+            kiln_runtime::RuntimeError::DeploymentNotFound(name) => ServerError::DeploymentNotFound(name),
+            kiln_runtime::RuntimeError::DeploymentExists(name) => ServerError::DeploymentExists(name),
+            other => ServerError::DeployFailed { code: other.code().to_owned(), message: other.to_string() },
+        }
+    }
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// Result of request handling.
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;

@@ -1,0 +1,110 @@
+//! Tunables of the server, with their defaults and `KILN_*` overrides.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kiln_runtime::RuntimeConfig;
+
+/// The server's configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where to listen (`KILN_LISTEN`, default `127.0.0.1:3210`).
+    pub listen: SocketAddr,
+    /// A directory of static files served at `/` (e.g. an example's web page).
+    pub static_dir: Option<PathBuf>,
+    /// The deployment served at the root (`/api/...`); others live under `/d/<name>`.
+    pub default_deployment: String,
+    /// Largest HTTP request body (function calls).
+    pub max_body_bytes: usize,
+    /// Largest deploy upload.
+    pub max_deploy_bytes: usize,
+    /// Largest WebSocket message from a client.
+    pub max_ws_message_bytes: usize,
+    /// Queries one socket may subscribe to.
+    pub max_queries_per_socket: usize,
+    /// Mutations one socket may have queued.
+    pub max_queued_mutations_per_socket: usize,
+    /// Actions one socket may run at once.
+    pub max_actions_per_socket: usize,
+    /// Function calls in flight per deployment from HTTP requests and sockets together;
+    /// beyond it requests are refused with `TooManyConcurrentRequests`.
+    pub max_inflight_per_deployment: usize,
+    /// How often a WebSocket ping frame is sent.
+    pub ping_interval: Duration,
+    /// After this long without sending anything, a socket gets a JSON `Ping`.
+    pub idle_ping: Duration,
+    /// A socket from which nothing (not even a pong) arrives for this long is dropped.
+    pub client_timeout: Duration,
+    /// A socket that cannot take a message within this time is dropped.
+    pub send_timeout: Duration,
+    /// Transitions larger than this are sent as `TransitionChunk`s.
+    pub transition_chunk_bytes: usize,
+    /// Subscribed queries re-run at once per deployment.
+    pub rerun_concurrency: usize,
+    /// Log entries kept per deployment for `kiln logs`.
+    pub log_history: usize,
+    /// The function runner's configuration (data directory included).
+    pub runtime: RuntimeConfig,
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let raw = std::env::var(name).ok()?;
+    raw.trim().parse().ok().or_else(|| {
+        tracing::warn!(variable = name, value = %raw, "ignoring unparsable knob");
+        None
+    })
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let runtime = RuntimeConfig::default();
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3210)),
+            static_dir: None,
+            default_deployment: "default".to_owned(),
+            max_body_bytes: 40 << 20,
+            max_deploy_bytes: 128 << 20,
+            max_ws_message_bytes: 40 << 20,
+            max_queries_per_socket: 2048,
+            max_queued_mutations_per_socket: 1024,
+            max_actions_per_socket: 64,
+            max_inflight_per_deployment: 4096,
+            ping_interval: Duration::from_secs(5),
+            idle_ping: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(10),
+            transition_chunk_bytes: 4 << 20,
+            rerun_concurrency: runtime.worker_threads,
+            log_history: 1000,
+            runtime,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The defaults, overridden by `KILN_*` environment variables.
+    pub fn from_env() -> Self {
+        let mut c = ServerConfig { runtime: RuntimeConfig::from_env(), ..ServerConfig::default() };
+        c.rerun_concurrency = c.runtime.worker_threads;
+        if let Ok(listen) = std::env::var("KILN_LISTEN") {
+            match listen.parse() {
+                Ok(addr) => c.listen = addr,
+                Err(_) => tracing::warn!(value = %listen, "ignoring unparsable KILN_LISTEN"),
+            }
+        }
+        if let Some(n) = env_u64("KILN_MAX_QUERIES_PER_SOCKET") {
+            c.max_queries_per_socket = n as usize;
+        }
+        if let Some(n) = env_u64("KILN_MAX_INFLIGHT_PER_DEPLOYMENT") {
+            c.max_inflight_per_deployment = n as usize;
+        }
+        if let Some(n) = env_u64("KILN_MAX_BODY_BYTES") {
+            c.max_body_bytes = n as usize;
+        }
+        if let Some(n) = env_u64("KILN_CLIENT_TIMEOUT_SECS") {
+            c.client_timeout = Duration::from_secs(n.max(1));
+        }
+        c
+    }
+}

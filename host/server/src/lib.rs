@@ -1,0 +1,206 @@
+//! Kiln's server: the Convex HTTP API and WebSocket sync protocol (so the official `convex`
+//! clients work unmodified), deploy uploads, admin keys and user JWTs, reactivity, function
+//! logs and Prometheus metrics.
+//!
+//! Every deployment is served under `/d/<name>` (the official clients keep a URL's path, so
+//! `new ConvexClient("http://host:3210/d/chat")` works) and the default deployment also at
+//! the root. A request is routed after that prefix is stripped (see [`routing`]).
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod knobs;
+pub mod logs;
+pub mod metrics;
+pub mod registry;
+pub mod routing;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use kiln_runtime::{CallOutcome, DeploymentConfig, FunctionKind, Runtime};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Semaphore, watch};
+
+pub use crate::auth::{AuthConfig, AuthProvider, Caller};
+pub use crate::error::{Result, ServerError};
+pub use crate::knobs::ServerConfig;
+
+use crate::logs::FunctionLog;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::sync::hub::Hub;
+
+/// A deployment as the server sees it: its hub, limits, log and auth.
+pub struct DeploymentState {
+    /// The name.
+    pub name: String,
+    /// Its subscribed queries.
+    pub hub: Arc<Hub>,
+    /// Calls in flight (HTTP and sockets).
+    pub inflight: Arc<Semaphore>,
+    /// The function log.
+    pub log: FunctionLog,
+    /// Accepted identity providers.
+    pub auth: RwLock<AuthConfig>,
+    /// Verifies user tokens.
+    pub verifier: auth::Verifier,
+    /// Bumped to close every socket of the deployment.
+    pub drop_sockets: watch::Sender<u64>,
+    /// Open sockets.
+    pub connections: AtomicUsize,
+}
+
+/// State shared by every request.
+pub struct AppState {
+    /// The configuration.
+    pub config: ServerConfig,
+    /// The function runner.
+    pub runtime: Arc<Runtime>,
+    /// Admin keys and deployment settings.
+    pub registry: Mutex<Registry>,
+    /// Deployments by name.
+    pub deployments: RwLock<HashMap<String, Arc<DeploymentState>>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Turns true when the server stops.
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl AppState {
+    /// A deployment by name.
+    pub fn deployment(&self, name: &str) -> Result<Arc<DeploymentState>> {
+        self.deployments.read().get(name).cloned().ok_or_else(|| ServerError::DeploymentNotFound(name.to_owned()))
+    }
+
+    /// Records a finished call in the deployment's log and the metrics.
+    pub fn observe(&self, dep: &DeploymentState, kind: FunctionKind, path: &str, out: &CallOutcome) {
+        let outcome = match &out.result {
+            Ok(_) => "ok",
+            Err(e) => e.code.as_str(),
+        };
+        self.metrics.call(&dep.name, logs::kind_name(kind), outcome, out.fuel);
+        dep.log.record(kind, path, out);
+    }
+
+    /// Opens a deployment in the runtime and starts its hub.
+    async fn open_deployment(self: &Arc<Self>, name: &str) -> Result<Arc<DeploymentState>> {
+        let record = self.registry.lock().get(name).cloned().unwrap_or_default();
+        let config = DeploymentConfig { env: record.env.clone(), ..DeploymentConfig::default() };
+        let dep = match self.runtime.deployment(name) {
+            Some(d) => d,
+            None => self.runtime.open_deployment(name, config).await?,
+        };
+        let weak = Arc::downgrade(self);
+        let dep_name = name.to_owned();
+        let observer: sync::hub::Observer = Arc::new(move |kind, path, out| {
+            if let Some(state) = weak.upgrade()
+                && let Some(d) = state.deployments.read().get(&dep_name).cloned()
+            {
+                state.observe(&d, kind, path, out);
+            }
+        });
+        let hub = Arc::new(Hub::new(
+            name,
+            self.runtime.clone(),
+            dep.store().clone(),
+            self.config.rerun_concurrency,
+            observer,
+        ));
+        tokio::spawn(hub.clone().run(self.shutdown.subscribe()));
+        let state = Arc::new(DeploymentState {
+            name: name.to_owned(),
+            hub,
+            inflight: Arc::new(Semaphore::new(self.config.max_inflight_per_deployment)),
+            log: FunctionLog::new(self.config.log_history),
+            auth: RwLock::new(record.auth),
+            verifier: auth::Verifier::default(),
+            drop_sockets: watch::channel(0).0,
+            connections: AtomicUsize::new(0),
+        });
+        self.deployments.write().insert(name.to_owned(), state.clone());
+        Ok(state)
+    }
+
+    /// Creates a deployment; returns its admin key (shown once).
+    pub async fn create_deployment(self: &Arc<Self>, name: &str) -> Result<String> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ServerError::BadRequest(format!(
+                "invalid deployment name {name:?}: use 1-64 of [A-Za-z0-9_-]"
+            )));
+        }
+        let key = self.registry.lock().create(name)?;
+        self.open_deployment(name).await?;
+        tracing::info!(deployment = name, "deployment created");
+        Ok(key)
+    }
+}
+
+/// What a first start created, to be shown to the operator once.
+#[derive(Debug, Default)]
+pub struct FirstStart {
+    /// The instance admin key (also in `<data>/admin_key`).
+    pub instance_key: Option<String>,
+    /// The default deployment's admin key.
+    pub default_admin_key: Option<String>,
+}
+
+/// A running server (without its listener; see [`Server::serve`]).
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Opens the data directory, the runtime and every deployment (creating the default
+    /// deployment on first start). Must be called within a tokio runtime.
+    pub async fn start(config: ServerConfig) -> Result<(Server, FirstStart)> {
+        let (registry, instance_key) = Registry::open(&config.runtime.data_dir)?;
+        let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
+        let state = Arc::new(AppState {
+            runtime,
+            registry: Mutex::new(registry),
+            deployments: RwLock::default(),
+            metrics: Metrics::default(),
+            shutdown: watch::channel(false).0,
+            config,
+        });
+        let names = state.registry.lock().names();
+        for name in &names {
+            state.open_deployment(name).await?;
+        }
+        let mut first = FirstStart { instance_key, default_admin_key: None };
+        let default = state.config.default_deployment.clone();
+        if !names.contains(&default) {
+            first.default_admin_key = Some(state.create_deployment(&default).await?);
+        }
+        Ok((Server { state }, first))
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves on `listener` until [`Server::shutdown`] is called.
+    pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let mut stop = self.state.shutdown.subscribe();
+        let service = routing::service(self.state.clone());
+        axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    }
+
+    /// Stops serving: closes sockets, stops hubs, flushes usage.
+    pub async fn shutdown(&self) {
+        self.state.shutdown.send_replace(true);
+        self.state.runtime.shutdown().await;
+    }
+}

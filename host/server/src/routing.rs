@@ -1,0 +1,117 @@
+//! Routes, and the deployment prefix: `/d/<name>/rest` is routed as `/rest` for deployment
+//! `name`; any other path belongs to the default deployment. The prefix is stripped before
+//! routing, so one set of routes serves every deployment.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::Uri;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tower::util::MapRequest;
+use tower_http::cors::CorsLayer;
+use tracing::Instrument;
+
+use crate::{AppState, admin, api, sync};
+
+/// The deployment a request addresses.
+#[derive(Clone, Debug)]
+pub struct Deployment(pub String);
+
+/// Splits `/d/<name>/rest` into the deployment and `/rest`.
+fn split_prefix(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/d/")?;
+    let (name, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    (!name.is_empty()).then_some((name, tail))
+}
+
+fn rewrite(default: &str, mut req: Request) -> Request {
+    let path = req.uri().path().to_owned();
+    let deployment = match split_prefix(&path) {
+        Some((name, tail)) => {
+            let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+            if let Ok(uri) = format!("{tail}{query}").parse::<Uri>() {
+                *req.uri_mut() = uri;
+            }
+            name.to_owned()
+        }
+        None => default.to_owned(),
+    };
+    req.extensions_mut().insert(Deployment(deployment));
+    req
+}
+
+/// Counts requests and wraps each in a tracing span.
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let endpoint = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let deployment = req.extensions().get::<Deployment>().map(|d| d.0.clone()).unwrap_or_default();
+    let span = tracing::info_span!("request", method = %req.method(), %endpoint, %deployment);
+    let started = Instant::now();
+    let response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.in_scope(|| tracing::debug!(status, micros = started.elapsed().as_micros() as u64, "request done"));
+    state.metrics.request(&deployment, endpoint.trim_start_matches("/api/"), status);
+    response
+}
+
+/// Builds the service for `state`: the routes behind the deployment-prefix rewrite.
+pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -> Request + Clone + Send + 'static> {
+    let body_limit = state.config.max_body_bytes;
+    let functions = Router::new()
+        .route("/api/query", post(api::query))
+        .route("/api/mutation", post(api::mutation))
+        .route("/api/action", post(api::action))
+        .route("/api/function", post(api::function))
+        .route("/api/run/{*path}", post(api::run))
+        .route("/api/query_batch", post(api::query_batch))
+        .route("/api/query_ts", post(api::query_ts))
+        .route("/api/query_at_ts", post(api::query_at_ts))
+        .layer(DefaultBodyLimit::max(body_limit));
+    let admin = Router::new()
+        .route("/api/kiln/deploy", post(admin::deploy))
+        .layer(DefaultBodyLimit::max(state.config.max_deploy_bytes))
+        .route("/api/kiln/deployments", get(admin::list_deployments).post(admin::create_deployment))
+        .route("/api/kiln/config", get(admin::get_config).post(admin::set_config))
+        .route("/api/kiln/logs", get(admin::logs))
+        .route("/api/kiln/usage", get(admin::usage))
+        .route("/api/kiln/drop_connections", post(admin::drop_connections));
+    let mut router = Router::new()
+        .merge(functions)
+        .merge(admin)
+        .route("/api/sync", get(sync::upgrade))
+        .route("/api/{version}/sync", get(sync::upgrade))
+        .route("/http/{*path}", axum::routing::any(api::http_action))
+        .route("/version", get(api::version))
+        .route("/metrics", get(admin::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), observe));
+    if let Some(dir) = &state.config.static_dir {
+        router = router.fallback_service(tower_http::services::ServeDir::new(dir));
+    }
+    let router = router.layer(CorsLayer::permissive()).with_state(state.clone());
+    let default = state.config.default_deployment.clone();
+    let default: Arc<str> = default.into();
+    MapRequest::new(router, move |req| rewrite(&default, req))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_name_deployments() {
+        assert_eq!(split_prefix("/d/chat/api/query"), Some(("chat", "/api/query")));
+        assert_eq!(split_prefix("/d/chat"), Some(("chat", "/")));
+        assert_eq!(split_prefix("/d//api"), None);
+        assert_eq!(split_prefix("/api/query"), None);
+        let req =
+            rewrite("default", Request::builder().uri("/d/x/api/1.48.0/sync?a=b").body(Default::default()).unwrap());
+        assert_eq!(req.uri().to_string(), "/api/1.48.0/sync?a=b");
+        assert_eq!(req.extensions().get::<Deployment>().unwrap().0, "x");
+    }
+}

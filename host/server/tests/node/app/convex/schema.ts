@@ -1,0 +1,8 @@
+import { defineSchema, defineTable } from "convex/server";
+import { v } from "convex/values";
+
+export default defineSchema({
+  counters: defineTable({ name: v.string(), value: v.number() }).index("by_name", ["name"]),
+  values: defineTable({ label: v.string(), value: v.any() }),
+  items: defineTable({ name: v.string(), rank: v.number() }),
+});
