@@ -21,7 +21,7 @@ use serde_json::{Value as JsonValue, json};
 
 use crate::AppState;
 use crate::auth::AuthConfig;
-use crate::error::{Result, ServerError};
+use crate::error::{RequestBody, Result, ServerError};
 use crate::routing::Deployment;
 
 fn admin_key(headers: &HeaderMap) -> Result<&str> {
@@ -68,7 +68,7 @@ pub async fn deploy(
     State(state): State<Arc<AppState>>,
     Extension(Deployment(d)): Extension<Deployment>,
     headers: HeaderMap,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Response> {
     require_admin(&state, &d, &headers)?;
     let body: DeployBody =

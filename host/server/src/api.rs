@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
 use crate::auth::Caller;
-use crate::error::{Result, ServerError};
+use crate::error::{RequestBody, Result, ServerError};
 use crate::routing::Deployment;
 use crate::sync::protocol::{decode_ts, encode_ts};
 use crate::{AppState, DeploymentState};
@@ -231,7 +231,7 @@ pub async fn query(
     State(state): State<Arc<AppState>>,
     Extension(Deployment(d)): Extension<Deployment>,
     headers: HeaderMap,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Response> {
     call_endpoint(state, &d, &headers, &body, Some(FunctionKind::Query), None, Format::Convex).await
 }
@@ -241,7 +241,7 @@ pub async fn mutation(
     State(state): State<Arc<AppState>>,
     Extension(Deployment(d)): Extension<Deployment>,
     headers: HeaderMap,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Response> {
     call_endpoint(state, &d, &headers, &body, Some(FunctionKind::Mutation), None, Format::Convex).await
 }
@@ -251,7 +251,7 @@ pub async fn action(
     State(state): State<Arc<AppState>>,
     Extension(Deployment(d)): Extension<Deployment>,
     headers: HeaderMap,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Response> {
     call_endpoint(state, &d, &headers, &body, Some(FunctionKind::Action), None, Format::Convex).await
 }
@@ -261,7 +261,7 @@ pub async fn function(
     State(state): State<Arc<AppState>>,
     Extension(Deployment(d)): Extension<Deployment>,
     headers: HeaderMap,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Response> {
     call_endpoint(state, &d, &headers, &body, None, None, Format::Convex).await
 }
@@ -272,7 +272,7 @@ pub async fn run(
     Extension(Deployment(d)): Extension<Deployment>,
     Path(path): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Response> {
     let (module, export) = path
         .rsplit_once('/')
@@ -293,7 +293,7 @@ pub async fn query_batch(
     State(state): State<Arc<AppState>>,
     Extension(Deployment(d)): Extension<Deployment>,
     headers: HeaderMap,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Response> {
     #[derive(Deserialize)]
     struct Batch {
@@ -337,7 +337,7 @@ pub async fn query_at_ts(
     State(state): State<Arc<AppState>>,
     Extension(Deployment(d)): Extension<Deployment>,
     headers: HeaderMap,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Response> {
     let dep = state.deployment(&d)?;
     let caller = caller(&state, &dep, &headers).await?;

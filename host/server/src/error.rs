@@ -94,5 +94,28 @@ impl IntoResponse for ServerError {
     }
 }
 
+/// A request body, read within the route's size limit; a body over it is refused with
+/// `BodyTooLarge` (axum's own rejection would be plain text without a code).
+pub struct RequestBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RequestBody {
+    type Rejection = ServerError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ServerError> {
+        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or_default();
+        axum::body::Bytes::from_request(req, state).await.map(RequestBody).map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ServerError::BodyTooLarge(limit)
+            } else {
+                ServerError::BadRequest(format!("could not read the request body: {rejection}"))
+            }
+        })
+    }
+}
+
+/// The body limit of a route, recorded for error messages.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
 /// Result of request handling.
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::Uri;
@@ -15,6 +16,7 @@ use tower::util::MapRequest;
 use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
+use crate::error::BodyLimit;
 use crate::{AppState, admin, api, sync};
 
 /// The deployment a request addresses.
@@ -72,10 +74,12 @@ pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -
         .route("/api/query_batch", post(api::query_batch))
         .route("/api/query_ts", post(api::query_ts))
         .route("/api/query_at_ts", post(api::query_at_ts))
-        .layer(DefaultBodyLimit::max(body_limit));
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(BodyLimit(body_limit)));
     let admin = Router::new()
         .route("/api/kiln/deploy", post(admin::deploy))
         .layer(DefaultBodyLimit::max(state.config.max_deploy_bytes))
+        .layer(Extension(BodyLimit(state.config.max_deploy_bytes)))
         .route("/api/kiln/deployments", get(admin::list_deployments).post(admin::create_deployment))
         .route("/api/kiln/config", get(admin::get_config).post(admin::set_config))
         .route("/api/kiln/logs", get(admin::logs))

@@ -1,0 +1,488 @@
+//! The server in-process on a real socket, with the node tests' app built by `kiln build`,
+//! driven by a raw WebSocket client (to check the protocol's ordering rules message by
+//! message) and plain HTTP.
+
+// Tests fail loudly on the first broken expectation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use kiln_runtime::RuntimeConfig;
+use kiln_server::{Server, ServerConfig};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
+}
+
+/// The deploy body of the test app (`tests/node/app`), built once per run.
+fn deploy_body() -> &'static Value {
+    static BODY: OnceLock<Value> = OnceLock::new();
+    BODY.get_or_init(|| {
+        let app = repo().join("host/server/tests/node/app");
+        let options = kiln_guest_sdk::BuildOptions { cache_dir: Some(cache_dir()) };
+        let out = kiln_guest_sdk::build_app(&app, &options).unwrap_or_else(|e| panic!("building the test app: {e}"));
+        json!({
+            "component": base64::engine::general_purpose::STANDARD.encode(&out.component),
+            "manifest": serde_json::to_value(&out.manifest).unwrap(),
+        })
+    })
+}
+
+/// A server on its own tokio runtime, with the test app deployed to the default deployment.
+struct TestServer {
+    rt: tokio::runtime::Runtime,
+    server: Arc<Server>,
+    addr: std::net::SocketAddr,
+    admin_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    fn start(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig {
+            runtime: RuntimeConfig {
+                data_dir: dir.path().to_path_buf(),
+                cache_dir: Some(cache_dir()),
+                worker_threads: 2,
+                ..RuntimeConfig::default()
+            },
+            rerun_concurrency: 2,
+            ..ServerConfig::default()
+        };
+        adjust(&mut config);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (server, first) = rt.block_on(Server::start(config)).unwrap();
+        let server = Arc::new(server);
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = server.clone();
+        rt.spawn(async move { serving.serve(listener).await });
+        let t = TestServer { rt, server, addr, admin_key: first.default_admin_key.unwrap(), _dir: dir };
+        let (status, body) = t.post("/api/kiln/deploy", deploy_body(), true);
+        assert_eq!(status, 200, "deploy: {body}");
+        t
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(60)))
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    /// POSTs JSON; returns the status and the body (JSON, or a string of the text).
+    fn post(&self, path: &str, body: &Value, admin: bool) -> (u16, Value) {
+        self.post_raw(path, body.to_string(), admin)
+    }
+
+    fn post_raw(&self, path: &str, body: String, admin: bool) -> (u16, Value) {
+        let mut req = Self::agent().post(self.url(path)).header("Content-Type", "application/json");
+        if admin {
+            req = req.header("Authorization", format!("Convex {}", self.admin_key));
+        }
+        let mut res = req.send(body).unwrap();
+        let status = res.status().as_u16();
+        let text = res.body_mut().with_config().limit(64 << 20).read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn get_text(&self, path: &str) -> (u16, String) {
+        let mut res = Self::agent()
+            .get(self.url(path))
+            .header("Authorization", format!("Convex {}", self.admin_key))
+            .call()
+            .unwrap();
+        (res.status().as_u16(), res.body_mut().read_to_string().unwrap())
+    }
+
+    /// Calls a function over HTTP and returns its value (Convex JSON); panics on failure.
+    fn call(&self, kind: &str, path: &str, args: Value) -> Value {
+        let (status, body) = self.post(&format!("/api/{kind}"), &json!({"path": path, "args": args}), false);
+        assert_eq!((status, &body["status"]), (200, &json!("success")), "{kind} {path}: {body}");
+        body["value"].clone()
+    }
+
+    /// How many times the function log saw `path` run.
+    fn runs(&self, path: &str) -> usize {
+        let (status, text) = self.get_text("/api/kiln/logs");
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .filter(|l| serde_json::from_str::<Value>(l).unwrap()["path"] == path)
+            .count()
+    }
+
+    fn socket(&self) -> Client {
+        Client::connect(self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.rt.block_on(self.server.shutdown());
+    }
+}
+
+/// A raw protocol client.
+struct Client {
+    ws: WebSocket<TcpStream>,
+    query_set: u32,
+}
+
+impl Client {
+    fn connect(addr: std::net::SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{addr}/api/1.48.0/sync"), stream).unwrap();
+        Client { ws, query_set: 0 }
+    }
+
+    fn send(&mut self, msg: Value) {
+        self.ws.send(Message::text(msg.to_string())).unwrap();
+    }
+
+    fn hello(&mut self, session: &str) {
+        self.send(json!({"type": "Connect", "sessionId": session, "connectionCount": 0, "lastCloseReason": null}));
+    }
+
+    fn add(&mut self, query_id: u32, path: &str, args: Value) {
+        self.modify(vec![json!({"type": "Add", "queryId": query_id, "udfPath": path, "args": [args]})]);
+    }
+
+    fn modify(&mut self, modifications: Vec<Value>) {
+        let base = self.query_set;
+        self.query_set += 1;
+        self.send(json!({
+            "type": "ModifyQuerySet", "baseVersion": base, "newVersion": base + 1, "modifications": modifications,
+        }));
+    }
+
+    /// The next protocol message (skipping pings); `None` once the socket is closed.
+    fn next(&mut self) -> Option<Value> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] != "Ping" {
+                        return Some(v);
+                    }
+                }
+                Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => return None,
+                Ok(_) => {}
+                Err(e) => panic!("socket error: {e}"),
+            }
+        }
+    }
+
+    /// Reads until a message of `kind` arrives; returns it and what came before.
+    fn until(&mut self, kind: &str) -> (Value, Vec<Value>) {
+        let mut before = Vec::new();
+        loop {
+            let m = self.next().unwrap_or_else(|| panic!("closed while waiting for {kind}; got {before:?}"));
+            if m["type"] == kind {
+                return (m, before);
+            }
+            before.push(m);
+        }
+    }
+
+    /// Reads until the socket closes; returns the FatalError message among what came.
+    fn fatal_error(&mut self) -> String {
+        let mut error = None;
+        while let Some(m) = self.next() {
+            if m["type"] == "FatalError" {
+                error = m["error"].as_str().map(str::to_owned);
+            }
+        }
+        error.expect("a FatalError before the close")
+    }
+}
+
+/// The value of `query_id` in a Transition, if it was updated there.
+fn updated(transition: &Value, query_id: u32) -> Option<Value> {
+    transition["modifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["type"] == "QueryUpdated" && m["queryId"] == query_id)
+        .map(|m| m["value"].clone())
+}
+
+fn ts(version: &Value) -> u64 {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(version["ts"].as_str().unwrap()).unwrap();
+    u64::from_le_bytes(bytes.try_into().unwrap())
+}
+
+#[test]
+fn protocol_violations_get_a_fatal_error_and_a_close() {
+    let server = TestServer::start(|_| {});
+    let mut c = server.socket();
+    c.send(json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": []}));
+    assert!(c.fatal_error().contains("first message must be Connect"));
+
+    let mut c = server.socket();
+    c.hello("s-1");
+    c.send(json!({"type": "ModifyQuerySet", "baseVersion": 3, "newVersion": 4, "modifications": []}));
+    assert!(c.fatal_error().starts_with("InvalidQuerySetVersion"));
+
+    let mut c = server.socket();
+    c.hello("s-2");
+    c.ws.send(Message::text("{not json")).unwrap();
+    assert!(c.fatal_error().starts_with("InvalidMessage"));
+
+    let mut c = server.socket();
+    c.hello("s-3");
+    c.add(1, "counter:get", json!({"name": "a"}));
+    c.add(1, "counter:get", json!({"name": "b"}));
+    assert!(c.fatal_error().contains("added twice"));
+
+    // The server is unharmed.
+    assert_eq!(server.call("query", "counter:get", json!({"name": "a"})), json!(0.0));
+}
+
+#[test]
+fn a_socket_may_not_exceed_its_query_limit() {
+    let server = TestServer::start(|c| c.max_queries_per_socket = 3);
+    let mut c = server.socket();
+    c.hello("s");
+    for i in 0..3 {
+        c.add(i, "counter:get", json!({"name": format!("c{i}")}));
+    }
+    let (t, _) = c.until("Transition");
+    assert_eq!(t["endVersion"]["querySet"], 3, "three queries are fine: {t}");
+    c.add(3, "counter:get", json!({"name": "c3"}));
+    assert!(c.fatal_error().starts_with("TooManyQueries"));
+}
+
+#[test]
+fn mutation_response_precedes_the_transition_that_covers_it() {
+    let server = TestServer::start(|_| {});
+    let mut c = server.socket();
+    c.hello("ordering");
+    c.add(0, "counter:get", json!({"name": "n"}));
+    let (first, _) = c.until("Transition");
+    assert_eq!(updated(&first, 0), Some(json!(0.0)));
+    let mut end = first["endVersion"].clone();
+
+    // Other writers commit to the same counter over HTTP meanwhile, so Transitions keep coming.
+    let writer = {
+        let url = server.url("/api/mutation");
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                let body = json!({"path": "counter:increment", "args": {"name": "n"}}).to_string();
+                TestServer::agent().post(&url).header("Content-Type", "application/json").send(body).unwrap();
+            }
+        })
+    };
+    for request_id in 0..5u32 {
+        c.send(json!({
+            "type": "Mutation", "requestId": request_id, "udfPath": "counter:increment",
+            "args": [{"name": "n", "spin": 20000}],
+        }));
+        let (response, before) = c.until("MutationResponse");
+        assert_eq!(response["requestId"], request_id);
+        assert_eq!(response["success"], true, "{response}");
+        let mutation_ts = ts(&json!({"ts": response["ts"]}));
+        for t in &before {
+            assert_eq!(t["type"], "Transition");
+            assert_eq!(t["startVersion"], end, "transitions chain");
+            assert!(ts(&t["endVersion"]) < mutation_ts, "a transition past the mutation came before its response");
+            end = t["endVersion"].clone();
+        }
+        // Then a Transition reaching the mutation's timestamp, with a value that includes it.
+        loop {
+            let (t, _) = c.until("Transition");
+            assert_eq!(t["startVersion"], end, "transitions chain");
+            end = t["endVersion"].clone();
+            if ts(&end) >= mutation_ts {
+                let seen = updated(&t, 0).map(|v| v.as_f64().unwrap());
+                let returned = response["result"].as_f64().unwrap();
+                assert!(seen.is_none_or(|v| v >= returned), "the covering transition shows {seen:?} < {returned}");
+                break;
+            }
+        }
+    }
+    writer.join().unwrap();
+}
+
+#[test]
+fn one_execution_serves_every_socket_and_only_invalidated_queries_rerun() {
+    let server = TestServer::start(|_| {});
+    let mut other = server.socket();
+    other.hello("other");
+    other.add(0, "counter:get", json!({"name": "elsewhere"}));
+    other.until("Transition");
+    let mut sockets: Vec<Client> = (0..20)
+        .map(|i| {
+            let mut c = server.socket();
+            c.hello(&format!("fan-{i}"));
+            c.add(7, "counter:get", json!({"name": "shared"}));
+            c
+        })
+        .collect();
+    for c in &mut sockets {
+        let (t, _) = c.until("Transition");
+        assert_eq!(updated(&t, 7), Some(json!(0.0)));
+    }
+    let before = server.runs("counter:get");
+    assert!(before <= 3, "20 sockets on one query ran it {before} times (plus the other query)");
+
+    server.call("mutation", "counter:increment", json!({"name": "shared"}));
+    for c in &mut sockets {
+        let (t, _) = c.until("Transition");
+        assert_eq!(updated(&t, 7), Some(json!(1.0)));
+    }
+    assert_eq!(server.runs("counter:get") - before, 1, "one re-run for 20 sockets; the untouched query is not re-run");
+}
+
+#[test]
+fn large_transitions_arrive_in_chunks() {
+    let server = TestServer::start(|c| c.transition_chunk_bytes = 4096);
+    let big = "x".repeat(50_000);
+    let mut c = server.socket();
+    c.hello("chunks");
+    c.add(0, "values:echo", json!({"value": big}));
+    let mut parts = Vec::new();
+    loop {
+        let m = c.next().unwrap();
+        assert_eq!(m["type"], "TransitionChunk", "{m}");
+        assert_eq!(m["partNumber"], parts.len());
+        parts.push(m["chunk"].as_str().unwrap().to_owned());
+        if parts.len() == m["totalParts"].as_u64().unwrap() as usize {
+            break;
+        }
+    }
+    assert!(parts.len() >= 12, "{} parts", parts.len());
+    let t: Value = serde_json::from_str(&parts.concat()).unwrap();
+    assert_eq!(t["type"], "Transition");
+    assert_eq!(updated(&t, 0), Some(json!(big)));
+}
+
+#[test]
+fn http_formats_batches_and_request_errors() {
+    let server = TestServer::start(|c| c.max_body_bytes = 64 << 10);
+    let args =
+        json!({"value": {"n": {"$integer": base64::engine::general_purpose::STANDARD.encode(7i64.to_le_bytes())}}});
+    // Convex JSON by default on /api/query; clean JSON (int64 as a string) with format=json and on /api/run.
+    let (status, body) = server.post("/api/query", &json!({"path": "values:echo", "args": args}), false);
+    assert_eq!(status, 200);
+    assert_eq!(body["value"]["n"]["$integer"], "BwAAAAAAAAA=");
+    let (_, body) = server.post("/api/query", &json!({"path": "values:echo", "args": args, "format": "json"}), false);
+    assert_eq!(body["value"]["n"], "7");
+    let (_, body) = server.post("/api/run/values/echo", &json!({"args": args}), false);
+    assert_eq!(body["value"]["n"], "7");
+
+    let (status, body) = server.post(
+        "/api/query_batch",
+        &json!({"queries": [{"path": "counter:get", "args": {"name": "q"}}, {"path": "nope:nothing", "args": {}}]}),
+        false,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["value"], json!(0.0));
+    assert_eq!(body["results"][1]["status"], "error");
+
+    let (status, body) = server.post("/api/query_ts", &json!({}), false);
+    assert_eq!(status, 200, "{body}");
+    let before = body["ts"].as_str().unwrap().to_owned();
+    server.call("mutation", "counter:increment", json!({"name": "q"}));
+    let (_, body) = server.post("/api/query_ts", &json!({}), false);
+    assert_ne!(body["ts"].as_str().unwrap(), before);
+    // A read at the older timestamp sees the older state.
+    let (status, body) =
+        server.post("/api/query_at_ts", &json!({"path": "counter:get", "args": {"name": "q"}, "ts": before}), false);
+    assert_eq!((status, &body["value"]), (200, &json!(0.0)), "{body}");
+
+    // Request errors: coded JSON with a 4xx status.
+    let (status, body) = server.post_raw("/api/query", "{oops".into(), false);
+    assert_eq!((status, body["code"].as_str()), (400, Some("BadRequest")), "{body}");
+    let (status, body) =
+        server.post("/api/query", &json!({"path": "values:echo", "args": {"value": "y".repeat(70_000)}}), false);
+    assert_eq!((status, body["code"].as_str()), (413, Some("BodyTooLarge")), "{body}");
+    let (status, body) = server.post("/d/missing/api/query", &json!({"path": "counter:get", "args": {}}), false);
+    assert_eq!((status, body["code"].as_str()), (404, Some("DeploymentNotFound")), "{body}");
+    // A function's own failure is 560 with the Convex error body.
+    let (status, body) = server.post("/api/mutation", &json!({"path": "values:fail", "args": {}}), false);
+    assert_eq!((status, &body["status"]), (560, &json!("error")), "{body}");
+    assert_eq!(body["errorData"]["code"], "BROKEN");
+    let (status, version) = server.get_text("/version");
+    assert_eq!((status, version.starts_with("kiln ")), (200, true), "{version}");
+}
+
+#[test]
+fn concurrent_requests_beyond_the_deployment_limit_are_refused() {
+    let server = TestServer::start(|c| c.max_inflight_per_deployment = 1);
+    let url = server.url("/api/mutation");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Slow mutations back to back keep the one slot busy most of the time.
+    let slow = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut done = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = json!({"path": "counter:increment", "args": {"name": "slow", "spin": 200_000}}).to_string();
+                let res = TestServer::agent().post(&url).header("Content-Type", "application/json").send(body).unwrap();
+                if res.status() == 200 {
+                    done += 1;
+                }
+            }
+            done
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let (status, body) = server.post("/api/query", &json!({"path": "counter:get", "args": {"name": "x"}}), false);
+        if status == 429 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "never refused");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused["code"], "TooManyConcurrentRequests");
+    let done = slow.join().unwrap();
+    assert!(done >= 1);
+    assert_eq!(server.call("query", "counter:get", json!({"name": "slow"})), json!(done as f64));
+}
+
+#[test]
+fn metrics_count_requests_calls_commits_and_connections() {
+    let server = TestServer::start(|_| {});
+    server.call("mutation", "counter:increment", json!({"name": "m"}));
+    server.call("query", "counter:get", json!({"name": "m"}));
+    let mut c = server.socket();
+    c.hello("metrics");
+    c.add(0, "counter:get", json!({"name": "m"}));
+    c.until("Transition");
+    let (status, text) = server.get_text("/metrics");
+    assert_eq!(status, 200);
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    };
+    assert!(value("kiln_function_calls_total{deployment=\"default\",kind=\"mutation\",outcome=\"ok\"}") >= 1.0);
+    assert!(value("kiln_function_calls_total{deployment=\"default\",kind=\"query\",outcome=\"ok\"}") >= 2.0);
+    assert!(value("kiln_commits_total{deployment=\"default\"}") >= 1.0);
+    assert!(value("kiln_fuel_consumed_total{deployment=\"default\"}") > 0.0);
+    assert_eq!(value("kiln_connections{deployment=\"default\"}"), 1.0);
+    assert!(value("kiln_subscriptions{deployment=\"default\"}") >= 1.0);
+    assert!(text.contains("kiln_http_requests_total{deployment=\"default\",endpoint=\"mutation\",status=\"200\"}"));
+}
