@@ -41,6 +41,16 @@ export const get = query({
   handler: async (ctx, { id }) => await ctx.db.get(id),
 });
 
+/** The first account of an owner (an indexed point read), or null. */
+export const ofOwner = query({
+  args: { owner: v.string() },
+  handler: async (ctx, { owner }) =>
+    await ctx.db
+      .query("accounts")
+      .withIndex("by_owner", (q) => q.eq("owner", owner))
+      .first(),
+});
+
 /** The sum of all balances. */
 export const total = query({
   args: {},

@@ -25,22 +25,8 @@ pub struct ServeOptions {
 
 /// Raises the open-file limit to its hard maximum: every WebSocket is a file descriptor, and
 /// the usual soft limit (1024) would cap a server at about a thousand clients.
-fn raise_file_limit() {
-    #[cfg(unix)]
-    {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-                limit.rlim_cur = limit.rlim_max;
-                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-            }
-        }
-    }
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    raise_file_limit();
+    kiln_server::raise_open_file_limit();
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Usage(e.to_string()))
 }
 

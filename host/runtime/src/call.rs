@@ -20,6 +20,7 @@ use crate::error::CallError;
 use crate::host::{HostCtx, LogBuffer, MemoryLimiter, wit_error};
 use crate::idempotency;
 use crate::metering::CallRecord;
+use crate::query_cache::CacheKey;
 use crate::{CallOutcome, CallRequest, FunctionKind, Shared};
 
 /// Milliseconds since the Unix epoch, now.
@@ -349,6 +350,19 @@ async fn run(
     let args = check_args(dep, entry, &path, &req.args)?;
     let config = dep.config();
     let fuel = dep.metering.fuel_budget(&config.quotas, fuel_for(dep, req.kind), &path)?;
+    let cache_key = (req.kind == FunctionKind::Query && req.cacheable).then(|| {
+        let version_key = format!("{}/{}", version.id, dep.generation());
+        CacheKey::new(&version_key, &path, &args, req.identity.as_ref(), req.internal)
+    });
+    if let Some(key) = &cache_key {
+        let ts = req.snapshot.unwrap_or_else(|| dep.store.published_ts());
+        if let Some(hit) = dep.query_cache.get(&dep.store, key, ts) {
+            out.logs = hit.logs;
+            out.read_token = Some(hit.token);
+            out.cached = true;
+            return Ok(hit.value);
+        }
+    }
     let _permit = dep
         .permits
         .clone()
@@ -410,7 +424,11 @@ async fn run(
                 if let Some(mut txn) = txn {
                     out.read_token = Some(txn.read_token());
                 }
-                return check_result(dep, entry, &path, &bytes);
+                let value = check_result(dep, entry, &path, &bytes)?;
+                if let (Some(key), Some(token)) = (cache_key, &out.read_token) {
+                    dep.query_cache.put(key, token, &value, &out.logs);
+                }
+                return Ok(value);
             }
             (Err(e), txn) => match ex.ctx.fatal.take() {
                 Some(f) if f.retryable => {

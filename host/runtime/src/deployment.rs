@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_guest_sdk::Manifest;
 use kiln_guest_sdk::bindings::AppPre;
@@ -14,6 +15,7 @@ use crate::FunctionKind;
 use crate::host::HostCtx;
 use crate::knobs::DeploymentConfig;
 use crate::metering::Metering;
+use crate::query_cache::QueryCache;
 
 /// A function of a version, ready for calls.
 pub(crate) struct FunctionEntry {
@@ -58,6 +60,10 @@ pub struct Deployment {
     pub(crate) version: RwLock<Option<Arc<Version>>>,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) metering: Metering,
+    pub(crate) query_cache: QueryCache,
+    /// Bumped by every deploy and configuration change; part of the query cache's keys, so a
+    /// call that started under the old code or environment cannot fill the cache for the new.
+    pub(crate) generation: AtomicU64,
 }
 
 impl Deployment {
@@ -79,6 +85,17 @@ impl Deployment {
     /// The current configuration.
     pub fn config(&self) -> DeploymentConfig {
         self.config.read().clone()
+    }
+
+    /// Starts a new cache generation and drops the cached query results.
+    pub(crate) fn invalidate_cache(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.query_cache.clear();
+    }
+
+    /// The current cache generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 }
 

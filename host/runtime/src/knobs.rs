@@ -34,6 +34,9 @@ pub struct RuntimeConfig {
     /// Whether guests are metered in fuel (fuel limits and usage need it; turning it off
     /// exists to measure its cost).
     pub meter_fuel: bool,
+    /// Bytes of query results each deployment keeps for reuse (`KILN_QUERY_CACHE_BYTES`,
+    /// default 32 MiB; 0 turns the cache off).
+    pub query_cache_bytes: usize,
     /// The configuration of every deployment's store.
     pub store: StoreConfig,
 }
@@ -62,6 +65,7 @@ impl Default for RuntimeConfig {
             usage_flush_interval: Duration::from_secs(2),
             mutation_record_retention: Duration::from_secs(3600),
             meter_fuel: true,
+            query_cache_bytes: 32 << 20,
             store: StoreConfig::default(),
         }
     }
@@ -76,6 +80,9 @@ impl RuntimeConfig {
         }
         if let Some(n) = env_u64("KILN_MUTATION_RECORD_RETENTION_SECS") {
             c.mutation_record_retention = Duration::from_secs(n);
+        }
+        if let Some(n) = env_u64("KILN_QUERY_CACHE_BYTES") {
+            c.query_cache_bytes = n as usize;
         }
         if let Some(n) = env_u64("KILN_WORKER_THREADS") {
             c.worker_threads = (n as usize).max(1);

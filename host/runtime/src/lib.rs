@@ -17,10 +17,12 @@ mod idempotency;
 pub mod knobs;
 mod metering;
 mod pool;
+mod query_cache;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use kiln_guest_sdk::bindings::{App, AppPre};
@@ -44,6 +46,7 @@ use crate::deployment::FunctionEntry;
 use crate::host::HostCtx;
 use crate::metering::Metering;
 use crate::pool::WorkerPool;
+use crate::query_cache::QueryCache;
 
 /// The kinds of functions clients call.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -78,6 +81,9 @@ pub struct CallRequest {
     /// records its result in the same transaction; a later call with the same key returns
     /// that result without running again.
     pub idempotency_key: Option<String>,
+    /// Queries only: the result may come from (and goes into) the deployment's query cache,
+    /// when nothing the cached run read has changed at the requested snapshot.
+    pub cacheable: bool,
 }
 
 impl CallRequest {
@@ -92,6 +98,7 @@ impl CallRequest {
             request_id: String::new(),
             snapshot: None,
             idempotency_key: None,
+            cacheable: false,
         }
     }
 }
@@ -116,6 +123,8 @@ pub struct CallOutcome {
     /// Whether a mutation's result was replayed from its idempotency record (it had already
     /// committed; nothing ran).
     pub replayed: bool,
+    /// Whether a query's result came from the query cache (nothing ran).
+    pub cached: bool,
 }
 
 impl Default for CallOutcome {
@@ -129,6 +138,7 @@ impl Default for CallOutcome {
             read_token: None,
             retries: 0,
             replayed: false,
+            cached: false,
         }
     }
 }
@@ -209,6 +219,8 @@ impl Runtime {
             config: RwLock::new(config),
             version: RwLock::new(None),
             metering,
+            query_cache: QueryCache::new(self.shared.config.query_cache_bytes),
+            generation: AtomicU64::new(0),
         });
         let path = self.component_path(name);
         if path.exists() {
@@ -249,6 +261,7 @@ impl Runtime {
             dep.permits.forget_permits(old - new);
         }
         *dep.config.write() = config;
+        dep.invalidate_cache();
         Ok(())
     }
 
@@ -337,6 +350,7 @@ impl Runtime {
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| RuntimeError::Engine(format!("{}: {e}", path.display())))?;
         *dep.version.write() = Some(version.clone());
+        dep.invalidate_cache();
         tracing::info!(version = %version.id, functions = version.functions.len(), "deployed");
         Ok(version)
     }

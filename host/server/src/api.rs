@@ -175,6 +175,7 @@ async fn run_call(
     req.identity = caller.identity();
     req.internal = caller.is_admin();
     req.snapshot = snapshot;
+    req.cacheable = kind == FunctionKind::Query;
     if kind == FunctionKind::Action {
         req.request_id = format!("{:016x}", rand::random::<u64>());
     }

@@ -142,6 +142,22 @@ impl AppState {
     }
 }
 
+/// Raises the soft limit of open files to the hard limit: every WebSocket is a descriptor,
+/// and the usual soft limit (1024) would cap a server at about that many clients.
+pub fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                limit.rlim_cur = limit.rlim_max;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
+    }
+}
+
 /// What a first start created, to be shown to the operator once.
 #[derive(Debug, Default)]
 pub struct FirstStart {

@@ -32,6 +32,9 @@ pub struct LogEntry {
     /// A mutation resent by its client, answered from its idempotency record.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+    /// A query answered from the query cache (nothing ran).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
     /// Log lines (`[LEVEL] text`).
     pub lines: Vec<String>,
 }
@@ -89,6 +92,7 @@ impl FunctionLog {
             fuel: out.fuel,
             wall_us: out.wall.as_micros() as u64,
             replayed: out.replayed,
+            cached: out.cached,
             lines: log_lines(out),
         };
         if history.1.len() == self.capacity {

@@ -486,3 +486,62 @@ async fn a_schema_the_data_violates_is_refused_and_the_old_version_keeps_serving
     assert_eq!(rt.deployment("d").unwrap().version().unwrap().id, old);
     assert!(call(&rt, "d", Query, "messages:list", "{}").await.result.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_query_results_are_reused_only_while_what_they_read_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    deploy(&rt, "d", "bank", config()).await;
+    let open = |owner: &str| format!(r#"{{"owner": "{owner}", "balance": {{"$integer": "ZAAAAAAAAAA="}}}}"#);
+    let a = ok(&call(&rt, "d", Mutation, "accounts:open", &open("a")).await);
+    let b = ok(&call(&rt, "d", Mutation, "accounts:open", &open("b")).await);
+    let get_a = || {
+        let mut req = CallRequest::new(Query, "accounts:get", Value::Object([("id".to_owned(), a.clone())].into()));
+        req.cacheable = true;
+        req
+    };
+    let first = rt.call("d", get_a()).await;
+    assert!(!first.cached && first.fuel > 0);
+    let again = rt.call("d", get_a()).await;
+    assert!(again.cached, "the same query with nothing changed is answered from the cache");
+    assert_eq!((ok(&again), again.fuel), (ok(&first), 0));
+    assert!(again.read_token.is_some(), "a cached result still carries its read set");
+
+    // A commit that touches nothing the query read keeps the entry valid.
+    ok(&call(&rt, "d", Mutation, "accounts:open", &open("c")).await);
+    assert!(rt.call("d", get_a()).await.cached);
+    // Without `cacheable`, or as another caller, it runs.
+    assert!(
+        !call(&rt, "d", Query, "accounts:get", &format!(r#"{{"id": {}}}"#, kiln_value::to_convex_json(&a)))
+            .await
+            .cached
+    );
+    let mut as_user = get_a();
+    as_user.identity = Some(Value::from("someone"));
+    assert!(!rt.call("d", as_user).await.cached);
+
+    // A commit that writes what it read invalidates it: the new balance shows.
+    let transfer = format!(
+        r#"{{"from": {}, "to": {}, "amount": {{"$integer": "AQAAAAAAAAA="}}}}"#,
+        kiln_value::to_convex_json(&a),
+        kiln_value::to_convex_json(&b)
+    );
+    ok(&call(&rt, "d", Mutation, "accounts:transfer", &transfer).await);
+    let after = rt.call("d", get_a()).await;
+    assert!(!after.cached);
+    let Value::Object(doc) = ok(&after) else { panic!("an account") };
+    assert_eq!(doc.get("balance"), Some(&Value::Int64(99)));
+    assert!(rt.call("d", get_a()).await.cached);
+
+    // An older snapshot than the cached run is not served from it.
+    let mut old = get_a();
+    old.snapshot = first.read_token.as_ref().map(|t| t.ts);
+    let old = rt.call("d", old).await;
+    assert!(!old.cached);
+    let Value::Object(doc) = ok(&old) else { panic!("an account") };
+    assert_eq!(doc.get("balance"), Some(&Value::Int64(100)));
+
+    // A new configuration (e.g. environment variables) empties the cache.
+    rt.configure("d", config()).unwrap();
+    assert!(!rt.call("d", get_a()).await.cached);
+}

@@ -233,6 +233,7 @@ impl Hub {
         req.identity = spec.caller.identity();
         req.internal = spec.caller.is_admin();
         req.snapshot = Some(ts);
+        req.cacheable = true;
         let out = self.runtime.call(&self.deployment, req).await;
         (self.observer)(FunctionKind::Query, &spec.path, &out);
         let snapshot_lost = matches!(&out.result, Err(e) if e.code == "SnapshotTooOld" || e.code == "SnapshotInFuture");

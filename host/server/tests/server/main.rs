@@ -124,7 +124,8 @@ impl TestServer {
         assert_eq!(status, 200, "{text}");
         text.lines()
             .filter(|l| !l.is_empty())
-            .filter(|l| serde_json::from_str::<Value>(l).unwrap()["path"] == path)
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["path"] == path && e["cached"] != true)
             .count()
     }
 
