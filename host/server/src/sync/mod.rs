@@ -22,7 +22,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use kiln_runtime::{CallOutcome, CallRequest, FunctionKind};
 use kiln_store::Timestamp;
 use kiln_value::Value;
@@ -521,7 +521,9 @@ async fn run(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocket)
 
 /// Runs a socket to its end; returns why it ended.
 async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocket) -> &'static str {
-    let (mut sink, mut stream) = socket.split();
+    // Not split into halves: reads happen only inside `select!` and writes only after it, so
+    // one owner suffices and no lock is taken per frame.
+    let mut socket = socket;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut session = Session {
         watcher: dep.hub.watcher_id(),
@@ -552,10 +554,11 @@ async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocke
     let mut ticker = tokio::time::interval(config.ping_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut last_recv, mut last_send) = (Instant::now(), Instant::now());
+    let mut pending_ping = None;
     let end = loop {
         let waiting = session.pending_ts.is_some();
         let step: Result<(), End> = tokio::select! {
-            frame = stream.next() => match frame {
+            frame = socket.next() => match frame {
                 None | Some(Err(_)) => Err(End::Gone),
                 Some(Ok(frame)) => {
                     last_recv = Instant::now();
@@ -582,19 +585,20 @@ async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocke
                     } else {
                         Message::Ping(Default::default())
                     };
-                    match tokio::time::timeout(config.send_timeout, sink.send(ping)).await {
-                        Ok(Ok(())) => {
-                            last_send = Instant::now();
-                            Ok(())
-                        }
-                        _ => Err(End::Gone),
-                    }
+                    pending_ping = Some(ping);
+                    Ok(())
                 }
             }
             _ = dropper.changed() => Err(End::Close(1012, "InternalServerError: connections dropped by an administrator".into())),
             _ = shutdown.changed() => Err(End::Close(1001, "ServerShutdown: the server is stopping".into())),
         };
         let mut stop = step.err();
+        if let Some(ping) = pending_ping.take() {
+            match tokio::time::timeout(config.send_timeout, socket.send(ping)).await {
+                Ok(Ok(())) => last_send = Instant::now(),
+                _ => stop = Some(End::Gone),
+            }
+        }
         if stop.is_none() {
             session.start_next_mutation();
             session.maybe_transition();
@@ -604,7 +608,7 @@ async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocke
         }
         // Send what is queued (also the FatalError/AuthError before closing).
         for text in std::mem::take(&mut session.outbox) {
-            match tokio::time::timeout(config.send_timeout, sink.send(Message::Text(text.into()))).await {
+            match tokio::time::timeout(config.send_timeout, socket.send(Message::Text(text.into()))).await {
                 Ok(Ok(())) => last_send = Instant::now(),
                 _ => {
                     stop = Some(End::Gone);
@@ -623,7 +627,7 @@ async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocke
         End::Fatal(_) => (1000, "FatalError".to_owned()),
     };
     let frame = CloseFrame { code, reason: reason.chars().take(120).collect::<String>().into() };
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
     match end {
         End::Fatal(_) => "fatal",
         _ => "closed",
