@@ -64,6 +64,8 @@ pub struct Deployment {
     /// Bumped by every deploy and configuration change; part of the query cache's keys, so a
     /// call that started under the old code or environment cannot fill the cache for the new.
     pub(crate) generation: AtomicU64,
+    /// Held by a deploy from preparing the version to switching to it.
+    pub(crate) deploy_lock: tokio::sync::Mutex<()>,
 }
 
 impl Deployment {

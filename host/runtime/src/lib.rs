@@ -220,6 +220,7 @@ impl Runtime {
             version: RwLock::new(None),
             metering,
             query_cache: QueryCache::new(self.shared.config.query_cache_bytes),
+            deploy_lock: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
         });
         let path = self.component_path(name);
@@ -337,22 +338,26 @@ impl Runtime {
     ) -> Result<Arc<Version>> {
         let dep = self.deployment(name).ok_or_else(|| RuntimeError::DeploymentNotFound(name.to_owned()))?;
         let span = tracing::info_span!("deploy", deployment = %name, bytes = component.len());
-        let _guard = span.enter();
-        let version = self.prepare(component).await?;
-        check(&version).map_err(RuntimeError::Rejected)?;
-        if let Some(schema) = &version.manifest.schema {
-            let schema = Schema::parse(&schema.to_string())?;
-            dep.store.set_schema(&schema).await?;
-        }
-        let path = self.component_path(name);
-        let tmp = path.with_extension("wasm.tmp");
-        std::fs::write(&tmp, component)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| RuntimeError::Engine(format!("{}: {e}", path.display())))?;
-        *dep.version.write() = Some(version.clone());
-        dep.invalidate_cache();
-        tracing::info!(version = %version.id, functions = version.functions.len(), "deployed");
-        Ok(version)
+        let work = async {
+            // One deploy of a deployment at a time: schema and version must come from the same upload.
+            let _deploying = dep.deploy_lock.lock().await;
+            let version = self.prepare(component).await?;
+            check(&version).map_err(RuntimeError::Rejected)?;
+            if let Some(schema) = &version.manifest.schema {
+                let schema = Schema::parse(&schema.to_string())?;
+                dep.store.set_schema(&schema).await?;
+            }
+            let path = self.component_path(name);
+            let tmp = path.with_extension("wasm.tmp");
+            std::fs::write(&tmp, component)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| RuntimeError::Engine(format!("{}: {e}", path.display())))?;
+            *dep.version.write() = Some(version.clone());
+            dep.invalidate_cache();
+            tracing::info!(version = %version.id, functions = version.functions.len(), "deployed");
+            Ok(version)
+        };
+        tracing::Instrument::instrument(work, span).await
     }
 
     /// Calls a function of a deployment.

@@ -157,8 +157,9 @@ test("after every socket is dropped, clients reconnect and a resent mutation app
 
   // A slow mutation is running on the server when its socket is dropped; the client resends
   // it after reconnecting, with the same request id.
-  const pending = c.mutation(api.counter.increment, { name: "reconnect", spin: 3_000_000 });
-  await new Promise((r) => setTimeout(r, 150));
+  // (8M iterations take about 0.4 s of guest time and stay under the 10G fuel limit.)
+  const pending = c.mutation(api.counter.increment, { name: "reconnect", spin: 8_000_000 });
+  await new Promise((r) => setTimeout(r, 100));
   const dropped = await admin(server.url, server.adminKey, "/api/kiln/drop_connections");
   assert.equal(dropped.status, 200);
   assert.ok(dropped.body.dropped >= 2, `dropped ${dropped.body.dropped} sockets`);
