@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kiln_store::StoreConfig;
+use kiln_store::knobs::env_u64;
 
 /// Process-wide configuration.
 #[derive(Clone, Debug)]
@@ -39,14 +40,6 @@ pub struct RuntimeConfig {
     pub query_cache_bytes: usize,
     /// The configuration of every deployment's store.
     pub store: StoreConfig,
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let raw = std::env::var(name).ok()?;
-    raw.trim().parse().ok().or_else(|| {
-        tracing::warn!(variable = name, value = %raw, "ignoring unparsable knob");
-        None
-    })
 }
 
 impl Default for RuntimeConfig {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kiln_runtime::RuntimeConfig;
+use kiln_store::knobs::env_u64;
 
 /// The server's configuration.
 #[derive(Clone, Debug)]
@@ -46,14 +47,6 @@ pub struct ServerConfig {
     pub log_history: usize,
     /// The function runner's configuration (data directory included).
     pub runtime: RuntimeConfig,
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let raw = std::env::var(name).ok()?;
-    raw.trim().parse().ok().or_else(|| {
-        tracing::warn!(variable = name, value = %raw, "ignoring unparsable knob");
-        None
-    })
 }
 
 impl Default for ServerConfig {

@@ -99,7 +99,9 @@ impl StoreConfig {
     }
 }
 
-fn env_parse(name: &str) -> Option<u64> {
+/// A `KILN_*` number from the environment; an unparsable value is ignored with a warning.
+/// (Every layer's knobs read their overrides through this.)
+pub fn env_u64(name: &str) -> Option<u64> {
     let raw = std::env::var(name).ok()?;
     match raw.trim().parse() {
         Ok(v) => Some(v),
@@ -111,13 +113,13 @@ fn env_parse(name: &str) -> Option<u64> {
 }
 
 fn override_usize(name: &str, slot: &mut usize) {
-    if let Some(v) = env_parse(name) {
+    if let Some(v) = env_u64(name) {
         *slot = usize::try_from(v).unwrap_or(usize::MAX);
     }
 }
 
 fn override_secs(name: &str, slot: &mut Duration) {
-    if let Some(v) = env_parse(name) {
+    if let Some(v) = env_u64(name) {
         *slot = Duration::from_secs(v);
     }
 }
