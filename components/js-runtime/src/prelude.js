@@ -10,6 +10,10 @@
     Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
 
   // ---- host calls ------------------------------------------------------------------------
+  // Captured now: user code may replace the global `Promise`.
+  const NativePromise = Promise;
+  const resolved = (v) => NativePromise.resolve(v);
+  const rejected = (e) => NativePromise.reject(e);
   // The native returns "0" + result JSON, or "1" + error JSON ({code, message, data?}).
   function hostCall(op, argsJson) {
     const reply = native.syscall(op, argsJson);
@@ -25,14 +29,14 @@
     "Convex",
     Object.freeze({
       syscall: (op, argsJson) => hostCall(op, argsJson),
-      asyncSyscall: (op, argsJson) =>
-        new Promise((resolve, reject) => {
-          try {
-            resolve(hostCall(op, argsJson));
-          } catch (e) {
-            reject(e);
-          }
-        }),
+      // Host calls complete synchronously: an already settled promise (no executor closure).
+      asyncSyscall: (op, argsJson) => {
+        try {
+          return resolved(hostCall(op, argsJson));
+        } catch (e) {
+          return rejected(e);
+        }
+      },
       jsSyscall: (op) => {
         throw new Error(`The operation ${op} is not supported by this version of Kiln`);
       },
@@ -528,7 +532,8 @@
   const modules = () => globalThis.__kiln_modules || {};
   function parsePath(path) {
     const i = path.lastIndexOf(":");
-    const mod = (i < 0 ? path : path.slice(0, i)).replace(/\.js$/, "");
+    let mod = i < 0 ? path : path.slice(0, i);
+    if (mod.endsWith(".js")) mod = mod.slice(0, -3);
     return [mod, i < 0 ? "default" : path.slice(i + 1)];
   }
   const MAX_RESULT_JSON = 16 * 1024 * 1024 + 1024;

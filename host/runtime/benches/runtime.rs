@@ -39,6 +39,7 @@ fn runtime(dir: &Path, cache: &Path, meter_fuel: bool) -> Runtime {
         data_dir: dir.to_path_buf(),
         cache_dir: Some(cache.to_path_buf()),
         meter_fuel,
+        perf_map: std::env::var_os("KILN_PERF_MAP").is_some(),
         store: StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() },
         ..RuntimeConfig::default()
     })
@@ -57,14 +58,16 @@ fn empty() -> Value {
 }
 
 /// Sequential latency and concurrent throughput of a trivial query.
-async fn trivial_queries(rt: &Arc<Runtime>, seconds: f64) -> (Vec<Duration>, f64) {
+async fn trivial_queries(rt: &Arc<Runtime>, seconds: f64) -> (Vec<Duration>, f64, u64) {
     let mut lat = Vec::new();
+    let mut fuel = 0;
     for i in 0..3000 {
         let t = Instant::now();
         let out = rt.call("probe", CallRequest::new(FunctionKind::Query, "probe:empty", empty())).await;
         if i >= 200 {
             lat.push(t.elapsed());
         }
+        fuel = out.fuel;
         out.result.unwrap();
     }
     lat.sort();
@@ -90,7 +93,7 @@ async fn trivial_queries(rt: &Arc<Runtime>, seconds: f64) -> (Vec<Duration>, f64
     for t in tasks {
         t.await.unwrap();
     }
-    (lat, count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    (lat, count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(), fuel)
 }
 
 /// Transfers between random accounts from 64 concurrent callers; returns committed/s.
@@ -182,6 +185,7 @@ async fn single_transfer_profile(rt: &Arc<Runtime>) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let profile = std::env::args().any(|a| a == "--profile-transfers");
+    let profile_queries = std::env::args().any(|a| a == "--profile-queries");
     let seconds = if quick { 2.0 } else { 5.0 };
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap().to_path_buf();
     let work = tempfile::Builder::new().prefix("kiln-runtime-bench").tempdir_in(repo.join("target")).unwrap();
@@ -191,6 +195,17 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         println!("kiln runtime benchmark ({seconds:.0} s per throughput phase, 2 cores)");
+        if profile_queries {
+            let runtime = Arc::new(runtime(&work.path().join("profile"), &cache, true));
+            runtime.open_deployment("probe", config(16)).await.unwrap();
+            runtime.deploy("probe", &probe).await.unwrap();
+            let (lat, qps, fuel) = trivial_queries(&runtime, 10.0).await;
+            report(
+                "trivial query (profile run): p50 / p99, queries/s, fuel",
+                format!("{:.1} us / {:.1} us, {qps:.0}, {fuel}", pct(&lat, 0.5), pct(&lat, 0.99)),
+            );
+            return;
+        }
         if profile {
             let runtime = Arc::new(runtime(&work.path().join("profile"), &cache, true));
             runtime.open_deployment("bank", config(64)).await.unwrap();
@@ -208,16 +223,16 @@ fn main() {
             runtime.deploy("probe", &probe).await.unwrap();
             runtime.open_deployment("bank", config(64)).await.unwrap();
             runtime.deploy("bank", &bank).await.unwrap();
-            let (lat, qps) = trivial_queries(&runtime, seconds).await;
+            let (lat, qps, fuel) = trivial_queries(&runtime, seconds).await;
             let (tps, retries) = transfers(&runtime, "bank", seconds).await;
-            results.push((meter, lat, qps, tps, retries));
+            results.push((meter, lat, qps, tps, retries, fuel));
             runtime.shutdown().await;
         }
-        let (_, lat, qps, tps, retries) = &results[0];
-        let (_, lat_off, qps_off, tps_off, _) = &results[1];
+        let (_, lat, qps, tps, retries, fuel) = &results[0];
+        let (_, lat_off, qps_off, tps_off, _, _) = &results[1];
         report(
-            "trivial query, one caller: p50 / p99 per call (target p50 <= 50 us)",
-            format!("{:.1} us / {:.1} us", pct(lat, 0.5), pct(lat, 0.99)),
+            "trivial query, one caller: p50 / p99 per call (target p50 <= 50 us), fuel",
+            format!("{:.1} us / {:.1} us, {fuel}", pct(lat, 0.5), pct(lat, 0.99)),
         );
         report("trivial queries/s, 16 concurrent callers", format!("{qps:.0}"));
         report(

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy};
 
 use crate::error::{Result, RuntimeError};
 use crate::knobs::RuntimeConfig;
@@ -31,8 +31,10 @@ impl EngineHandle {
             .total_tables(slots * 4)
             .max_memory_size(config.max_memory_bytes)
             .linear_memory_keep_resident(config.keep_resident_bytes)
+            .table_keep_resident(config.table_keep_resident_bytes)
             .pagemap_scan(Enabled::Auto)
             .total_stacks(slots);
+
         let mut c = Config::new();
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .memory_init_cow(true)
@@ -42,6 +44,9 @@ impl EngineHandle {
             // Calls run synchronously, but the async feature is compiled in and wasmtime
             // requires its stacks to hold the largest wasm stack.
             .async_stack_size(config.max_wasm_stack + (512 << 10));
+        if config.perf_map {
+            c.profiler(ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&c).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
