@@ -1,6 +1,8 @@
 //! A counter written in Rust against world `app`, with no JavaScript involved: one query
 //! (`counter:get`), one mutation (`counter:increment`), and `counter:probe`, which tries to
 //! reach the filesystem and the clock through std (and gets only what the platform allows).
+//! Also the bank of `examples/bank` (`accounts:open`, `accounts:transfer`), so that the
+//! runtime benchmark can set the platform's own cost beside the JavaScript runtime's.
 
 use kiln_value::{Object, Value, from_msgpack, to_msgpack};
 
@@ -96,6 +98,77 @@ fn increment(args: &[u8]) -> Result<Value, Error> {
     Ok(Value::Int64(next))
 }
 
+fn args_object(args: &[u8]) -> Result<Object, Error> {
+    match from_msgpack(args) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(error("InvalidArgs", "arguments must be an object")),
+        Err(e) => Err(error(e.code(), e.to_string())),
+    }
+}
+
+/// A field the manifest's validator guarantees (the host checks arguments before the call).
+fn field<'a>(o: &'a Object, name: &str) -> Result<&'a Value, Error> {
+    o.get(name).ok_or_else(|| error("InvalidArgs", format!("missing `{name}`")))
+}
+
+fn int64(o: &Object, name: &str) -> Result<i64, Error> {
+    match field(o, name)? {
+        Value::Int64(n) => Ok(*n),
+        other => Err(error("InvalidArgs", format!("`{name}` must be an int64, not {}", other.kind().name()))),
+    }
+}
+
+fn string<'a>(o: &'a Object, name: &str) -> Result<&'a str, Error> {
+    field(o, name)?.as_str().ok_or_else(|| error("InvalidArgs", format!("`{name}` must be a string")))
+}
+
+/// `accounts:open`: a new account; returns its id.
+fn open(args: &[u8]) -> Result<Value, Error> {
+    let a = args_object(args)?;
+    let doc: Object = [
+        ("owner".to_owned(), Value::from(string(&a, "owner")?)),
+        ("balance".to_owned(), Value::Int64(int64(&a, "balance")?)),
+    ]
+    .into();
+    Ok(Value::from(db::insert("accounts", &to_msgpack(&Value::Object(doc)))?.as_str()))
+}
+
+fn balance_of(id: &str) -> Result<i64, Error> {
+    let bytes = db::get(id, Some("accounts"))?.ok_or_else(|| error("NoSuchAccount", format!("no account {id}")))?;
+    match from_msgpack(&bytes) {
+        Ok(Value::Object(doc)) => int64(&doc, "balance"),
+        _ => Err(error("InvalidDocument", "the host returned a document that is not an object")),
+    }
+}
+
+fn set_balance(id: &str, balance: i64) -> Result<(), Error> {
+    let set: Object = [("balance".to_owned(), Value::Int64(balance))].into();
+    db::patch(id, &to_msgpack(&Value::Object(set)), &[])
+}
+
+/// `accounts:transfer`: two reads, two patches and one insert, as in `examples/bank`.
+fn transfer(args: &[u8]) -> Result<Value, Error> {
+    let a = args_object(args)?;
+    let (from, to, amount) = (string(&a, "from")?, string(&a, "to")?, int64(&a, "amount")?);
+    if amount <= 0 {
+        return Err(error("InvalidAmount", format!("amount {amount} is not positive")));
+    }
+    let (source, target) = (balance_of(from)?, balance_of(to)?);
+    if source < amount {
+        return Err(error("InsufficientFunds", format!("balance {source} is below {amount}")));
+    }
+    set_balance(from, source - amount)?;
+    set_balance(to, target + amount)?;
+    let record: Object = [
+        ("from".to_owned(), Value::from(from)),
+        ("to".to_owned(), Value::from(to)),
+        ("amount".to_owned(), Value::Int64(amount)),
+    ]
+    .into();
+    db::insert("transfers", &to_msgpack(&Value::Object(record)))?;
+    Ok(Value::Int64(source - amount))
+}
+
 /// What std's filesystem and clock give a guest: an error and the call's frozen time.
 fn probe() -> Value {
     let fs = match std::fs::read_to_string("/etc/hostname") {
@@ -119,7 +192,9 @@ impl Guest for Counter {
             (FunctionKind::Query, "counter:get") => get(&call.args),
             (FunctionKind::Mutation, "counter:increment") => increment(&call.args),
             (FunctionKind::Query, "counter:probe") => Ok(probe()),
-            (_, "counter:get" | "counter:increment" | "counter:probe") => {
+            (FunctionKind::Mutation, "accounts:open") => open(&call.args),
+            (FunctionKind::Mutation, "accounts:transfer") => transfer(&call.args),
+            (_, "counter:get" | "counter:increment" | "counter:probe" | "accounts:open" | "accounts:transfer") => {
                 Err(error("WrongFunctionKind", format!("{} is not a {:?}", call.path, call.kind)))
             }
             _ => Err(error("FunctionNotFound", format!("Could not find function for '{}'", call.path))),
@@ -129,8 +204,13 @@ impl Guest for Counter {
     }
 
     fn analyze() -> Result<Manifest, Error> {
-        let args = r#"{"type":"object","value":{"name":{"fieldType":{"type":"string"},"optional":true}}}"#;
-        let function = |path: &str, kind| FunctionInfo {
+        let name = r#"{"type":"object","value":{"name":{"fieldType":{"type":"string"},"optional":true}}}"#;
+        let open = r#"{"type":"object","value":{"owner":{"fieldType":{"type":"string"},"optional":false},"balance":{"fieldType":{"type":"bigint"},"optional":false}}}"#;
+        let id = r#"{"fieldType":{"type":"id","tableName":"accounts"},"optional":false}"#;
+        let transfer = format!(
+            r#"{{"type":"object","value":{{"from":{id},"to":{id},"amount":{{"fieldType":{{"type":"bigint"}},"optional":false}}}}}}"#
+        );
+        let function = |path: &str, kind, args: &str| FunctionInfo {
             path: path.to_owned(),
             kind,
             visibility: Visibility::Public,
@@ -139,9 +219,11 @@ impl Guest for Counter {
         };
         Ok(Manifest {
             functions: vec![
-                function("counter:get", FunctionKind::Query),
-                function("counter:increment", FunctionKind::Mutation),
-                function("counter:probe", FunctionKind::Query),
+                function("counter:get", FunctionKind::Query, name),
+                function("counter:increment", FunctionKind::Mutation, name),
+                function("counter:probe", FunctionKind::Query, name),
+                function("accounts:open", FunctionKind::Mutation, open),
+                function("accounts:transfer", FunctionKind::Mutation, &transfer),
             ],
             schema: None,
             crons: None,

@@ -297,6 +297,39 @@ fn analyze_lists_functions_validators_and_schema() {
 }
 
 #[test]
+fn the_rust_guest_bank_moves_money_between_accounts() {
+    let h = rust_harness();
+    let open = |owner: &str| {
+        let v = h.call(
+            Mutation,
+            "accounts:open",
+            &Value::Object(
+                [("owner".to_owned(), Value::from(owner)), ("balance".to_owned(), Value::Int64(100))].into(),
+            ),
+        );
+        v.value().as_str().unwrap().to_owned()
+    };
+    let (a, b) = (open("ann"), open("bob"));
+    let transfer = |amount: i64| {
+        let args: Object = [
+            ("from".to_owned(), Value::from(a.as_str())),
+            ("to".to_owned(), Value::from(b.as_str())),
+            ("amount".to_owned(), Value::Int64(amount)),
+        ]
+        .into();
+        h.call(Mutation, "accounts:transfer", &Value::Object(args))
+    };
+    let done = transfer(30);
+    assert_eq!(done.value(), Value::Int64(70));
+    assert_eq!(done.calls, vec!["db.get accounts", "db.get accounts", "db.patch", "db.patch", "db.insert transfers"]);
+    assert_eq!(transfer(71).error().code, "InsufficientFunds");
+    assert_eq!(transfer(0).error().code, "InvalidAmount");
+    let balances: Vec<Value> = h.db.lock().unwrap().all("accounts").iter().map(|d| d["balance"].clone()).collect();
+    assert_eq!(balances, vec![Value::Int64(70), Value::Int64(130)]);
+    assert_eq!(h.db.lock().unwrap().all("transfers").len(), 1);
+}
+
+#[test]
 fn the_rust_guest_passes_the_same_harness() {
     let h = rust_harness();
     assert_eq!(h.call(Query, "counter:get", &args("{}")).value(), Value::Int64(0));

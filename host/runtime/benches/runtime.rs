@@ -59,11 +59,16 @@ fn empty() -> Value {
 
 /// Sequential latency and concurrent throughput of a trivial query.
 async fn trivial_queries(rt: &Arc<Runtime>, seconds: f64) -> (Vec<Duration>, f64, u64) {
+    queries(rt, "probe", "probe:empty", seconds).await
+}
+
+/// Sequential latency and concurrent throughput of calls of query `path` without arguments.
+async fn queries(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) -> (Vec<Duration>, f64, u64) {
     let mut lat = Vec::new();
     let mut fuel = 0;
     for i in 0..3000 {
         let t = Instant::now();
-        let out = rt.call("probe", CallRequest::new(FunctionKind::Query, "probe:empty", empty())).await;
+        let out = rt.call(deployment, CallRequest::new(FunctionKind::Query, path, empty())).await;
         if i >= 200 {
             lat.push(t.elapsed());
         }
@@ -77,12 +82,10 @@ async fn trivial_queries(rt: &Arc<Runtime>, seconds: f64) -> (Vec<Duration>, f64
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let (rt, stop, count) = (rt.clone(), stop.clone(), count.clone());
+            let (deployment, path) = (deployment.to_owned(), path.to_owned());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    rt.call("probe", CallRequest::new(FunctionKind::Query, "probe:empty", empty()))
-                        .await
-                        .result
-                        .unwrap();
+                    rt.call(&deployment, CallRequest::new(FunctionKind::Query, &path, empty())).await.result.unwrap();
                     count.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -216,6 +219,7 @@ fn main() {
             return;
         }
         let mut results = Vec::new();
+        let mut rust = None;
         for meter in [true, false] {
             let dir = work.path().join(if meter { "metered" } else { "unmetered" });
             let runtime = Arc::new(runtime(&dir, &cache, meter));
@@ -226,6 +230,15 @@ fn main() {
             let (lat, qps, fuel) = trivial_queries(&runtime, seconds).await;
             let (tps, retries) = transfers(&runtime, "bank", seconds).await;
             results.push((meter, lat, qps, tps, retries, fuel));
+            if meter {
+                // The same workloads in a guest compiled from Rust: what the platform costs
+                // without the JavaScript runtime.
+                runtime.open_deployment("rust", config(64)).await.unwrap();
+                runtime.deploy("rust", &kiln_guest_sdk::rust_guest_component().unwrap()).await.unwrap();
+                let (lat, qps, fuel) = queries(&runtime, "rust", "counter:get", seconds).await;
+                let (tps, retries) = transfers(&runtime, "rust", seconds).await;
+                rust = Some((lat, qps, fuel, tps, retries));
+            }
             runtime.shutdown().await;
         }
         let (_, lat, qps, tps, retries, fuel) = &results[0];
@@ -249,6 +262,18 @@ fn main() {
                 pct(lat_off, 0.5)
             ),
         );
+
+        if let Some((lat, qps, fuel, tps, retries)) = rust {
+            report(
+                "Rust guest: counter:get (empty table), one caller: p50 / p99, fuel",
+                format!("{:.1} us / {:.1} us, {fuel}", pct(&lat, 0.5), pct(&lat, 0.99)),
+            );
+            report("Rust guest: counter:get/s, 16 concurrent callers", format!("{qps:.0}"));
+            report(
+                "Rust guest: bank transfers committed/s, 64 callers, durable",
+                format!("{tps:.0} ({retries:.3} retries per transfer)"),
+            );
+        }
 
         // Idle deployments, and cold starts from the cached .cwasm.
         let dir = work.path().join("idle");
