@@ -151,14 +151,14 @@ async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f
     (n / started.elapsed().as_secs_f64(), retries.load(Ordering::Relaxed) as f64 / n.max(1.0))
 }
 
-/// One caller's transfer latency and fuel (for profiling).
-async fn single_transfer_profile(rt: &Arc<Runtime>) {
+/// One caller's transfer latency and fuel.
+async fn single_transfer_profile(rt: &Arc<Runtime>, deployment: &str, label: &str) {
     let mut ids = Vec::new();
     for i in 0..2 {
         let a =
             parse_convex_json(&format!(r#"{{"owner": "p{i}", "balance": {{"$integer": "AADKmjsAAAA="}}}}"#)).unwrap();
         let Ok(Value::String(id)) =
-            rt.call("bank", CallRequest::new(FunctionKind::Mutation, "accounts:open", a)).await.result
+            rt.call(deployment, CallRequest::new(FunctionKind::Mutation, "accounts:open", a)).await.result
         else {
             panic!()
         };
@@ -173,14 +173,15 @@ async fn single_transfer_profile(rt: &Arc<Runtime>) {
     let mut fuel = 0;
     for _ in 0..500 {
         let t = Instant::now();
-        let out = rt.call("bank", CallRequest::new(FunctionKind::Mutation, "accounts:transfer", args.clone())).await;
+        let out =
+            rt.call(deployment, CallRequest::new(FunctionKind::Mutation, "accounts:transfer", args.clone())).await;
         lat.push(t.elapsed());
         fuel = out.fuel;
         out.result.unwrap();
     }
     lat.sort();
     report(
-        "transfer, one caller: p50 / p99 latency, fuel",
+        &format!("{label}transfer, one caller: p50 / p99 latency, fuel"),
         format!("{:.1} us / {:.1} us, {fuel}", pct(&lat, 0.5), pct(&lat, 0.99)),
     );
 }
@@ -213,7 +214,7 @@ fn main() {
             let runtime = Arc::new(runtime(&work.path().join("profile"), &cache, true));
             runtime.open_deployment("bank", config(64)).await.unwrap();
             runtime.deploy("bank", &bank).await.unwrap();
-            single_transfer_profile(&runtime).await;
+            single_transfer_profile(&runtime, "bank", "").await;
             let (tps, retries) = transfers(&runtime, "bank", 10.0).await;
             report("transfers/s (profile run)", format!("{tps:.0} ({retries:.3} retries)"));
             return;
@@ -228,6 +229,9 @@ fn main() {
             runtime.open_deployment("bank", config(64)).await.unwrap();
             runtime.deploy("bank", &bank).await.unwrap();
             let (lat, qps, fuel) = trivial_queries(&runtime, seconds).await;
+            if meter {
+                single_transfer_profile(&runtime, "bank", "").await;
+            }
             let (tps, retries) = transfers(&runtime, "bank", seconds).await;
             results.push((meter, lat, qps, tps, retries, fuel));
             if meter {
@@ -236,6 +240,7 @@ fn main() {
                 runtime.open_deployment("rust", config(64)).await.unwrap();
                 runtime.deploy("rust", &kiln_guest_sdk::rust_guest_component().unwrap()).await.unwrap();
                 let (lat, qps, fuel) = queries(&runtime, "rust", "counter:get", seconds).await;
+                single_transfer_profile(&runtime, "rust", "Rust guest: ").await;
                 let (tps, retries) = transfers(&runtime, "rust", seconds).await;
                 rust = Some((lat, qps, fuel, tps, retries));
             }
