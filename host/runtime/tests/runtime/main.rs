@@ -545,3 +545,48 @@ async fn cached_query_results_are_reused_only_while_what_they_read_is_unchanged(
     rt.configure("d", config()).unwrap();
     assert!(!rt.call("d", get_a()).await.cached);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deploys_keep_schema_version_and_stored_component_together() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    rt.open_deployment("d", config()).await.unwrap();
+    // Many messages: a switch to chat validates and backfills for a while, a switch to bank
+    // is quick, so the two deploys' steps would interleave if nothing ordered them.
+    let store = rt.deployment("d").unwrap().store().clone();
+    let mut tx = store.begin();
+    for i in 0..5000 {
+        let message = format!(r#"{{"author": "a{}", "body": "hi", "likes": 0}}"#, i % 50);
+        tx.insert("messages", args(&message).as_object().unwrap().clone()).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let (chat, bank) = (component("chat"), component("bank"));
+    for round in 0..6 {
+        let (a, b) = tokio::join!(rt.deploy("d", &chat), rt.deploy("d", &bank));
+        a.unwrap();
+        b.unwrap();
+        let dep = rt.deployment("d").unwrap();
+        let version = dep.version().unwrap();
+        // The component a restart would load is the one serving.
+        let stored = std::fs::read(dir.path().join("d.wasm")).unwrap();
+        let digest: String = sha2::Sha256::digest(&stored).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(&digest[..16], version.id, "round {round}: the stored component is not the serving one");
+        // The store's indexes are the serving version's schema (undeclared ones are dropped).
+        let schema = kiln_store::Schema::parse(&version.manifest.schema.as_ref().unwrap().to_string()).unwrap();
+        let catalog = dep.store().catalog();
+        for (table, declared) in &schema.tables {
+            let meta = catalog.table(table).unwrap_or_else(|| panic!("round {round}: no table {table}"));
+            for index in declared.indexes.keys() {
+                assert!(
+                    meta.indexes.contains_key(index),
+                    "round {round}: {table}.{index} of the serving schema is missing"
+                );
+            }
+        }
+    }
+    // Both apps' functions answer in turn, whichever deploy ran last.
+    let serving = rt.deployment("d").unwrap().version().unwrap();
+    let path = if serving.manifest.function("messages:list").is_some() { "messages:list" } else { "accounts:total" };
+    assert!(call(&rt, "d", Query, path, "{}").await.result.is_ok());
+}
