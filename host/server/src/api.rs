@@ -100,7 +100,9 @@ pub fn parse_args(args: Option<&JsonValue>) -> std::result::Result<Value, String
 
 #[derive(Deserialize)]
 struct FunctionBody {
-    path: String,
+    /// Absent only for `/api/run/...`, whose URL names the function.
+    #[serde(default)]
+    path: Option<String>,
     #[serde(default)]
     format: Option<String>,
     #[serde(default)]
@@ -155,6 +157,13 @@ fn parse_body(body: &Bytes) -> Result<FunctionBody> {
     serde_json::from_slice(body).map_err(|e| ServerError::BadRequest(format!("invalid request body: {e}")))
 }
 
+impl FunctionBody {
+    /// The function's path, which every endpoint but `/api/run/...` requires in the body.
+    fn path(&self) -> Result<&str> {
+        self.path.as_deref().ok_or_else(|| ServerError::BadRequest("invalid request body: missing field `path`".into()))
+    }
+}
+
 /// Runs one call for an HTTP request (inflight limit, identity, logging, metrics).
 #[allow(clippy::too_many_arguments)]
 async fn run_call(
@@ -202,7 +211,10 @@ async fn call_endpoint(
     let caller = caller(&state, &dep, headers).await?;
     let body = parse_body(body)?;
     let format = format_of(body.format.as_deref(), default_format)?;
-    let path = path_override.unwrap_or(body.path);
+    let path = match path_override {
+        Some(p) => p,
+        None => body.path()?.to_owned(),
+    };
     let kind = match kind {
         Some(k) => k,
         None => function_kind(&state, deployment, &path, &caller)?,
@@ -279,13 +291,6 @@ pub async fn run(
         .rsplit_once('/')
         .ok_or_else(|| ServerError::BadRequest("expected /api/run/<module path>/<function>".into()))?;
     let body = if body.is_empty() { Bytes::from_static(b"{}") } else { body };
-    // The body has no `path`; add it so the common parser accepts it.
-    let mut value: JsonValue =
-        serde_json::from_slice(&body).map_err(|e| ServerError::BadRequest(format!("invalid request body: {e}")))?;
-    if let Some(obj) = value.as_object_mut() {
-        obj.insert("path".into(), JsonValue::String(String::new()));
-    }
-    let body = Bytes::from(value.to_string());
     call_endpoint(state, &d, &headers, &body, None, Some(format!("{module}:{export}")), Format::Clean).await
 }
 
@@ -312,7 +317,7 @@ pub async fn query_batch(
         let body = match parse_args(q.args.as_ref()) {
             Ok(args) => {
                 outcome_body(
-                    &run_call(&state, &dep, &caller, FunctionKind::Query, &q.path, args, Some(ts)).await?,
+                    &run_call(&state, &dep, &caller, FunctionKind::Query, q.path()?, args, Some(ts)).await?,
                     format,
                 )
                 .1
@@ -353,7 +358,7 @@ pub async fn query_at_ts(
         Ok(a) => a,
         Err(m) => return Ok(args_failure(m)),
     };
-    let out = run_call(&state, &dep, &caller, FunctionKind::Query, &body.path, args, Some(ts)).await?;
+    let out = run_call(&state, &dep, &caller, FunctionKind::Query, body.path()?, args, Some(ts)).await?;
     let (status, body) = outcome_body(&out, format);
     Ok(respond(status, body))
 }

@@ -418,6 +418,9 @@ fn http_formats_batches_and_request_errors() {
     // Request errors: coded JSON with a 4xx status.
     let (status, body) = server.post_raw("/api/query", "{oops".into(), false);
     assert_eq!((status, body["code"].as_str()), (400, Some("BadRequest")), "{body}");
+    let (status, body) = server.post("/api/query", &json!({"args": {}}), false);
+    assert_eq!((status, body["code"].as_str()), (400, Some("BadRequest")), "a body without a path: {body}");
+    assert!(body.to_string().contains("path"), "{body}");
     let (status, body) =
         server.post("/api/query", &json!({"path": "values:echo", "args": {"value": "y".repeat(70_000)}}), false);
     assert_eq!((status, body["code"].as_str()), (413, Some("BodyTooLarge")), "{body}");
