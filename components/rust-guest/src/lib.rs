@@ -38,14 +38,10 @@ fn install_hooks() {
 }
 
 fn name_arg(args: &[u8]) -> Result<String, Error> {
-    match from_msgpack(args) {
-        Ok(Value::Object(o)) => match o.get("name") {
-            None => Ok("default".to_owned()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(error("InvalidArgs", format!("`name` must be a string, not {}", other.kind().name()))),
-        },
-        Ok(_) => Err(error("InvalidArgs", "arguments must be an object")),
-        Err(e) => Err(error(e.code(), e.to_string())),
+    match args_object(args)?.get("name") {
+        None => Ok("default".to_owned()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(error("InvalidArgs", format!("`name` must be a string, not {}", other.kind().name()))),
     }
 }
 

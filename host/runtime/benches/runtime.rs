@@ -39,7 +39,7 @@ fn runtime(dir: &Path, cache: &Path, meter_fuel: bool) -> Runtime {
         data_dir: dir.to_path_buf(),
         cache_dir: Some(cache.to_path_buf()),
         meter_fuel,
-        perf_map: std::env::var_os("KILN_PERF_MAP").is_some(),
+        perf_map: RuntimeConfig::from_env().perf_map,
         store: StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() },
         ..RuntimeConfig::default()
     })
