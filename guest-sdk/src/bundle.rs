@@ -67,8 +67,9 @@ pub fn find_esbuild(app_dir: &Path) -> Result<PathBuf> {
     })
 }
 
-/// Bundles the app at `app_dir`. The entry file and the bundle are written to `<app>/.kiln/`.
-pub fn bundle(app_dir: &Path) -> Result<Bundle> {
+/// Bundles the app at `app_dir`, with the [`crate::fast_paths`] unless `fast_paths` is false.
+/// The entry file and the bundle are written to `<app>/.kiln/`.
+pub fn bundle(app_dir: &Path, fast_paths: bool) -> Result<Bundle> {
     let app_dir = &std::fs::canonicalize(app_dir).map_err(|e| SdkError::io(app_dir, e))?;
     let convex_dir = app_dir.join("convex");
     if !convex_dir.is_dir() {
@@ -118,6 +119,15 @@ pub fn bundle(app_dir: &Path) -> Result<Bundle> {
         return Err(SdkError::Bundle(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
     }
     let source = std::fs::read_to_string(&bundle_path).map_err(|e| SdkError::io(&bundle_path, e))?;
+    let source = if fast_paths {
+        let (source, installed) = crate::fast_paths::install(&source);
+        tracing::debug!(?installed, "fast paths");
+        // What runs is what `.kiln/bundle.js` shows.
+        std::fs::write(&bundle_path, &source).map_err(|e| SdkError::io(&bundle_path, e))?;
+        source
+    } else {
+        source
+    };
     Ok(Bundle { source, modules: modules.into_iter().map(|(m, _)| m).collect() })
 }
 

@@ -15,6 +15,7 @@ pub mod bundle;
 pub mod codegen;
 pub mod component;
 pub mod error;
+pub mod fast_paths;
 pub mod manifest;
 pub mod preinit;
 pub mod wasi;
@@ -93,6 +94,9 @@ pub struct BuildOutput {
 pub struct BuildOptions {
     /// Where compiled components are cached (`.cwasm`), if anywhere.
     pub cache_dir: Option<PathBuf>,
+    /// Leaves the `convex` package's code as esbuild bundled it, without [`fast_paths`]
+    /// (for comparing results; slower).
+    pub plain_bundle: bool,
 }
 
 /// The engine configuration the toolchain uses to pre-initialize and analyze.
@@ -120,7 +124,7 @@ pub fn build_app(app_dir: &Path, options: &BuildOptions) -> Result<BuildOutput> 
     codegen::codegen(app_dir)?;
 
     let t = Instant::now();
-    let bundle = bundle::bundle(app_dir)?;
+    let bundle = bundle::bundle(app_dir, !options.plain_bundle)?;
     timings.bundle = t.elapsed();
 
     let engine = engine()?;

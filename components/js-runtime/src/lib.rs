@@ -12,6 +12,7 @@
 //! `kiln-wasi-stubs` from the same per-call state.
 
 mod syscall;
+mod values;
 
 use std::cell::{Cell, RefCell};
 
@@ -134,7 +135,12 @@ fn initialize(source: &[u8]) -> Result<(), String> {
 }
 
 fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
+    values::capture_prototypes(ctx)?;
     let native = Object::new(ctx.clone())?;
+    native.set("jsonToConvex", Func::from(values::json_to_convex))?;
+    native.set("convexToJson", Func::from(values::convex_to_json))?;
+    native.set("patchValueToJson", Func::from(values::patch_value_to_json))?;
+    native.set("syscallValue", Func::from(syscall::call_value))?;
     native.set("syscall", Func::from(|op: String, args: String| syscall::call(&op, &args)))?;
     native.set(
         "log",

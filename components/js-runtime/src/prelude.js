@@ -43,6 +43,21 @@
     }),
   );
 
+  // Natives the SDK points parts of the `convex` package at when it bundles: value codecs,
+  // called first by the package's `jsonToConvex`, `convexToJson` and `patchValueToJson`
+  // (`undefined` means "run the original"), and a syscall taking and returning values.
+  Object.defineProperty(globalThis, "__kiln_fast", {
+    value: Object.freeze({
+      jsonToConvex: native.jsonToConvex,
+      convexToJson: native.convexToJson,
+      patchValueToJson: native.patchValueToJson,
+      syscall: native.syscallValue,
+    }),
+    writable: false,
+    configurable: false,
+    enumerable: false,
+  });
+
   // ---- console ---------------------------------------------------------------------------
   function inspect(value, depth, seen) {
     if (typeof value === "string") return depth === 0 ? value : JSON.stringify(value);

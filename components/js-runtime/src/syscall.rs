@@ -1,17 +1,21 @@
 //! The syscalls of the `convex` package's `convex/server` code, mapped onto the WIT imports.
 //!
-//! Arguments and results are Convex JSON text (as `Convex.syscall` passes them); values cross
-//! the WIT boundary as MessagePack. Each reply is "0" + result JSON or "1" + error JSON.
+//! Arguments and results are Convex JSON: as text for `Convex.syscall` (each reply is "0" +
+//! result JSON or "1" + error JSON), or as values for `__kiln_fast.syscall`, which the SDK
+//! points the package's syscall helpers at (no `JSON.stringify`/`JSON.parse` around the call).
+//! Values cross the WIT boundary as MessagePack.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+use javy_plugin_api::javy::quickjs::{self, Ctx, Exception, Function, Object, Value as JsValue};
 
 use kiln_value::{Value, from_convex_json, from_msgpack, json::patch_from_convex_json, to_convex_json, to_msgpack};
 use serde_json::{Value as Json, json};
 
 use crate::kiln::platform::types::{Error, Header, HttpRequest};
 use crate::kiln::platform::{auth, db, functions, http, scheduler, search, storage};
-use crate::{call_kind, error};
+use crate::{call_kind, error, values};
 
 thread_local! {
     static STREAMS: RefCell<(u32, HashMap<u32, db::QueryStream>)> = RefCell::new((0, HashMap::new()));
@@ -22,23 +26,61 @@ pub(crate) fn close_streams() {
     STREAMS.with(|s| s.borrow_mut().1.clear());
 }
 
-/// Runs one syscall and encodes its reply.
+/// Runs one syscall with parsed arguments.
+fn run(op: &str, args: &Json) -> Result<Json, Error> {
+    if call_kind().is_none() {
+        return Err(error("NotAvailable", format!("{op} cannot be called while the app is being loaded")));
+    }
+    dispatch(op, args)
+}
+
+/// The Convex JSON of an error's data, if it has any.
+fn error_data(e: &Error) -> Option<Json> {
+    e.data.as_deref().and_then(|d| from_msgpack(d).ok()).map(|data| to_convex_json(&data))
+}
+
+/// Runs one syscall with arguments as JSON text and encodes its reply.
 pub(crate) fn call(op: &str, args: &str) -> String {
-    let result = if call_kind().is_none() {
-        Err(error("NotAvailable", format!("{op} cannot be called while the app is being loaded")))
-    } else {
-        serde_json::from_str::<Json>(args)
-            .map_err(|e| error("InvalidSyscallArgs", format!("{op}: arguments are not JSON: {e}")))
-            .and_then(|args| dispatch(op, &args))
-    };
+    let result = serde_json::from_str::<Json>(args)
+        .map_err(|e| error("InvalidSyscallArgs", format!("{op}: arguments are not JSON: {e}")))
+        .and_then(|args| run(op, &args));
     match result {
         Ok(v) => format!("0{v}"),
         Err(e) => {
             let mut reply = json!({"code": e.code, "message": e.message});
-            if let Some(data) = e.data.as_deref().and_then(|d| from_msgpack(d).ok()) {
-                reply["data"] = to_convex_json(&data);
+            if let Some(data) = error_data(&e) {
+                reply["data"] = data;
             }
             format!("1{reply}")
+        }
+    }
+}
+
+/// `__kiln_fast.syscall(op, arg)`: what `Convex.syscall(op, JSON.stringify(arg))` followed by
+/// `JSON.parse` returns, without the text. A failure is thrown as an `Error` with `code` (and
+/// `data`), like the prelude's `Convex.syscall` throws it.
+pub(crate) fn call_value<'js>(ctx: Ctx<'js>, op: String, arg: JsValue<'js>) -> quickjs::Result<JsValue<'js>> {
+    let args = match values::json_of_js(&arg)? {
+        Some(args) => Ok(args),
+        // Something only `JSON.stringify` itself knows how to write (`toJSON`, proxies, ...).
+        None => {
+            let json: Object = ctx.globals().get("JSON")?;
+            let stringify: Function = json.get("stringify")?;
+            let text: Option<String> = stringify.call((arg,))?;
+            serde_json::from_str::<Json>(text.as_deref().unwrap_or("undefined"))
+                .map_err(|e| error("InvalidSyscallArgs", format!("{op}: arguments are not JSON: {e}")))
+        }
+    };
+    match args.and_then(|args| run(&op, &args)) {
+        Ok(reply) => values::js_of_json(&ctx, &reply),
+        Err(e) => {
+            let exception = Exception::from_message(ctx.clone(), &e.message)?;
+            let object = exception.as_object();
+            object.set("code", e.code.as_str())?;
+            if let Some(data) = error_data(&e) {
+                object.set("data", values::js_of_json(&ctx, &data)?)?;
+            }
+            Err(ctx.throw(exception.into_value()))
         }
     }
 }

@@ -14,6 +14,7 @@ use kiln_guest_sdk::bindings::kiln::platform::types::FunctionKind;
 use kiln_guest_sdk::component::{check_imports, component_imports, load_component};
 use kiln_guest_sdk::{BuildOptions, BuildOutput, build_app};
 use kiln_value::{Object, Value, from_msgpack, parse_convex_json, to_msgpack};
+use proptest::prelude::*;
 use wasmtime::Engine;
 
 fn repo() -> PathBuf {
@@ -29,28 +30,45 @@ fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| kiln_guest_sdk::engine().unwrap())
 }
 
-/// Builds an app once per test run.
-fn built(app: &str) -> &'static BuildOutput {
-    static APPS: OnceLock<std::sync::Mutex<std::collections::HashMap<String, &'static BuildOutput>>> = OnceLock::new();
-    let apps = APPS.get_or_init(Default::default);
-    let mut apps = apps.lock().unwrap();
-    if let Some(out) = apps.get(app) {
-        return out;
-    }
-    let dir = if app.starts_with("fixtures/") {
+fn app_dir(app: &str) -> PathBuf {
+    if app.starts_with("fixtures/") {
         repo().join("guest-sdk/tests").join(app)
     } else {
         repo().join("examples").join(app)
-    };
-    let out = build_app(&dir, &BuildOptions { cache_dir: Some(cache_dir()) })
+    }
+}
+
+/// Builds of apps (which write to the app's `.kiln/`) one at a time.
+fn build_lock() -> std::sync::MutexGuard<'static, std::collections::HashMap<(String, bool), &'static BuildOutput>> {
+    static APPS: OnceLock<std::sync::Mutex<std::collections::HashMap<(String, bool), &'static BuildOutput>>> =
+        OnceLock::new();
+    APPS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Builds an app once per test run.
+fn built(app: &str) -> &'static BuildOutput {
+    built_with(app, false)
+}
+
+/// Builds an app once per test run, with or without the guest SDK's fast paths.
+fn built_with(app: &str, plain_bundle: bool) -> &'static BuildOutput {
+    let mut apps = build_lock();
+    if let Some(out) = apps.get(&(app.to_owned(), plain_bundle)) {
+        return out;
+    }
+    let out = build_app(&app_dir(app), &BuildOptions { cache_dir: Some(cache_dir()), plain_bundle })
         .unwrap_or_else(|e| panic!("building {app}: {e}"));
     let out: &'static BuildOutput = Box::leak(Box::new(out));
-    apps.insert(app.to_owned(), out);
+    apps.insert((app.to_owned(), plain_bundle), out);
     out
 }
 
 fn harness(app: &str) -> Harness {
-    let out = built(app);
+    harness_with(app, false)
+}
+
+fn harness_with(app: &str, plain_bundle: bool) -> Harness {
+    let out = built_with(app, plain_bundle);
     Harness::new(engine(), load_component(engine(), &out.component, Some(&cache_dir())).unwrap())
 }
 
@@ -411,4 +429,112 @@ fn codegen_makes_the_examples_type_check() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// What a call produced, for comparing builds: the result's bytes, or the error's code and the
+/// first line of its message (stack traces name lines of the bundle, which differ).
+fn outcome_text(out: &host::Outcome) -> String {
+    match &out.result {
+        Ok(bytes) => format!("ok {:?}", from_msgpack(bytes).unwrap()),
+        Err(e) => format!("err {} {}", e.code, e.message.lines().next().unwrap_or_default()),
+    }
+}
+
+#[test]
+fn the_fast_paths_reach_every_function_of_the_convex_package_they_name() {
+    let _lock = build_lock();
+    let bundle = kiln_guest_sdk::bundle::bundle(&app_dir("fixtures/values"), true).unwrap();
+    assert_eq!(bundle.source.matches("globalThis.__kiln_fast.syscall(op, arg)").count(), 2);
+    let plain = kiln_guest_sdk::bundle::bundle(&app_dir("fixtures/values"), false).unwrap();
+    let (_, installed) = kiln_guest_sdk::fast_paths::install(&plain.source);
+    let mut installed = installed;
+    installed.sort();
+    assert_eq!(
+        installed,
+        vec![
+            "convexToJson",
+            "jsonToConvex",
+            "patchValueToJson",
+            "performAsyncSyscall",
+            "performSyscall",
+            "setupAuth",
+            "setupMutationAuth",
+            "setupMutationMeta",
+            "setupMutationScheduler",
+            "setupQueryMeta",
+            "setupReader",
+            "setupStorageReader",
+            "setupStorageWriter",
+            "setupWriter",
+        ]
+    );
+}
+
+#[test]
+fn the_fast_paths_change_no_result_and_no_error() {
+    let (fast, plain) = (harness("fixtures/values"), harness_with("fixtures/values", true));
+    let compare = |kind, path: &str, a: &Value| {
+        let (f, p) = (fast.call(kind, path, a), plain.call(kind, path, a));
+        assert_eq!(outcome_text(&f), outcome_text(&p), "{path} {a:?}");
+        outcome_text(&f)
+    };
+    let Value::Float64(n) = fast.call(Query, "values:edgeCount", &args("{}")).value() else { panic!() };
+    let mut errors = 0;
+    for i in 0..n as i64 {
+        let a = args(&format!(r#"{{"i": {i}}}"#));
+        for (kind, path) in [(Query, "values:edge"), (Query, "values:edgeJson"), (Mutation, "values:edgePatch")] {
+            errors += usize::from(compare(kind, path, &a).starts_with("err"));
+        }
+    }
+    assert!(errors > 20, "the edges include values the package refuses ({errors} errors)");
+    for text in [
+        r#"{"$integer": "AQAAAAAAAAA="}"#,
+        r#"{"$integer": "AQAAAAAAAA=="}"#,
+        r#"{"$integer": "AQAAAAAAAAA"}"#,
+        r#"{"$integer": 5}"#,
+        r#"{"$bytes": "-_8="}"#,
+        r#"{"$bytes": "AB=="}"#,
+        r#"{"$bytes": "AB=C"}"#,
+        r#"{"$float": "AAAAAAAA+H8="}"#,
+        r#"{"$float": "AAAAAAAA8D8="}"#,
+        r#"{"$commitTs": null}"#,
+        r#"{"$set": []}"#,
+        r#"{"$integer": "AQAAAAAAAAA=", "b": 1}"#,
+        r#"{"__proto__": {"a": 1}, "b": [1, {"c": null}]}"#,
+        r#"{"b": 1, "a": 2, "10": 3, "9": 4}"#,
+        r#"[1, 2.5, "x", true, null, {"$bytes": ""}]"#,
+        r#"{"café": 1}"#,
+    ] {
+        compare(Query, "values:decode", &Value::Object(Object::from([("text".into(), Value::from(text))])));
+    }
+    for id in ["nope", "", "0000000000000000000000000000000"] {
+        compare(Query, "values:badGet", &Value::Object(Object::from([("id".into(), Value::from(id))])));
+    }
+
+    // Generated values through arguments, documents, reads, patches and results.
+    let field = proptest::prop_oneof!["[a-zA-Z_][ -~]{0,5}", "[0-9]{1,3}", Just("__proto__".to_owned())];
+    let scalar = proptest::prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::Int64),
+        proptest::prop_oneof![any::<f64>(), Just(-0.0), Just(f64::NAN), Just(f64::INFINITY)].prop_map(Value::Float64),
+        any::<bool>().prop_map(Value::Boolean),
+        ".{0,6}".prop_map(Value::String),
+        proptest::collection::vec(any::<u8>(), 0..7).prop_map(Value::Bytes),
+    ];
+    let value = scalar.prop_recursive(4, 24, 4, move |inner| {
+        proptest::prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map(field.clone(), inner, 0..4).prop_map(Value::Object),
+        ]
+    });
+    let mut runner =
+        proptest::test_runner::TestRunner::new(proptest::test_runner::Config { cases: 150, ..Default::default() });
+    runner
+        .run(&value, |v| {
+            let a = Value::Object(Object::from([("v".into(), v)]));
+            let (f, p) = (fast.call(Mutation, "values:roundTrip", &a), plain.call(Mutation, "values:roundTrip", &a));
+            proptest::prop_assert_eq!(outcome_text(&f), outcome_text(&p));
+            Ok(())
+        })
+        .unwrap();
 }

@@ -144,7 +144,7 @@ impl ServerProcess {
     }
 
     fn deploy(&self, app: &str) {
-        let options = kiln_guest_sdk::BuildOptions { cache_dir: Some(cache_dir()) };
+        let options = kiln_guest_sdk::BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() };
         let built = kiln_guest_sdk::build_app(&repo().join(app), &options).unwrap();
         let body = json!({
             "component": base64::engine::general_purpose::STANDARD.encode(&built.component),

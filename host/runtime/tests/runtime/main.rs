@@ -36,7 +36,7 @@ fn component(app: &str) -> Vec<u8> {
             } else {
                 repo().join("examples").join(app)
             };
-            let options = kiln_guest_sdk::BuildOptions { cache_dir: Some(cache_dir()) };
+            let options = kiln_guest_sdk::BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() };
             kiln_guest_sdk::build_app(&dir, &options).unwrap_or_else(|e| panic!("building {app}: {e}")).component
         })
         .clone()

@@ -29,7 +29,7 @@ fn deploy_body() -> &'static Value {
     static BODY: OnceLock<Value> = OnceLock::new();
     BODY.get_or_init(|| {
         let app = repo().join("host/server/tests/node/app");
-        let options = kiln_guest_sdk::BuildOptions { cache_dir: Some(cache_dir()) };
+        let options = kiln_guest_sdk::BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() };
         let out = kiln_guest_sdk::build_app(&app, &options).unwrap_or_else(|e| panic!("building the test app: {e}"));
         json!({
             "component": base64::engine::general_purpose::STANDARD.encode(&out.component),

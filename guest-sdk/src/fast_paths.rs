@@ -1,0 +1,252 @@
+//! Fast paths: a few functions of the bundled `convex` package are pointed at natives of the
+//! QuickJS runtime (`components/js-runtime/src/values.rs` and `syscall.rs`):
+//! - the value codecs (`jsonToConvex`, `convexToJson`, `patchValueToJson`) get a prologue that
+//!   calls the native first, which answers `undefined` whenever the original should run;
+//! - the syscall helpers (`performSyscall`, `performAsyncSyscall`) hand their argument object
+//!   to the host and get the reply as a value, instead of a `JSON.stringify` and a
+//!   `JSON.parse` around a text call; their error handling is unchanged;
+//! - the factories of a call's context (`setupReader`, `setupWriter`, `setupAuth`, ...) are
+//!   memoized: they build only stateless objects of closures, so those are built once while
+//!   the app is loaded (the snapshot every call starts from) instead of in every call.
+//!   Sharing them is safe because every call runs in a fresh instance of that snapshot.
+//!
+//! Why edits and not replacements: the package's code stays the reference for every edge,
+//! error message and future version. An edit applies only where its function and every line
+//! it changes are found exactly; a bundle where they are not (another version of the package)
+//! is left as it is and simply runs slower.
+
+/// How a function is changed.
+enum Edit {
+    /// A prologue calling this native of `__kiln_fast` with the single parameter.
+    Prologue(&'static str),
+    /// Whole-line replacements inside the body, given the exact parameter list.
+    Lines { params: &'static str, lines: &'static [(&'static str, &'static str)] },
+    /// Results memoized by the single argument (if any), computed for these arguments while
+    /// the app is loaded.
+    Memo(&'static [&'static str]),
+}
+
+const VALUES: &str = "convex/dist/esm/values/value.js";
+const SYSCALL: &str = "convex/dist/esm/server/impl/syscall.js";
+
+const IMPL: &str = "convex/dist/esm/server/impl/";
+
+/// The edits: (module path suffix, function, edit).
+const TARGETS: &[(&str, &str, Edit)] = &[
+    (VALUES, "jsonToConvex", Edit::Prologue("jsonToConvex")),
+    (VALUES, "convexToJson", Edit::Prologue("convexToJson")),
+    (VALUES, "patchValueToJson", Edit::Prologue("patchValueToJson")),
+    (
+        SYSCALL,
+        "performSyscall",
+        Edit::Lines {
+            params: "op, arg",
+            lines: &[
+                (
+                    "const resultStr = Convex.syscall(op, JSON.stringify(arg));",
+                    "const resultStr = globalThis.__kiln_fast.syscall(op, arg);",
+                ),
+                ("return JSON.parse(resultStr);", "return resultStr;"),
+            ],
+        },
+    ),
+    (
+        SYSCALL,
+        "performAsyncSyscall",
+        Edit::Lines {
+            params: "op, arg",
+            lines: &[
+                (
+                    "resultStr = await Convex.asyncSyscall(op, JSON.stringify(arg));",
+                    "resultStr = await globalThis.__kiln_fast.syscall(op, arg);",
+                ),
+                ("return JSON.parse(resultStr);", "return resultStr;"),
+            ],
+        },
+    ),
+    (IMPL, "setupReader", Edit::Memo(&[])),
+    (IMPL, "setupWriter", Edit::Memo(&[])),
+    (IMPL, "setupAuth", Edit::Memo(&[""])),
+    (IMPL, "setupMutationAuth", Edit::Memo(&[""])),
+    (IMPL, "setupStorageReader", Edit::Memo(&[""])),
+    (IMPL, "setupStorageWriter", Edit::Memo(&[""])),
+    (IMPL, "setupMutationScheduler", Edit::Memo(&[])),
+    (IMPL, "setupQueryMeta", Edit::Memo(&["public", "internal"])),
+    (IMPL, "setupMutationMeta", Edit::Memo(&["public", "internal"])),
+];
+
+/// The name and parameter list of a top-level `[async ]function NAME(PARAMS) {` line.
+fn declaration(line: &str) -> Option<(&str, &str)> {
+    let line = line.trim_end();
+    let rest = line.strip_prefix("async ").unwrap_or(line).strip_prefix("function ")?.strip_suffix(") {")?;
+    let (name, params) = rest.split_once('(')?;
+    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+    (ident(name) && (params.is_empty() || params.split(", ").all(ident))).then_some((name, params))
+}
+
+/// The body with every line of `lines` replaced (indentation kept), or `None` unless each
+/// appears exactly once.
+fn replace_lines(body: &[&str], lines: &[(&str, &str)]) -> Option<String> {
+    let mut out = String::new();
+    let mut found = vec![0; lines.len()];
+    for line in body {
+        match lines.iter().position(|(old, _)| line.trim() == *old) {
+            Some(i) => {
+                found[i] += 1;
+                let indent = &line[..line.len() - line.trim_start().len()];
+                out.push_str(&format!("{indent}{}\n", lines[i].1));
+            }
+            None => out.push_str(line),
+        }
+    }
+    found.iter().all(|&n| n == 1).then_some(out)
+}
+
+/// Applies the edits to an esbuild bundle (esbuild heads each module's code with a `// path`
+/// line and may rename a function by appending digits). Returns the new source and the
+/// functions that were changed.
+pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
+    let mut out = String::with_capacity(bundle.len() + 1024);
+    let mut module = "";
+    let mut installed = Vec::new();
+    let mut warm_up = String::new();
+    let mut lines = bundle.split_inclusive('\n');
+    while let Some(line) = lines.next() {
+        if let Some(path) = line.strip_prefix("// ") {
+            out.push_str(line);
+            module = path.trim_end();
+            continue;
+        }
+        let target = declaration(line).and_then(|(name, params)| {
+            let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
+            TARGETS
+                .iter()
+                .find(|(suffix, function, _)| {
+                    module.contains(suffix)
+                        && module.ends_with(".js")
+                        && base == *function
+                        && !installed.contains(function)
+                })
+                .map(|(_, function, edit)| (name, params, *function, edit))
+        });
+        let Some((name, params, function, edit)) = target else {
+            out.push_str(line);
+            continue;
+        };
+        if let Edit::Memo(keys) = edit
+            && !params.contains(',')
+        {
+            let memo = format!("__kiln_memo_{name}");
+            let key = if params.is_empty() { "\"\"" } else { params };
+            out.push_str(&format!("var {memo} = new Map();\n{line}"));
+            out.push_str(&format!(
+                "  const __kiln_m = {memo}.get({key});\n  if (__kiln_m !== void 0) return __kiln_m;\n"
+            ));
+            if keys.is_empty() {
+                warm_up.push_str(&format!("{memo}.set(\"\", {name}());\n"));
+            }
+            for k in *keys {
+                warm_up.push_str(&format!("{memo}.set(\"{k}\", {name}(\"{k}\"));\n"));
+            }
+            installed.push(function);
+            continue;
+        }
+        out.push_str(line);
+        match edit {
+            Edit::Prologue(native) if !params.is_empty() && !params.contains(',') => {
+                out.push_str(&format!(
+                    "  const __kiln_r = globalThis.__kiln_fast.{native}({params});\n  if (__kiln_r !== void 0) return __kiln_r;\n"
+                ));
+                installed.push(function);
+            }
+            Edit::Lines { params: expected, lines: edits } if params == *expected => {
+                // The body runs to the first top-level closing brace.
+                let mut body = Vec::new();
+                for line in lines.by_ref() {
+                    body.push(line);
+                    if line.trim_end() == "}" {
+                        break;
+                    }
+                }
+                match replace_lines(&body, edits) {
+                    Some(patched) => {
+                        out.push_str(&patched);
+                        installed.push(function);
+                    }
+                    None => body.iter().for_each(|l| out.push_str(l)),
+                }
+            }
+            _ => {}
+        }
+    }
+    if !warm_up.is_empty() {
+        out.push_str("// Kiln: the memoized context factories, built while the app is loaded.\n");
+        out.push_str(&warm_up);
+    }
+    (out, installed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prologues_go_into_the_package_functions_only() {
+        let bundle = "// node_modules/convex/dist/esm/values/value.js\nfunction jsonToConvex2(value) {\n  return value;\n}\n\
+                      function convexToJsonInternal(value, a, b, c) {\n}\n\
+                      // convex/app.ts\nfunction patchValueToJson(v) {\n}\n";
+        let (out, installed) = install(bundle);
+        assert_eq!(installed, vec!["jsonToConvex"]);
+        assert!(out.contains(
+            "function jsonToConvex2(value) {\n  const __kiln_r = globalThis.__kiln_fast.jsonToConvex(value);\n  if (__kiln_r !== void 0) return __kiln_r;\n  return value;"
+        ));
+        // The app's own function of the same name is left alone.
+        assert!(out.ends_with("// convex/app.ts\nfunction patchValueToJson(v) {\n}\n"));
+    }
+
+    #[test]
+    fn line_edits_apply_only_when_every_line_is_found() {
+        let body = "  check();\n  const resultStr = Convex.syscall(op, JSON.stringify(arg));\n  return JSON.parse(resultStr);\n}\n";
+        let bundle = format!(
+            "// node_modules/convex/dist/esm/server/impl/syscall.js\nfunction performSyscall(op, arg) {{\n{body}after();\n"
+        );
+        let (out, installed) = install(&bundle);
+        assert_eq!(installed, vec!["performSyscall"]);
+        assert!(out.contains("  check();\n  const resultStr = globalThis.__kiln_fast.syscall(op, arg);\n  return resultStr;\n}\nafter();\n"));
+
+        let changed = bundle.replace("return JSON.parse(resultStr);", "return JSON.parse(resultStr, reviver);");
+        let (out, installed) = install(&changed);
+        assert!(installed.is_empty());
+        assert_eq!(out, changed);
+    }
+
+    #[test]
+    fn context_factories_are_memoized_and_built_at_load() {
+        let bundle = "// node_modules/convex/dist/esm/server/impl/meta_impl.js\nfunction setupQueryMeta(visibility) {\n  return { visibility };\n}\n\
+                      // node_modules/convex/dist/esm/server/impl/database_impl.js\nfunction setupReader() {\n  return {};\n}\nexport { modules };\n";
+        let (out, installed) = install(bundle);
+        assert_eq!(installed, vec!["setupQueryMeta", "setupReader"]);
+        assert!(out.contains(
+            "var __kiln_memo_setupQueryMeta = new Map();\nfunction setupQueryMeta(visibility) {\n  const __kiln_m = __kiln_memo_setupQueryMeta.get(visibility);\n  if (__kiln_m !== void 0) return __kiln_m;\n  return { visibility };"
+        ));
+        assert!(out.contains("  const __kiln_m = __kiln_memo_setupReader.get(\"\");\n"));
+        assert!(out.ends_with(
+            "export { modules };\n// Kiln: the memoized context factories, built while the app is loaded.\n\
+             __kiln_memo_setupQueryMeta.set(\"public\", setupQueryMeta(\"public\"));\n\
+             __kiln_memo_setupQueryMeta.set(\"internal\", setupQueryMeta(\"internal\"));\n\
+             __kiln_memo_setupReader.set(\"\", setupReader());\n"
+        ));
+    }
+
+    #[test]
+    fn declarations_are_recognized_exactly() {
+        assert_eq!(declaration("function setupReader() {"), Some(("setupReader", "")));
+        assert_eq!(declaration("function convexToJson(value) {\n"), Some(("convexToJson", "value")));
+        assert_eq!(
+            declaration("async function performAsyncSyscall(op, arg) {\n"),
+            Some(("performAsyncSyscall", "op, arg"))
+        );
+        assert_eq!(declaration("  function convexToJson(value) {"), None);
+        assert_eq!(declaration("function f(a, {b}) {"), None);
+    }
+}
