@@ -40,6 +40,7 @@ fn runtime(dir: &Path, cache: &Path, meter_fuel: bool) -> Runtime {
         cache_dir: Some(cache.to_path_buf()),
         meter_fuel,
         perf_map: RuntimeConfig::from_env().perf_map,
+        worker_threads: RuntimeConfig::from_env().worker_threads,
         store: StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() },
         ..RuntimeConfig::default()
     })
