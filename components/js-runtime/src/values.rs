@@ -120,6 +120,18 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The Rust text of a JavaScript string or property name, or `None` (for the original to
+/// handle) when it is not Unicode: a lone surrogate has no UTF-8 form.
+fn text(ctx: &Ctx<'_>, converted: quickjs::Result<String>) -> Option<String> {
+    match converted {
+        Ok(s) => Some(s),
+        Err(_) => {
+            let _ = ctx.catch();
+            None
+        }
+    }
+}
+
 fn is_special(f: f64) -> bool {
     f.is_nan() || f.is_infinite() || (f == 0.0 && f.is_sign_negative())
 }
@@ -171,14 +183,13 @@ fn from_json<'js>(ctx: &Ctx<'js>, value: &Value<'js>, depth: usize) -> quickjs::
         Proto::Plain if !value.is_array() => {
             let keys = object.own_keys::<Atom>(Filter::default()).collect::<quickjs::Result<Vec<_>>>()?;
             if let [key] = keys.as_slice() {
-                let name = key.to_string()?;
+                let Some(name) = text(ctx, key.to_string()) else { return Ok(None) };
                 if name.starts_with('$') {
-                    let Some(text) =
-                        object.get::<_, Value>(key.clone())?.as_string().map(|s| s.to_string()).transpose()?
-                    else {
+                    let item: Value = object.get(key.clone())?;
+                    let Some(encoded) = item.as_string().and_then(|s| text(ctx, s.to_string())) else {
                         return Ok(None);
                     };
-                    let Some(bytes) = base64_decode(&text) else { return Ok(None) };
+                    let Some(bytes) = base64_decode(&encoded) else { return Ok(None) };
                     return Ok(match (name.as_str(), <[u8; 8]>::try_from(bytes.as_slice())) {
                         ("$bytes", _) => Some(ArrayBuffer::new_copy(ctx.clone(), &bytes)?.into_value()),
                         ("$integer", Ok(b)) => Some(Value::new_big_int(ctx.clone(), i64::from_le_bytes(b))?),
@@ -191,7 +202,7 @@ fn from_json<'js>(ctx: &Ctx<'js>, value: &Value<'js>, depth: usize) -> quickjs::
             }
             let out = Object::new(ctx.clone())?;
             for key in keys {
-                if !valid_field(&key.to_string()?) {
+                if !text(ctx, key.to_string()).is_some_and(|name| valid_field(&name)) {
                     return Ok(None);
                 }
                 let item: Value = object.get(key.clone())?;
@@ -267,11 +278,10 @@ fn to_json<'js>(
             let mut fields = Vec::new();
             for key in object.own_keys::<Atom>(Filter::default()) {
                 let key = key?;
-                let name = key.to_string()?;
                 // Non-ASCII names sort differently in UTF-16; the original decides.
-                if !name.is_ascii() {
+                let Some(name) = text(ctx, key.to_string()).filter(|name| name.is_ascii()) else {
                     return Ok(None);
-                }
+                };
                 fields.push((name, key));
             }
             fields.sort_by(|a, b| a.0.cmp(&b.0));
@@ -317,7 +327,7 @@ fn json_of(value: &Value<'_>, depth: usize) -> quickjs::Result<Option<Json>> {
             let f = if f == 0.0 { 0.0 } else { f };
             return Ok(Some(serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number)));
         }
-        Type::String => return Ok(value.as_string().map(|s| s.to_string()).transpose()?.map(Json::String)),
+        Type::String => return Ok(value.as_string().and_then(|s| text(value.ctx(), s.to_string())).map(Json::String)),
         Type::Array | Type::Object if depth < MAX_DEPTH => {}
         _ => return Ok(None),
     }
@@ -354,7 +364,8 @@ fn json_of(value: &Value<'_>, depth: usize) -> quickjs::Result<Option<Json>> {
             continue;
         }
         let Some(item) = json_of(&item, depth + 1)? else { return Ok(None) };
-        out.insert(key.to_string()?, item);
+        let Some(name) = text(value.ctx(), key.to_string()) else { return Ok(None) };
+        out.insert(name, item);
     }
     Ok(Some(Json::Object(out)))
 }

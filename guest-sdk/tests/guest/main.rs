@@ -504,6 +504,8 @@ fn the_fast_paths_change_no_result_and_no_error() {
         r#"{"b": 1, "a": 2, "10": 3, "9": 4}"#,
         r#"[1, 2.5, "x", true, null, {"$bytes": ""}]"#,
         r#"{"café": 1}"#,
+        r#"{"\ud800": 1}"#,
+        r#"{"a": "\udfff", "$bytes": "AA=="}"#,
     ] {
         compare(Query, "values:decode", &Value::Object(Object::from([("text".into(), Value::from(text))])));
     }
