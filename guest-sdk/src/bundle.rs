@@ -121,7 +121,13 @@ pub fn bundle(app_dir: &Path, fast_paths: bool) -> Result<Bundle> {
     let source = std::fs::read_to_string(&bundle_path).map_err(|e| SdkError::io(&bundle_path, e))?;
     let source = if fast_paths {
         let (source, installed) = crate::fast_paths::install(&source);
-        tracing::debug!(?installed, "fast paths");
+        match crate::fast_paths::convex_version(&source) {
+            _ if !installed.is_empty() => tracing::debug!(?installed, "fast paths"),
+            Some(version) => {
+                tracing::info!(version, "fast paths off: this version of the convex package is not verified")
+            }
+            None => tracing::info!("fast paths off: the bundle holds no convex package version"),
+        }
         // What runs is what `.kiln/bundle.js` shows.
         std::fs::write(&bundle_path, &source).map_err(|e| SdkError::io(&bundle_path, e))?;
         source

@@ -12,10 +12,10 @@
 //!   the app is loaded (the snapshot every call starts from) instead of in every call.
 //!   Sharing them is safe because every call runs in a fresh instance of that snapshot.
 //!
-//! Why edits and not replacements: the package's code stays the reference for every edge,
-//! error message and future version. An edit applies only where its function and every line
-//! it changes are found exactly; a bundle where they are not (another version of the package)
-//! is left as it is and simply runs slower.
+//! Why edits and not replacements: the package's code stays the reference for every edge and
+//! error message. Edits apply only to versions of the package whose edited functions were
+//! reviewed ([`VERIFIED_CONVEX_VERSIONS`]), and each only where its function and every line it
+//! changes are found exactly; any other bundle is left as it is and simply runs slower.
 
 /// How a function is changed.
 enum Edit {
@@ -104,10 +104,33 @@ fn replace_lines(body: &[&str], lines: &[(&str, &str)]) -> Option<String> {
     found.iter().all(|&n| n == 1).then_some(out)
 }
 
+/// Versions of the `convex` package whose edited functions were reviewed (the natives mirror
+/// their bodies, and their context factories read nothing of a call). Other versions are
+/// bundled unchanged: correct, only slower.
+pub const VERIFIED_CONVEX_VERSIONS: &[&str] = &["1.48."];
+
+/// The version of the `convex` package in a bundle (its `index.js` declares it).
+pub fn convex_version(bundle: &str) -> Option<&str> {
+    let mut module = "";
+    for line in bundle.lines() {
+        if let Some(path) = line.strip_prefix("// ") {
+            module = path;
+        } else if module.ends_with("convex/dist/esm/index.js") {
+            let rest = line.strip_prefix("var version = \"")?;
+            return rest.strip_suffix("\";");
+        }
+    }
+    None
+}
+
 /// Applies the edits to an esbuild bundle (esbuild heads each module's code with a `// path`
-/// line and may rename a function by appending digits). Returns the new source and the
-/// functions that were changed.
+/// line and may rename a function by appending digits) if its `convex` package is a verified
+/// version. Returns the new source and the functions that were changed.
 pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
+    let verified = convex_version(bundle).is_some_and(|v| VERIFIED_CONVEX_VERSIONS.iter().any(|p| v.starts_with(p)));
+    if !verified {
+        return (bundle.to_owned(), Vec::new());
+    }
     let mut out = String::with_capacity(bundle.len() + 1024);
     let mut module = "";
     let mut installed = Vec::new();
@@ -192,12 +215,24 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
 mod tests {
     use super::*;
 
+    const INDEX: &str = "// node_modules/convex/dist/esm/index.js\nvar version = \"1.48.0\";\n\n";
+
+    #[test]
+    fn only_verified_versions_of_the_package_are_edited() {
+        let body = "// node_modules/convex/dist/esm/values/value.js\nfunction jsonToConvex(value) {\n}\n";
+        assert_eq!(install(&format!("{INDEX}{body}")).1, vec!["jsonToConvex"]);
+        let other = format!("{}{body}", INDEX.replace("1.48.0", "1.49.0"));
+        assert_eq!(install(&other), (other.clone(), vec![]));
+        assert_eq!(install(body), (body.to_owned(), vec![]));
+        assert_eq!(convex_version(INDEX), Some("1.48.0"));
+    }
+
     #[test]
     fn prologues_go_into_the_package_functions_only() {
         let bundle = "// node_modules/convex/dist/esm/values/value.js\nfunction jsonToConvex2(value) {\n  return value;\n}\n\
                       function convexToJsonInternal(value, a, b, c) {\n}\n\
                       // convex/app.ts\nfunction patchValueToJson(v) {\n}\n";
-        let (out, installed) = install(bundle);
+        let (out, installed) = install(&format!("{INDEX}{bundle}"));
         assert_eq!(installed, vec!["jsonToConvex"]);
         assert!(out.contains(
             "function jsonToConvex2(value) {\n  const __kiln_r = globalThis.__kiln_fast.jsonToConvex(value);\n  if (__kiln_r !== void 0) return __kiln_r;\n  return value;"
@@ -210,7 +245,7 @@ mod tests {
     fn line_edits_apply_only_when_every_line_is_found() {
         let body = "  check();\n  const resultStr = Convex.syscall(op, JSON.stringify(arg));\n  return JSON.parse(resultStr);\n}\n";
         let bundle = format!(
-            "// node_modules/convex/dist/esm/server/impl/syscall.js\nfunction performSyscall(op, arg) {{\n{body}after();\n"
+            "{INDEX}// node_modules/convex/dist/esm/server/impl/syscall.js\nfunction performSyscall(op, arg) {{\n{body}after();\n"
         );
         let (out, installed) = install(&bundle);
         assert_eq!(installed, vec!["performSyscall"]);
@@ -226,7 +261,7 @@ mod tests {
     fn context_factories_are_memoized_and_built_at_load() {
         let bundle = "// node_modules/convex/dist/esm/server/impl/meta_impl.js\nfunction setupQueryMeta(visibility) {\n  return { visibility };\n}\n\
                       // node_modules/convex/dist/esm/server/impl/database_impl.js\nfunction setupReader() {\n  return {};\n}\nexport { modules };\n";
-        let (out, installed) = install(bundle);
+        let (out, installed) = install(&format!("{INDEX}{bundle}"));
         assert_eq!(installed, vec!["setupQueryMeta", "setupReader"]);
         assert!(out.contains(
             "var __kiln_memo_setupQueryMeta = new Map();\nfunction setupQueryMeta(visibility) {\n  const __kiln_m = __kiln_memo_setupQueryMeta.get(visibility);\n  if (__kiln_m !== void 0) return __kiln_m;\n  return { visibility };"
