@@ -16,8 +16,11 @@
 
 use std::cell::Cell;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use javy_plugin_api::javy::quickjs::object::{Filter, Property};
 use javy_plugin_api::javy::quickjs::{self, Array, ArrayBuffer, Atom, Ctx, Object, Type, Value, qjs};
+use kiln_value::json::base64_encode;
 use serde_json::Value as Json;
 
 /// Deeper values are left to the JavaScript original (which has no limit of its own).
@@ -82,46 +85,11 @@ fn valid_field(name: &str) -> bool {
         && name.bytes().all(|b| (32..127).contains(&b))
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding, as the package's `fromByteArray` writes it.
-fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            out.push(if i <= chunk.len() { B64[(n >> shift) as usize & 63] as char } else { '=' });
-        }
-    }
-    out
-}
-
-/// Decodes the canonical form of standard base64 (what `toByteArray` decodes the same way);
-/// `None` for anything else, which the package's own decoder then handles.
+/// Decodes canonical, padded standard base64, which the package's `toByteArray` decodes the
+/// same way; `None` for anything else (unpadded, URL-safe, stray bits), which the package's own
+/// decoder then handles.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let valid = bytes.iter().position(|&b| b == b'=').unwrap_or(bytes.len());
-    if bytes.len() - valid > 2 || bytes[valid..].iter().any(|&b| b != b'=') {
-        return None;
-    }
-    let sextet = |b: u8| B64.iter().position(|&c| c == b).map(|p| p as u32);
-    let mut out = Vec::with_capacity(valid * 3 / 4);
-    for chunk in bytes[..valid].chunks(4) {
-        let mut n = 0;
-        for (i, &b) in chunk.iter().enumerate() {
-            n |= sextet(b)? << (18 - 6 * i);
-        }
-        let produced = chunk.len() - 1;
-        for i in 0..produced {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    Some(out)
+    STANDARD.decode(text).ok()
 }
 
 /// The Rust text of a JavaScript string or property name, or `None` (for the original to
