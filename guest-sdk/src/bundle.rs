@@ -121,12 +121,11 @@ pub fn bundle(app_dir: &Path, fast_paths: bool) -> Result<Bundle> {
     let source = std::fs::read_to_string(&bundle_path).map_err(|e| SdkError::io(&bundle_path, e))?;
     let source = if fast_paths {
         let (source, installed) = crate::fast_paths::install(&source);
-        match crate::fast_paths::convex_version(&source) {
-            _ if !installed.is_empty() => tracing::debug!(?installed, "fast paths"),
-            Some(version) => {
-                tracing::info!(version, "fast paths off: this version of the convex package is not verified")
-            }
-            None => tracing::info!("fast paths off: the bundle holds no convex package version"),
+        if installed.is_empty() {
+            let version = crate::fast_paths::convex_version(&source).unwrap_or("unknown");
+            tracing::info!(version, "fast paths off: this version of the convex package is not verified");
+        } else {
+            tracing::debug!(?installed, "fast paths");
         }
         // What runs is what `.kiln/bundle.js` shows.
         std::fs::write(&bundle_path, &source).map_err(|e| SdkError::io(&bundle_path, e))?;

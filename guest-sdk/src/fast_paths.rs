@@ -33,7 +33,7 @@ const SYSCALL: &str = "convex/dist/esm/server/impl/syscall.js";
 
 const IMPL: &str = "convex/dist/esm/server/impl/";
 
-/// The edits: (module path suffix, function, edit).
+/// The edits: (part of the module path, function, edit).
 const TARGETS: &[(&str, &str, Edit)] = &[
     (VALUES, "jsonToConvex", Edit::Prologue("jsonToConvex")),
     (VALUES, "convexToJson", Edit::Prologue("convexToJson")),
