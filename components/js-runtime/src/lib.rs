@@ -11,6 +11,7 @@
 //! the world only through the WIT imports (`syscall.rs`); WASI calls made by libc are served by
 //! `kiln-wasi-stubs` from the same per-call state.
 
+mod heap_pages;
 mod syscall;
 mod values;
 
@@ -131,6 +132,7 @@ fn initialize(source: &[u8]) -> Result<(), String> {
         ctx.globals().set("__kiln_modules", modules).map_err(js)
     })?;
     RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
+    heap_pages::record_snapshot_heap();
     Ok(())
 }
 
@@ -184,6 +186,7 @@ fn kind_name(kind: FunctionKind) -> &'static str {
 
 /// Starts a call: per-call randomness and the WASI stubs' hooks.
 fn begin_call(kind: &'static str) {
+    heap_pages::touch();
     IN_CALL.with(|c| c.set(Some(kind)));
     RNG.with(|r| r.set(env::seed()));
     kiln_wasi_stubs::install(kiln_wasi_stubs::Hooks {

@@ -30,6 +30,13 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Minor page faults of the process so far (field 10 of `/proc/self/stat`).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    fields.split_whitespace().nth(7).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
 }
@@ -59,12 +66,13 @@ fn empty() -> Value {
 }
 
 /// Sequential latency and concurrent throughput of a trivial query.
-async fn trivial_queries(rt: &Arc<Runtime>, seconds: f64) -> (Vec<Duration>, f64, u64) {
+async fn trivial_queries(rt: &Arc<Runtime>, seconds: f64) -> (Vec<Duration>, f64, u64, f64) {
     queries(rt, "probe", "probe:empty", seconds).await
 }
 
-/// Sequential latency and concurrent throughput of calls of query `path` without arguments.
-async fn queries(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) -> (Vec<Duration>, f64, u64) {
+/// Sequential latency, concurrent throughput and minor page faults per call of calls of query
+/// `path` without arguments.
+async fn queries(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) -> (Vec<Duration>, f64, u64, f64) {
     let mut lat = Vec::new();
     let mut fuel = 0;
     for i in 0..3000 {
@@ -79,7 +87,7 @@ async fn queries(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) 
     lat.sort();
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
+    let (started, faults) = (Instant::now(), minor_faults());
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let (rt, stop, count) = (rt.clone(), stop.clone(), count.clone());
@@ -97,11 +105,13 @@ async fn queries(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) 
     for t in tasks {
         t.await.unwrap();
     }
-    (lat, count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(), fuel)
+    let n = count.load(Ordering::Relaxed) as f64;
+    (lat, n / started.elapsed().as_secs_f64(), fuel, (minor_faults() - faults) as f64 / n.max(1.0))
 }
 
-/// Transfers between random accounts from 64 concurrent callers; returns committed/s.
-async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f64) {
+/// Transfers between random accounts from 64 concurrent callers; returns committed/s,
+/// retries and minor page faults per transfer.
+async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f64, f64) {
     let mut ids = Vec::new();
     for i in 0..1000 {
         let a =
@@ -113,7 +123,7 @@ async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f
     let ids = Arc::new(ids);
     let stop = Arc::new(AtomicBool::new(false));
     let (count, retries) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let started = Instant::now();
+    let (started, faults) = (Instant::now(), minor_faults());
     let tasks: Vec<_> = (0..64u64)
         .map(|w| {
             let (rt, ids, stop, count, retries) =
@@ -149,7 +159,12 @@ async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f
         t.await.unwrap();
     }
     let n = count.load(Ordering::Relaxed) as f64;
-    (n / started.elapsed().as_secs_f64(), retries.load(Ordering::Relaxed) as f64 / n.max(1.0))
+    let per = |x: f64| x / n.max(1.0);
+    (
+        n / started.elapsed().as_secs_f64(),
+        per(retries.load(Ordering::Relaxed) as f64),
+        per((minor_faults() - faults) as f64),
+    )
 }
 
 /// One caller's transfer latency and fuel.
@@ -204,10 +219,10 @@ fn main() {
             let runtime = Arc::new(runtime(&work.path().join("profile"), &cache, true));
             runtime.open_deployment("probe", config(16)).await.unwrap();
             runtime.deploy("probe", &probe).await.unwrap();
-            let (lat, qps, fuel) = trivial_queries(&runtime, 10.0).await;
+            let (lat, qps, fuel, faults) = trivial_queries(&runtime, 10.0).await;
             report(
-                "trivial query (profile run): p50 / p99, queries/s, fuel",
-                format!("{:.1} us / {:.1} us, {qps:.0}, {fuel}", pct(&lat, 0.5), pct(&lat, 0.99)),
+                "trivial query (profile run): p50 / p99, queries/s, fuel, faults per call",
+                format!("{:.1} us / {:.1} us, {qps:.0}, {fuel}, {faults:.2}", pct(&lat, 0.5), pct(&lat, 0.99)),
             );
             return;
         }
@@ -216,8 +231,8 @@ fn main() {
             runtime.open_deployment("bank", config(64)).await.unwrap();
             runtime.deploy("bank", &bank).await.unwrap();
             single_transfer_profile(&runtime, "bank", "").await;
-            let (tps, retries) = transfers(&runtime, "bank", 10.0).await;
-            report("transfers/s (profile run)", format!("{tps:.0} ({retries:.3} retries)"));
+            let (tps, retries, faults) = transfers(&runtime, "bank", 10.0).await;
+            report("transfers/s (profile run)", format!("{tps:.0} ({retries:.3} retries, {faults:.2} faults each)"));
             return;
         }
         let mut results = Vec::new();
@@ -229,34 +244,34 @@ fn main() {
             runtime.deploy("probe", &probe).await.unwrap();
             runtime.open_deployment("bank", config(64)).await.unwrap();
             runtime.deploy("bank", &bank).await.unwrap();
-            let (lat, qps, fuel) = trivial_queries(&runtime, seconds).await;
+            let (lat, qps, fuel, qfaults) = trivial_queries(&runtime, seconds).await;
             if meter {
                 single_transfer_profile(&runtime, "bank", "").await;
             }
-            let (tps, retries) = transfers(&runtime, "bank", seconds).await;
-            results.push((meter, lat, qps, tps, retries, fuel));
+            let (tps, retries, tfaults) = transfers(&runtime, "bank", seconds).await;
+            results.push((meter, lat, qps, tps, retries, fuel, qfaults, tfaults));
             if meter {
                 // The same workloads in a guest compiled from Rust: what the platform costs
                 // without the JavaScript runtime.
                 runtime.open_deployment("rust", config(64)).await.unwrap();
                 runtime.deploy("rust", &kiln_guest_sdk::rust_guest_component().unwrap()).await.unwrap();
-                let (lat, qps, fuel) = queries(&runtime, "rust", "counter:get", seconds).await;
+                let (lat, qps, fuel, _) = queries(&runtime, "rust", "counter:get", seconds).await;
                 single_transfer_profile(&runtime, "rust", "Rust guest: ").await;
-                let (tps, retries) = transfers(&runtime, "rust", seconds).await;
+                let (tps, retries, _) = transfers(&runtime, "rust", seconds).await;
                 rust = Some((lat, qps, fuel, tps, retries));
             }
             runtime.shutdown().await;
         }
-        let (_, lat, qps, tps, retries, fuel) = &results[0];
-        let (_, lat_off, qps_off, tps_off, _, _) = &results[1];
+        let (_, lat, qps, tps, retries, fuel, qfaults, tfaults) = &results[0];
+        let (_, lat_off, qps_off, tps_off, ..) = &results[1];
         report(
             "trivial query, one caller: p50 / p99 per call (target p50 <= 50 us), fuel",
             format!("{:.1} us / {:.1} us, {fuel}", pct(lat, 0.5), pct(lat, 0.99)),
         );
-        report("trivial queries/s, 16 concurrent callers", format!("{qps:.0}"));
+        report("trivial queries/s, 16 concurrent callers", format!("{qps:.0} ({qfaults:.2} minor faults per call)"));
         report(
             "bank transfers committed/s, 64 callers, durable (target >= 15000)",
-            format!("{tps:.0} ({retries:.3} retries per transfer)"),
+            format!("{tps:.0} ({retries:.3} retries, {tfaults:.2} minor faults per transfer)"),
         );
         report(
             "fuel metering cost: p50 / queries/s / transfers/s, on vs off",

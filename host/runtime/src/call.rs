@@ -106,8 +106,24 @@ pub(crate) struct Executed {
     pub fuel: u64,
 }
 
+/// A spent call's store: dropping it resets its instance slot (copying back the pages the
+/// call wrote), which a caller can put off until it has replied.
+pub(crate) struct SpentStore {
+    _store: Store<HostCtx>,
+}
+
 /// Runs one call in a fresh instance (synchronously, on a worker thread).
-pub(crate) fn execute(mut ctx: HostCtx, args: Vec<u8>, request_id: &str, fuel: u64) -> Executed {
+pub(crate) fn execute(ctx: HostCtx, args: Vec<u8>, request_id: &str, fuel: u64) -> Executed {
+    execute_keeping_store(ctx, args, request_id, fuel).0
+}
+
+/// Like `execute`, but also hands back the spent store.
+pub(crate) fn execute_keeping_store(
+    mut ctx: HostCtx,
+    args: Vec<u8>,
+    request_id: &str,
+    fuel: u64,
+) -> (Executed, SpentStore) {
     let limits = ctx.deployment.config.read().limits.clone();
     let deadline = match ctx.kind {
         FunctionKind::Action => limits.action_deadline,
@@ -127,14 +143,14 @@ pub(crate) fn execute(mut ctx: HostCtx, args: Vec<u8>, request_id: &str, fuel: u
     let result =
         version.pre.instantiate(&mut store).and_then(|app| app.kiln_platform_guest().call_invoke(&mut store, &call));
     let used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-    let mut ctx = store.into_data();
+    let mut ctx = store.data_mut().take();
     if let Some(txn) = ctx.txn.as_mut() {
         for (_, id) in ctx.streams.drain() {
             let _ = txn.close_query(id);
         }
     }
     let outcome = classify(result, &ctx, &path, fuel, deadline);
-    Executed { ctx, outcome, fuel: used }
+    (Executed { ctx, outcome, fuel: used }, SpentStore { _store: store })
 }
 
 fn classify(
@@ -400,7 +416,7 @@ async fn run(
         let (job_args, request_id) = (args.clone(), req.request_id.clone());
         let mut ex = shared
             .pool
-            .run(move || execute(ctx, job_args, &request_id, fuel))
+            .run(move || execute_keeping_store(ctx, job_args, &request_id, fuel))
             .await
             .ok_or_else(|| CallError::new("ShuttingDown", "the runtime is shutting down"))?;
         out.fuel += ex.fuel + ex.ctx.nested_fuel;

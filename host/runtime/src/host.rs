@@ -132,6 +132,30 @@ fn not_supported(what: &str) -> WitError {
 }
 
 impl HostCtx {
+    /// Takes the call's state out, leaving an empty context with the same deployment (for a
+    /// store that outlives its call until its slot is reset).
+    pub(crate) fn take(&mut self) -> HostCtx {
+        let empty = HostCtx {
+            shared: self.shared.clone(),
+            deployment: self.deployment.clone(),
+            version: self.version.clone(),
+            kind: self.kind,
+            path: String::new(),
+            txn: None,
+            streams: HashMap::new(),
+            next_stream: 0,
+            identity: None,
+            seed: 0,
+            now_ms: 0.0,
+            logs: LogBuffer::new(0, 0),
+            fatal: None,
+            limiter: MemoryLimiter { cap: self.limiter.cap, exceeded: false },
+            depth: self.depth,
+            nested_fuel: 0,
+        };
+        std::mem::replace(self, empty)
+    }
+
     /// Converts a store error, remembering it if the guest must not be able to swallow it.
     fn store_error(&mut self, e: StoreError) -> WitError {
         let fatal = e.is_retryable()

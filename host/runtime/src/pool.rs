@@ -31,11 +31,15 @@ impl WorkerPool {
         Ok(WorkerPool { tx: Some(tx), threads })
     }
 
-    /// Runs `f` on a worker and waits for its result without blocking the reactor.
-    pub async fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    /// Runs `f` on a worker and waits for the first part of its result without blocking the
+    /// reactor; the second part is dropped on the worker after replying, so cleanup stays
+    /// off the caller's path.
+    pub async fn run<R: Send + 'static, D: 'static>(&self, f: impl FnOnce() -> (R, D) + Send + 'static) -> Option<R> {
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = reply.send(f());
+            let (result, cleanup) = f();
+            let _ = reply.send(result);
+            drop(cleanup);
         });
         self.tx.as_ref()?.send(job).ok()?;
         rx.await.ok()
