@@ -12,6 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The allocator the `kiln` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use kiln_runtime::{CallRequest, DeploymentConfig, FunctionKind, Limits, Runtime, RuntimeConfig};
 use kiln_store::StoreConfig;
 use kiln_value::{Object, Value, parse_convex_json};
