@@ -211,6 +211,12 @@ impl Runtime {
             kiln_sqlite::SqliteOptions::default(),
         )?;
         let store = Arc::new(Store::open(Arc::new(persistence), self.shared.config.store.clone()).await?);
+        // The host's tables exist before any call: created by a call's first write, they
+        // would change the catalog and fail reads at snapshots taken before it.
+        let mut tx = store.begin_system();
+        tx.create_system_table(metering::USAGE_TABLE)?;
+        tx.create_system_table(idempotency::TABLE)?;
+        tx.commit().await?;
         let metering = Metering::load(&store).await?;
         let deployment = Arc::new(Deployment {
             name: name.to_owned(),

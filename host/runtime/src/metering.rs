@@ -16,7 +16,7 @@ use crate::error::CallError;
 use crate::knobs::Quotas;
 
 /// The reserved table holding usage totals.
-const USAGE_TABLE: &str = "_kiln_usage";
+pub(crate) const USAGE_TABLE: &str = "_kiln_usage";
 /// Recent call records kept in memory.
 const RECENT_CALLS: usize = 1000;
 

@@ -435,6 +435,18 @@ impl Transaction {
         result
     }
 
+    /// Creates the host's system table `table` if it does not exist yet. Created up front, a
+    /// first write to it later does not change the catalog, which would fail reads at
+    /// earlier snapshots.
+    pub fn create_system_table(&mut self, table: &str) -> Result<()> {
+        self.check_writable()?;
+        check_system_table(table)?;
+        let was = std::mem::replace(&mut self.system, true);
+        self.ensure_table(table);
+        self.system = was;
+        Ok(())
+    }
+
     /// Writes (inserts or replaces) the host's record `key` of system table `table`.
     pub async fn put_record(&mut self, table: &str, key: InternalId, fields: Object) -> Result<()> {
         self.check_writable()?;

@@ -346,6 +346,21 @@ async fn mutations_with_one_idempotency_key_apply_once_and_queries_run_at_a_give
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisting_usage_for_the_first_time_leaves_earlier_snapshots_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    deploy(&rt, "d", "chat", config()).await;
+    // The deployment's first call; its usage is persisted (every 100 ms here) only after it.
+    let sent = call(&rt, "d", Mutation, "messages:send", r#"{"author": "ann", "body": "hello"}"#).await;
+    ok(&sent);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut at_send = CallRequest::new(Query, "messages:list", args("{}"));
+    at_send.snapshot = sent.commit_ts;
+    let Value::Array(messages) = ok(&rt.call("d", at_send).await) else { panic!("a list") };
+    assert_eq!(messages.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metering_sums_persists_and_quotas_stop_calls() {
     let dir = tempfile::tempdir().unwrap();
     let mut fuel_seen = 0;
