@@ -46,12 +46,13 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn runtime(dir: &Path, cache: &Path, meter_fuel: bool) -> Runtime {
+    let knobs = RuntimeConfig::from_env();
     Runtime::new(RuntimeConfig {
         data_dir: dir.to_path_buf(),
         cache_dir: Some(cache.to_path_buf()),
         meter_fuel,
-        perf_map: RuntimeConfig::from_env().perf_map,
-        worker_threads: RuntimeConfig::from_env().worker_threads,
+        perf_map: knobs.perf_map,
+        worker_threads: knobs.worker_threads,
         store: StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() },
         ..RuntimeConfig::default()
     })
