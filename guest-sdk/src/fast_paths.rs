@@ -11,6 +11,10 @@
 //!   memoized: they build only stateless objects of closures, so those are built once while
 //!   the app is loaded (the snapshot every call starts from) instead of in every call.
 //!   Sharing them is safe because every call runs in a fresh instance of that snapshot.
+//!   The memoized reader and writer are handed to the runtime's `__kiln_fast.reader`/`writer`,
+//!   which put native `get`, `insert` and `patch` in front of the package's methods (without
+//!   their three async layers); those defer to the package's method for anything they do not
+//!   take.
 //!
 //! Why edits and not replacements: the package's code stays the reference for every edge and
 //! error message. Edits apply only to versions of the package whose edited functions were
@@ -24,8 +28,8 @@ enum Edit {
     /// Whole-line replacements inside the body, given the exact parameter list.
     Lines { params: &'static str, lines: &'static [(&'static str, &'static str)] },
     /// Results memoized by the single argument (if any), computed for these arguments while
-    /// the app is loaded.
-    Memo(&'static [&'static str]),
+    /// the app is loaded and passed through this function of `__kiln_fast`, if any.
+    Memo(&'static [&'static str], Option<&'static str>),
 }
 
 const VALUES: &str = "convex/dist/esm/values/value.js";
@@ -66,15 +70,15 @@ const TARGETS: &[(&str, &str, Edit)] = &[
             ],
         },
     ),
-    (IMPL, "setupReader", Edit::Memo(&[])),
-    (IMPL, "setupWriter", Edit::Memo(&[])),
-    (IMPL, "setupAuth", Edit::Memo(&[""])),
-    (IMPL, "setupMutationAuth", Edit::Memo(&[""])),
-    (IMPL, "setupStorageReader", Edit::Memo(&[""])),
-    (IMPL, "setupStorageWriter", Edit::Memo(&[""])),
-    (IMPL, "setupMutationScheduler", Edit::Memo(&[])),
-    (IMPL, "setupQueryMeta", Edit::Memo(&["public", "internal"])),
-    (IMPL, "setupMutationMeta", Edit::Memo(&["public", "internal"])),
+    (IMPL, "setupReader", Edit::Memo(&[], Some("reader"))),
+    (IMPL, "setupWriter", Edit::Memo(&[], Some("writer"))),
+    (IMPL, "setupAuth", Edit::Memo(&[""], None)),
+    (IMPL, "setupMutationAuth", Edit::Memo(&[""], None)),
+    (IMPL, "setupStorageReader", Edit::Memo(&[""], None)),
+    (IMPL, "setupStorageWriter", Edit::Memo(&[""], None)),
+    (IMPL, "setupMutationScheduler", Edit::Memo(&[], None)),
+    (IMPL, "setupQueryMeta", Edit::Memo(&["public", "internal"], None)),
+    (IMPL, "setupMutationMeta", Edit::Memo(&["public", "internal"], None)),
 ];
 
 /// The name and parameter list of a top-level `[async ]function NAME(PARAMS) {` line.
@@ -158,9 +162,13 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
             out.push_str(line);
             continue;
         };
-        if let Edit::Memo(keys) = edit
+        if let Edit::Memo(keys, finish) = edit
             && !params.contains(',')
         {
+            let made = |call: String| match finish {
+                Some(f) => format!("globalThis.__kiln_fast.{f}({call})"),
+                None => call,
+            };
             let memo = format!("__kiln_memo_{name}");
             let key = if params.is_empty() { "\"\"" } else { params };
             out.push_str(&format!("var {memo} = new Map();\n{line}"));
@@ -168,10 +176,10 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
                 "  const __kiln_m = {memo}.get({key});\n  if (__kiln_m !== void 0) return __kiln_m;\n"
             ));
             if keys.is_empty() {
-                warm_up.push_str(&format!("{memo}.set(\"\", {name}());\n"));
+                warm_up.push_str(&format!("{memo}.set(\"\", {});\n", made(format!("{name}()"))));
             }
             for k in *keys {
-                warm_up.push_str(&format!("{memo}.set(\"{k}\", {name}(\"{k}\"));\n"));
+                warm_up.push_str(&format!("{memo}.set(\"{k}\", {});\n", made(format!("{name}(\"{k}\")"))));
             }
             installed.push(function);
             continue;
@@ -271,7 +279,7 @@ mod tests {
             "export { modules };\n// Kiln: the memoized context factories, built while the app is loaded.\n\
              __kiln_memo_setupQueryMeta.set(\"public\", setupQueryMeta(\"public\"));\n\
              __kiln_memo_setupQueryMeta.set(\"internal\", setupQueryMeta(\"internal\"));\n\
-             __kiln_memo_setupReader.set(\"\", setupReader());\n"
+             __kiln_memo_setupReader.set(\"\", globalThis.__kiln_fast.reader(setupReader()));\n"
         ));
     }
 

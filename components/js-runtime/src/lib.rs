@@ -143,6 +143,9 @@ fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
     native.set("convexToJson", Func::from(values::convex_to_json))?;
     native.set("patchValueToJson", Func::from(values::patch_value_to_json))?;
     native.set("syscallValue", Func::from(syscall::call_value))?;
+    native.set("dbGet", Func::from(syscall::db_get))?;
+    native.set("dbInsert", Func::from(syscall::db_insert))?;
+    native.set("dbPatch", Func::from(syscall::db_patch))?;
     native.set("syscall", Func::from(|op: String, args: String| syscall::call(&op, &args)))?;
     native.set(
         "log",

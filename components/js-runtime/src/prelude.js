@@ -43,15 +43,84 @@
     }),
   );
 
+  // Fast `db.get`, `db.insert` and `db.patch`, put on the package's memoized reader and
+  // writer: one native call and one settled promise, where the package's methods take three
+  // async frames and three awaits (each `await` costs QuickJS as much as a small syscall).
+  // A native answers `undefined`, before any syscall, for what it leaves to the package's own
+  // method; a failed syscall rejects as the package's `performAsyncSyscall` rethrows it (the
+  // host's database errors carry no `data`, so none becomes a `ConvexError`).
+  const fastDb = new WeakSet();
+  const dbFailure = (e) => rejected(e.data !== undefined ? e : new Error(e.message));
+  const fast = (f) => {
+    fastDb.add(f);
+    return f;
+  };
+  const fastGet = (original) =>
+    fast({
+      get(arg0, arg1) {
+        const id = arg1 !== void 0 ? arg1 : arg0;
+        const table = arg1 !== void 0 ? arg0 : void 0;
+        if (typeof id === "string") {
+          let doc;
+          try {
+            doc = native.dbGet(table, id);
+          } catch (e) {
+            return dbFailure(e);
+          }
+          if (doc !== void 0) return resolved(doc);
+        }
+        return original(arg0, arg1);
+      },
+    }.get);
+  const fastInsert = (original) =>
+    fast({
+      insert(table, value) {
+        let id;
+        try {
+          id = native.dbInsert(table, value);
+        } catch (e) {
+          return dbFailure(e);
+        }
+        return id !== void 0 ? resolved(id) : original(table, value);
+      },
+    }.insert);
+  const fastPatch = (original) =>
+    fast({
+      patch(arg0, arg1, arg2) {
+        const id = arg2 !== void 0 ? arg1 : arg0;
+        const value = arg2 !== void 0 ? arg2 : arg1;
+        let done;
+        try {
+          done = native.dbPatch(id, value);
+        } catch (e) {
+          return dbFailure(e);
+        }
+        return done === true ? resolved(undefined) : original(arg0, arg1, arg2);
+      },
+    }.patch);
+  const reader = (r) => {
+    if (!fastDb.has(r.get)) r.get = fastGet(r.get);
+    return r;
+  };
+  const writer = (w) => {
+    reader(w);
+    if (!fastDb.has(w.insert)) w.insert = fastInsert(w.insert);
+    if (!fastDb.has(w.patch)) w.patch = fastPatch(w.patch);
+    return w;
+  };
+
   // Natives the SDK points parts of the `convex` package at when it bundles: value codecs,
   // called first by the package's `jsonToConvex`, `convexToJson` and `patchValueToJson`
-  // (`undefined` means "run the original"), and a syscall taking and returning values.
+  // (`undefined` means "run the original"), a syscall taking and returning values, and the
+  // fast database methods above for the package's `setupReader` and `setupWriter`.
   Object.defineProperty(globalThis, "__kiln_fast", {
     value: Object.freeze({
       jsonToConvex: native.jsonToConvex,
       convexToJson: native.convexToJson,
       patchValueToJson: native.patchValueToJson,
       syscall: native.syscallValue,
+      reader,
+      writer,
     }),
     writable: false,
     configurable: false,

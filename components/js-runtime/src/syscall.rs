@@ -26,11 +26,17 @@ pub(crate) fn close_streams() {
     STREAMS.with(|s| s.borrow_mut().1.clear());
 }
 
+/// Refuses syscalls while the app is being loaded (there is no call to serve them).
+fn in_call(op: &str) -> Result<(), Error> {
+    match call_kind() {
+        Some(_) => Ok(()),
+        None => Err(error("NotAvailable", format!("{op} cannot be called while the app is being loaded"))),
+    }
+}
+
 /// Runs one syscall with parsed arguments.
 fn run(op: &str, args: &Json) -> Result<Json, Error> {
-    if call_kind().is_none() {
-        return Err(error("NotAvailable", format!("{op} cannot be called while the app is being loaded")));
-    }
+    in_call(op)?;
     dispatch(op, args)
 }
 
@@ -73,15 +79,88 @@ pub(crate) fn call_value<'js>(ctx: Ctx<'js>, op: String, arg: JsValue<'js>) -> q
     };
     match args.and_then(|args| run(&op, &args)) {
         Ok(reply) => values::js_of_json(&ctx, &reply),
-        Err(e) => {
-            let exception = Exception::from_message(ctx.clone(), &e.message)?;
-            let object = exception.as_object();
-            object.set("code", e.code.as_str())?;
-            if let Some(data) = error_data(&e) {
-                object.set("data", values::js_of_json(&ctx, &data)?)?;
-            }
-            Err(ctx.throw(exception.into_value()))
+        Err(e) => Err(throw(&ctx, &e)?),
+    }
+}
+
+/// Throws a syscall's failure as the prelude's `Convex.syscall` does: an `Error` with `code`
+/// (and `data`).
+fn throw(ctx: &Ctx<'_>, e: &Error) -> quickjs::Result<quickjs::Error> {
+    let exception = Exception::from_message(ctx.clone(), &e.message)?;
+    let object = exception.as_object();
+    object.set("code", e.code.as_str())?;
+    if let Some(data) = error_data(e) {
+        object.set("data", values::js_of_json(ctx, &data)?)?;
+    }
+    Ok(ctx.throw(exception.into_value()))
+}
+
+/// The Rust text of a JavaScript string, or `None`.
+fn string_of(ctx: &Ctx<'_>, value: &JsValue<'_>) -> Option<String> {
+    value.as_string().and_then(|s| values::text(ctx, s.to_string()))
+}
+
+// The natives behind the prelude's fast `db.get`, `db.insert` and `db.patch`. Each does what
+// the package's method does through `1.0/get`, `1.0/insert` or `1.0/shallowMerge`, with the
+// values converted directly, and answers `undefined` *before* any syscall for whatever it does
+// not take, so that the package's own method then runs (and reports its own error).
+
+/// `__kiln_fast.dbGet(table, id)`: the document or null (`undefined`: run the package's `get`,
+/// which is only a read).
+pub(crate) fn db_get<'js>(ctx: Ctx<'js>, table: JsValue<'js>, id: JsValue<'js>) -> quickjs::Result<JsValue<'js>> {
+    let defer = JsValue::new_undefined(ctx.clone());
+    let Some(id) = string_of(&ctx, &id) else { return Ok(defer) };
+    let table = match table.is_undefined() {
+        true => None,
+        false => match string_of(&ctx, &table) {
+            Some(t) => Some(t),
+            None => return Ok(defer),
+        },
+    };
+    match get_document("1.0/get", &id, table.as_deref(), false) {
+        Ok(Some(doc)) => Ok(values::js_of_value(&ctx, &doc)?.unwrap_or(defer)),
+        Ok(None) => Ok(JsValue::new_null(ctx)),
+        Err(e) => Err(throw(&ctx, &e)?),
+    }
+}
+
+/// `__kiln_fast.dbInsert(table, value)`: the new document's id.
+pub(crate) fn db_insert<'js>(ctx: Ctx<'js>, table: JsValue<'js>, value: JsValue<'js>) -> quickjs::Result<JsValue<'js>> {
+    let defer = JsValue::new_undefined(ctx.clone());
+    // The package refuses system tables itself.
+    let Some(table) = string_of(&ctx, &table).filter(|t| !t.starts_with('_')) else { return Ok(defer) };
+    let Some(value) = values::value_of_js(&ctx, &value)? else { return Ok(defer) };
+    match in_call("1.0/insert").and_then(|()| db::insert(&table, &to_msgpack(&value))) {
+        Ok(id) => Ok(quickjs::String::from_str(ctx, &id)?.into_value()),
+        Err(e) => Err(throw(&ctx, &e)?),
+    }
+}
+
+/// `__kiln_fast.dbPatch(id, value)`: `true` once the patch is applied.
+pub(crate) fn db_patch<'js>(ctx: Ctx<'js>, id: JsValue<'js>, value: JsValue<'js>) -> quickjs::Result<JsValue<'js>> {
+    let defer = JsValue::new_undefined(ctx.clone());
+    let Some(id) = string_of(&ctx, &id) else { return Ok(defer) };
+    let Some((set, remove)) = values::patch_of_js(&ctx, &value)? else { return Ok(defer) };
+    match in_call("1.0/shallowMerge").and_then(|()| db::patch(&id, &to_msgpack(&Value::Object(set)), &remove)) {
+        Ok(()) => Ok(JsValue::new_bool(ctx, true)),
+        Err(e) => Err(throw(&ctx, &e)?),
+    }
+}
+
+/// `1.0/get`: a document by id (and table, if given).
+fn get_document(op: &str, id: &str, table: Option<&str>, is_system: bool) -> Result<Option<Value>, Error> {
+    in_call(op)?;
+    if is_system {
+        return Err(error(
+            "UnsupportedSyscall",
+            format!("{op}: system tables are not supported by this version of Kiln"),
+        ));
+    }
+    match db::get(id, table)? {
+        Some(doc) => {
+            from_msgpack(&doc).map(Some).map_err(|e| error(e.code(), format!("invalid value from the host: {e}")))
         }
+        None => Ok(None),
     }
 }
 
@@ -122,15 +201,10 @@ fn function_name(op: &str, args: &Json) -> Result<String, Error> {
 fn dispatch(op: &str, args: &Json) -> Result<Json, Error> {
     Ok(match op {
         "1.0/get" => {
-            if args.get("isSystem").and_then(Json::as_bool) == Some(true) {
-                return Err(error(
-                    "UnsupportedSyscall",
-                    format!("{op}: system tables are not supported by this version of Kiln"),
-                ));
-            }
-            let id = str_arg(op, args, "id")?;
-            match db::get(id, opt_str_arg(args, "table").as_deref())? {
-                Some(doc) => json_of(&doc)?,
+            let is_system = args.get("isSystem").and_then(Json::as_bool) == Some(true);
+            let id = if is_system { "" } else { str_arg(op, args, "id")? };
+            match get_document(op, id, opt_str_arg(args, "table").as_deref(), is_system)? {
+                Some(doc) => to_convex_json(&doc),
                 None => Json::Null,
             }
         }

@@ -94,7 +94,7 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 
 /// The Rust text of a JavaScript string or property name, or `None` (for the original to
 /// handle) when it is not Unicode: a lone surrogate has no UTF-8 form.
-fn text(ctx: &Ctx<'_>, converted: quickjs::Result<String>) -> Option<String> {
+pub(crate) fn text(ctx: &Ctx<'_>, converted: quickjs::Result<String>) -> Option<String> {
     match converted {
         Ok(s) => Some(s),
         Err(_) => {
@@ -214,19 +214,9 @@ fn to_json<'js>(
             }));
         }
         Type::BigInt => {
-            let mut n = 0i64;
-            // SAFETY: `value` is a live BigInt of this context; JS_ToBigInt64 wraps modulo
-            // 2^64, so the result is compared with the original to refuse what does not fit.
-            let exact = unsafe {
-                qjs::JS_ToBigInt64(ctx.as_raw().as_ptr(), &mut n, value.as_raw()) == 0 && {
-                    let back = Value::new_big_int(ctx.clone(), n)?;
-                    qjs::JS_IsStrictEqual(ctx.as_raw().as_ptr(), value.as_raw(), back.as_raw())
-                }
-            };
-            return Ok(if exact {
-                Some(wrap(ctx, "$integer", string(ctx, &base64_encode(&n.to_le_bytes()))?)?)
-            } else {
-                None
+            return Ok(match int64_of(ctx, value)? {
+                Some(n) => Some(wrap(ctx, "$integer", string(ctx, &base64_encode(&n.to_le_bytes()))?)?),
+                None => None,
             });
         }
         Type::Array | Type::Object if depth < MAX_DEPTH => {}
@@ -236,13 +226,8 @@ fn to_json<'js>(
     match proto_of(object) {
         // SAFETY: JS_IsArrayBuffer only reads the object's class.
         Proto::ArrayBuffer if unsafe { qjs::JS_IsArrayBuffer(value.as_raw()) } => {
-            let Some(buffer) = ArrayBuffer::from_object(object.clone()) else {
-                // Detached: the original throws its own error.
-                let _ = ctx.catch();
-                return Ok(None);
-            };
-            let Some(bytes) = buffer.as_bytes() else { return Ok(None) };
-            Ok(Some(wrap(ctx, "$bytes", string(ctx, &base64_encode(bytes))?)?))
+            let Some(bytes) = buffer_bytes(ctx, object) else { return Ok(None) };
+            Ok(Some(wrap(ctx, "$bytes", string(ctx, &base64_encode(&bytes))?)?))
         }
         Proto::Array if value.is_array() => map_items(ctx, object, |item| to_json(ctx, item, depth + 1, false)),
         // SAFETY: as above.
@@ -279,6 +264,194 @@ fn to_json<'js>(
         }
         _ => Ok(None),
     }
+}
+
+/// The bytes of an ArrayBuffer, or `None` if it is detached (the original throws its own
+/// error).
+fn buffer_bytes(ctx: &Ctx<'_>, object: &Object<'_>) -> Option<Vec<u8>> {
+    let Some(buffer) = ArrayBuffer::from_object(object.clone()) else {
+        let _ = ctx.catch();
+        return None;
+    };
+    buffer.as_bytes().map(<[u8]>::to_vec)
+}
+
+/// The `i64` of a BigInt, or `None` if it does not fit.
+fn int64_of(ctx: &Ctx<'_>, value: &Value<'_>) -> quickjs::Result<Option<i64>> {
+    let mut n = 0i64;
+    // SAFETY: `value` is a live BigInt of this context; JS_ToBigInt64 wraps modulo 2^64, so
+    // the result is compared with the original to refuse what does not fit.
+    let exact = unsafe {
+        qjs::JS_ToBigInt64(ctx.as_raw().as_ptr(), &mut n, value.as_raw()) == 0 && {
+            let back = Value::new_big_int(ctx.clone(), n)?;
+            qjs::JS_IsStrictEqual(ctx.as_raw().as_ptr(), value.as_raw(), back.as_raw())
+        }
+    };
+    Ok(exact.then_some(n))
+}
+
+/// A field name that both `convexToJson` and the host's decoder accept.
+fn storable_field(name: &str) -> bool {
+    valid_field(name) && kiln_value::validation::check_field_name(name).is_ok()
+}
+
+/// The value the host decodes from the Convex JSON that `convexToJson(value)` writes, made
+/// directly (no JavaScript objects in between), for the fast `db.insert` and `db.patch`.
+/// `None` wherever the package's code or the host's decoder would refuse or defer (and close
+/// to the depth limit), so that the caller runs the package's own code and its own error.
+pub(crate) fn value_of_js(ctx: &Ctx<'_>, value: &Value<'_>) -> quickjs::Result<Option<kiln_value::Value>> {
+    stored(ctx, value, 0)
+}
+
+fn stored(ctx: &Ctx<'_>, value: &Value<'_>, depth: usize) -> quickjs::Result<Option<kiln_value::Value>> {
+    use kiln_value::Value as V;
+    // The decoder refuses anything nested deeper than its limit, scalars included.
+    if depth + 1 >= MAX_DEPTH.min(kiln_value::limits::MAX_VALUE_DEPTH) {
+        return Ok(None);
+    }
+    Ok(Some(match value.type_of() {
+        Type::Null => V::Null,
+        Type::Bool => V::Boolean(value.as_bool().unwrap_or(false)),
+        Type::Int => V::Float64(f64::from(value.as_int().unwrap_or(0))),
+        // Special floats travel as `$float` and come back bit for bit.
+        Type::Float => V::Float64(value.as_float().unwrap_or(f64::NAN)),
+        Type::String => match value.as_string().and_then(|s| text(ctx, s.to_string())) {
+            Some(s) => V::String(s),
+            None => return Ok(None),
+        },
+        Type::BigInt => match int64_of(ctx, value)? {
+            Some(n) => V::Int64(n),
+            None => return Ok(None),
+        },
+        Type::Array | Type::Object => {
+            let Some(object) = value.as_object() else { return Ok(None) };
+            match proto_of(object) {
+                // SAFETY: JS_IsArrayBuffer only reads the object's class.
+                Proto::ArrayBuffer if unsafe { qjs::JS_IsArrayBuffer(value.as_raw()) } => {
+                    match buffer_bytes(ctx, object) {
+                        Some(bytes) => V::Bytes(bytes),
+                        None => return Ok(None),
+                    }
+                }
+                Proto::Array if value.is_array() => {
+                    let Some(array) = object.clone().into_array() else { return Ok(None) };
+                    let mut items = Vec::with_capacity(array.len());
+                    for i in 0..array.len() {
+                        let item: Value = array.get(i)?;
+                        if item.is_undefined() {
+                            return Ok(None);
+                        }
+                        let Some(item) = stored(ctx, &item, depth + 1)? else { return Ok(None) };
+                        items.push(item);
+                    }
+                    V::Array(items)
+                }
+                // SAFETY: as above.
+                Proto::Plain if !value.is_array() && !unsafe { qjs::JS_IsArrayBuffer(value.as_raw()) } => {
+                    // `convexToJson` leaves out an undefined field.
+                    match fields_of(ctx, object, depth)? {
+                        Some((fields, _)) => V::Object(fields),
+                        None => return Ok(None),
+                    }
+                }
+                _ => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// The fields of a plain object and the names of its `undefined` fields, or `None` (see
+/// [`value_of_js`]).
+#[allow(clippy::type_complexity)]
+fn fields_of(
+    ctx: &Ctx<'_>,
+    object: &Object<'_>,
+    depth: usize,
+) -> quickjs::Result<Option<(kiln_value::Object, Vec<String>)>> {
+    let mut fields = kiln_value::Object::new();
+    let mut undefined = Vec::new();
+    for key in object.own_keys::<Atom>(Filter::default()) {
+        let key = key?;
+        // Non-ASCII names sort differently in UTF-16; the package decides.
+        let Some(name) = text(ctx, key.to_string()).filter(|name| name.is_ascii()) else { return Ok(None) };
+        let item: Value = object.get(key)?;
+        if item.is_undefined() {
+            undefined.push(name);
+            continue;
+        }
+        if !storable_field(&name) {
+            return Ok(None);
+        }
+        let Some(item) = stored(ctx, &item, depth + 1)? else { return Ok(None) };
+        fields.insert(name, item);
+    }
+    Ok(Some((fields, undefined)))
+}
+
+/// The fields a patch sets and the fields it removes (a top-level `undefined`), as the host
+/// decodes them from `patchValueToJson(value)`, or `None` (see [`value_of_js`]); the value
+/// must be a plain object.
+#[allow(clippy::type_complexity)]
+pub(crate) fn patch_of_js(
+    ctx: &Ctx<'_>,
+    value: &Value<'_>,
+) -> quickjs::Result<Option<(kiln_value::Object, Vec<String>)>> {
+    let Some(object) = value.as_object() else { return Ok(None) };
+    // SAFETY: JS_IsArrayBuffer only reads the object's class.
+    if value.is_array() || proto_of(object) != Proto::Plain || unsafe { qjs::JS_IsArrayBuffer(value.as_raw()) } {
+        return Ok(None);
+    }
+    let Some((set, removed)) = fields_of(ctx, object, 0)? else { return Ok(None) };
+    Ok(removed.iter().all(|name| storable_field(name)).then_some((set, removed)))
+}
+
+/// What `jsonToConvex` makes of the Convex JSON of a value from the host, made directly, for
+/// the fast `db.get`; `None` where `jsonToConvex`'s native would defer to the package (a field
+/// name it does not take, the depth limit), so that the caller runs the package's own code.
+pub(crate) fn js_of_value<'js>(ctx: &Ctx<'js>, value: &kiln_value::Value) -> quickjs::Result<Option<Value<'js>>> {
+    js_of(ctx, value, 0)
+}
+
+fn js_of<'js>(ctx: &Ctx<'js>, value: &kiln_value::Value, depth: usize) -> quickjs::Result<Option<Value<'js>>> {
+    use kiln_value::Value as V;
+    // In Convex JSON these are objects, which the decoder takes only above its depth limit.
+    let composite = match value {
+        V::Int64(_) | V::Bytes(_) | V::Array(_) | V::Object(_) => true,
+        V::Float64(f) => is_special(*f),
+        _ => false,
+    };
+    if composite && depth >= MAX_DEPTH {
+        return Ok(None);
+    }
+    Ok(Some(match value {
+        V::Null => Value::new_null(ctx.clone()),
+        V::Boolean(b) => Value::new_bool(ctx.clone(), *b),
+        V::Int64(n) => Value::new_big_int(ctx.clone(), *n)?,
+        V::Float64(f) if is_special(*f) => Value::new_float(ctx.clone(), *f),
+        V::Float64(f) => Value::new_number(ctx.clone(), *f),
+        V::String(s) => string(ctx, s)?,
+        V::Bytes(b) => ArrayBuffer::new_copy(ctx.clone(), b)?.into_value(),
+        V::Array(items) => {
+            let out = Array::new(ctx.clone())?;
+            for (i, item) in items.iter().enumerate() {
+                let Some(item) = js_of(ctx, item, depth + 1)? else { return Ok(None) };
+                out.set(i, item)?;
+            }
+            out.into_value()
+        }
+        V::Object(fields) => {
+            let out = Object::new(ctx.clone())?;
+            for (name, item) in fields {
+                if !valid_field(name) {
+                    return Ok(None);
+                }
+                let Some(item) = js_of(ctx, item, depth + 1)? else { return Ok(None) };
+                out.set(name.as_str(), item)?;
+            }
+            out.into_value()
+        }
+    }))
 }
 
 /// The JSON that `JSON.stringify(value)` writes, for plain objects, arrays and primitives;

@@ -379,30 +379,45 @@ fn bundling_errors_name_the_file_and_line() {
     assert_eq!(err.code(), "NotAnApp");
 }
 
-/// The fuel an empty query consumes is a regression baseline: a change of more than 5% to
-/// the runtime's per-call cost fails here. `KILN_UPDATE_BASELINES=1` records a new baseline.
+/// The fuel of an empty query and of the bank's transfer (two reads, two patches, an insert)
+/// are regression baselines: a change of more than 5% to the runtime's per-call or per-access
+/// cost fails here. `KILN_UPDATE_BASELINES=1` records new baselines.
 #[test]
-fn fuel_of_an_empty_query_matches_the_baseline() {
+fn fuel_of_an_empty_query_and_a_transfer_matches_the_baseline() {
     let mut config = wasmtime::Config::new();
     config.consume_fuel(true);
     let metered = Engine::new(&config).unwrap();
-    let component = load_component(&metered, &built("fixtures/probe").component, Some(&cache_dir())).unwrap();
-    let h = Harness::new(&metered, component);
-    let fuel = h.fuel_of(Query, "probe:empty", &args("{}"));
-    assert_eq!(fuel, h.fuel_of(Query, "probe:empty", &args("{}")), "fuel is deterministic");
+    let load =
+        |app| Harness::new(&metered, load_component(&metered, &built(app).component, Some(&cache_dir())).unwrap());
+    let (probe, bank) = (load("fixtures/probe"), load("bank"));
+    let empty = probe.fuel_of(Query, "probe:empty", &args("{}"));
+    assert_eq!(empty, probe.fuel_of(Query, "probe:empty", &args("{}")), "fuel is deterministic");
+    let open = |owner: &str| match bank
+        .call(Mutation, "accounts:open", &args(&format!(r#"{{"owner": "{owner}", "balance": {}}}"#, int(100))))
+        .value()
+    {
+        Value::String(id) => id,
+        other => panic!("open returned {other:?}"),
+    };
+    let (a, b) = (open("ann"), open("bob"));
+    let transfer = args(&format!(r#"{{"from": "{a}", "to": "{b}", "amount": {}}}"#, int(1)));
+    let moved = bank.fuel_of(Mutation, "accounts:transfer", &transfer);
+    let measured = serde_json::json!({ "probe:empty": empty, "bank:transfer": moved });
     let path = repo().join("guest-sdk/tests/fuel-baseline.json");
     if std::env::var_os("KILN_UPDATE_BASELINES").is_some() {
-        std::fs::write(&path, format!("{}\n", serde_json::json!({ "probe:empty": fuel }))).unwrap();
+        std::fs::write(&path, format!("{measured}\n")).unwrap();
         return;
     }
     let baseline: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let expected = baseline["probe:empty"].as_u64().unwrap();
-    let drift = (fuel as f64 - expected as f64) / expected as f64;
-    assert!(
-        drift.abs() <= 0.05,
-        "an empty query consumed {fuel} fuel, {:+.1}% from the baseline {expected}",
-        drift * 100.0
-    );
+    for (name, fuel) in measured.as_object().unwrap() {
+        let (fuel, expected) = (fuel.as_u64().unwrap(), baseline[name].as_u64().unwrap());
+        let drift = (fuel as f64 - expected as f64) / expected as f64;
+        assert!(
+            drift.abs() <= 0.05,
+            "{name} consumed {fuel} fuel, {:+.1}% from the baseline {expected}",
+            drift * 100.0
+        );
+    }
 }
 
 #[test]
@@ -445,6 +460,9 @@ fn the_fast_paths_reach_every_function_of_the_convex_package_they_name() {
     let _lock = build_lock();
     let bundle = kiln_guest_sdk::bundle::bundle(&app_dir("fixtures/values"), true).unwrap();
     assert_eq!(bundle.source.matches("globalThis.__kiln_fast.syscall(op, arg)").count(), 2);
+    // The memoized database objects get the native `get`, `insert` and `patch`.
+    assert!(bundle.source.contains("globalThis.__kiln_fast.reader(setupReader())"));
+    assert!(bundle.source.contains("globalThis.__kiln_fast.writer(setupWriter())"));
     let plain = kiln_guest_sdk::bundle::bundle(&app_dir("fixtures/values"), false).unwrap();
     let (_, installed) = kiln_guest_sdk::fast_paths::install(&plain.source);
     let mut installed = installed;
@@ -509,6 +527,16 @@ fn the_fast_paths_change_no_result_and_no_error() {
     ] {
         compare(Query, "values:decode", &Value::Object(Object::from([("text".into(), Value::from(text))])));
     }
+    let Value::Float64(n) = fast.call(Query, "values:dbCaseCount", &args("{}")).value() else { panic!() };
+    let mut db_errors = 0;
+    for i in 0..n as i64 {
+        let a = args(&format!(r#"{{"i": {i}}}"#));
+        let (f, p) = (fast.call(Mutation, "values:dbCase", &a), plain.call(Mutation, "values:dbCase", &a));
+        assert_eq!(outcome_text(&f), outcome_text(&p), "db case {i}");
+        assert_eq!(f.calls, p.calls, "db case {i}: the same host calls");
+        db_errors += usize::from(outcome_text(&f).contains("error"));
+    }
+    assert!(db_errors > 20, "the db cases include calls the package or the host refuse ({db_errors} errors)");
     for id in ["nope", "", "0000000000000000000000000000000"] {
         compare(Query, "values:badGet", &Value::Object(Object::from([("id".into(), Value::from(id))])));
     }

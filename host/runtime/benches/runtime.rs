@@ -209,7 +209,8 @@ async fn single_transfer_profile(rt: &Arc<Runtime>, deployment: &str, label: &st
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let profile = std::env::args().any(|a| a == "--profile-transfers");
+    let profile_rust = std::env::args().any(|a| a == "--profile-rust-transfers");
+    let profile = profile_rust || std::env::args().any(|a| a == "--profile-transfers");
     let profile_queries = std::env::args().any(|a| a == "--profile-queries");
     let seconds = if quick { 2.0 } else { 5.0 };
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap().to_path_buf();
@@ -234,7 +235,9 @@ fn main() {
         if profile {
             let runtime = Arc::new(runtime(&work.path().join("profile"), &cache, true));
             runtime.open_deployment("bank", config(64)).await.unwrap();
-            runtime.deploy("bank", &bank).await.unwrap();
+            // The Rust guest shows what the host costs without the JavaScript runtime.
+            let component = if profile_rust { kiln_guest_sdk::rust_guest_component().unwrap() } else { bank.clone() };
+            runtime.deploy("bank", &component).await.unwrap();
             single_transfer_profile(&runtime, "bank", "").await;
             let (tps, retries, faults) = transfers(&runtime, "bank", 10.0).await;
             report("transfers/s (profile run)", format!("{tps:.0} ({retries:.3} retries, {faults:.2} faults each)"));
