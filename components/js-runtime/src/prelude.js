@@ -707,4 +707,23 @@
       httpRoutes: routes,
     });
   });
+
+  // ---- built-ins materialized in the snapshot ---------------------------------------------
+  // QuickJS creates a built-in method or namespace object (`JSON`, `JSON.parse`,
+  // `Promise.resolve`, ...) the first time it is read. Every call starts from the snapshot, so
+  // a built-in first read in a call was created again in every call; reading the descriptors
+  // of the common ones here makes them part of the snapshot.
+  const builtins = [
+    globalThis, Object, Object.prototype, Function.prototype, Array, Array.prototype,
+    String, String.prototype, Number, Number.prototype, BigInt, BigInt.prototype,
+    Boolean.prototype, Symbol, Symbol.prototype, Promise, Promise.prototype, Map.prototype,
+    Set.prototype, WeakMap.prototype, WeakSet.prototype, Error, Error.prototype, JSON, Math,
+    Reflect, ArrayBuffer, ArrayBuffer.prototype, Uint8Array, Uint8Array.prototype,
+    Object.getPrototypeOf(Uint8Array.prototype), DataView.prototype, Date, Date.prototype,
+    RegExp.prototype, TextEncoder.prototype, TextDecoder.prototype,
+  ];
+  for (const o of builtins) {
+    if (o === null || (typeof o !== "object" && typeof o !== "function")) continue;
+    for (const key of Reflect.ownKeys(o)) Object.getOwnPropertyDescriptor(o, key);
+  }
 })();
