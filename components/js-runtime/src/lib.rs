@@ -100,6 +100,9 @@ pub extern "C" fn wizer_init() {
     if let Err(message) = initialize(&source) {
         INIT_ERROR.with(|e| *e.borrow_mut() = message);
     }
+    // After the bundle is freed, so that its pages are free space.
+    drop(source);
+    heap_pages::record_snapshot_heap();
 }
 
 /// The length of the initialization error message (0: initialization succeeded).
@@ -132,7 +135,6 @@ fn initialize(source: &[u8]) -> Result<(), String> {
         ctx.globals().set("__kiln_modules", modules).map_err(js)
     })?;
     RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
-    heap_pages::record_snapshot_heap();
     Ok(())
 }
 
