@@ -168,11 +168,25 @@ fn base32_encode(bytes: &[u8]) -> String {
 }
 
 /// Decodes base32; the unused low bits of the last character must be zero (one spelling per id).
+/// The value of each byte as a base32 digit of [`ALPHABET`], or 0xff.
+const BASE32_VALUES: [u8; 256] = {
+    let mut values = [0xffu8; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        values[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    values
+};
+
 fn base32_decode(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() * 5 / 8);
     let (mut acc, mut bits) = (0u32, 0u32);
     for c in s.bytes() {
-        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+        let v = match BASE32_VALUES[usize::from(c)] {
+            0xff => return None,
+            v => u32::from(v),
+        };
         acc = ((acc << 5) | v) & 0xffff;
         bits += 5;
         if bits >= 8 {
