@@ -18,7 +18,7 @@ mod values;
 use std::cell::{Cell, RefCell};
 
 use javy_plugin_api::javy::quickjs::prelude::Func;
-use javy_plugin_api::javy::quickjs::{self, Ctx, Function, Module, Object, Promise};
+use javy_plugin_api::javy::quickjs::{self, Ctx, Function, Module, Object};
 use javy_plugin_api::javy::{self, Runtime};
 use kiln_value::{Value, from_msgpack, to_convex_json};
 
@@ -230,12 +230,19 @@ fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
     rt.context().with(|ctx| {
         let globals = ctx.globals();
         let dispatch: Function = globals.get("__kiln_dispatch").map_err(|e| js_error(&ctx, e))?;
-        let promise: Promise = dispatch
+        let started: quickjs::Value = dispatch
             .call((kind, call.path.as_str(), args_json, call.request_id.as_str()))
             .map_err(|e| js_error(&ctx, e))?;
+        // A failure envelope at once, or the promise of the result's JSON.
+        let Some(promise) = started.as_promise().cloned() else {
+            return match started.as_string() {
+                Some(envelope) => envelope.to_string().map_err(|e| js_error(&ctx, e)),
+                None => settled(&ctx, call, started),
+            };
+        };
         loop {
-            match promise.finish::<String>() {
-                Ok(envelope) => return Ok(envelope),
+            match promise.finish::<quickjs::Value>() {
+                Ok(result) => return settled(&ctx, call, result),
                 Err(quickjs::Error::WouldBlock) => {
                     // No job is left: only a timer (actions) can make progress.
                     let run_timer: Function = globals.get("__kiln_run_timer").map_err(|e| js_error(&ctx, e))?;
@@ -247,10 +254,21 @@ fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
                         ));
                     }
                 }
+                Err(quickjs::Error::Exception) => {
+                    let thrown = ctx.catch();
+                    let failed: Function = globals.get("__kiln_failed").map_err(|e| js_error(&ctx, e))?;
+                    return failed.call((thrown,)).map_err(|e| js_error(&ctx, e));
+                }
                 Err(e) => return Err(js_error(&ctx, e)),
             }
         }
     })
+}
+
+/// The envelope of a settled call's result (the prelude checks its size).
+fn settled<'js>(ctx: &Ctx<'js>, call: &Call, result: quickjs::Value<'js>) -> Result<String, Error> {
+    let settled: Function = ctx.globals().get("__kiln_settled").map_err(|e| js_error(ctx, e))?;
+    settled.call((call.path.as_str(), result)).map_err(|e| js_error(ctx, e))
 }
 
 /// Turns the dispatcher's envelope ("0" + result JSON, or "1" + error JSON) into the result.

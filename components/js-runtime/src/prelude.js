@@ -646,7 +646,11 @@
     return fail("UncaughtException", `Uncaught ${inspect(e, 1, [])}`);
   }
 
-  define("__kiln_dispatch", async function dispatch(kind, path, argsJson, requestId) {
+  // The dispatcher answers a failure envelope at once, or the package's promise of the
+  // result's JSON; the runtime drives that promise itself (an `async` dispatcher awaiting it
+  // would cost every call another frame and another await) and hands its outcome to
+  // `__kiln_settled` or `__kiln_failed`.
+  define("__kiln_dispatch", function dispatch(kind, path, argsJson, requestId) {
     try {
       const [modName, exportName] = parsePath(path);
       const mod = modules()[modName];
@@ -656,18 +660,29 @@
       const [flag, name] = KINDS[kind] || [];
       if (!flag) return fail("UnsupportedCall", `Calls of kind ${kind} are not supported by this runtime`);
       if (!fn[flag]) return fail("WrongFunctionKind", `Trying to execute ${path} as ${name}, but it is defined as ${actual}.`);
-      let result;
-      if (kind === "query") result = await fn.invokeQuery(argsJson);
-      else if (kind === "mutation") result = await fn.invokeMutation(argsJson);
-      else result = await fn.invokeAction(requestId, argsJson);
-      // Refuse an oversized result here: copying it out would cost memory the call may not
-      // have. The host checks the exact size again.
-      if (result.length > MAX_RESULT_JSON) {
-        return fail("ResultTooLarge", `${path} returned ${result.length} bytes of JSON, over the limit of 16 MiB`);
-      }
-      return "0" + result;
+      if (kind === "query") return fn.invokeQuery(argsJson);
+      if (kind === "mutation") return fn.invokeMutation(argsJson);
+      return fn.invokeAction(requestId, argsJson);
     } catch (e) {
       return describe(e);
+    }
+  });
+
+  define("__kiln_settled", function settled(path, result) {
+    // Refuse an oversized result here: copying it out would cost memory the call may not
+    // have. The host checks the exact size again.
+    if (typeof result !== "string") return fail("InvalidResult", `${path} did not produce a JSON result`);
+    if (result.length > MAX_RESULT_JSON) {
+      return fail("ResultTooLarge", `${path} returned ${result.length} bytes of JSON, over the limit of 16 MiB`);
+    }
+    return "0" + result;
+  });
+
+  define("__kiln_failed", function failed(e) {
+    try {
+      return describe(e);
+    } catch (inner) {
+      return fail("UncaughtException", "an error could not be described");
     }
   });
 
