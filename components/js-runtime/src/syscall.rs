@@ -110,14 +110,13 @@ fn string_of(ctx: &Ctx<'_>, value: &JsValue<'_>) -> Option<String> {
 pub(crate) fn db_get<'js>(ctx: Ctx<'js>, table: JsValue<'js>, id: JsValue<'js>) -> quickjs::Result<JsValue<'js>> {
     let defer = JsValue::new_undefined(ctx.clone());
     let Some(id) = string_of(&ctx, &id) else { return Ok(defer) };
-    let table = match table.is_undefined() {
-        true => None,
-        false => match string_of(&ctx, &table) {
-            Some(t) => Some(t),
-            None => return Ok(defer),
-        },
+    let table = if table.is_undefined() {
+        None
+    } else {
+        let Some(table) = string_of(&ctx, &table) else { return Ok(defer) };
+        Some(table)
     };
-    match get_document("1.0/get", &id, table.as_deref(), false) {
+    match in_call("1.0/get").and_then(|()| get_document(&id, table.as_deref())) {
         Ok(Some(doc)) => Ok(values::js_of_value(&ctx, &doc)?.unwrap_or(defer)),
         Ok(None) => Ok(JsValue::new_null(ctx)),
         Err(e) => Err(throw(&ctx, &e)?),
@@ -148,20 +147,8 @@ pub(crate) fn db_patch<'js>(ctx: Ctx<'js>, id: JsValue<'js>, value: JsValue<'js>
 }
 
 /// `1.0/get`: a document by id (and table, if given).
-fn get_document(op: &str, id: &str, table: Option<&str>, is_system: bool) -> Result<Option<Value>, Error> {
-    in_call(op)?;
-    if is_system {
-        return Err(error(
-            "UnsupportedSyscall",
-            format!("{op}: system tables are not supported by this version of Kiln"),
-        ));
-    }
-    match db::get(id, table)? {
-        Some(doc) => {
-            from_msgpack(&doc).map(Some).map_err(|e| error(e.code(), format!("invalid value from the host: {e}")))
-        }
-        None => Ok(None),
-    }
+fn get_document(id: &str, table: Option<&str>) -> Result<Option<Value>, Error> {
+    db::get(id, table)?.map(|doc| value_of(&doc)).transpose()
 }
 
 fn bad_args(op: &str, what: &str) -> Error {
@@ -182,10 +169,13 @@ fn value_arg(op: &str, args: &Json, key: &str) -> Result<Vec<u8>, Error> {
     Ok(to_msgpack(&v))
 }
 
+/// A value the host sent.
+fn value_of(bytes: &[u8]) -> Result<Value, Error> {
+    from_msgpack(bytes).map_err(|e| error(e.code(), format!("invalid value from the host: {e}")))
+}
+
 fn json_of(bytes: &[u8]) -> Result<Json, Error> {
-    from_msgpack(bytes)
-        .map(|v| to_convex_json(&v))
-        .map_err(|e| error(e.code(), format!("invalid value from the host: {e}")))
+    value_of(bytes).map(|v| to_convex_json(&v))
 }
 
 fn function_name(op: &str, args: &Json) -> Result<String, Error> {
@@ -201,9 +191,13 @@ fn function_name(op: &str, args: &Json) -> Result<String, Error> {
 fn dispatch(op: &str, args: &Json) -> Result<Json, Error> {
     Ok(match op {
         "1.0/get" => {
-            let is_system = args.get("isSystem").and_then(Json::as_bool) == Some(true);
-            let id = if is_system { "" } else { str_arg(op, args, "id")? };
-            match get_document(op, id, opt_str_arg(args, "table").as_deref(), is_system)? {
+            if args.get("isSystem").and_then(Json::as_bool) == Some(true) {
+                return Err(error(
+                    "UnsupportedSyscall",
+                    format!("{op}: system tables are not supported by this version of Kiln"),
+                ));
+            }
+            match get_document(str_arg(op, args, "id")?, opt_str_arg(args, "table").as_deref())? {
                 Some(doc) => to_convex_json(&doc),
                 None => Json::Null,
             }

@@ -230,8 +230,7 @@ fn to_json<'js>(
             Ok(Some(wrap(ctx, "$bytes", string(ctx, &base64_encode(&bytes))?)?))
         }
         Proto::Array if value.is_array() => map_items(ctx, object, |item| to_json(ctx, item, depth + 1, false)),
-        // SAFETY: as above.
-        Proto::Plain if !value.is_array() && !unsafe { qjs::JS_IsArrayBuffer(value.as_raw()) } => {
+        Proto::Plain if is_plain_object(value) => {
             let mut fields = Vec::new();
             for key in object.own_keys::<Atom>(Filter::default()) {
                 let key = key?;
@@ -264,6 +263,13 @@ fn to_json<'js>(
         }
         _ => Ok(None),
     }
+}
+
+/// Whether an object with a plain prototype (see [`proto_of`]) is a plain object: not an array
+/// or an ArrayBuffer given a plain prototype.
+fn is_plain_object(value: &Value<'_>) -> bool {
+    // SAFETY: JS_IsArrayBuffer only reads the object's class.
+    !value.is_array() && !unsafe { qjs::JS_IsArrayBuffer(value.as_raw()) }
 }
 
 /// The bytes of an ArrayBuffer, or `None` if it is detached (the original throws its own
@@ -346,8 +352,7 @@ fn stored(ctx: &Ctx<'_>, value: &Value<'_>, depth: usize) -> quickjs::Result<Opt
                     }
                     V::Array(items)
                 }
-                // SAFETY: as above.
-                Proto::Plain if !value.is_array() && !unsafe { qjs::JS_IsArrayBuffer(value.as_raw()) } => {
+                Proto::Plain if is_plain_object(value) => {
                     // `convexToJson` leaves out an undefined field.
                     match fields_of(ctx, object, depth)? {
                         Some((fields, _)) => V::Object(fields),
@@ -398,8 +403,7 @@ pub(crate) fn patch_of_js(
     value: &Value<'_>,
 ) -> quickjs::Result<Option<(kiln_value::Object, Vec<String>)>> {
     let Some(object) = value.as_object() else { return Ok(None) };
-    // SAFETY: JS_IsArrayBuffer only reads the object's class.
-    if value.is_array() || proto_of(object) != Proto::Plain || unsafe { qjs::JS_IsArrayBuffer(value.as_raw()) } {
+    if proto_of(object) != Proto::Plain || !is_plain_object(value) {
         return Ok(None);
     }
     let Some((set, removed)) = fields_of(ctx, object, 0)? else { return Ok(None) };
