@@ -356,7 +356,7 @@ impl Transaction {
         }
         validate_user_fields(&fields)?;
         let meta = self.ensure_table(table);
-        let id = DocumentId::new(meta.number, InternalId::random());
+        let id = DocumentId::new(meta.number, InternalId::fresh());
         let doc = Document::new(id, now_ms(), fields);
         validate_document(&doc.value)?;
         self.check_schema(&meta, &doc)?;
