@@ -41,6 +41,15 @@ fn minor_faults() -> u64 {
     fields.split_whitespace().nth(7).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+/// CPU time the process has used so far, user and system (fields 14 and 15 of
+/// `/proc/self/stat`, in clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let ticks: u64 = fields.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
 }
@@ -53,6 +62,7 @@ fn runtime(dir: &Path, cache: &Path, meter_fuel: bool) -> Runtime {
         meter_fuel,
         perf_map: knobs.perf_map,
         worker_threads: knobs.worker_threads,
+        sqlite: knobs.sqlite,
         store: StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() },
         ..RuntimeConfig::default()
     })
@@ -115,8 +125,8 @@ async fn queries(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) 
 }
 
 /// Transfers between random accounts from 64 concurrent callers; returns committed/s,
-/// retries and minor page faults per transfer.
-async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f64, f64) {
+/// retries, minor page faults and CPU time (µs) per transfer.
+async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f64, f64, f64) {
     let mut ids = Vec::new();
     for i in 0..1000 {
         let a =
@@ -128,7 +138,7 @@ async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f
     let ids = Arc::new(ids);
     let stop = Arc::new(AtomicBool::new(false));
     let (count, retries) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let (started, faults) = (Instant::now(), minor_faults());
+    let (started, faults, cpu) = (Instant::now(), minor_faults(), cpu_time());
     let tasks: Vec<_> = (0..64u64)
         .map(|w| {
             let (rt, ids, stop, count, retries) =
@@ -169,6 +179,7 @@ async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f
         n / started.elapsed().as_secs_f64(),
         per(retries.load(Ordering::Relaxed) as f64),
         per((minor_faults() - faults) as f64),
+        per((cpu_time() - cpu).as_secs_f64() * 1e6),
     )
 }
 
@@ -239,8 +250,11 @@ fn main() {
             let component = if profile_rust { kiln_guest_sdk::rust_guest_component().unwrap() } else { bank.clone() };
             runtime.deploy("bank", &component).await.unwrap();
             single_transfer_profile(&runtime, "bank", "").await;
-            let (tps, retries, faults) = transfers(&runtime, "bank", 10.0).await;
-            report("transfers/s (profile run)", format!("{tps:.0} ({retries:.3} retries, {faults:.2} faults each)"));
+            let (tps, retries, faults, cpu) = transfers(&runtime, "bank", 10.0).await;
+            report(
+                "transfers/s (profile run)",
+                format!("{tps:.0} ({retries:.3} retries, {faults:.2} faults, {cpu:.0} us CPU each)"),
+            );
             return;
         }
         let mut results = Vec::new();
@@ -256,8 +270,8 @@ fn main() {
             if meter {
                 single_transfer_profile(&runtime, "bank", "").await;
             }
-            let (tps, retries, tfaults) = transfers(&runtime, "bank", seconds).await;
-            results.push((meter, lat, qps, tps, retries, fuel, qfaults, tfaults));
+            let (tps, retries, tfaults, tcpu) = transfers(&runtime, "bank", seconds).await;
+            results.push((meter, lat, qps, tps, retries, fuel, qfaults, tfaults, tcpu));
             if meter {
                 // The same workloads in a guest compiled from Rust: what the platform costs
                 // without the JavaScript runtime.
@@ -265,12 +279,12 @@ fn main() {
                 runtime.deploy("rust", &kiln_guest_sdk::rust_guest_component().unwrap()).await.unwrap();
                 let (lat, qps, fuel, _) = queries(&runtime, "rust", "counter:get", seconds).await;
                 single_transfer_profile(&runtime, "rust", "Rust guest: ").await;
-                let (tps, retries, _) = transfers(&runtime, "rust", seconds).await;
-                rust = Some((lat, qps, fuel, tps, retries));
+                let (tps, retries, _, cpu) = transfers(&runtime, "rust", seconds).await;
+                rust = Some((lat, qps, fuel, tps, retries, cpu));
             }
             runtime.shutdown().await;
         }
-        let (_, lat, qps, tps, retries, fuel, qfaults, tfaults) = &results[0];
+        let (_, lat, qps, tps, retries, fuel, qfaults, tfaults, tcpu) = &results[0];
         let (_, lat_off, qps_off, tps_off, ..) = &results[1];
         report(
             "trivial query, one caller: p50 / p99 per call (target p50 <= 50 us), fuel",
@@ -279,7 +293,7 @@ fn main() {
         report("trivial queries/s, 16 concurrent callers", format!("{qps:.0} ({qfaults:.2} minor faults per call)"));
         report(
             "bank transfers committed/s, 64 callers, durable (target >= 15000)",
-            format!("{tps:.0} ({retries:.3} retries, {tfaults:.2} minor faults per transfer)"),
+            format!("{tps:.0} ({retries:.3} retries, {tfaults:.2} minor faults, {tcpu:.0} us CPU per transfer)"),
         );
         report(
             "fuel metering cost: p50 / queries/s / transfers/s, on vs off",
@@ -292,7 +306,7 @@ fn main() {
             ),
         );
 
-        if let Some((lat, qps, fuel, tps, retries)) = rust {
+        if let Some((lat, qps, fuel, tps, retries, cpu)) = rust {
             report(
                 "Rust guest: counter:get (empty table), one caller: p50 / p99, fuel",
                 format!("{:.1} us / {:.1} us, {fuel}", pct(&lat, 0.5), pct(&lat, 0.99)),
@@ -300,7 +314,7 @@ fn main() {
             report("Rust guest: counter:get/s, 16 concurrent callers", format!("{qps:.0}"));
             report(
                 "Rust guest: bank transfers committed/s, 64 callers, durable",
-                format!("{tps:.0} ({retries:.3} retries per transfer)"),
+                format!("{tps:.0} ({retries:.3} retries, {cpu:.0} us CPU per transfer)"),
             );
         }
 

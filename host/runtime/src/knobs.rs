@@ -47,6 +47,8 @@ pub struct RuntimeConfig {
     pub perf_map: bool,
     /// The configuration of every deployment's store.
     pub store: StoreConfig,
+    /// Every deployment's SQLite file (`KILN_SQLITE_CACHE_KIB`, `KILN_SQLITE_CHECKPOINT_PAGES`).
+    pub sqlite: kiln_sqlite::SqliteOptions,
 }
 
 impl Default for RuntimeConfig {
@@ -69,6 +71,7 @@ impl Default for RuntimeConfig {
             query_cache_bytes: 32 << 20,
             perf_map: false,
             store: StoreConfig::default(),
+            sqlite: kiln_sqlite::SqliteOptions::default(),
         }
     }
 }
@@ -89,6 +92,12 @@ impl RuntimeConfig {
         c.perf_map = env_u64("KILN_PERF_MAP").is_some_and(|n| n != 0);
         if let Some(n) = env_u64("KILN_WORKER_THREADS") {
             c.worker_threads = (n as usize).max(1);
+        }
+        if let Some(n) = env_u64("KILN_SQLITE_CACHE_KIB") {
+            c.sqlite.cache_kib = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        if let Some(n) = env_u64("KILN_SQLITE_CHECKPOINT_PAGES") {
+            c.sqlite.checkpoint_pages = u32::try_from(n).unwrap_or(u32::MAX).max(1);
         }
         c
     }

@@ -208,7 +208,7 @@ impl Runtime {
         let persistence = kiln_sqlite::SqlitePersistence::open_in_dir(
             &self.shared.config.data_dir,
             name,
-            kiln_sqlite::SqliteOptions::default(),
+            self.shared.config.sqlite.clone(),
         )?;
         let store = Arc::new(Store::open(Arc::new(persistence), self.shared.config.store.clone()).await?);
         // The host's tables exist before any call: created by a call's first write, they

@@ -78,6 +78,11 @@ pub struct SqliteOptions {
     /// Whether commits wait for fsync (`synchronous=FULL`). Turning this off loses durability
     /// on power failure (not on a process crash); it exists for benchmarks' comparisons.
     pub durable: bool,
+    /// Pages the WAL grows to before the writer copies it into the database file (SQLite's
+    /// `wal_autocheckpoint`; the WAL file is also trimmed to this size after a checkpoint).
+    /// A page rewritten by many commits is copied once per checkpoint, so a longer WAL costs
+    /// less per commit: 16384 instead of SQLite's 1000 gave ~15 % more transfers/s.
+    pub checkpoint_pages: u32,
 }
 
 impl Default for SqliteOptions {
@@ -88,6 +93,7 @@ impl Default for SqliteOptions {
             max_batch: 2048,
             lock_timeout: std::time::Duration::from_secs(2),
             durable: true,
+            checkpoint_pages: 16384,
         }
     }
 }
@@ -240,6 +246,10 @@ fn configure(conn: &Connection, options: &SqliteOptions) -> Result<()> {
     conn.pragma_update(None, "cache_size", -i64::from(options.cache_kib)).map_err(storage)?;
     conn.pragma_update(None, "mmap_size", 0).map_err(storage)?;
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(storage)?;
+    let pages = options.checkpoint_pages.max(1);
+    conn.pragma_update(None, "wal_autocheckpoint", pages).map_err(storage)?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(storage)?;
+    conn.pragma_update(None, "journal_size_limit", i64::from(pages) * page_size).map_err(storage)?;
     Ok(())
 }
 

@@ -71,3 +71,32 @@ async fn concurrent_commits_are_durable_and_reopen_recovers() {
         assert_eq!(rev.value, Some(vec![i as u8]));
     }
 }
+
+/// Commits 400 documents of 2 KiB one by one and returns the WAL file's largest size seen.
+async fn largest_wal(checkpoint_pages: u32) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SqlitePersistence::open_in_dir(dir.path(), "w", SqliteOptions { checkpoint_pages, ..Default::default() })
+        .unwrap();
+    let wal = dir.path().join("w.sqlite3-wal");
+    let mut largest = 0;
+    for i in 1..=400u64 {
+        let id = DocumentId::new(TableNumber(1), InternalId::at(i));
+        p.commit(CommitRecord { ts: Timestamp(i), documents: vec![(id, Some(vec![7; 2048]))], ..Default::default() })
+            .await
+            .unwrap();
+        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    }
+    let state = p.recover().await.unwrap();
+    assert_eq!(state.max_ts, Timestamp(400));
+    largest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_at_the_configured_length() {
+    // ~1 MiB of documents: a 16-page WAL is copied into the file and trimmed again and again,
+    // one of 100000 pages just grows.
+    let short = largest_wal(16).await;
+    let long = largest_wal(100_000).await;
+    assert!(short < 256 << 10, "a 16-page WAL grew to {short} bytes");
+    assert!(long > 1 << 20, "a 100000-page WAL stayed at {long} bytes");
+}
