@@ -14,7 +14,11 @@
 //!   The memoized reader and writer are handed to the runtime's `__kiln_fast.reader`/`writer`,
 //!   which put native `get`, `insert` and `patch` in front of the package's methods (without
 //!   their three async layers); those defer to the package's method for anything they do not
-//!   take.
+//!   take;
+//! - `invokeQuery` and `invokeMutation` no longer await the handler inside two more async
+//!   functions (`invokeFunction` and themselves): they hand the handler's promise to
+//!   `__kiln_fast.invoke`, together with the package's `validateReturnValue`, `convexToJson`
+//!   and `invokeFunction`, which the runtime applies to the outcome (see `prelude.js`).
 //!
 //! Why edits and not replacements: the package's code stays the reference for every edge and
 //! error message. Edits apply only to versions of the package whose edited functions were
@@ -25,8 +29,9 @@
 enum Edit {
     /// A prologue calling this native of `__kiln_fast` with the single parameter.
     Prologue(&'static str),
-    /// Whole-line replacements inside the body, given the exact parameter list.
-    Lines { params: &'static str, lines: &'static [(&'static str, &'static str)] },
+    /// Whole-line replacements inside the body (an empty replacement drops the line), given
+    /// the exact parameter list; `sync` also drops the `async` of the declaration.
+    Lines { params: &'static str, lines: &'static [(&'static str, &'static str)], sync: bool },
     /// Results memoized by the single argument (if any), computed for these arguments while
     /// the app is loaded and passed through this function of `__kiln_fast`, if any.
     Memo(&'static [&'static str], Option<&'static str>),
@@ -36,6 +41,7 @@ const VALUES: &str = "convex/dist/esm/values/value.js";
 const SYSCALL: &str = "convex/dist/esm/server/impl/syscall.js";
 
 const IMPL: &str = "convex/dist/esm/server/impl/";
+const REGISTRATION: &str = "convex/dist/esm/server/impl/registration_impl.js";
 
 /// The edits: (part of the module path, function, edit).
 const TARGETS: &[(&str, &str, Edit)] = &[
@@ -54,6 +60,7 @@ const TARGETS: &[(&str, &str, Edit)] = &[
                 ),
                 ("return JSON.parse(resultStr);", "return resultStr;"),
             ],
+            sync: false,
         },
     ),
     (
@@ -68,6 +75,39 @@ const TARGETS: &[(&str, &str, Edit)] = &[
                 ),
                 ("return JSON.parse(resultStr);", "return resultStr;"),
             ],
+            sync: false,
+        },
+    ),
+    (
+        REGISTRATION,
+        "invokeQuery",
+        Edit::Lines {
+            params: "func, argsStr, visibility",
+            lines: &[
+                (
+                    "const result = await invokeFunction(func, queryCtx, args);",
+                    "return globalThis.__kiln_fast.invoke(func, queryCtx, args, validateReturnValue, convexToJson, invokeFunction);",
+                ),
+                ("validateReturnValue(result);", ""),
+                ("return JSON.stringify(convexToJson(result === void 0 ? null : result));", ""),
+            ],
+            sync: true,
+        },
+    ),
+    (
+        REGISTRATION,
+        "invokeMutation",
+        Edit::Lines {
+            params: "func, argsStr, visibility",
+            lines: &[
+                (
+                    "const result = await invokeFunction(func, mutationCtx, args);",
+                    "return globalThis.__kiln_fast.invoke(func, mutationCtx, args, validateReturnValue, convexToJson, invokeFunction);",
+                ),
+                ("validateReturnValue(result);", ""),
+                ("return JSON.stringify(convexToJson(result === void 0 ? null : result));", ""),
+            ],
+            sync: true,
         },
     ),
     (IMPL, "setupReader", Edit::Memo(&[], Some("reader"))),
@@ -100,7 +140,9 @@ fn replace_lines(body: &[&str], lines: &[(&str, &str)]) -> Option<String> {
             Some(i) => {
                 found[i] += 1;
                 let indent = &line[..line.len() - line.trim_start().len()];
-                out.push_str(&format!("{indent}{}\n", lines[i].1));
+                if !lines[i].1.is_empty() {
+                    out.push_str(&format!("{indent}{}\n", lines[i].1));
+                }
             }
             None => out.push_str(line),
         }
@@ -184,6 +226,7 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
             installed.push(function);
             continue;
         }
+        let declared_at = out.len();
         out.push_str(line);
         match edit {
             Edit::Prologue(native) if !params.is_empty() && !params.contains(',') => {
@@ -192,7 +235,7 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
                 ));
                 installed.push(function);
             }
-            Edit::Lines { params: expected, lines: edits } if params == *expected => {
+            Edit::Lines { params: expected, lines: edits, sync } if params == *expected => {
                 // The body runs to the first top-level closing brace.
                 let mut body = Vec::new();
                 for line in lines.by_ref() {
@@ -203,6 +246,9 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
                 }
                 match replace_lines(&body, edits) {
                     Some(patched) => {
+                        if *sync && out[declared_at..].starts_with("async ") {
+                            out.replace_range(declared_at..declared_at + "async ".len(), "");
+                        }
                         out.push_str(&patched);
                         installed.push(function);
                     }
@@ -260,6 +306,29 @@ mod tests {
         assert!(out.contains("  check();\n  const resultStr = globalThis.__kiln_fast.syscall(op, arg);\n  return resultStr;\n}\nafter();\n"));
 
         let changed = bundle.replace("return JSON.parse(resultStr);", "return JSON.parse(resultStr, reviver);");
+        let (out, installed) = install(&changed);
+        assert!(installed.is_empty());
+        assert_eq!(out, changed);
+    }
+
+    #[test]
+    fn invokers_hand_the_handler_over_and_lose_their_async() {
+        let body = "  const args = jsonToConvex(JSON.parse(argsStr));\n  const queryCtx = {};\n  \
+                    const result = await invokeFunction(func, queryCtx, args);\n  validateReturnValue(result);\n  \
+                    return JSON.stringify(convexToJson(result === void 0 ? null : result));\n}\n";
+        let bundle = format!(
+            "{INDEX}// node_modules/convex/dist/esm/server/impl/registration_impl.js\n\
+             async function invokeQuery(func, argsStr, visibility) {{\n{body}async function invokeFunction(func, ctx, args) {{\n}}\n"
+        );
+        let (out, installed) = install(&bundle);
+        assert_eq!(installed, vec!["invokeQuery"]);
+        assert!(out.contains(
+            "\nfunction invokeQuery(func, argsStr, visibility) {\n  const args = jsonToConvex(JSON.parse(argsStr));\n  \
+             const queryCtx = {};\n  return globalThis.__kiln_fast.invoke(func, queryCtx, args, validateReturnValue, \
+             convexToJson, invokeFunction);\n}\nasync function invokeFunction(func, ctx, args) {"
+        ));
+        // A body that differs anywhere keeps its `async` and its awaits.
+        let changed = bundle.replace("validateReturnValue(result);", "validateReturnValue(result, 1);");
         let (out, installed) = install(&changed);
         assert!(installed.is_empty());
         assert_eq!(out, changed);

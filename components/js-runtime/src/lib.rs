@@ -230,19 +230,23 @@ fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
     rt.context().with(|ctx| {
         let globals = ctx.globals();
         let dispatch: Function = globals.get("__kiln_dispatch").map_err(|e| js_error(&ctx, e))?;
-        let started: quickjs::Value = dispatch
+        // A failure envelope at once, or a promise, whose outcome `__kiln_settled` or
+        // `__kiln_failed` turns into an envelope or into another promise to drive.
+        let mut current: quickjs::Value = dispatch
             .call((kind, call.path.as_str(), args_json, call.request_id.as_str()))
             .map_err(|e| js_error(&ctx, e))?;
-        // A failure envelope at once, or the promise of the result's JSON.
-        let Some(promise) = started.as_promise().cloned() else {
-            return match started.as_string() {
-                Some(envelope) => envelope.to_string().map_err(|e| js_error(&ctx, e)),
-                None => settled(&ctx, call, started),
-            };
-        };
         loop {
-            match promise.finish::<quickjs::Value>() {
-                Ok(result) => return settled(&ctx, call, result),
+            let Some(promise) = current.as_promise().cloned() else {
+                return match current.as_string() {
+                    Some(envelope) => envelope.to_string().map_err(|e| js_error(&ctx, e)),
+                    None => Err(error("InvalidResult", "the dispatcher answered neither an envelope nor a promise")),
+                };
+            };
+            current = match promise.finish::<quickjs::Value>() {
+                Ok(result) => {
+                    let settled: Function = globals.get("__kiln_settled").map_err(|e| js_error(&ctx, e))?;
+                    settled.call((call.path.as_str(), result)).map_err(|e| js_error(&ctx, e))?
+                }
                 Err(quickjs::Error::WouldBlock) => {
                     // No job is left: only a timer (actions) can make progress.
                     let run_timer: Function = globals.get("__kiln_run_timer").map_err(|e| js_error(&ctx, e))?;
@@ -253,22 +257,17 @@ fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
                             format!("{} returned a promise that never settled", call.path),
                         ));
                     }
+                    current
                 }
                 Err(quickjs::Error::Exception) => {
                     let thrown = ctx.catch();
                     let failed: Function = globals.get("__kiln_failed").map_err(|e| js_error(&ctx, e))?;
-                    return failed.call((thrown,)).map_err(|e| js_error(&ctx, e));
+                    failed.call((thrown,)).map_err(|e| js_error(&ctx, e))?
                 }
                 Err(e) => return Err(js_error(&ctx, e)),
-            }
+            };
         }
     })
-}
-
-/// The envelope of a settled call's result (the prelude checks its size).
-fn settled<'js>(ctx: &Ctx<'js>, call: &Call, result: quickjs::Value<'js>) -> Result<String, Error> {
-    let settled: Function = ctx.globals().get("__kiln_settled").map_err(|e| js_error(ctx, e))?;
-    settled.call((call.path.as_str(), result)).map_err(|e| js_error(ctx, e))
 }
 
 /// Turns the dispatcher's envelope ("0" + result JSON, or "1" + error JSON) into the result.

@@ -109,6 +109,17 @@
     return w;
   };
 
+  // A query or mutation the package's (edited) `invokeQuery`/`invokeMutation` handed over
+  // instead of awaiting it in two more async functions: the runtime drives the handler's
+  // promise itself, then `__kiln_settled` finishes the result as the package would
+  // (`validateReturnValue`, `convexToJson`), and `__kiln_failed` has a failure go through
+  // the package's `invokeFunction` (which serializes `ConvexError` data) first.
+  let direct = null;
+  function invokeDirect(func, ctx, args, validateReturnValue, convexToJson, invokeFunction) {
+    direct = { validateReturnValue, convexToJson, invokeFunction };
+    return Promise.resolve(func(ctx, ...args));
+  }
+
   // Natives the SDK points parts of the `convex` package at when it bundles: value codecs,
   // called first by the package's `jsonToConvex`, `convexToJson` and `patchValueToJson`
   // (`undefined` means "run the original"), a syscall taking and returning values, and the
@@ -121,6 +132,7 @@
       syscall: native.syscallValue,
       reader,
       writer,
+      invoke: invokeDirect,
     }),
     writable: false,
     configurable: false,
@@ -646,10 +658,25 @@
     return fail("UncaughtException", `Uncaught ${inspect(e, 1, [])}`);
   }
 
-  // The dispatcher answers a failure envelope at once, or the package's promise of the
-  // result's JSON; the runtime drives that promise itself (an `async` dispatcher awaiting it
-  // would cost every call another frame and another await) and hands its outcome to
-  // `__kiln_settled` or `__kiln_failed`.
+  // A failure: a handler's own (handed over by `invokeDirect`) first goes through the
+  // package's `invokeFunction`, which rejects at once with the error the package reports;
+  // the runtime drives that promise and comes back here.
+  function failed(e) {
+    if (direct !== null) {
+      const { invokeFunction } = direct;
+      direct = null;
+      return invokeFunction(() => {
+        throw e;
+      }, null, []);
+    }
+    return describe(e);
+  }
+
+  // The dispatcher answers a failure envelope at once, or a promise: the package's promise of
+  // the result's JSON, or a handler's own (see `invokeDirect`). The runtime drives it itself
+  // (an `async` dispatcher awaiting it would cost every call another frame and another
+  // await) and hands its outcome to `__kiln_settled` or `__kiln_failed`, which answer an
+  // envelope or another promise to drive.
   define("__kiln_dispatch", function dispatch(kind, path, argsJson, requestId) {
     try {
       const [modName, exportName] = parsePath(path);
@@ -664,11 +691,21 @@
       if (kind === "mutation") return fn.invokeMutation(argsJson);
       return fn.invokeAction(requestId, argsJson);
     } catch (e) {
-      return describe(e);
+      return failed(e);
     }
   });
 
   define("__kiln_settled", function settled(path, result) {
+    if (direct !== null) {
+      const { validateReturnValue, convexToJson } = direct;
+      direct = null;
+      try {
+        validateReturnValue(result);
+        result = JSON.stringify(convexToJson(result === void 0 ? null : result));
+      } catch (e) {
+        return describe(e);
+      }
+    }
     // Refuse an oversized result here: copying it out would cost memory the call may not
     // have. The host checks the exact size again.
     if (result.length > MAX_RESULT_JSON) {
@@ -677,7 +714,7 @@
     return "0" + result;
   });
 
-  define("__kiln_failed", describe);
+  define("__kiln_failed", failed);
 
   define("__kiln_analyze", function analyze() {
     const functions = [];

@@ -451,7 +451,12 @@ fn codegen_makes_the_examples_type_check() {
 fn outcome_text(out: &host::Outcome) -> String {
     match &out.result {
         Ok(bytes) => format!("ok {:?}", from_msgpack(bytes).unwrap()),
-        Err(e) => format!("err {} {}", e.code, e.message.lines().next().unwrap_or_default()),
+        Err(e) => format!(
+            "err {} {} {:?}",
+            e.code,
+            e.message.lines().next().unwrap_or_default(),
+            e.data.as_deref().map(|d| from_msgpack(d).unwrap())
+        ),
     }
 }
 
@@ -471,6 +476,8 @@ fn the_fast_paths_reach_every_function_of_the_convex_package_they_name() {
         installed,
         vec![
             "convexToJson",
+            "invokeMutation",
+            "invokeQuery",
             "jsonToConvex",
             "patchValueToJson",
             "performAsyncSyscall",
@@ -537,6 +544,15 @@ fn the_fast_paths_change_no_result_and_no_error() {
         db_errors += usize::from(outcome_text(&f).contains("error"));
     }
     assert!(db_errors > 20, "the db cases include calls the package or the host refuse ({db_errors} errors)");
+    let Value::Float64(n) = fast.call(Query, "values:outcomeCount", &args("{}")).value() else { panic!() };
+    let mut outcomes = std::collections::BTreeSet::new();
+    for i in 0..n as i64 {
+        let a = args(&format!(r#"{{"i": {i}}}"#));
+        for (kind, path) in [(Query, "values:outcome"), (Mutation, "values:outcomeMutation")] {
+            outcomes.insert(compare(kind, path, &a).chars().take(3).collect::<String>());
+        }
+    }
+    assert_eq!(outcomes.len(), 2, "handlers' outcomes include results and errors: {outcomes:?}");
     for id in ["nope", "", "0000000000000000000000000000000"] {
         compare(Query, "values:badGet", &Value::Object(Object::from([("id".into(), Value::from(id))])));
     }
