@@ -18,7 +18,9 @@
 //! - `invokeQuery` and `invokeMutation` no longer await the handler inside two more async
 //!   functions (`invokeFunction` and themselves): they hand the handler's promise to
 //!   `__kiln_fast.invoke`, together with the package's `validateReturnValue`, `convexToJson`
-//!   and `invokeFunction`, which the runtime applies to the outcome (see `prelude.js`).
+//!   and `invokeFunction`, which the runtime applies to the outcome (see `prelude.js`); and
+//!   they take their arguments from `__kiln_fast.args`, which the runtime builds as values
+//!   instead of JSON text (the package's `jsonToConvex` still decodes what it must decide).
 //!
 //! Why edits and not replacements: the package's code stays the reference for every edge and
 //! error message. Edits apply only to versions of the package whose edited functions were
@@ -30,8 +32,14 @@ enum Edit {
     /// A prologue calling this native of `__kiln_fast` with the single parameter.
     Prologue(&'static str),
     /// Whole-line replacements inside the body (an empty replacement drops the line), given
-    /// the exact parameter list; `sync` also drops the `async` of the declaration.
-    Lines { params: &'static str, lines: &'static [(&'static str, &'static str)], sync: bool },
+    /// the exact parameter list; `sync` also drops the `async` of the declaration, and `load`
+    /// is a statement run while the app is loaded, once the edit is in.
+    Lines {
+        params: &'static str,
+        lines: &'static [(&'static str, &'static str)],
+        sync: bool,
+        load: Option<&'static str>,
+    },
     /// Results memoized by the single argument (if any), computed for these arguments while
     /// the app is loaded and passed through this function of `__kiln_fast`, if any.
     Memo(&'static [&'static str], Option<&'static str>),
@@ -61,6 +69,7 @@ const TARGETS: &[(&str, &str, Edit)] = &[
                 ("return JSON.parse(resultStr);", "return resultStr;"),
             ],
             sync: false,
+            load: None,
         },
     ),
     (
@@ -76,6 +85,7 @@ const TARGETS: &[(&str, &str, Edit)] = &[
                 ("return JSON.parse(resultStr);", "return resultStr;"),
             ],
             sync: false,
+            load: None,
         },
     ),
     (
@@ -85,6 +95,10 @@ const TARGETS: &[(&str, &str, Edit)] = &[
             params: "func, argsStr, visibility",
             lines: &[
                 (
+                    "const args = jsonToConvex(JSON.parse(argsStr));",
+                    "const args = globalThis.__kiln_fast.args(argsStr, jsonToConvex);",
+                ),
+                (
                     "const result = await invokeFunction(func, queryCtx, args);",
                     "return globalThis.__kiln_fast.invoke(func, queryCtx, args, validateReturnValue, convexToJson, invokeFunction);",
                 ),
@@ -92,6 +106,7 @@ const TARGETS: &[(&str, &str, Edit)] = &[
                 ("return JSON.stringify(convexToJson(result === void 0 ? null : result));", ""),
             ],
             sync: true,
+            load: Some("globalThis.__kiln_fast.directArgs(\"query\");"),
         },
     ),
     (
@@ -101,6 +116,10 @@ const TARGETS: &[(&str, &str, Edit)] = &[
             params: "func, argsStr, visibility",
             lines: &[
                 (
+                    "const args = jsonToConvex(JSON.parse(argsStr));",
+                    "const args = globalThis.__kiln_fast.args(argsStr, jsonToConvex);",
+                ),
+                (
                     "const result = await invokeFunction(func, mutationCtx, args);",
                     "return globalThis.__kiln_fast.invoke(func, mutationCtx, args, validateReturnValue, convexToJson, invokeFunction);",
                 ),
@@ -108,6 +127,7 @@ const TARGETS: &[(&str, &str, Edit)] = &[
                 ("return JSON.stringify(convexToJson(result === void 0 ? null : result));", ""),
             ],
             sync: true,
+            load: Some("globalThis.__kiln_fast.directArgs(\"mutation\");"),
         },
     ),
     (IMPL, "setupReader", Edit::Memo(&[], Some("reader"))),
@@ -235,7 +255,7 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
                 ));
                 installed.push(function);
             }
-            Edit::Lines { params: expected, lines: edits, sync } if params == *expected => {
+            Edit::Lines { params: expected, lines: edits, sync, load } if params == *expected => {
                 // The body runs to the first top-level closing brace.
                 let mut body = Vec::new();
                 for line in lines.by_ref() {
@@ -250,6 +270,9 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
                             out.replace_range(declared_at..declared_at + "async ".len(), "");
                         }
                         out.push_str(&patched);
+                        if let Some(statement) = load {
+                            warm_up.push_str(&format!("{statement}\n"));
+                        }
                         installed.push(function);
                     }
                     None => body.iter().for_each(|l| out.push_str(l)),
@@ -259,7 +282,7 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
         }
     }
     if !warm_up.is_empty() {
-        out.push_str("// Kiln: the memoized context factories, built while the app is loaded.\n");
+        out.push_str("// Kiln: built and announced while the app is loaded.\n");
         out.push_str(&warm_up);
     }
     (out, installed)
@@ -323,10 +346,13 @@ mod tests {
         let (out, installed) = install(&bundle);
         assert_eq!(installed, vec!["invokeQuery"]);
         assert!(out.contains(
-            "\nfunction invokeQuery(func, argsStr, visibility) {\n  const args = jsonToConvex(JSON.parse(argsStr));\n  \
+            "\nfunction invokeQuery(func, argsStr, visibility) {\n  \
+             const args = globalThis.__kiln_fast.args(argsStr, jsonToConvex);\n  \
              const queryCtx = {};\n  return globalThis.__kiln_fast.invoke(func, queryCtx, args, validateReturnValue, \
              convexToJson, invokeFunction);\n}\nasync function invokeFunction(func, ctx, args) {"
         ));
+        // The dispatcher learns at load that query arguments may skip their JSON.
+        assert!(out.ends_with("globalThis.__kiln_fast.directArgs(\"query\");\n"));
         // A body that differs anywhere keeps its `async` and its awaits.
         let changed = bundle.replace("validateReturnValue(result);", "validateReturnValue(result, 1);");
         let (out, installed) = install(&changed);
@@ -345,7 +371,7 @@ mod tests {
         ));
         assert!(out.contains("  const __kiln_m = __kiln_memo_setupReader.get(\"\");\n"));
         assert!(out.ends_with(
-            "export { modules };\n// Kiln: the memoized context factories, built while the app is loaded.\n\
+            "export { modules };\n// Kiln: built and announced while the app is loaded.\n\
              __kiln_memo_setupQueryMeta.set(\"public\", setupQueryMeta(\"public\"));\n\
              __kiln_memo_setupQueryMeta.set(\"internal\", setupQueryMeta(\"internal\"));\n\
              __kiln_memo_setupReader.set(\"\", globalThis.__kiln_fast.reader(setupReader()));\n"

@@ -36,6 +36,47 @@ thread_local! {
     static INIT_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
     static IN_CALL: Cell<Option<&'static str>> = const { Cell::new(None) };
     static RNG: Cell<u64> = const { Cell::new(0x853c_49e6_748f_ea9b) };
+    /// The call's arguments, for `__kiln_native.args`/`argsJson`.
+    static ARGS: RefCell<Option<Value>> = const { RefCell::new(None) };
+    /// A result `__kiln_native.result` took (envelope tag "2").
+    static RESULT: RefCell<Option<Value>> = const { RefCell::new(None) };
+}
+
+/// The largest result `__kiln_native.result` keeps (the host checks its configured limit).
+const MAX_RESULT_BYTES: usize = 16 << 20;
+
+/// The call's arguments as the package's `jsonToConvex(JSON.parse(argsJson))` makes them (an
+/// array of the arguments object), built directly; `undefined` outside a call or where the
+/// package's decoder would defer (see `values::js_of_value`).
+fn args_value<'js>(ctx: Ctx<'js>) -> quickjs::Result<quickjs::Value<'js>> {
+    let made = ARGS.with(|a| match a.borrow().as_ref() {
+        Some(args) => values::js_of_value(&ctx, args),
+        None => Ok(None),
+    })?;
+    let Some(args) = made else { return Ok(quickjs::Value::new_undefined(ctx)) };
+    let array = quickjs::Array::new(ctx)?;
+    array.set(0, args)?;
+    Ok(array.into_value())
+}
+
+/// The call's arguments as the Convex JSON text of an array of the arguments object.
+fn args_json() -> String {
+    ARGS.with(|a| match a.borrow().as_ref() {
+        Some(args) => format!("[{}]", to_convex_json(args)),
+        None => "[{}]".to_owned(),
+    })
+}
+
+/// Takes a call's result as the host would decode it from `convexToJson`'s JSON and answers
+/// its size, kept only up to [`MAX_RESULT_BYTES`]; `undefined` where the package's code must
+/// decide (see `values::value_of_js`).
+fn take_result<'js>(ctx: Ctx<'js>, result: quickjs::Value<'js>) -> quickjs::Result<quickjs::Value<'js>> {
+    let Some(value) = values::value_of_js(&ctx, &result)? else { return Ok(quickjs::Value::new_undefined(ctx)) };
+    let size = value.size();
+    if size <= MAX_RESULT_BYTES {
+        RESULT.with(|r| *r.borrow_mut() = Some(value));
+    }
+    Ok(quickjs::Value::new_number(ctx, size as f64))
 }
 
 fn error(code: &str, message: impl Into<String>) -> Error {
@@ -149,6 +190,9 @@ fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
     native.set("dbInsert", Func::from(syscall::db_insert))?;
     native.set("dbPatch", Func::from(syscall::db_patch))?;
     native.set("syscall", Func::from(|op: String, args: String| syscall::call(&op, &args)))?;
+    native.set("args", Func::from(args_value))?;
+    native.set("argsJson", Func::from(args_json))?;
+    native.set("result", Func::from(take_result))?;
     native.set(
         "log",
         Func::from(|level: i32, line: String| {
@@ -193,6 +237,7 @@ fn kind_name(kind: FunctionKind) -> &'static str {
 fn begin_call(kind: &'static str) {
     heap_pages::touch();
     IN_CALL.with(|c| c.set(Some(kind)));
+    RESULT.with(|r| r.borrow_mut().take());
     RNG.with(|r| r.set(env::seed()));
     kiln_wasi_stubs::install(kiln_wasi_stubs::Hooks {
         write: stub_write,
@@ -202,6 +247,7 @@ fn begin_call(kind: &'static str) {
 }
 
 fn end_call() {
+    ARGS.with(|a| a.borrow_mut().take());
     syscall::close_streams();
     kiln_wasi_stubs::reset();
     IN_CALL.with(|c| c.set(None));
@@ -226,15 +272,14 @@ fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
         }
         Err(e) => return Err(error(e.code(), e.to_string())),
     };
-    let args_json = format!("[{}]", to_convex_json(&args));
+    ARGS.with(|a| *a.borrow_mut() = Some(args));
     rt.context().with(|ctx| {
         let globals = ctx.globals();
         let dispatch: Function = globals.get("__kiln_dispatch").map_err(|e| js_error(&ctx, e))?;
         // A failure envelope at once, or a promise, whose outcome `__kiln_settled` or
         // `__kiln_failed` turns into an envelope or into another promise to drive.
-        let mut current: quickjs::Value = dispatch
-            .call((kind, call.path.as_str(), args_json, call.request_id.as_str()))
-            .map_err(|e| js_error(&ctx, e))?;
+        let mut current: quickjs::Value =
+            dispatch.call((kind, call.path.as_str(), call.request_id.as_str())).map_err(|e| js_error(&ctx, e))?;
         loop {
             let Some(promise) = current.as_promise().cloned() else {
                 return match current.as_string() {
@@ -270,9 +315,16 @@ fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
     })
 }
 
-/// Turns the dispatcher's envelope ("0" + result JSON, or "1" + error JSON) into the result.
+/// Turns the dispatcher's envelope ("0" + result JSON, "1" + error JSON, or "2" for the result
+/// `__kiln_native.result` took) into the result.
 fn decode_envelope(envelope: &str) -> Result<Vec<u8>, Error> {
     let (tag, body) = envelope.split_at(envelope.len().min(1));
+    if tag == "2" {
+        return match RESULT.with(|r| r.borrow_mut().take()) {
+            Some(value) => Ok(kiln_value::to_msgpack(&value)),
+            None => Err(error("InvalidResult", "the function's result was not kept")),
+        };
+    }
     let json: serde_json::Value = serde_json::from_str(body)
         .map_err(|e| error("InvalidResult", format!("the function's result is not JSON: {e}")))?;
     if tag == "0" {

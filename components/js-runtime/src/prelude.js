@@ -120,6 +120,21 @@
     return Promise.resolve(func(ctx, ...args));
   }
 
+  // The kinds whose (edited) invoker takes its arguments from `takeArgs`: the dispatcher then
+  // hands it this marker instead of the arguments' JSON, and the runtime builds the values
+  // directly (no JSON text and no `JSON.parse`); the package's `jsonToConvex` decodes anything
+  // else, and what the runtime leaves to it.
+  const DIRECT_ARGS = "\u0000kiln:args";
+  const directArgs = { query: false, mutation: false };
+  function takeArgs(argsStr, jsonToConvex) {
+    if (argsStr === DIRECT_ARGS) {
+      const args = native.args();
+      if (args !== undefined) return args;
+      argsStr = native.argsJson();
+    }
+    return jsonToConvex(JSON.parse(argsStr));
+  }
+
   // Natives the SDK points parts of the `convex` package at when it bundles: value codecs,
   // called first by the package's `jsonToConvex`, `convexToJson` and `patchValueToJson`
   // (`undefined` means "run the original"), a syscall taking and returning values, and the
@@ -133,6 +148,10 @@
       reader,
       writer,
       invoke: invokeDirect,
+      args: takeArgs,
+      directArgs: (kind) => {
+        if (kind in directArgs) directArgs[kind] = true;
+      },
     }),
     writable: false,
     configurable: false,
@@ -633,6 +652,7 @@
     return [mod, i < 0 ? "default" : path.slice(i + 1)];
   }
   const MAX_RESULT_JSON = 16 * 1024 * 1024 + 1024;
+  const MAX_RESULT_BYTES = 16 * 1024 * 1024;
   const KINDS = { query: ["isQuery", "Query"], mutation: ["isMutation", "Mutation"], action: ["isAction", "Action"] };
   const kindOf = (fn) => (fn.isQuery ? "Query" : fn.isMutation ? "Mutation" : fn.isAction ? "Action" : fn.isHttp ? "HttpAction" : null);
 
@@ -677,7 +697,7 @@
   // (an `async` dispatcher awaiting it would cost every call another frame and another
   // await) and hands its outcome to `__kiln_settled` or `__kiln_failed`, which answer an
   // envelope or another promise to drive.
-  define("__kiln_dispatch", function dispatch(kind, path, argsJson, requestId) {
+  define("__kiln_dispatch", function dispatch(kind, path, requestId) {
     try {
       const [modName, exportName] = parsePath(path);
       const mod = modules()[modName];
@@ -687,9 +707,10 @@
       const [flag, name] = KINDS[kind] || [];
       if (!flag) return fail("UnsupportedCall", `Calls of kind ${kind} are not supported by this runtime`);
       if (!fn[flag]) return fail("WrongFunctionKind", `Trying to execute ${path} as ${name}, but it is defined as ${actual}.`);
-      if (kind === "query") return fn.invokeQuery(argsJson);
-      if (kind === "mutation") return fn.invokeMutation(argsJson);
-      return fn.invokeAction(requestId, argsJson);
+      const args = directArgs[kind] ? DIRECT_ARGS : native.argsJson();
+      if (kind === "query") return fn.invokeQuery(args);
+      if (kind === "mutation") return fn.invokeMutation(args);
+      return fn.invokeAction(requestId, args);
     } catch (e) {
       return failed(e);
     }
@@ -701,7 +722,16 @@
       direct = null;
       try {
         validateReturnValue(result);
-        result = JSON.stringify(convexToJson(result === void 0 ? null : result));
+        if (result === void 0) result = null;
+        // The runtime takes the value itself unless the package's `convexToJson` must decide.
+        const size = native.result(result);
+        if (size !== undefined) {
+          if (size > MAX_RESULT_BYTES) {
+            return fail("ResultTooLarge", `${path} returned ${size} bytes, over the limit of 16 MiB`);
+          }
+          return "2";
+        }
+        result = JSON.stringify(convexToJson(result));
       } catch (e) {
         return describe(e);
       }
