@@ -20,7 +20,10 @@
 //!   `__kiln_fast.invoke`, together with the package's `validateReturnValue`, `convexToJson`
 //!   and `invokeFunction`, which the runtime applies to the outcome (see `prelude.js`); and
 //!   they take their arguments from `__kiln_fast.args`, which the runtime builds as values
-//!   instead of JSON text (the package's `jsonToConvex` still decodes what it must decide).
+//!   instead of JSON text (the package's `jsonToConvex` still decodes what it must decide),
+//!   and their context object from `__kiln_fast.context`: built once while the app loads by
+//!   running the invoker per visibility (`__kiln_fast.ready`), safe to share for the same
+//!   reason as the memoized factories.
 //!
 //! Why edits and not replacements: the package's code stays the reference for every edge and
 //! error message. Edits apply only to versions of the package whose edited functions were
@@ -33,7 +36,8 @@ enum Edit {
     Prologue(&'static str),
     /// Whole-line replacements inside the body (an empty replacement drops the line), given
     /// the exact parameter list; `sync` also drops the `async` of the declaration, and `load`
-    /// is a statement run while the app is loaded, once the edit is in.
+    /// is a statement run while the app is loaded, once the edit is in (`{name}` stands for the
+    /// function's name in the bundle), after the memoized factories are built.
     Lines {
         params: &'static str,
         lines: &'static [(&'static str, &'static str)],
@@ -98,6 +102,7 @@ const TARGETS: &[(&str, &str, Edit)] = &[
                     "const args = jsonToConvex(JSON.parse(argsStr));",
                     "const args = globalThis.__kiln_fast.args(argsStr, jsonToConvex);",
                 ),
+                ("const queryCtx = {", "const queryCtx = globalThis.__kiln_fast.context(\"query\", visibility) ?? {"),
                 (
                     "const result = await invokeFunction(func, queryCtx, args);",
                     "return globalThis.__kiln_fast.invoke(func, queryCtx, args, validateReturnValue, convexToJson, invokeFunction);",
@@ -106,7 +111,7 @@ const TARGETS: &[(&str, &str, Edit)] = &[
                 ("return JSON.stringify(convexToJson(result === void 0 ? null : result));", ""),
             ],
             sync: true,
-            load: Some("globalThis.__kiln_fast.directArgs(\"query\");"),
+            load: Some("globalThis.__kiln_fast.ready(\"query\", (visibility) => {name}(null, null, visibility));"),
         },
     ),
     (
@@ -120,6 +125,10 @@ const TARGETS: &[(&str, &str, Edit)] = &[
                     "const args = globalThis.__kiln_fast.args(argsStr, jsonToConvex);",
                 ),
                 (
+                    "const mutationCtx = {",
+                    "const mutationCtx = globalThis.__kiln_fast.context(\"mutation\", visibility) ?? {",
+                ),
+                (
                     "const result = await invokeFunction(func, mutationCtx, args);",
                     "return globalThis.__kiln_fast.invoke(func, mutationCtx, args, validateReturnValue, convexToJson, invokeFunction);",
                 ),
@@ -127,7 +136,7 @@ const TARGETS: &[(&str, &str, Edit)] = &[
                 ("return JSON.stringify(convexToJson(result === void 0 ? null : result));", ""),
             ],
             sync: true,
-            load: Some("globalThis.__kiln_fast.directArgs(\"mutation\");"),
+            load: Some("globalThis.__kiln_fast.ready(\"mutation\", (visibility) => {name}(null, null, visibility));"),
         },
     ),
     (IMPL, "setupReader", Edit::Memo(&[], Some("reader"))),
@@ -201,6 +210,7 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
     let mut module = "";
     let mut installed = Vec::new();
     let mut warm_up = String::new();
+    let mut announce = String::new();
     let mut lines = bundle.split_inclusive('\n');
     while let Some(line) = lines.next() {
         if let Some(path) = line.strip_prefix("// ") {
@@ -271,7 +281,7 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
                         }
                         out.push_str(&patched);
                         if let Some(statement) = load {
-                            warm_up.push_str(&format!("{statement}\n"));
+                            announce.push_str(&format!("{}\n", statement.replace("{name}", name)));
                         }
                         installed.push(function);
                     }
@@ -281,9 +291,10 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
             _ => {}
         }
     }
-    if !warm_up.is_empty() {
+    if !warm_up.is_empty() || !announce.is_empty() {
         out.push_str("// Kiln: built and announced while the app is loaded.\n");
         out.push_str(&warm_up);
+        out.push_str(&announce);
     }
     (out, installed)
 }
@@ -336,7 +347,7 @@ mod tests {
 
     #[test]
     fn invokers_hand_the_handler_over_and_lose_their_async() {
-        let body = "  const args = jsonToConvex(JSON.parse(argsStr));\n  const queryCtx = {};\n  \
+        let body = "  const args = jsonToConvex(JSON.parse(argsStr));\n  const queryCtx = {\n  };\n  \
                     const result = await invokeFunction(func, queryCtx, args);\n  validateReturnValue(result);\n  \
                     return JSON.stringify(convexToJson(result === void 0 ? null : result));\n}\n";
         let bundle = format!(
@@ -348,11 +359,15 @@ mod tests {
         assert!(out.contains(
             "\nfunction invokeQuery(func, argsStr, visibility) {\n  \
              const args = globalThis.__kiln_fast.args(argsStr, jsonToConvex);\n  \
-             const queryCtx = {};\n  return globalThis.__kiln_fast.invoke(func, queryCtx, args, validateReturnValue, \
+             const queryCtx = globalThis.__kiln_fast.context(\"query\", visibility) ?? {\n  };\n  \
+             return globalThis.__kiln_fast.invoke(func, queryCtx, args, validateReturnValue, \
              convexToJson, invokeFunction);\n}\nasync function invokeFunction(func, ctx, args) {"
         ));
-        // The dispatcher learns at load that query arguments may skip their JSON.
-        assert!(out.ends_with("globalThis.__kiln_fast.directArgs(\"query\");\n"));
+        // At load the runtime learns that query arguments may skip their JSON, and builds the
+        // contexts by running the invoker once per visibility.
+        assert!(out.ends_with(
+            "globalThis.__kiln_fast.ready(\"query\", (visibility) => invokeQuery(null, null, visibility));\n"
+        ));
         // A body that differs anywhere keeps its `async` and its awaits.
         let changed = bundle.replace("validateReturnValue(result);", "validateReturnValue(result, 1);");
         let (out, installed) = install(&changed);

@@ -264,6 +264,13 @@ fn js_error(ctx: &Ctx<'_>, e: quickjs::Error) -> Error {
     error("UncaughtException", javy::from_js_error(ctx.clone(), e).to_string())
 }
 
+/// A function path's module (without a `.js` suffix) and export (`default` when absent):
+/// `"messages:list"` → (`"messages"`, `"list"`).
+fn split_path(path: &str) -> (&str, &str) {
+    let (module, export) = path.rsplit_once(':').unwrap_or((path, "default"));
+    (module.strip_suffix(".js").unwrap_or(module), export)
+}
+
 fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
     let args = match from_msgpack(&call.args) {
         Ok(v @ Value::Object(_)) => v,
@@ -273,13 +280,15 @@ fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
         Err(e) => return Err(error(e.code(), e.to_string())),
     };
     ARGS.with(|a| *a.borrow_mut() = Some(args));
+    let (module_name, export_name) = split_path(&call.path);
     rt.context().with(|ctx| {
         let globals = ctx.globals();
         let dispatch: Function = globals.get("__kiln_dispatch").map_err(|e| js_error(&ctx, e))?;
         // A failure envelope at once, or a promise, whose outcome `__kiln_settled` or
         // `__kiln_failed` turns into an envelope or into another promise to drive.
-        let mut current: quickjs::Value =
-            dispatch.call((kind, call.path.as_str(), call.request_id.as_str())).map_err(|e| js_error(&ctx, e))?;
+        let mut current: quickjs::Value = dispatch
+            .call((kind, call.path.as_str(), module_name, export_name, call.request_id.as_str()))
+            .map_err(|e| js_error(&ctx, e))?;
         loop {
             let Some(promise) = current.as_promise().cloned() else {
                 return match current.as_string() {

@@ -114,10 +114,21 @@
   // promise itself, then `__kiln_settled` finishes the result as the package would
   // (`validateReturnValue`, `convexToJson`), and `__kiln_failed` has a failure go through
   // the package's `invokeFunction` (which serializes `ConvexError` data) first.
-  let direct = null;
+  let direct = false;
+  let validateResult = null;
+  let resultToJson = null;
+  let invokeThrowing = null;
   function invokeDirect(func, ctx, args, validateReturnValue, convexToJson, invokeFunction) {
-    direct = { validateReturnValue, convexToJson, invokeFunction };
-    return Promise.resolve(func(ctx, ...args));
+    if (warming !== null) {
+      contexts[warming.kind][warming.visibility] = ctx;
+      return undefined;
+    }
+    direct = true;
+    validateResult = validateReturnValue;
+    resultToJson = convexToJson;
+    invokeThrowing = invokeFunction;
+    // (A spread runs the iterator protocol; the package's arguments are one object.)
+    return Promise.resolve(args.length === 1 ? func(ctx, args[0]) : func(ctx, ...args));
   }
 
   // The kinds whose (edited) invoker takes its arguments from `takeArgs`: the dispatcher then
@@ -127,6 +138,7 @@
   const DIRECT_ARGS = "\u0000kiln:args";
   const directArgs = { query: false, mutation: false };
   function takeArgs(argsStr, jsonToConvex) {
+    if (warming !== null) return [];
     if (argsStr === DIRECT_ARGS) {
       const args = native.args();
       if (args !== undefined) return args;
@@ -134,6 +146,28 @@
     }
     return jsonToConvex(JSON.parse(argsStr));
   }
+
+  // The context objects of the edited invokers, built while the app loads (from the package's
+  // own object literal: the invoker runs once per visibility with `warming` set). They hold
+  // only the memoized, stateless parts and closures over nothing of a call, so, like those,
+  // they can be shared: every call runs in a fresh instance of the snapshot.
+  const contexts = { query: {}, mutation: {} };
+  let warming = null;
+  function ready(kind, invoke) {
+    if (!Object.hasOwn(directArgs, kind)) return;
+    directArgs[kind] = true;
+    for (const visibility of ["public", "internal"]) {
+      warming = { kind, visibility };
+      try {
+        invoke(visibility);
+      } catch {
+        // Left to be built in each call.
+      } finally {
+        warming = null;
+      }
+    }
+  }
+  const context = (kind, visibility) => contexts[kind][visibility];
 
   // Natives the SDK points parts of the `convex` package at when it bundles: value codecs,
   // called first by the package's `jsonToConvex`, `convexToJson` and `patchValueToJson`
@@ -149,9 +183,8 @@
       writer,
       invoke: invokeDirect,
       args: takeArgs,
-      directArgs: (kind) => {
-        if (kind in directArgs) directArgs[kind] = true;
-      },
+      context,
+      ready,
     }),
     writable: false,
     configurable: false,
@@ -645,15 +678,14 @@
 
   // ---- dispatch --------------------------------------------------------------------------
   const modules = () => globalThis.__kiln_modules || {};
-  function parsePath(path) {
-    const i = path.lastIndexOf(":");
-    let mod = i < 0 ? path : path.slice(0, i);
-    if (mod.endsWith(".js")) mod = mod.slice(0, -3);
-    return [mod, i < 0 ? "default" : path.slice(i + 1)];
-  }
   const MAX_RESULT_JSON = 16 * 1024 * 1024 + 1024;
   const MAX_RESULT_BYTES = 16 * 1024 * 1024;
-  const KINDS = { query: ["isQuery", "Query"], mutation: ["isMutation", "Mutation"], action: ["isAction", "Action"] };
+  // (Objects, not arrays: destructuring an array runs the iterator protocol, ~8k fuel.)
+  const KINDS = {
+    query: { flag: "isQuery", name: "Query" },
+    mutation: { flag: "isMutation", name: "Mutation" },
+    action: { flag: "isAction", name: "Action" },
+  };
   const kindOf = (fn) => (fn.isQuery ? "Query" : fn.isMutation ? "Mutation" : fn.isAction ? "Action" : fn.isHttp ? "HttpAction" : null);
 
   function fail(code, message, data) {
@@ -682,10 +714,9 @@
   // package's `invokeFunction`, which rejects at once with the error the package reports;
   // the runtime drives that promise and comes back here.
   function failed(e) {
-    if (direct !== null) {
-      const { invokeFunction } = direct;
-      direct = null;
-      return invokeFunction(() => {
+    if (direct) {
+      direct = false;
+      return invokeThrowing(() => {
         throw e;
       }, null, []);
     }
@@ -697,16 +728,16 @@
   // (an `async` dispatcher awaiting it would cost every call another frame and another
   // await) and hands its outcome to `__kiln_settled` or `__kiln_failed`, which answer an
   // envelope or another promise to drive.
-  define("__kiln_dispatch", function dispatch(kind, path, requestId) {
+  // `modName` and `exportName` are the parts of `path` (the runtime splits it).
+  define("__kiln_dispatch", function dispatch(kind, path, modName, exportName, requestId) {
     try {
-      const [modName, exportName] = parsePath(path);
       const mod = modules()[modName];
       const fn = mod ? mod[exportName] : undefined;
       const actual = fn ? kindOf(fn) : null;
       if (!actual) return fail("FunctionNotFound", `Could not find function for '${path}'`);
-      const [flag, name] = KINDS[kind] || [];
-      if (!flag) return fail("UnsupportedCall", `Calls of kind ${kind} are not supported by this runtime`);
-      if (!fn[flag]) return fail("WrongFunctionKind", `Trying to execute ${path} as ${name}, but it is defined as ${actual}.`);
+      const k = Object.hasOwn(KINDS, kind) ? KINDS[kind] : null;
+      if (!k) return fail("UnsupportedCall", `Calls of kind ${kind} are not supported by this runtime`);
+      if (!fn[k.flag]) return fail("WrongFunctionKind", `Trying to execute ${path} as ${k.name}, but it is defined as ${actual}.`);
       const args = directArgs[kind] ? DIRECT_ARGS : native.argsJson();
       if (kind === "query") return fn.invokeQuery(args);
       if (kind === "mutation") return fn.invokeMutation(args);
@@ -717,11 +748,10 @@
   });
 
   define("__kiln_settled", function settled(path, result) {
-    if (direct !== null) {
-      const { validateReturnValue, convexToJson } = direct;
-      direct = null;
+    if (direct) {
+      direct = false;
       try {
-        validateReturnValue(result);
+        validateResult(result);
         if (result === void 0) result = null;
         // The runtime takes the value itself unless the package's `convexToJson` must decide.
         const size = native.result(result);
@@ -731,7 +761,7 @@
           }
           return "2";
         }
-        result = JSON.stringify(convexToJson(result));
+        result = JSON.stringify(resultToJson(result));
       } catch (e) {
         return describe(e);
       }

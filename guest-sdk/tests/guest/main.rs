@@ -553,6 +553,19 @@ fn the_fast_paths_change_no_result_and_no_error() {
         }
     }
     assert_eq!(outcomes.len(), 2, "handlers' outcomes include results and errors: {outcomes:?}");
+    // Contexts are built once while the app loads: a call that changes its context leaves
+    // nothing for the next, public or internal.
+    for (kind, path) in [
+        (Query, "values:markQuery"),
+        (Mutation, "values:markMutation"),
+        (Query, "values:markInternalQuery"),
+        (Mutation, "values:markInternalMutation"),
+    ] {
+        for _ in 0..2 {
+            let text = compare(kind, path, &args("{}"));
+            assert!(text.starts_with("ok") && text.contains(r#""found": Array([])"#), "{path}: {text}");
+        }
+    }
     for id in ["nope", "", "0000000000000000000000000000000"] {
         compare(Query, "values:badGet", &Value::Object(Object::from([("id".into(), Value::from(id))])));
     }
