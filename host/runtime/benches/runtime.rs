@@ -100,6 +100,13 @@ async fn queries(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) 
         out.result.unwrap();
     }
     lat.sort();
+    let (qps, faults) = query_round(rt, deployment, path, seconds).await;
+    (lat, qps, fuel, faults)
+}
+
+/// Calls of query `path` from 16 concurrent callers for `seconds`; returns calls/s and minor
+/// page faults per call.
+async fn query_round(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) -> (f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let (started, faults) = (Instant::now(), minor_faults());
@@ -121,12 +128,18 @@ async fn queries(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) 
         t.await.unwrap();
     }
     let n = count.load(Ordering::Relaxed) as f64;
-    (lat, n / started.elapsed().as_secs_f64(), fuel, (minor_faults() - faults) as f64 / n.max(1.0))
+    (n / started.elapsed().as_secs_f64(), (minor_faults() - faults) as f64 / n.max(1.0))
 }
 
 /// Transfers between random accounts from 64 concurrent callers; returns committed/s,
 /// retries, minor page faults and CPU time (µs) per transfer.
 async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f64, f64, f64) {
+    let ids = open_accounts(rt, deployment).await;
+    transfer_round(rt, deployment, &ids, seconds).await
+}
+
+/// Opens the 1000 accounts the transfers move money between.
+async fn open_accounts(rt: &Arc<Runtime>, deployment: &str) -> Arc<Vec<String>> {
     let mut ids = Vec::new();
     for i in 0..1000 {
         let a =
@@ -135,7 +148,16 @@ async fn transfers(rt: &Arc<Runtime>, deployment: &str, seconds: f64) -> (f64, f
         let Ok(Value::String(id)) = out.result else { panic!("open failed: {:?}", out.result) };
         ids.push(id);
     }
-    let ids = Arc::new(ids);
+    Arc::new(ids)
+}
+
+/// One round of [`transfers`] between the accounts `ids`.
+async fn transfer_round(
+    rt: &Arc<Runtime>,
+    deployment: &str,
+    ids: &Arc<Vec<String>>,
+    seconds: f64,
+) -> (f64, f64, f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let (count, retries) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (started, faults, cpu) = (Instant::now(), minor_faults(), cpu_time());
@@ -257,38 +279,67 @@ fn main() {
             );
             return;
         }
-        let mut results = Vec::new();
-        let mut rust = None;
-        for meter in [true, false] {
-            let dir = work.path().join(if meter { "metered" } else { "unmetered" });
-            let runtime = Arc::new(runtime(&dir, &cache, meter));
-            runtime.open_deployment("probe", config(16)).await.unwrap();
-            runtime.deploy("probe", &probe).await.unwrap();
-            runtime.open_deployment("bank", config(64)).await.unwrap();
-            runtime.deploy("bank", &bank).await.unwrap();
-            let (lat, qps, fuel, qfaults) = trivial_queries(&runtime, seconds).await;
-            if meter {
-                single_transfer_profile(&runtime, "bank", "").await;
-            }
-            let (tps, retries, tfaults, tcpu) = transfers(&runtime, "bank", seconds).await;
-            results.push((meter, lat, qps, tps, retries, fuel, qfaults, tfaults, tcpu));
-            if meter {
-                // The same workloads in a guest compiled from Rust: what the platform costs
-                // without the JavaScript runtime.
-                runtime.open_deployment("rust", config(64)).await.unwrap();
-                runtime.deploy("rust", &kiln_guest_sdk::rust_guest_component().unwrap()).await.unwrap();
-                let (lat, qps, fuel, _) = queries(&runtime, "rust", "counter:get", seconds).await;
-                single_transfer_profile(&runtime, "rust", "Rust guest: ").await;
-                let (tps, retries, _, cpu) = transfers(&runtime, "rust", seconds).await;
-                rust = Some((lat, qps, fuel, tps, retries, cpu));
-            }
-            runtime.shutdown().await;
+        let dir = work.path().join("metered");
+        let runtime = Arc::new(runtime(&dir, &cache, true));
+        runtime.open_deployment("probe", config(16)).await.unwrap();
+        runtime.deploy("probe", &probe).await.unwrap();
+        runtime.open_deployment("bank", config(64)).await.unwrap();
+        runtime.deploy("bank", &bank).await.unwrap();
+        let (lat, qps, fuel, qfaults) = trivial_queries(&runtime, seconds).await;
+        single_transfer_profile(&runtime, "bank", "").await;
+        let (tps, retries, tfaults, tcpu) = transfers(&runtime, "bank", seconds).await;
+        // The same workloads in a guest compiled from Rust: what the platform costs without
+        // the JavaScript runtime.
+        runtime.open_deployment("rust", config(64)).await.unwrap();
+        runtime.deploy("rust", &kiln_guest_sdk::rust_guest_component().unwrap()).await.unwrap();
+        let (rust_lat, rust_qps, rust_fuel, _) = queries(&runtime, "rust", "counter:get", seconds).await;
+        single_transfer_profile(&runtime, "rust", "Rust guest: ").await;
+        let (rust_tps, rust_retries, _, rust_cpu) = transfers(&runtime, "rust", seconds).await;
+        let rust = Some((rust_lat, rust_qps, rust_fuel, rust_tps, rust_retries, rust_cpu));
+        runtime.shutdown().await;
+
+        // The cost of fuel metering: this machine's speed drifts by tens of percent over
+        // seconds, so rounds with and without metering alternate and their totals compare.
+        let (on, off) = (
+            Arc::new(self::runtime(&work.path().join("cost-on"), &cache, true)),
+            Arc::new(self::runtime(&work.path().join("cost-off"), &cache, false)),
+        );
+        let mut accounts = Vec::new();
+        for rt in [&on, &off] {
+            rt.open_deployment("probe", config(16)).await.unwrap();
+            rt.deploy("probe", &probe).await.unwrap();
+            rt.open_deployment("bank", config(64)).await.unwrap();
+            rt.deploy("bank", &bank).await.unwrap();
+            accounts.push(open_accounts(rt, "bank").await);
         }
-        let (_, lat, qps, tps, retries, fuel, qfaults, tfaults, tcpu) = &results[0];
-        let (_, lat_off, qps_off, tps_off, ..) = &results[1];
+        let rounds = if quick { 2 } else { 5 };
+        let round = seconds / 5.0;
+        let (mut p50s, mut qsum, mut tsum) = ([Vec::new(), Vec::new()], [0.0; 2], [0.0; 2]);
+        for _ in 0..rounds {
+            for (i, rt) in [&on, &off].into_iter().enumerate() {
+                let mut lat = Vec::with_capacity(500);
+                for _ in 0..500 {
+                    let t = Instant::now();
+                    rt.call("probe", CallRequest::new(FunctionKind::Query, "probe:empty", empty())).await.result.unwrap();
+                    lat.push(t.elapsed());
+                }
+                lat.sort();
+                p50s[i].push(pct(&lat, 0.5));
+                qsum[i] += query_round(rt, "probe", "probe:empty", round).await.0;
+                tsum[i] += transfer_round(rt, "bank", &accounts[i], round).await.0;
+            }
+        }
+        on.shutdown().await;
+        off.shutdown().await;
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (p50_on, p50_off) = (median(&mut p50s[0]), median(&mut p50s[1]));
+
         report(
             "trivial query, one caller: p50 / p99 per call (target p50 <= 50 us), fuel",
-            format!("{:.1} us / {:.1} us, {fuel}", pct(lat, 0.5), pct(lat, 0.99)),
+            format!("{:.1} us / {:.1} us, {fuel}", pct(&lat, 0.5), pct(&lat, 0.99)),
         );
         report("trivial queries/s, 16 concurrent callers", format!("{qps:.0} ({qfaults:.2} minor faults per call)"));
         report(
@@ -296,13 +347,16 @@ fn main() {
             format!("{tps:.0} ({retries:.3} retries, {tfaults:.2} minor faults, {tcpu:.0} us CPU per transfer)"),
         );
         report(
-            "fuel metering cost: p50 / queries/s / transfers/s, on vs off",
+            &format!("fuel metering cost, {rounds} alternating rounds: p50 / queries/s / transfers/s"),
             format!(
-                "{:+.1}% / {:+.1}% / {:+.1}% (off: {:.1} us, {qps_off:.0}/s, {tps_off:.0}/s)",
-                (pct(lat, 0.5) / pct(lat_off, 0.5) - 1.0) * 100.0,
-                (qps_off / qps - 1.0) * 100.0,
-                (tps_off / tps - 1.0) * 100.0,
-                pct(lat_off, 0.5)
+                "{:+.1}% / {:+.1}% / {:+.1}% (on: {p50_on:.1} us, {:.0}/s, {:.0}/s; off: {p50_off:.1} us, {:.0}/s, {:.0}/s)",
+                (p50_on / p50_off - 1.0) * 100.0,
+                (qsum[1] / qsum[0] - 1.0) * 100.0,
+                (tsum[1] / tsum[0] - 1.0) * 100.0,
+                qsum[0] / rounds as f64,
+                tsum[0] / rounds as f64,
+                qsum[1] / rounds as f64,
+                tsum[1] / rounds as f64,
             ),
         );
 
@@ -320,7 +374,7 @@ fn main() {
 
         // Idle deployments, and cold starts from the cached .cwasm.
         let dir = work.path().join("idle");
-        let runtime = runtime(&dir, &cache, true);
+        let runtime = self::runtime(&dir, &cache, true);
         // One deployment first: the runtime's own first-use allocations are not a deployment's.
         runtime.open_deployment("warm", config(4)).await.unwrap();
         runtime.deploy("warm", &bank).await.unwrap();
