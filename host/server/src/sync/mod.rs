@@ -627,7 +627,19 @@ async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocke
         End::Fatal(_) => (1000, "FatalError".to_owned()),
     };
     let frame = CloseFrame { code, reason: reason.chars().take(120).collect::<String>().into() };
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+    // The closing handshake: wait (briefly) for the client's own Close. Dropping the
+    // connection with client data unread resets it, and a reset client can lose what was sent
+    // just before the close, such as the FatalError.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            while let Some(Ok(message)) = socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
     match end {
         End::Fatal(_) => "fatal",
         _ => "closed",
