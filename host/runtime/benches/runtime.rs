@@ -295,7 +295,6 @@ fn main() {
         let (rust_lat, rust_qps, rust_fuel, _) = queries(&runtime, "rust", "counter:get", seconds).await;
         single_transfer_profile(&runtime, "rust", "Rust guest: ").await;
         let (rust_tps, rust_retries, _, rust_cpu) = transfers(&runtime, "rust", seconds).await;
-        let rust = Some((rust_lat, rust_qps, rust_fuel, rust_tps, rust_retries, rust_cpu));
         runtime.shutdown().await;
 
         // The cost of fuel metering: this machine's speed drifts by tens of percent over
@@ -360,17 +359,15 @@ fn main() {
             ),
         );
 
-        if let Some((lat, qps, fuel, tps, retries, cpu)) = rust {
-            report(
-                "Rust guest: counter:get (empty table), one caller: p50 / p99, fuel",
-                format!("{:.1} us / {:.1} us, {fuel}", pct(&lat, 0.5), pct(&lat, 0.99)),
-            );
-            report("Rust guest: counter:get/s, 16 concurrent callers", format!("{qps:.0}"));
-            report(
-                "Rust guest: bank transfers committed/s, 64 callers, durable",
-                format!("{tps:.0} ({retries:.3} retries, {cpu:.0} us CPU per transfer)"),
-            );
-        }
+        report(
+            "Rust guest: counter:get (empty table), one caller: p50 / p99, fuel",
+            format!("{:.1} us / {:.1} us, {rust_fuel}", pct(&rust_lat, 0.5), pct(&rust_lat, 0.99)),
+        );
+        report("Rust guest: counter:get/s, 16 concurrent callers", format!("{rust_qps:.0}"));
+        report(
+            "Rust guest: bank transfers committed/s, 64 callers, durable",
+            format!("{rust_tps:.0} ({rust_retries:.3} retries, {rust_cpu:.0} us CPU per transfer)"),
+        );
 
         // Idle deployments, and cold starts from the cached .cwasm.
         let dir = work.path().join("idle");
