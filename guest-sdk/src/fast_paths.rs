@@ -55,6 +55,47 @@ const SYSCALL: &str = "convex/dist/esm/server/impl/syscall.js";
 const IMPL: &str = "convex/dist/esm/server/impl/";
 const REGISTRATION: &str = "convex/dist/esm/server/impl/registration_impl.js";
 
+/// The edit of the package's `invokeQuery`/`invokeMutation` (see the module's docs): arguments
+/// from `__kiln_fast.args`, the context from `__kiln_fast.context`, the handler's promise to
+/// `__kiln_fast.invoke`, no `async`; at load, `__kiln_fast.ready` builds the contexts.
+macro_rules! invoker {
+    ($function:literal, $kind:literal, $ctx:literal) => {
+        (
+            REGISTRATION,
+            $function,
+            Edit::Lines {
+                params: "func, argsStr, visibility",
+                lines: &[
+                    (
+                        "const args = jsonToConvex(JSON.parse(argsStr));",
+                        "const args = globalThis.__kiln_fast.args(argsStr, jsonToConvex);",
+                    ),
+                    (
+                        concat!("const ", $ctx, " = {"),
+                        concat!("const ", $ctx, " = globalThis.__kiln_fast.context(\"", $kind, "\", visibility) ?? {"),
+                    ),
+                    (
+                        concat!("const result = await invokeFunction(func, ", $ctx, ", args);"),
+                        concat!(
+                            "return globalThis.__kiln_fast.invoke(func, ",
+                            $ctx,
+                            ", args, validateReturnValue, convexToJson, invokeFunction);"
+                        ),
+                    ),
+                    ("validateReturnValue(result);", ""),
+                    ("return JSON.stringify(convexToJson(result === void 0 ? null : result));", ""),
+                ],
+                sync: true,
+                load: Some(concat!(
+                    "globalThis.__kiln_fast.ready(\"",
+                    $kind,
+                    "\", (visibility) => {name}(null, null, visibility));"
+                )),
+            },
+        )
+    };
+}
+
 /// The edits: (part of the module path, function, edit).
 const TARGETS: &[(&str, &str, Edit)] = &[
     (VALUES, "jsonToConvex", Edit::Prologue("jsonToConvex")),
@@ -92,53 +133,8 @@ const TARGETS: &[(&str, &str, Edit)] = &[
             load: None,
         },
     ),
-    (
-        REGISTRATION,
-        "invokeQuery",
-        Edit::Lines {
-            params: "func, argsStr, visibility",
-            lines: &[
-                (
-                    "const args = jsonToConvex(JSON.parse(argsStr));",
-                    "const args = globalThis.__kiln_fast.args(argsStr, jsonToConvex);",
-                ),
-                ("const queryCtx = {", "const queryCtx = globalThis.__kiln_fast.context(\"query\", visibility) ?? {"),
-                (
-                    "const result = await invokeFunction(func, queryCtx, args);",
-                    "return globalThis.__kiln_fast.invoke(func, queryCtx, args, validateReturnValue, convexToJson, invokeFunction);",
-                ),
-                ("validateReturnValue(result);", ""),
-                ("return JSON.stringify(convexToJson(result === void 0 ? null : result));", ""),
-            ],
-            sync: true,
-            load: Some("globalThis.__kiln_fast.ready(\"query\", (visibility) => {name}(null, null, visibility));"),
-        },
-    ),
-    (
-        REGISTRATION,
-        "invokeMutation",
-        Edit::Lines {
-            params: "func, argsStr, visibility",
-            lines: &[
-                (
-                    "const args = jsonToConvex(JSON.parse(argsStr));",
-                    "const args = globalThis.__kiln_fast.args(argsStr, jsonToConvex);",
-                ),
-                (
-                    "const mutationCtx = {",
-                    "const mutationCtx = globalThis.__kiln_fast.context(\"mutation\", visibility) ?? {",
-                ),
-                (
-                    "const result = await invokeFunction(func, mutationCtx, args);",
-                    "return globalThis.__kiln_fast.invoke(func, mutationCtx, args, validateReturnValue, convexToJson, invokeFunction);",
-                ),
-                ("validateReturnValue(result);", ""),
-                ("return JSON.stringify(convexToJson(result === void 0 ? null : result));", ""),
-            ],
-            sync: true,
-            load: Some("globalThis.__kiln_fast.ready(\"mutation\", (visibility) => {name}(null, null, visibility));"),
-        },
-    ),
+    invoker!("invokeQuery", "query", "queryCtx"),
+    invoker!("invokeMutation", "mutation", "mutationCtx"),
     (IMPL, "setupReader", Edit::Memo(&[], Some("reader"))),
     (IMPL, "setupWriter", Edit::Memo(&[], Some("writer"))),
     (IMPL, "setupAuth", Edit::Memo(&[""], None)),
