@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kiln_store::query::Query;
@@ -14,10 +14,24 @@ use serde_json::json;
 
 use crate::{config, obj, open};
 
-async fn page_through(store: &Store, q: &Query, size: usize) -> Vec<DocumentId> {
+/// Pages through `q`; between pages it waits for the writer's next write (or its end), so the
+/// writes interleave with the pages however the scheduler runs the two tasks.
+async fn page_through(
+    store: &Store,
+    q: &Query,
+    size: usize,
+    writes: &AtomicUsize,
+    writer_done: &AtomicBool,
+) -> Vec<DocumentId> {
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
+        let before = writes.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while writes.load(Ordering::Acquire) == before && !writer_done.load(Ordering::Acquire) {
+            assert!(tokio::time::Instant::now() < deadline, "the writer made no progress for 10 s");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
         let mut tx = store.begin_read_only();
         let page = tx
             .query_page(q.clone(), PageRequest { cursor: cursor.take(), page_size: size, ..Default::default() })
@@ -29,7 +43,6 @@ async fn page_through(store: &Store, q: &Query, size: usize) -> Vec<DocumentId> 
             return seen;
         }
         cursor = Some(page.continue_cursor);
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -58,8 +71,11 @@ async fn paging_while_others_insert_and_delete() {
     let deleted = Arc::new(Mutex::new(HashSet::new()));
     for q in queries {
         let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicUsize::new(0));
+        let writer_done = Arc::new(AtomicBool::new(false));
         let writer = {
             let (store, stop, deleted, initial) = (store.clone(), stop.clone(), deleted.clone(), initial.clone());
+            let (progress, writer_done) = (progress.clone(), writer_done.clone());
             tokio::spawn(async move {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(7);
                 let mut mine: Vec<DocumentId> = Vec::new();
@@ -87,11 +103,13 @@ async fn paging_while_others_insert_and_delete() {
                         }
                     }
                     writes += 1;
+                    progress.store(writes, Ordering::Release);
                 }
+                writer_done.store(true, Ordering::Release);
                 writes
             })
         };
-        let seen = page_through(&store, &q, 13).await;
+        let seen = page_through(&store, &q, 13, &progress, &writer_done).await;
         stop.store(true, Ordering::Relaxed);
         let writes = writer.await.unwrap();
         let unique: HashSet<_> = seen.iter().copied().collect();
