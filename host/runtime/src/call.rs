@@ -287,19 +287,23 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
                 let mut ex = execute(child(Some(txn), now), args.clone(), "", fuel);
                 let retry = match (&ex.outcome, ex.ctx.txn.take()) {
                     (Ok(_), Some(txn)) => shared.handle.block_on(txn.commit()).err(),
-                    _ => ex.ctx.fatal.as_ref().filter(|f| f.retryable).map(|f| StoreError::Conflict {
-                        table: String::new(),
-                        conflicting_ts: f.retry_after.unwrap_or_default(),
-                    }),
+                    (_, txn) => {
+                        let retry = ex.ctx.fatal.as_ref().filter(|f| f.retryable).map(|f| StoreError::Conflict {
+                            table: String::new(),
+                            conflicting_ts: f.retry_after.unwrap_or_default(),
+                        });
+                        // The error goes back to the action: first let what it read become durable.
+                        if let (None, Some(txn), Err(e)) = (&retry, txn, &ex.outcome) {
+                            ex.outcome = Err(shared.handle.block_on(settled(&txn, e.clone())));
+                        }
+                        retry
+                    }
                 };
                 match retry {
                     None => break ex,
                     Some(e) if e.is_retryable() && attempt < limits.mutation_retries => {
                         attempt += 1;
                         ctx.nested_fuel += ex.fuel;
-                        if let Some(ts) = e.retry_after() {
-                            shared.handle.block_on(dep.store.wait_for(ts));
-                        }
                     }
                     Some(e) => {
                         ex.outcome = Err(CallError::new(e.code(), format!("{path}: {e}")));
@@ -387,46 +391,62 @@ async fn run(
         .map_err(|_| CallError::new("ShuttingDown", "the deployment is closing"))?;
     let mut attempt = 0;
     loop {
-        let (txn, now_ms, seed) = match req.kind {
-            FunctionKind::Action => {
-                (None, wall_clock_ms(), derive_seed(&[&wall_clock_ms().to_le_bytes(), path.as_bytes()]))
+        // A transaction normally begins on the worker, right before its instance runs, so that
+        // a mutation's conflict window does not include its wait for a worker. A query at a
+        // given snapshot and a mutation with an idempotency key (replayed here) begin now.
+        let early = match (req.kind, req.snapshot, &req.idempotency_key) {
+            (FunctionKind::Query, Some(ts), _) => {
+                Some(dep.store.begin_read_only_at(ts).map_err(|e| CallError::new(e.code(), format!("{path}: {e}")))?)
             }
-            kind => {
-                let mut txn = match (kind, req.snapshot) {
-                    (FunctionKind::Query, Some(ts)) => dep
-                        .store
-                        .begin_read_only_at(ts)
-                        .map_err(|e| CallError::new(e.code(), format!("{path}: {e}")))?,
-                    (FunctionKind::Query, None) => dep.store.begin_read_only(),
-                    _ => dep.store.begin(),
+            (FunctionKind::Mutation, _, Some(key)) => {
+                let mut txn = dep.store.begin();
+                let replayed = match idempotency::replay(&mut txn, key).await {
+                    Ok(replayed) => replayed,
+                    Err(e) => return Err(settled(&txn, e).await),
                 };
-                if let (FunctionKind::Mutation, Some(key)) = (kind, &req.idempotency_key)
-                    && let Some(value) = idempotency::replay(&mut txn, key).await?
-                {
+                if let Some(value) = replayed {
+                    // The recorded result may come from a commit that is not durable yet.
+                    txn.settle().await.map_err(|e| CallError::new(e.code(), format!("{path}: {e}")))?;
                     out.commit_ts = Some(txn.begin_ts());
                     out.replayed = true;
                     return Ok(value);
                 }
-                let ts = txn.begin_ts();
-                let seed = derive_seed(&[dep.name.as_bytes(), path.as_bytes(), &args, &ts.0.to_le_bytes()]);
-                (Some(txn), ts.0 as f64 / 1e6, seed)
+                Some(txn)
+            }
+            _ => None,
+        };
+        let job = {
+            let (shared, dep, version, path) = (shared.clone(), dep.clone(), version.clone(), path.clone());
+            let (kind, identity, args, request_id) =
+                (req.kind, req.identity.clone(), args.clone(), req.request_id.clone());
+            move || {
+                let (txn, now_ms, seed) = match (kind, early) {
+                    (FunctionKind::Action, _) => {
+                        (None, wall_clock_ms(), derive_seed(&[&wall_clock_ms().to_le_bytes(), path.as_bytes()]))
+                    }
+                    (_, Some(txn)) => snapshot_stamp(&dep, &path, &args, txn),
+                    (FunctionKind::Query, None) => snapshot_stamp(&dep, &path, &args, dep.store.begin_read_only()),
+                    (FunctionKind::Mutation, None) => snapshot_stamp(&dep, &path, &args, dep.store.begin()),
+                };
+                let ctx = new_ctx(&shared, &dep, &version, kind, &path, txn, identity, seed, now_ms, 0);
+                execute_keeping_store(ctx, args, &request_id, fuel)
             }
         };
-        let ctx = new_ctx(shared, dep, &version, req.kind, &path, txn, req.identity.clone(), seed, now_ms, 0);
-        let (job_args, request_id) = (args.clone(), req.request_id.clone());
-        let mut ex = shared
-            .pool
-            .run(move || execute_keeping_store(ctx, job_args, &request_id, fuel))
-            .await
-            .ok_or_else(|| CallError::new("ShuttingDown", "the runtime is shutting down"))?;
+        let mut ex =
+            shared.pool.run(job).await.ok_or_else(|| CallError::new("ShuttingDown", "the runtime is shutting down"))?;
         out.fuel += ex.fuel + ex.ctx.nested_fuel;
         out.logs = std::mem::take(&mut ex.ctx.logs).finish();
         let txn = ex.ctx.txn.take();
         let failure = match (ex.outcome, txn) {
             (Ok(bytes), Some(mut txn)) if req.kind == FunctionKind::Mutation => {
-                let value = check_result(dep, entry, &path, &bytes)?;
-                if let Some(key) = &req.idempotency_key {
-                    idempotency::record(&mut txn, key, &value).await?;
+                let value = match check_result(dep, entry, &path, &bytes) {
+                    Ok(value) => value,
+                    Err(e) => return Err(settled(&txn, e).await),
+                };
+                if let Some(key) = &req.idempotency_key
+                    && let Err(e) = idempotency::record(&mut txn, key, &value).await
+                {
+                    return Err(settled(&txn, e).await);
                 }
                 match txn_commit(&mut out.read_token, txn).await {
                     Ok(ts) => {
@@ -451,25 +471,45 @@ async fn run(
                     StoreError::Conflict { table: String::new(), conflicting_ts: f.retry_after.unwrap_or_default() }
                 }
                 _ => {
-                    // A failed query's result depends on what it read, like a successful one.
-                    if let (FunctionKind::Query, Some(mut txn)) = (req.kind, txn) {
-                        out.read_token = Some(txn.read_token());
-                    }
-                    return Err(e);
+                    return Err(match (req.kind, txn) {
+                        // A failed query's result depends on what it read, like a successful one.
+                        (FunctionKind::Query, Some(mut txn)) => {
+                            out.read_token = Some(txn.read_token());
+                            e
+                        }
+                        (FunctionKind::Mutation, Some(txn)) => settled(&txn, e).await,
+                        _ => e,
+                    });
                 }
             },
         };
         if failure.is_retryable() && attempt < config.limits.mutation_retries && req.kind != FunctionKind::Action {
             attempt += 1;
             out.retries = attempt;
-            if let Some(ts) = failure.retry_after() {
-                dep.store.wait_for(ts).await;
-            }
+            // No need to wait for the conflicting commit to be published: a mutation's
+            // snapshot includes every validated commit.
             tokio::time::sleep(Duration::from_micros(200 << attempt.min(6))).await;
             continue;
         }
         return Err(CallError::new(failure.code(), format!("{path}: {failure}")));
     }
+}
+
+/// `e`, once everything the mutation's snapshot read is durable: a read-write snapshot may
+/// include commits still being written, and an error can reveal what was read.
+async fn settled(txn: &Transaction, e: CallError) -> CallError {
+    match txn.settle().await {
+        Ok(()) => e,
+        Err(s) => CallError::new(s.code(), format!("{}: {s}", e.message)),
+    }
+}
+
+/// A query's or mutation's transaction with the time and seed its snapshot fixes: the same
+/// function, arguments and snapshot draw the same random numbers and see the same clock.
+fn snapshot_stamp(dep: &Deployment, path: &str, args: &[u8], txn: Transaction) -> (Option<Transaction>, f64, u64) {
+    let ts = txn.begin_ts();
+    let seed = derive_seed(&[dep.name.as_bytes(), path.as_bytes(), args, &ts.0.to_le_bytes()]);
+    (Some(txn), ts.0 as f64 / 1e6, seed)
 }
 
 async fn txn_commit(

@@ -1,7 +1,7 @@
 //! The store: opening and recovery, the single committer, subscriptions, pruning, and
 //! catalog operations (indexes with backfill, schemas).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -72,11 +72,18 @@ pub struct StoreStats {
     pub published_ts: Timestamp,
 }
 
+/// A document's versions in validated commits not yet published, oldest first.
+type PendingVersions = Vec<(Timestamp, Option<Arc<Document>>)>;
+
 /// State shared by the store handle, its transactions and its background tasks.
 pub(crate) struct Inner {
     pub(crate) persistence: Arc<dyn Persistence>,
     pub(crate) config: StoreConfig,
     snapshot: RwLock<Snapshot>,
+    /// The newest validated commit (durable or not): where read-write transactions begin.
+    validated: RwLock<Snapshot>,
+    /// Documents written by validated commits not yet published, newest last per document.
+    pending: Mutex<HashMap<DocumentId, PendingVersions>>,
     pub(crate) cache: Mutex<DocumentCache>,
     log: Mutex<CommitLog>,
     registry: Arc<Mutex<Registry>>,
@@ -139,6 +146,46 @@ impl Inner {
 
     fn snapshot(&self) -> Snapshot {
         self.snapshot.read().clone()
+    }
+
+    /// The version of `id` a read at `ts` sees among validated commits not yet published:
+    /// `Some` when one of them wrote it at or before `ts`.
+    pub(crate) fn pending_version(&self, id: &DocumentId, ts: Timestamp) -> Option<Option<Arc<Document>>> {
+        let pending = self.pending.lock();
+        let versions = pending.get(id)?;
+        versions.iter().rev().find(|(t, _)| *t <= ts).map(|(_, d)| d.clone())
+    }
+
+    /// The newest published commit.
+    pub(crate) fn published_ts(&self) -> Timestamp {
+        self.snapshot.read().ts
+    }
+
+    /// Whether a validated commit in `(published, ts]` wrote a key of `index` in `range`.
+    pub(crate) fn pending_writes_in(&self, ts: Timestamp, index: IndexId, range: &KeyRange) -> bool {
+        let published = self.published_ts();
+        if ts <= published {
+            return false;
+        }
+        let mut reads = ReadSet::new();
+        reads.add(index, range.clone());
+        // `TooOld` cannot happen for commits not yet published, but err on the side of waiting.
+        self.log.lock().check_range(published, ts, &reads) != Check::Clean
+    }
+
+    /// Waits until the commit at `ts` is published (so durable); fails if the store failed
+    /// or closed first.
+    pub(crate) async fn wait_published(&self, ts: Timestamp) -> Result<()> {
+        let mut rx = self.published.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= ts {
+                return Ok(());
+            }
+            if let Some(msg) = self.failed.lock().clone() {
+                return Err(StoreError::Failed(msg));
+            }
+            rx.changed().await.map_err(|_| StoreError::Closed)?;
+        }
     }
 
     pub(crate) async fn submit(&self, request: CommitRequest) -> Result<Timestamp> {
@@ -248,6 +295,21 @@ fn validate(
     *last_ts = ts;
     let doc_ids = request.docs.iter().map(|(id, _, _)| *id).collect();
     inner.log.lock().push(ts, request.keys.clone(), doc_ids);
+    {
+        // Pending versions first: a transaction that begins at `ts` must find them.
+        let mut pending = inner.pending.lock();
+        for (id, doc, _) in &request.docs {
+            pending.entry(*id).or_default().push((ts, doc.clone()));
+        }
+    }
+    {
+        let mut validated = inner.validated.write();
+        validated.ts = ts;
+        if new_catalog.is_some() {
+            validated.catalog = catalog.clone();
+            validated.catalog_ts = ts;
+        }
+    }
     let mut documents = Vec::with_capacity(request.docs.len());
     let mut docs = Vec::with_capacity(request.docs.len());
     for (id, doc, encoded) in request.docs {
@@ -273,6 +335,8 @@ fn publish(inner: &Inner, done: Completed) {
     if let Err(e) = result {
         tracing::error!(error = %e, ts = ts.0, "commit failed; the store stops accepting commits");
         inner.failed.lock().get_or_insert_with(|| e.to_string());
+        // Wake transactions waiting for a commit that will never be published.
+        inner.published.send_modify(|_| {});
         let _ = reply.send(Err(StoreError::Persistence(e)));
         return;
     }
@@ -281,6 +345,7 @@ fn publish(inner: &Inner, done: Completed) {
         let _ = reply.send(Err(StoreError::Failed(msg)));
         return;
     }
+    let ids: Vec<DocumentId> = docs.iter().map(|(id, _)| *id).collect();
     {
         let mut cache = inner.cache.lock();
         for (id, doc) in docs {
@@ -302,6 +367,18 @@ fn publish(inner: &Inner, done: Completed) {
         }
         drop(snap);
         inner.published.send_replace(ts);
+    }
+    {
+        // Published and cached, so readers no longer need the pending versions.
+        let mut pending = inner.pending.lock();
+        for id in ids {
+            if let Some(versions) = pending.get_mut(&id) {
+                versions.retain(|(t, _)| *t > ts);
+                if versions.is_empty() {
+                    pending.remove(&id);
+                }
+            }
+        }
     }
     inner.log.lock().evict(ts);
     inner.commits.fetch_add(1, Ordering::Relaxed);
@@ -337,6 +414,8 @@ impl Store {
         let inner = Arc::new(Inner {
             persistence,
             snapshot: RwLock::new(Snapshot { ts, catalog: catalog.clone(), catalog_ts: ts }),
+            validated: RwLock::new(Snapshot { ts, catalog: catalog.clone(), catalog_ts: ts }),
+            pending: Mutex::new(HashMap::new()),
             cache: Mutex::new(DocumentCache::new(config.cache_bytes)),
             log: Mutex::new(CommitLog::new(ts, config.commit_log_age, config.commit_log_bytes)),
             registry: Arc::new(Mutex::new(Registry::default())),
@@ -417,8 +496,14 @@ impl Store {
     }
 
     /// Begins a transaction with explicit limits.
+    ///
+    /// A read-only transaction reads the newest published (durable) commit. A read-write one
+    /// reads the newest validated commit, durable or not: it can only return anything once
+    /// its own commit, which follows those, is durable (see [`Transaction::commit`] and
+    /// [`Transaction::settle`]), and its conflict window then no longer includes the time
+    /// the commits before it take to become durable.
     pub fn begin_with(&self, read_only: bool, limits: TransactionLimits) -> Transaction {
-        let snap = self.inner.snapshot();
+        let snap = if read_only { self.inner.snapshot() } else { self.inner.validated.read().clone() };
         Transaction::new(self.inner.clone(), snap.ts, snap.catalog, read_only, limits)
     }
 

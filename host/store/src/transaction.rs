@@ -311,6 +311,13 @@ impl Transaction {
         if let Some(w) = self.writes.get(&id) {
             return Ok(w.new.clone());
         }
+        // A read-write snapshot may include commits not yet durable; their versions are
+        // only in memory until published.
+        if !self.read_only
+            && let Some(doc) = self.inner.pending_version(&id, self.ts)
+        {
+            return Ok(doc);
+        }
         if let Some(hit) = self.inner.cache.lock().get(&id, self.ts) {
             return Ok(hit);
         }
@@ -640,6 +647,11 @@ impl Transaction {
             s.complete = true;
             return Ok(());
         }
+        // Persistence holds only published commits: if one not yet published, inside this
+        // snapshot, wrote into the range, wait for it (and those before it) to be published.
+        if !self.read_only && self.inner.pending_writes_in(self.ts, s.index.id, &remaining) {
+            self.inner.wait_published(self.ts).await?;
+        }
         let n = s.batch;
         s.batch = (s.batch * 4).min(self.inner.config.scan_batch.max(1));
         let p = &self.inner.persistence;
@@ -790,12 +802,20 @@ impl Transaction {
         ReadToken { ts: self.ts, read_set: Arc::new(reads) }
     }
 
+    /// Waits until every commit this transaction's snapshot includes is durable. A read-write
+    /// transaction reads validated commits before they are; whatever it returns without
+    /// committing writes (a result, an error) must wait for this first.
+    pub async fn settle(&self) -> Result<()> {
+        self.inner.wait_published(self.ts).await
+    }
+
     /// Commits: validates the reads against later commits and makes the writes durable.
     /// Returns the commit timestamp (the snapshot timestamp when nothing was written).
     pub async fn commit(mut self) -> Result<Timestamp> {
         let span = tracing::debug_span!("commit", begin_ts = self.ts.0, writes = self.writes.len());
         let _guard = span.enter();
         if self.writes.is_empty() && self.new_tables.is_empty() && self.catalog_edit.is_none() {
+            self.settle().await?;
             return Ok(self.ts);
         }
         let reads = self.final_reads();

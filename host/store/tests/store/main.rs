@@ -36,6 +36,7 @@ mod memory;
 mod model;
 mod occ;
 mod pagination;
+mod pending;
 mod schema;
 mod subscriptions;
 
