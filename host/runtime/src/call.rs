@@ -448,7 +448,7 @@ async fn run(
                 {
                     return Err(settled(&txn, e).await);
                 }
-                match txn_commit(&mut out.read_token, txn).await {
+                match txn.commit().await {
                     Ok(ts) => {
                         out.commit_ts = Some(ts);
                         return Ok(value);
@@ -510,12 +510,4 @@ fn snapshot_stamp(dep: &Deployment, path: &str, args: &[u8], txn: Transaction) -
     let ts = txn.begin_ts();
     let seed = derive_seed(&[dep.name.as_bytes(), path.as_bytes(), args, &ts.0.to_le_bytes()]);
     (Some(txn), ts.0 as f64 / 1e6, seed)
-}
-
-async fn txn_commit(
-    token: &mut Option<kiln_store::ReadToken>,
-    mut txn: Transaction,
-) -> Result<kiln_store::Timestamp, StoreError> {
-    *token = Some(txn.read_token());
-    txn.commit().await
 }

@@ -116,7 +116,7 @@ pub struct CallOutcome {
     pub wall: Duration,
     /// The commit timestamp of a mutation.
     pub commit_ts: Option<Timestamp>,
-    /// What a query (or mutation) read: the token for subscriptions.
+    /// What a query read: the token for subscriptions.
     pub read_token: Option<ReadToken>,
     /// How many times a mutation was retried after conflicts.
     pub retries: u32,
