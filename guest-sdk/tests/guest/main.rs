@@ -370,6 +370,20 @@ fn the_rust_guest_passes_the_same_harness() {
     let _: &Object = &docs[0];
 }
 
+/// The snapshot keeps no function's source text (each call copies the snapshot's heap back),
+/// while errors still point at the bundle's lines.
+#[test]
+fn the_snapshot_holds_no_function_source_but_stacks_keep_line_numbers() {
+    let bank = &built("bank").component;
+    let has = |needle: &str| bank.windows(needle.len()).any(|w| w == needle.as_bytes());
+    // Code, not a string constant: only a function's source text contains it.
+    assert!(!has("source.balance < amount"), "the transfer handler's source text is in the component");
+    assert!(has("INSUFFICIENT_FUNDS"), "the bundle's constants are");
+    let e = harness("fixtures/probe").call(Query, "probe:boom", &args("{}")).error().clone();
+    let line = e.message.split("app.js:").nth(1).and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next());
+    assert!(line.is_some_and(|l| l.parse::<u32>().is_ok_and(|n| n > 0)), "a line number: {}", e.message);
+}
+
 #[test]
 fn bundling_errors_name_the_file_and_line() {
     let err = build_app(&repo().join("guest-sdk/tests/fixtures/broken"), &BuildOptions::default()).unwrap_err();
