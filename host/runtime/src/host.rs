@@ -174,7 +174,7 @@ impl HostCtx {
     }
 
     fn txn(&mut self) -> Result<&mut Transaction, WitError> {
-        let path = self.path.clone();
+        let path = &self.path;
         self.txn.as_mut().ok_or_else(|| {
             wit_error(
                 "NotAllowed",
