@@ -331,10 +331,11 @@ pub(crate) async fn call(shared: Arc<Shared>, dep: Arc<Deployment>, req: CallReq
     let started = Instant::now();
     let span = tracing::info_span!("call", deployment = %dep.name, path = %req.path, kind = ?req.kind);
     let mut out = CallOutcome::default();
-    let result = run(&shared, &dep, &req, &mut out).instrument(span).await;
+    let path = normalize_path(&req.path);
+    let result = run(&shared, &dep, &req, &path, &mut out).instrument(span).await;
     out.wall = started.elapsed();
     dep.metering.record(CallRecord {
-        path: normalize_path(&req.path),
+        path,
         kind: req.kind,
         fuel: out.fuel,
         wall: out.wall,
@@ -351,14 +352,14 @@ async fn run(
     shared: &Arc<Shared>,
     dep: &Arc<Deployment>,
     req: &CallRequest,
+    path: &str,
     out: &mut CallOutcome,
 ) -> Result<Value, CallError> {
     let version = dep
         .version()
         .ok_or_else(|| CallError::new("NotDeployed", format!("deployment {:?} has no app deployed", dep.name)))?;
-    let path = normalize_path(&req.path);
     let entry = version
-        .function(&path)
+        .function(path)
         .filter(|e| e.public || req.internal)
         .ok_or_else(|| CallError::new("FunctionNotFound", format!("Could not find public function for '{path}'")))?;
     if entry.kind != req.kind {
@@ -367,12 +368,12 @@ async fn run(
             format!("Trying to execute {path} as {:?}, but it is defined as {:?}", req.kind, entry.kind),
         ));
     }
-    let args = check_args(dep, entry, &path, &req.args)?;
+    let args = check_args(dep, entry, path, &req.args)?;
     let config = dep.config();
-    let fuel = dep.metering.fuel_budget(&config.quotas, fuel_for(dep, req.kind), &path)?;
+    let fuel = dep.metering.fuel_budget(&config.quotas, fuel_for(dep, req.kind), path)?;
     let cache_key = (req.kind == FunctionKind::Query && req.cacheable).then(|| {
         let version_key = format!("{}/{}", version.id, dep.generation());
-        CacheKey::new(&version_key, &path, &args, req.identity.as_ref(), req.internal)
+        CacheKey::new(&version_key, path, &args, req.identity.as_ref(), req.internal)
     });
     if let Some(key) = &cache_key {
         let ts = req.snapshot.unwrap_or_else(|| dep.store.published_ts());
@@ -416,7 +417,7 @@ async fn run(
             _ => None,
         };
         let job = {
-            let (shared, dep, version, path) = (shared.clone(), dep.clone(), version.clone(), path.clone());
+            let (shared, dep, version, path) = (shared.clone(), dep.clone(), version.clone(), path.to_owned());
             let (kind, identity, args, request_id) =
                 (req.kind, req.identity.clone(), args.clone(), req.request_id.clone());
             move || {
@@ -439,7 +440,7 @@ async fn run(
         let txn = ex.ctx.txn.take();
         let failure = match (ex.outcome, txn) {
             (Ok(bytes), Some(mut txn)) if req.kind == FunctionKind::Mutation => {
-                let value = match check_result(dep, entry, &path, &bytes) {
+                let value = match check_result(dep, entry, path, &bytes) {
                     Ok(value) => value,
                     Err(e) => return Err(settled(&txn, e).await),
                 };
@@ -460,7 +461,7 @@ async fn run(
                 if let Some(mut txn) = txn {
                     out.read_token = Some(txn.read_token());
                 }
-                let value = check_result(dep, entry, &path, &bytes)?;
+                let value = check_result(dep, entry, path, &bytes)?;
                 if let (Some(key), Some(token)) = (cache_key, &out.read_token) {
                     dep.query_cache.put(key, token, &value, &out.logs);
                 }

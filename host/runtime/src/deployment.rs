@@ -56,7 +56,8 @@ impl Version {
 pub struct Deployment {
     pub(crate) name: String,
     pub(crate) store: Arc<Store>,
-    pub(crate) config: RwLock<DeploymentConfig>,
+    /// Replaced as a whole, so a call holds one consistent configuration without copying it.
+    pub(crate) config: RwLock<Arc<DeploymentConfig>>,
     pub(crate) version: RwLock<Option<Arc<Version>>>,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) metering: Metering,
@@ -85,7 +86,7 @@ impl Deployment {
     }
 
     /// The current configuration.
-    pub fn config(&self) -> DeploymentConfig {
+    pub fn config(&self) -> Arc<DeploymentConfig> {
         self.config.read().clone()
     }
 

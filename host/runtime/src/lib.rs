@@ -222,7 +222,7 @@ impl Runtime {
             name: name.to_owned(),
             store,
             permits: Arc::new(Semaphore::new(config.limits.max_concurrency.max(1))),
-            config: RwLock::new(config),
+            config: RwLock::new(Arc::new(config)),
             version: RwLock::new(None),
             metering,
             query_cache: QueryCache::new(self.shared.config.query_cache_bytes),
@@ -267,7 +267,7 @@ impl Runtime {
         } else {
             dep.permits.forget_permits(old - new);
         }
-        *dep.config.write() = config;
+        *dep.config.write() = Arc::new(config);
         dep.invalidate_cache();
         Ok(())
     }

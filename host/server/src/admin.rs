@@ -167,7 +167,7 @@ pub async fn set_config(
     if let Some(env) = body.env
         && let Some(rdep) = state.runtime.deployment(&d)
     {
-        let mut config = rdep.config();
+        let mut config = (*rdep.config()).clone();
         config.env = env;
         state.runtime.configure(&d, config)?;
         // Functions read `process.env`: their results may change.

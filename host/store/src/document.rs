@@ -2,7 +2,9 @@
 
 use kiln_value::index_key::encode_value;
 use kiln_value::validation::{CREATION_TIME_FIELD, ID_FIELD};
-use kiln_value::{DocumentId, FieldPath, Object, Value, object_from_msgpack, object_heap_size, object_to_msgpack};
+use kiln_value::{
+    DocumentId, FieldPath, Object, Value, object_from_msgpack, object_heap_size, object_to_msgpack_without,
+};
 
 use crate::error::{Result, StoreError};
 
@@ -44,9 +46,7 @@ impl Document {
 
     /// The storage encoding: MessagePack of the fields without `_id` (the id is the row's key).
     pub fn encode(&self) -> Vec<u8> {
-        let mut fields = self.value.clone();
-        fields.remove(ID_FIELD);
-        object_to_msgpack(&fields)
+        object_to_msgpack_without(&self.value, ID_FIELD)
     }
 
     /// Decodes a stored document.

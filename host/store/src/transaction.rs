@@ -225,11 +225,19 @@ impl Transaction {
         }
     }
 
+    /// Records that this transaction looked `name` up (its catalog entry joins the read set);
+    /// copies the name only the first time, as every document access looks its table up.
+    fn note_table_read(&mut self, name: &str) {
+        if !self.tables_read.contains(name) {
+            self.tables_read.insert(name.to_owned());
+        }
+    }
+
     fn table(&mut self, name: &str) -> Option<Arc<TableMeta>> {
         if !self.visible_table(name) {
             return None;
         }
-        self.tables_read.insert(name.to_owned());
+        self.note_table_read(name);
         self.new_tables.get(name).cloned().or_else(|| self.catalog.tables.get(name).cloned())
     }
 
@@ -241,7 +249,7 @@ impl Transaction {
         if !self.visible_table(&meta.name) {
             return None;
         }
-        self.tables_read.insert(meta.name.clone());
+        self.note_table_read(&meta.name);
         Some(meta)
     }
 

@@ -24,6 +24,6 @@ pub use id::{DocumentId, InternalId, TableNumber};
 pub use json::{
     Patch, from_convex_json, from_convex_json_or_undefined, parse_convex_json, to_clean_json, to_convex_json,
 };
-pub use msgpack::{from_msgpack, object_from_msgpack, object_to_msgpack, to_msgpack};
+pub use msgpack::{from_msgpack, object_from_msgpack, object_to_msgpack, object_to_msgpack_without, to_msgpack};
 pub use validator::Validator;
 pub use value::{Object, Value, ValueKind, cmp_optional, object_heap_size};

@@ -12,7 +12,7 @@ use serde::ser::{Serialize, Serializer};
 
 use crate::error::{Result, ValueError};
 use crate::limits::MAX_VALUE_DEPTH;
-use crate::value::{Object, Value};
+use crate::value::{Object, Value, object_fields_size};
 
 impl Serialize for Value {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -104,9 +104,32 @@ pub fn to_msgpack(v: &Value) -> Vec<u8> {
 
 /// Encodes an object (a document) as MessagePack, the same bytes as `to_msgpack` of the object.
 pub fn object_to_msgpack(o: &Object) -> Vec<u8> {
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(2 + object_fields_size(o));
     write_msgpack(o, &mut buf);
     buf
+}
+
+/// Encodes an object without its field `skip`: the same bytes as `object_to_msgpack` of a copy
+/// with `skip` removed, without making the copy (documents are stored without `_id`).
+pub fn object_to_msgpack_without(o: &Object, skip: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(2 + object_fields_size(o));
+    write_msgpack(&Without(o, skip), &mut buf);
+    buf
+}
+
+/// An object seen without one of its fields.
+struct Without<'a>(&'a Object, &'a str);
+
+impl Serialize for Without<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Without(o, skip) = *self;
+        let mut map = s.serialize_map(Some(o.len() - usize::from(o.contains_key(skip))))?;
+        for (k, v) in o.iter().filter(|(k, _)| k.as_str() != skip) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 fn write_msgpack<T: Serialize + ?Sized>(v: &T, buf: &mut Vec<u8>) {
@@ -156,6 +179,19 @@ mod tests {
         let Value::Array(items) = back else { panic!() };
         let Value::Float64(nan) = items[3] else { panic!() };
         assert_eq!(nan.to_bits(), 0x7ff8_dead_beef_0001);
+    }
+
+    #[test]
+    fn an_object_without_a_field_encodes_as_the_copy_without_it() {
+        let mut o = Object::new();
+        o.insert("_id".into(), Value::String("abc".into()));
+        o.insert("a".into(), Value::Int64(1));
+        o.insert("z".into(), Value::Array(vec![Value::Null]));
+        let mut copy = o.clone();
+        copy.remove("_id");
+        assert_eq!(object_to_msgpack_without(&o, "_id"), object_to_msgpack(&copy));
+        assert_eq!(object_to_msgpack_without(&copy, "_id"), object_to_msgpack(&copy));
+        assert_eq!(object_from_msgpack(&object_to_msgpack_without(&o, "_id")).unwrap(), copy);
     }
 
     #[test]
