@@ -116,8 +116,8 @@ pub(crate) fn db_get<'js>(ctx: Ctx<'js>, table: JsValue<'js>, id: JsValue<'js>) 
         let Some(table) = string_of(&ctx, &table) else { return Ok(defer) };
         Some(table)
     };
-    match in_call("1.0/get").and_then(|()| get_document(&id, table.as_deref())) {
-        Ok(Some(doc)) => Ok(values::js_of_value(&ctx, &doc)?.unwrap_or(defer)),
+    match in_call("1.0/get").and_then(|()| db::get(&id, table.as_deref())) {
+        Ok(Some(doc)) => Ok(values::js_of_msgpack(&ctx, &doc)?.unwrap_or(defer)),
         Ok(None) => Ok(JsValue::new_null(ctx)),
         Err(e) => Err(throw(&ctx, &e)?),
     }

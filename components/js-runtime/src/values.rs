@@ -9,7 +9,8 @@
 //! plain object then runs twice).
 //!
 //! Also here: the JSON of a syscall's argument object and the value of its JSON reply, for
-//! `__kiln_fast.syscall` (`syscall.rs`), as `JSON.stringify` and `JSON.parse` would make them.
+//! `__kiln_fast.syscall` (`syscall.rs`), as `JSON.stringify` and `JSON.parse` would make them,
+//! and the document of the fast `db.get`, decoded from the host's MessagePack directly.
 //!
 //! Why: in QuickJS these codecs were the largest part of a call's fuel (a four-field document
 //! cost ~190k instructions to decode, ~230k to encode); natively ~20k.
@@ -456,6 +457,142 @@ fn js_of<'js>(ctx: &Ctx<'js>, value: &kiln_value::Value, depth: usize) -> quickj
             out.into_value()
         }
     }))
+}
+
+/// What [`js_of_value`] makes of the MessagePack of a value from the host, decoded straight
+/// into JavaScript values, without a `kiln_value::Value` in between; `None` where `js_of_value`
+/// defers and for anything but the host's canonical encoding (an ext type, an integer beyond
+/// int64, keys not strictly ascending, bytes left over), which the caller leaves to the
+/// package's own path (where the host's malformed value is reported).
+pub(crate) fn js_of_msgpack<'js>(ctx: &Ctx<'js>, bytes: &[u8]) -> quickjs::Result<Option<Value<'js>>> {
+    let mut input = bytes;
+    let value = js_of_packed(ctx, &mut input, 0)?;
+    Ok(value.filter(|_| input.is_empty()))
+}
+
+/// The next `n` bytes of `input`.
+fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, rest) = input.split_at_checked(n)?;
+    *input = rest;
+    Some(head)
+}
+
+/// The next `n` bytes of `input` as a big-endian number.
+fn big_endian(input: &mut &[u8], n: usize) -> Option<u64> {
+    Some(take(input, n)?.iter().fold(0, |acc, &b| acc << 8 | u64::from(b)))
+}
+
+fn js_of_packed<'js>(ctx: &Ctx<'js>, input: &mut &[u8], depth: usize) -> quickjs::Result<Option<Value<'js>>> {
+    use javy_plugin_api::javy::quickjs::Value as Js;
+    use rmp::Marker as M;
+    let Some(marker) = take(input, 1).map(|b| M::from_u8(b[0])) else { return Ok(None) };
+    // What the marker announces: an integer, a float, a length of text, bytes, items or fields.
+    let length = |input: &mut &[u8], n: usize| big_endian(input, n).map(|l| l as usize);
+    let int = match marker {
+        M::FixPos(n) => Some(i64::from(n)),
+        M::FixNeg(n) => Some(i64::from(n)),
+        M::U8 => big_endian(input, 1).map(|n| n as i64),
+        M::U16 => big_endian(input, 2).map(|n| n as i64),
+        M::U32 => big_endian(input, 4).map(|n| n as i64),
+        M::U64 => big_endian(input, 8).and_then(|n| i64::try_from(n).ok()),
+        M::I8 => big_endian(input, 1).map(|n| i64::from(n as u8 as i8)),
+        M::I16 => big_endian(input, 2).map(|n| i64::from(n as u16 as i16)),
+        M::I32 => big_endian(input, 4).map(|n| i64::from(n as u32 as i32)),
+        M::I64 => big_endian(input, 8).map(|n| n as i64),
+        _ => None,
+    };
+    if matches!(
+        marker,
+        M::FixPos(_) | M::FixNeg(_) | M::U8 | M::U16 | M::U32 | M::U64 | M::I8 | M::I16 | M::I32 | M::I64
+    ) {
+        // In Convex JSON an int64 is an object, which the decoder takes only above its limit.
+        return match int {
+            Some(n) if depth < MAX_DEPTH => Ok(Some(Js::new_big_int(ctx.clone(), n)?)),
+            _ => Ok(None),
+        };
+    }
+    let float = match marker {
+        M::F32 => big_endian(input, 4).map(|b| f64::from(f32::from_bits(b as u32))),
+        M::F64 => big_endian(input, 8).map(f64::from_bits),
+        _ => None,
+    };
+    if let Some(f) = float {
+        return Ok(match (is_special(f), depth < MAX_DEPTH) {
+            (true, true) => Some(Js::new_float(ctx.clone(), f)),
+            (true, false) => None,
+            (false, _) => Some(Js::new_number(ctx.clone(), f)),
+        });
+    }
+    let value = match marker {
+        M::Null => Js::new_null(ctx.clone()),
+        M::True => Js::new_bool(ctx.clone(), true),
+        M::False => Js::new_bool(ctx.clone(), false),
+        M::FixStr(_) | M::Str8 | M::Str16 | M::Str32 => {
+            let Some(text) = packed_str(input, marker) else { return Ok(None) };
+            string(ctx, text)?
+        }
+        M::Bin8 | M::Bin16 | M::Bin32 if depth < MAX_DEPTH => {
+            let n = match marker {
+                M::Bin8 => length(input, 1),
+                M::Bin16 => length(input, 2),
+                _ => length(input, 4),
+            };
+            let Some(bytes) = n.and_then(|n| take(input, n)) else { return Ok(None) };
+            ArrayBuffer::new_copy(ctx.clone(), bytes)?.into_value()
+        }
+        M::FixArray(_) | M::Array16 | M::Array32 if depth < MAX_DEPTH => {
+            let n = match marker {
+                M::FixArray(n) => Some(usize::from(n)),
+                M::Array16 => length(input, 2),
+                _ => length(input, 4),
+            };
+            // Every item takes a byte at least: a longer claim is not the host's encoding.
+            let Some(n) = n.filter(|&n| n <= input.len()) else { return Ok(None) };
+            let out = Array::new(ctx.clone())?;
+            for i in 0..n {
+                let Some(item) = js_of_packed(ctx, input, depth + 1)? else { return Ok(None) };
+                out.set(i, item)?;
+            }
+            out.into_value()
+        }
+        M::FixMap(_) | M::Map16 | M::Map32 if depth < MAX_DEPTH => {
+            let n = match marker {
+                M::FixMap(n) => Some(usize::from(n)),
+                M::Map16 => length(input, 2),
+                _ => length(input, 4),
+            };
+            let Some(n) = n.filter(|&n| n <= input.len() / 2) else { return Ok(None) };
+            let out = Object::new(ctx.clone())?;
+            let mut previous: Option<&str> = None;
+            for _ in 0..n {
+                let Some(key_marker) = take(input, 1).map(|b| M::from_u8(b[0])) else { return Ok(None) };
+                let Some(name) = packed_str(input, key_marker) else { return Ok(None) };
+                if !valid_field(name) || previous.is_some_and(|p| p >= name) {
+                    return Ok(None);
+                }
+                previous = Some(name);
+                let Some(item) = js_of_packed(ctx, input, depth + 1)? else { return Ok(None) };
+                out.set(name, item)?;
+            }
+            out.into_value()
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(value))
+}
+
+/// The text of a MessagePack string whose marker was read; `None` for another marker, a short
+/// input or invalid UTF-8.
+fn packed_str<'a>(input: &mut &'a [u8], marker: rmp::Marker) -> Option<&'a str> {
+    use rmp::Marker as M;
+    let n = match marker {
+        M::FixStr(n) => usize::from(n),
+        M::Str8 => big_endian(input, 1)? as usize,
+        M::Str16 => big_endian(input, 2)? as usize,
+        M::Str32 => big_endian(input, 4)? as usize,
+        _ => return None,
+    };
+    std::str::from_utf8(take(input, n)?).ok()
 }
 
 /// The JSON that `JSON.stringify(value)` writes, for plain objects, arrays and primitives;
