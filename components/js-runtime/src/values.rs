@@ -482,45 +482,50 @@ fn big_endian(input: &mut &[u8], n: usize) -> Option<u64> {
     Some(take(input, n)?.iter().fold(0, |acc, &b| acc << 8 | u64::from(b)))
 }
 
+/// A length of `n` big-endian bytes.
+fn packed_len(input: &mut &[u8], n: usize) -> Option<usize> {
+    big_endian(input, n).and_then(|l| usize::try_from(l).ok())
+}
+
+/// A MessagePack scalar number, its marker read: an int64, a float, or neither.
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+fn packed_number(input: &mut &[u8], marker: rmp::Marker) -> Option<Option<Number>> {
+    use rmp::Marker as M;
+    let int = |n: Option<i64>| Some(n.map(Number::Int));
+    match marker {
+        M::FixPos(n) => int(Some(i64::from(n))),
+        M::FixNeg(n) => int(Some(i64::from(n))),
+        M::U8 => int(big_endian(input, 1).map(|n| n as i64)),
+        M::U16 => int(big_endian(input, 2).map(|n| n as i64)),
+        M::U32 => int(big_endian(input, 4).map(|n| n as i64)),
+        M::U64 => int(big_endian(input, 8).and_then(|n| i64::try_from(n).ok())),
+        M::I8 => int(big_endian(input, 1).map(|n| i64::from(n as u8 as i8))),
+        M::I16 => int(big_endian(input, 2).map(|n| i64::from(n as u16 as i16))),
+        M::I32 => int(big_endian(input, 4).map(|n| i64::from(n as u32 as i32))),
+        M::I64 => int(big_endian(input, 8).map(|n| n as i64)),
+        M::F32 => Some(big_endian(input, 4).map(|b| Number::Float(f64::from(f32::from_bits(b as u32))))),
+        M::F64 => Some(big_endian(input, 8).map(|b| Number::Float(f64::from_bits(b)))),
+        _ => None,
+    }
+}
+
 fn js_of_packed<'js>(ctx: &Ctx<'js>, input: &mut &[u8], depth: usize) -> quickjs::Result<Option<Value<'js>>> {
     use javy_plugin_api::javy::quickjs::Value as Js;
     use rmp::Marker as M;
     let Some(marker) = take(input, 1).map(|b| M::from_u8(b[0])) else { return Ok(None) };
-    // What the marker announces: an integer, a float, a length of text, bytes, items or fields.
-    let length = |input: &mut &[u8], n: usize| big_endian(input, n).map(|l| l as usize);
-    let int = match marker {
-        M::FixPos(n) => Some(i64::from(n)),
-        M::FixNeg(n) => Some(i64::from(n)),
-        M::U8 => big_endian(input, 1).map(|n| n as i64),
-        M::U16 => big_endian(input, 2).map(|n| n as i64),
-        M::U32 => big_endian(input, 4).map(|n| n as i64),
-        M::U64 => big_endian(input, 8).and_then(|n| i64::try_from(n).ok()),
-        M::I8 => big_endian(input, 1).map(|n| i64::from(n as u8 as i8)),
-        M::I16 => big_endian(input, 2).map(|n| i64::from(n as u16 as i16)),
-        M::I32 => big_endian(input, 4).map(|n| i64::from(n as u32 as i32)),
-        M::I64 => big_endian(input, 8).map(|n| n as i64),
-        _ => None,
-    };
-    if matches!(
-        marker,
-        M::FixPos(_) | M::FixNeg(_) | M::U8 | M::U16 | M::U32 | M::U64 | M::I8 | M::I16 | M::I32 | M::I64
-    ) {
-        // In Convex JSON an int64 is an object, which the decoder takes only above its limit.
-        return match int {
-            Some(n) if depth < MAX_DEPTH => Ok(Some(Js::new_big_int(ctx.clone(), n)?)),
-            _ => Ok(None),
-        };
-    }
-    let float = match marker {
-        M::F32 => big_endian(input, 4).map(|b| f64::from(f32::from_bits(b as u32))),
-        M::F64 => big_endian(input, 8).map(f64::from_bits),
-        _ => None,
-    };
-    if let Some(f) = float {
-        return Ok(match (is_special(f), depth < MAX_DEPTH) {
-            (true, true) => Some(Js::new_float(ctx.clone(), f)),
-            (true, false) => None,
-            (false, _) => Some(Js::new_number(ctx.clone(), f)),
+    // In Convex JSON an int64 and a special float are objects, which the decoder takes only
+    // above its depth limit.
+    let nested = depth < MAX_DEPTH;
+    if let Some(number) = packed_number(input, marker) {
+        return Ok(match number {
+            Some(Number::Int(n)) if nested => Some(Js::new_big_int(ctx.clone(), n)?),
+            Some(Number::Float(f)) if !is_special(f) => Some(Js::new_number(ctx.clone(), f)),
+            Some(Number::Float(f)) if nested => Some(Js::new_float(ctx.clone(), f)),
+            _ => None,
         });
     }
     let value = match marker {
@@ -531,20 +536,20 @@ fn js_of_packed<'js>(ctx: &Ctx<'js>, input: &mut &[u8], depth: usize) -> quickjs
             let Some(text) = packed_str(input, marker) else { return Ok(None) };
             string(ctx, text)?
         }
-        M::Bin8 | M::Bin16 | M::Bin32 if depth < MAX_DEPTH => {
-            let n = match marker {
-                M::Bin8 => length(input, 1),
-                M::Bin16 => length(input, 2),
-                _ => length(input, 4),
+        M::Bin8 | M::Bin16 | M::Bin32 if nested => {
+            let width = match marker {
+                M::Bin8 => 1,
+                M::Bin16 => 2,
+                _ => 4,
             };
-            let Some(bytes) = n.and_then(|n| take(input, n)) else { return Ok(None) };
+            let Some(bytes) = packed_len(input, width).and_then(|n| take(input, n)) else { return Ok(None) };
             ArrayBuffer::new_copy(ctx.clone(), bytes)?.into_value()
         }
-        M::FixArray(_) | M::Array16 | M::Array32 if depth < MAX_DEPTH => {
+        M::FixArray(_) | M::Array16 | M::Array32 if nested => {
             let n = match marker {
                 M::FixArray(n) => Some(usize::from(n)),
-                M::Array16 => length(input, 2),
-                _ => length(input, 4),
+                M::Array16 => packed_len(input, 2),
+                _ => packed_len(input, 4),
             };
             // Every item takes a byte at least: a longer claim is not the host's encoding.
             let Some(n) = n.filter(|&n| n <= input.len()) else { return Ok(None) };
@@ -555,11 +560,11 @@ fn js_of_packed<'js>(ctx: &Ctx<'js>, input: &mut &[u8], depth: usize) -> quickjs
             }
             out.into_value()
         }
-        M::FixMap(_) | M::Map16 | M::Map32 if depth < MAX_DEPTH => {
+        M::FixMap(_) | M::Map16 | M::Map32 if nested => {
             let n = match marker {
                 M::FixMap(n) => Some(usize::from(n)),
-                M::Map16 => length(input, 2),
-                _ => length(input, 4),
+                M::Map16 => packed_len(input, 2),
+                _ => packed_len(input, 4),
             };
             let Some(n) = n.filter(|&n| n <= input.len() / 2) else { return Ok(None) };
             let out = Object::new(ctx.clone())?;
@@ -587,9 +592,9 @@ fn packed_str<'a>(input: &mut &'a [u8], marker: rmp::Marker) -> Option<&'a str> 
     use rmp::Marker as M;
     let n = match marker {
         M::FixStr(n) => usize::from(n),
-        M::Str8 => big_endian(input, 1)? as usize,
-        M::Str16 => big_endian(input, 2)? as usize,
-        M::Str32 => big_endian(input, 4)? as usize,
+        M::Str8 => packed_len(input, 1)?,
+        M::Str16 => packed_len(input, 2)?,
+        M::Str32 => packed_len(input, 4)?,
         _ => return None,
     };
     std::str::from_utf8(take(input, n)?).ok()
