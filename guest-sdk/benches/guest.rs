@@ -57,7 +57,7 @@ fn call_latencies(
     App::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h).unwrap();
     let pre = AppPre::new(linker.instantiate_pre(component).unwrap()).unwrap();
     let args = to_msgpack(&Value::Object(Object::new()));
-    let call = Call { kind, path: path.to_owned(), args, request_id: String::new(), http: None };
+    let call = Call { kind, path: path.to_owned(), args, request_id: String::new(), http: None, touch_heap: false };
     let mut lat = Vec::with_capacity(calls);
     for i in 0..calls + 50 {
         let t = Instant::now();
@@ -87,6 +87,7 @@ fn breakdown(engine: &Engine, component: &Component) {
         args: to_msgpack(&Value::Object(Object::new())),
         request_id: String::new(),
         http: None,
+        touch_heap: false,
     };
     let (mut inst, mut inv, mut again) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..2000 {

@@ -15,6 +15,10 @@
 //! snapshot, the allocator's free space is zeroed (the freed bundle, the compiler's scratch),
 //! and the runs of non-zero pages, merged across their smallest gaps down to [`MAX_RUNS`],
 //! are what a call touches. Free space a call allocates from adds a few runs of its own.
+//!
+//! A call touches only when the host asks (the call record's `touch-heap`): the host turns it
+//! on while an app's calls take many faults and off again when they stop, since a slot keeps
+//! the pages once written and a small call's own writes often fit in the 32 runs anyway.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -253,9 +253,12 @@ fn kind_name(kind: FunctionKind) -> &'static str {
     }
 }
 
-/// Starts a call: per-call randomness and the WASI stubs' hooks.
-fn begin_call(kind: &'static str) {
-    heap_pages::touch();
+/// Starts a call: the heap touch the host asked for, per-call randomness and the WASI stubs'
+/// hooks.
+fn begin_call(kind: &'static str, touch_heap: bool) {
+    if touch_heap {
+        heap_pages::touch();
+    }
     IN_CALL.with(|c| c.set(Some(kind)));
     RESULT.with(|r| r.borrow_mut().take());
     RNG.with(|r| r.set(env::seed()));
@@ -377,7 +380,7 @@ impl Guest for Component {
     fn invoke(call: Call) -> Result<Vec<u8>, Error> {
         let kind = kind_name(call.kind);
         with_runtime(|rt| {
-            begin_call(kind);
+            begin_call(kind, call.touch_heap);
             let outcome = run(rt, &call, kind);
             end_call();
             decode_envelope(&outcome?)

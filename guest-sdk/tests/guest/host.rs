@@ -58,6 +58,8 @@ pub struct Host {
     pub identity: Option<Value>,
     pub variables: Vec<(String, String)>,
     pub kind: Option<FunctionKind>,
+    /// Whether the call asks the guest to write its heap's pages first.
+    pub touch_heap: bool,
     streams: HashMap<u32, VecDeque<Vec<u8>>>,
     next_stream: u32,
     nested: Option<Arc<Nested>>,
@@ -171,6 +173,7 @@ fn invoke_metered(
     args: &[u8],
     fuel: Option<u64>,
 ) -> wasmtime::Result<(Result<Vec<u8>, Error>, u64)> {
+    let touch_heap = host.touch_heap;
     let mut store = Store::new(&nested.engine, std::mem::take(host));
     match fuel {
         Some(f) => store.set_fuel(f)?,
@@ -178,7 +181,8 @@ fn invoke_metered(
         None => store.set_fuel(u64::MAX / 2).unwrap_or(()),
     }
     let app = App::instantiate(&mut store, &nested.component, &nested.linker)?;
-    let call = Call { kind, path: path.to_owned(), args: args.to_vec(), request_id: "req".into(), http: None };
+    let call =
+        Call { kind, path: path.to_owned(), args: args.to_vec(), request_id: "req".into(), http: None, touch_heap };
     let result = app.kiln_platform_guest().call_invoke(&mut store, &call);
     let consumed = fuel.map_or(Ok(0), |f| store.get_fuel().map(|left| f - left))?;
     *host = store.into_data();
@@ -441,8 +445,18 @@ impl Harness {
 
     /// The fuel one call consumes (the engine must meter fuel).
     pub fn fuel_of(&self, kind: FunctionKind, path: &str, args: &Value) -> u64 {
-        let mut host =
-            Host { db: self.db.clone(), kind: Some(kind), nested: Some(self.nested.clone()), ..Host::default() };
+        self.fuel_of_touching(kind, path, args, false)
+    }
+
+    /// Like `fuel_of`, with the call's `touch-heap` flag set as given.
+    pub fn fuel_of_touching(&self, kind: FunctionKind, path: &str, args: &Value, touch_heap: bool) -> u64 {
+        let mut host = Host {
+            db: self.db.clone(),
+            kind: Some(kind),
+            nested: Some(self.nested.clone()),
+            touch_heap,
+            ..Host::default()
+        };
         let (result, fuel) = invoke_metered(&self.nested, &mut host, kind, path, &to_msgpack(args), Some(u64::MAX / 2))
             .expect("no trap");
         result.unwrap_or_else(|e| panic!("{path} failed: {}", e.message));

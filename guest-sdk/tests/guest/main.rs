@@ -434,6 +434,24 @@ fn fuel_of_an_empty_query_and_a_transfer_matches_the_baseline() {
     }
 }
 
+/// A call with `touch-heap` writes the heap's pages before running (a loop over them, so it
+/// costs fuel) and returns the same result; without the flag the loop does not run.
+#[test]
+fn a_call_asked_to_touch_its_heap_does_so_and_returns_the_same_result() {
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true);
+    let metered = Engine::new(&config).unwrap();
+    let probe = Harness::new(&metered, load_component(&metered, &built("fixtures/probe").component, None).unwrap());
+    let plain = probe.fuel_of_touching(Query, "probe:empty", &args("{}"), false);
+    let touched = probe.fuel_of_touching(Query, "probe:empty", &args("{}"), true);
+    // At least one page's worth of loop per page of a heap of 100+ pages.
+    assert!(touched > plain + 100, "touching cost {} fuel", touched as i64 - plain as i64);
+    let result = |touch| probe.call_with(Query, "probe:empty", &to_msgpack(&args("{}")), |h| h.touch_heap = touch);
+    let (touching, not) = (result(true).result, result(false).result);
+    assert!(touching.is_ok(), "probe:empty failed");
+    assert_eq!(touching.ok(), not.ok());
+}
+
 #[test]
 fn a_second_load_of_a_component_does_not_compile_again() {
     let bytes = &built("bank").component;

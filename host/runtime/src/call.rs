@@ -17,6 +17,7 @@ use wasmtime::{Store, Trap};
 
 use crate::deployment::{Deployment, FunctionEntry, normalize_path};
 use crate::error::CallError;
+use crate::heap_touch::thread_minor_faults;
 use crate::host::{HostCtx, LogBuffer, MemoryLimiter, wit_error};
 use crate::idempotency;
 use crate::metering::CallRecord;
@@ -104,6 +105,8 @@ pub(crate) struct Executed {
     pub ctx: HostCtx,
     pub outcome: Result<Vec<u8>, CallError>,
     pub fuel: u64,
+    /// Minor page faults the worker took instantiating and running it.
+    pub faults: u64,
 }
 
 /// A spent call's store: dropping it resets its instance slot (copying back the pages the
@@ -139,9 +142,20 @@ pub(crate) fn execute_keeping_store(
     let _ = store.set_fuel(fuel);
     let tick = shared.config.epoch_tick.as_micros().max(1);
     store.set_epoch_deadline((deadline.as_micros() / tick) as u64 + 1);
-    let call = Call { kind: wit_kind(kind), path: path.clone(), args, request_id: request_id.to_owned(), http: None };
+    let touch_heap = version.heap_touch.active();
+    let call = Call {
+        kind: wit_kind(kind),
+        path: path.clone(),
+        args,
+        request_id: request_id.to_owned(),
+        http: None,
+        touch_heap,
+    };
+    let faults = thread_minor_faults();
     let result =
         version.pre.instantiate(&mut store).and_then(|app| app.kiln_platform_guest().call_invoke(&mut store, &call));
+    let faults = thread_minor_faults().saturating_sub(faults);
+    version.heap_touch.record(faults);
     let used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     let mut ctx = store.data_mut().take();
     if let Some(txn) = ctx.txn.as_mut() {
@@ -150,7 +164,7 @@ pub(crate) fn execute_keeping_store(
         }
     }
     let outcome = classify(result, &ctx, &path, fuel, deadline);
-    (Executed { ctx, outcome, fuel: used }, SpentStore { _store: store })
+    (Executed { ctx, outcome, fuel: used, faults }, SpentStore { _store: store })
 }
 
 fn classify(
@@ -436,6 +450,7 @@ async fn run(
         let mut ex =
             shared.pool.run(job).await.ok_or_else(|| CallError::new("ShuttingDown", "the runtime is shutting down"))?;
         out.fuel += ex.fuel + ex.ctx.nested_fuel;
+        out.minor_faults += ex.faults;
         out.logs = std::mem::take(&mut ex.ctx.logs).finish();
         let txn = ex.ctx.txn.take();
         let failure = match (ex.outcome, txn) {

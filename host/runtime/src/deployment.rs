@@ -12,6 +12,7 @@ use parking_lot::RwLock;
 use tokio::sync::Semaphore;
 
 use crate::FunctionKind;
+use crate::heap_touch::HeapTouch;
 use crate::host::HostCtx;
 use crate::knobs::DeploymentConfig;
 use crate::metering::Metering;
@@ -33,6 +34,8 @@ pub struct Version {
     pub manifest: Manifest,
     pub(crate) functions: HashMap<String, FunctionEntry>,
     pub(crate) pre: AppPre<HostCtx>,
+    /// Whether its calls ask the guest to write its heap's pages first.
+    pub(crate) heap_touch: HeapTouch,
 }
 
 impl std::fmt::Debug for Version {
@@ -49,6 +52,12 @@ impl Version {
     /// The kind of a function (by any path form), and whether it is public.
     pub fn function_kind(&self, path: &str) -> Option<(FunctionKind, bool)> {
         self.functions.get(&normalize_path(path)).map(|f| (f.kind, f.public))
+    }
+
+    /// Whether calls currently ask the guest to write its heap's data pages when they start
+    /// (turned on while calls take many page faults; see `heap_touch`).
+    pub fn touches_heap(&self) -> bool {
+        self.heap_touch.active()
     }
 }
 

@@ -31,6 +31,10 @@ pub struct RuntimeConfig {
     /// QuickJS guest faults its function table in again on every call (about 15 % of
     /// trivial-query throughput).
     pub table_keep_resident_bytes: usize,
+    /// Minor page faults that make a call count as faulting when deciding whether calls
+    /// should write their heap's pages first (`KILN_HEAP_TOUCH_FAULTS`, default 8; 0 makes
+    /// every call do it).
+    pub heap_touch_faults: u64,
     /// How often usage totals are written to the deployments' stores.
     pub usage_flush_interval: Duration,
     /// How long idempotency records of mutations are kept (`KILN_MUTATION_RECORD_RETENTION_SECS`,
@@ -65,6 +69,7 @@ impl Default for RuntimeConfig {
             max_memory_bytes: 256 << 20,
             keep_resident_bytes: 16 << 20,
             table_keep_resident_bytes: 1 << 20,
+            heap_touch_faults: 8,
             usage_flush_interval: Duration::from_secs(2),
             mutation_record_retention: Duration::from_secs(3600),
             meter_fuel: true,
@@ -88,6 +93,9 @@ impl RuntimeConfig {
         }
         if let Some(n) = env_u64("KILN_QUERY_CACHE_BYTES") {
             c.query_cache_bytes = n as usize;
+        }
+        if let Some(n) = env_u64("KILN_HEAP_TOUCH_FAULTS") {
+            c.heap_touch_faults = n;
         }
         c.perf_map = env_u64("KILN_PERF_MAP").is_some_and(|n| n != 0);
         if let Some(n) = env_u64("KILN_WORKER_THREADS") {

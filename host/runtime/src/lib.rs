@@ -12,6 +12,7 @@ mod deployment;
 mod engine;
 pub mod error;
 mod fetch;
+mod heap_touch;
 mod host;
 mod idempotency;
 pub mod knobs;
@@ -114,6 +115,9 @@ pub struct CallOutcome {
     pub fuel: u64,
     /// Wall time.
     pub wall: Duration,
+    /// Minor page faults taken while instantiating and running the call's instances (retries
+    /// included, nested calls not): copy-on-write faults of memory slots, mostly.
+    pub minor_faults: u64,
     /// The commit timestamp of a mutation.
     pub commit_ts: Option<Timestamp>,
     /// What a query read: the token for subscriptions.
@@ -134,6 +138,7 @@ impl Default for CallOutcome {
             logs: Vec::new(),
             fuel: 0,
             wall: Duration::ZERO,
+            minor_faults: 0,
             commit_ts: None,
             read_token: None,
             retries: 0,
@@ -315,7 +320,8 @@ impl Runtime {
         }
         let pre = self.shared.linker.instantiate_pre(&component).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let pre = AppPre::new(pre).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let version = Arc::new(Version { id: key[..16].to_owned(), manifest, functions, pre });
+        let heap_touch = heap_touch::HeapTouch::new(self.shared.config.heap_touch_faults);
+        let version = Arc::new(Version { id: key[..16].to_owned(), manifest, functions, pre, heap_touch });
         let mut versions = self.versions.lock();
         versions.retain(|_, v| v.strong_count() > 0);
         // Two deploys of the same new component may race: the first to get here wins.

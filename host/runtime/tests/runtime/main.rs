@@ -605,3 +605,52 @@ async fn concurrent_deploys_keep_schema_version_and_stored_component_together() 
     let path = if serving.manifest.function("messages:list").is_some() { "messages:list" } else { "accounts:total" };
     assert!(call(&rt, "d", Query, path, "{}").await.result.is_ok());
 }
+
+/// Runs `path` 384 times one call after another: the minor faults per call over the last 128
+/// calls, and whether any call ran with the heap touch on.
+async fn faults_of_repeated_calls(rt: &Runtime, dep: &str, kind: FunctionKind, path: &str, a: &str) -> (f64, bool) {
+    let version = rt.deployment(dep).unwrap().version().unwrap();
+    let (mut faults, mut touched) = (0, false);
+    for i in 0..384 {
+        touched |= version.touches_heap();
+        let out = call(rt, dep, kind, path, a).await;
+        ok(&out);
+        if i >= 256 {
+            faults += out.minor_faults;
+        }
+    }
+    (faults as f64 / 128.0, touched)
+}
+
+/// Calls whose writes scatter over more page runs than a reused memory slot keeps fault on
+/// every call until the host asks the guest to touch its heap; then they stop faulting. Calls
+/// that fault only on a fresh slot (the bank's transfers) are never asked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_keep_faulting_get_the_heap_touch_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = Runtime::new(RuntimeConfig { heap_touch_faults: u64::MAX, ..runtime_config(dir.path()) }).unwrap();
+    deploy(&never, "scatter", "fixtures/hostile", config()).await;
+    let (without, touched) = faults_of_repeated_calls(&never, "scatter", Query, "hostile:scatter", "{}").await;
+    assert!(!touched);
+    assert!(without >= 16.0, "the scattering query faulted only {without:.1} times per call without the touch");
+    never.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    deploy(&rt, "scatter", "fixtures/hostile", config()).await;
+    let (with, touched) = faults_of_repeated_calls(&rt, "scatter", Query, "hostile:scatter", "{}").await;
+    assert!(touched, "the host never asked for the touch");
+    assert!(with < without / 4.0, "{with:.1} faults per call with the touch, {without:.1} without");
+
+    deploy(&rt, "bank", "bank", config()).await;
+    let open = |owner: &str| format!(r#"{{"owner": "{owner}", "balance": {{"$integer": "AAAAAAAAAQA="}}}}"#);
+    let a = ok(&call(&rt, "bank", Mutation, "accounts:open", &open("a")).await);
+    let b = ok(&call(&rt, "bank", Mutation, "accounts:open", &open("b")).await);
+    let transfer = format!(
+        r#"{{"from": {}, "to": {}, "amount": {{"$integer": "AQAAAAAAAAA="}}}}"#,
+        kiln_value::to_convex_json(&a),
+        kiln_value::to_convex_json(&b)
+    );
+    let (faults, touched) = faults_of_repeated_calls(&rt, "bank", Mutation, "accounts:transfer", &transfer).await;
+    assert!(!touched, "transfers were asked to touch the heap ({faults:.1} faults per call)");
+}
