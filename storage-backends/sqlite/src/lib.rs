@@ -36,6 +36,15 @@ pub fn data_dir() -> PathBuf {
     std::env::var_os("KILN_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
+/// The system call the bundled SQLite makes a commit durable with: `fdatasync` when it was built
+/// with `HAVE_FDATASYNC` (the workspace's `.cargo/config.toml` sets it), else `fsync`.
+pub fn sync_call() -> &'static str {
+    match option_env!("LIBSQLITE3_FLAGS") {
+        Some(flags) if flags.split_whitespace().any(|f| f == "-DHAVE_FDATASYNC=1") => "fdatasync",
+        _ => "fsync",
+    }
+}
+
 /// The on-disk format version, kept in SQLite's `user_version`.
 const FORMAT_VERSION: i64 = 1;
 
@@ -181,6 +190,7 @@ impl SqlitePersistence {
         conn.execute_batch(SCHEMA).map_err(storage)?;
         conn.pragma_update(None, "user_version", FORMAT_VERSION).map_err(storage)?;
 
+        tracing::debug!(path = %path.display(), sync = sync_call(), "opened SQLite file");
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch.max(1);
         let writer = std::thread::Builder::new()
