@@ -39,10 +39,13 @@ pub fn data_dir() -> PathBuf {
 /// The system call the bundled SQLite makes a commit durable with: `fdatasync` when it was built
 /// with `HAVE_FDATASYNC` (the workspace's `.cargo/config.toml` sets it), else `fsync`.
 pub fn sync_call() -> &'static str {
-    match option_env!("LIBSQLITE3_FLAGS") {
-        Some(flags) if flags.split_whitespace().any(|f| f == "-DHAVE_FDATASYNC=1") => "fdatasync",
-        _ => "fsync",
-    }
+    sync_call_of(option_env!("LIBSQLITE3_FLAGS").unwrap_or_default())
+}
+
+/// The sync call of a SQLite compiled with `flags` (`-DHAVE_FDATASYNC` alone defines it as 1).
+fn sync_call_of(flags: &str) -> &'static str {
+    let defined = flags.split_whitespace().any(|f| matches!(f, "-DHAVE_FDATASYNC" | "-DHAVE_FDATASYNC=1"));
+    if defined { "fdatasync" } else { "fsync" }
 }
 
 /// The on-disk format version, kept in SQLite's `user_version`.
@@ -633,5 +636,18 @@ impl Persistence for SqlitePersistence {
 
     async fn prune(&self, cutoff: Timestamp, max_rows: usize) -> Result<StepResult> {
         self.send(|reply| WriterMsg::Prune(cutoff, max_rows, reply)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sync_call_of;
+
+    #[test]
+    fn the_sync_call_follows_the_build_flags() {
+        assert_eq!(sync_call_of(""), "fsync");
+        assert_eq!(sync_call_of("-DSQLITE_X=1 -DHAVE_FDATASYNC=1"), "fdatasync");
+        assert_eq!(sync_call_of("-DHAVE_FDATASYNC"), "fdatasync");
+        assert_eq!(sync_call_of("-DHAVE_FDATASYNC=0"), "fsync");
     }
 }
