@@ -18,7 +18,7 @@ mod values;
 use std::cell::{Cell, RefCell};
 
 use javy_plugin_api::javy::quickjs::prelude::Func;
-use javy_plugin_api::javy::quickjs::{self, Ctx, Function, Module, Object};
+use javy_plugin_api::javy::quickjs::{self, Ctx, Function, Module, Object, Persistent};
 use javy_plugin_api::javy::{self, Runtime};
 use kiln_value::{Value, from_msgpack, to_convex_json};
 
@@ -36,8 +36,11 @@ thread_local! {
     static INIT_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
     static IN_CALL: Cell<Option<&'static str>> = const { Cell::new(None) };
     static RNG: Cell<u64> = const { Cell::new(0x853c_49e6_748f_ea9b) };
-    /// The call's arguments, for `__kiln_native.args`/`argsJson`.
-    static ARGS: RefCell<Option<Value>> = const { RefCell::new(None) };
+    /// The call's arguments (MessagePack of an object), for `__kiln_native.argsJson`.
+    static ARGS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The call's arguments object, built from `ARGS` when the call starts, for
+    /// `__kiln_native.args`; none where the package's own decoder must decide.
+    static ARGS_JS: RefCell<Option<Persistent<quickjs::Value<'static>>>> = const { RefCell::new(None) };
     /// A result `__kiln_native.result` took (envelope tag "2").
     static RESULT: RefCell<Option<Value>> = const { RefCell::new(None) };
 }
@@ -46,25 +49,30 @@ thread_local! {
 const MAX_RESULT_BYTES: usize = 16 << 20;
 
 /// The call's arguments as the package's `jsonToConvex(JSON.parse(argsJson))` makes them (an
-/// array of the arguments object), built directly; `undefined` outside a call or where the
-/// package's decoder would defer (see `values::js_of_value`).
+/// array of the arguments object); `undefined` outside a call or where the package's decoder
+/// would defer (see `values::js_of_msgpack`).
 fn args_value<'js>(ctx: Ctx<'js>) -> quickjs::Result<quickjs::Value<'js>> {
-    let made = ARGS.with(|a| match a.borrow().as_ref() {
-        Some(args) => values::js_of_value(&ctx, args),
-        None => Ok(None),
-    })?;
-    let Some(args) = made else { return Ok(quickjs::Value::new_undefined(ctx)) };
-    let array = quickjs::Array::new(ctx)?;
-    array.set(0, args)?;
+    let Some(saved) = ARGS_JS.with(|a| a.borrow().clone()) else { return Ok(quickjs::Value::new_undefined(ctx)) };
+    let array = quickjs::Array::new(ctx.clone())?;
+    array.set(0, saved.restore(&ctx)?)?;
     Ok(array.into_value())
 }
 
 /// The call's arguments as the Convex JSON text of an array of the arguments object.
 fn args_json() -> String {
-    ARGS.with(|a| match a.borrow().as_ref() {
-        Some(args) => format!("[{}]", to_convex_json(args)),
-        None => "[{}]".to_owned(),
+    ARGS.with(|a| match from_msgpack(&a.borrow()) {
+        Ok(args) => format!("[{}]", to_convex_json(&args)),
+        Err(_) => "[{}]".to_owned(),
     })
+}
+
+/// Checks that a call's arguments are the MessagePack of an object.
+fn check_args(args: &[u8]) -> Result<(), Error> {
+    match from_msgpack(args) {
+        Ok(Value::Object(_)) => Ok(()),
+        Ok(other) => Err(error("InvalidArgs", format!("arguments must be an object, not {}", other.kind().name()))),
+        Err(e) => Err(error(e.code(), e.to_string())),
+    }
 }
 
 /// Takes a call's result as the host would decode it from `convexToJson`'s JSON and answers
@@ -270,7 +278,8 @@ fn begin_call(kind: &'static str, touch_heap: bool) {
 }
 
 fn end_call() {
-    ARGS.with(|a| a.borrow_mut().take());
+    ARGS_JS.with(|a| a.borrow_mut().take());
+    ARGS.with(|a| a.borrow_mut().clear());
     syscall::close_streams();
     kiln_wasi_stubs::reset();
     IN_CALL.with(|c| c.set(None));
@@ -294,23 +303,24 @@ fn split_path(path: &str) -> (&str, &str) {
     (module.strip_suffix(".js").unwrap_or(module), export)
 }
 
-fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
-    let args = match from_msgpack(&call.args) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(other) => {
-            return Err(error("InvalidArgs", format!("arguments must be an object, not {}", other.kind().name())));
-        }
-        Err(e) => return Err(error(e.code(), e.to_string())),
-    };
-    ARGS.with(|a| *a.borrow_mut() = Some(args));
-    let (module_name, export_name) = split_path(&call.path);
+fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
+    let Call { path, args, request_id, .. } = call;
+    // A MessagePack map is built into JavaScript values at once, without a `Value` tree.
+    let is_map = matches!(args.first(), Some(0x80..=0x8f | 0xde | 0xdf));
+    let (module_name, export_name) = split_path(&path);
     rt.context().with(|ctx| {
+        let direct = if is_map { values::js_of_msgpack(&ctx, &args).map_err(|e| js_error(&ctx, e))? } else { None };
+        if direct.is_none() {
+            check_args(&args)?;
+        }
+        ARGS_JS.with(|a| *a.borrow_mut() = direct.map(|v| Persistent::save(&ctx, v)));
+        ARGS.with(|a| *a.borrow_mut() = args);
         let globals = ctx.globals();
         let dispatch: Function = globals.get("__kiln_dispatch").map_err(|e| js_error(&ctx, e))?;
         // A failure envelope at once, or a promise, whose outcome `__kiln_settled` or
         // `__kiln_failed` turns into an envelope or into another promise to drive.
         let mut current: quickjs::Value = dispatch
-            .call((kind, call.path.as_str(), module_name, export_name, call.request_id.as_str()))
+            .call((kind, path.as_str(), module_name, export_name, request_id.as_str()))
             .map_err(|e| js_error(&ctx, e))?;
         loop {
             let Some(promise) = current.as_promise().cloned() else {
@@ -322,17 +332,14 @@ fn run(rt: &Runtime, call: &Call, kind: &'static str) -> Result<String, Error> {
             current = match promise.finish::<quickjs::Value>() {
                 Ok(result) => {
                     let settled: Function = globals.get("__kiln_settled").map_err(|e| js_error(&ctx, e))?;
-                    settled.call((call.path.as_str(), result)).map_err(|e| js_error(&ctx, e))?
+                    settled.call((path.as_str(), result)).map_err(|e| js_error(&ctx, e))?
                 }
                 Err(quickjs::Error::WouldBlock) => {
                     // No job is left: only a timer (actions) can make progress.
                     let run_timer: Function = globals.get("__kiln_run_timer").map_err(|e| js_error(&ctx, e))?;
                     let ran: bool = run_timer.call(()).map_err(|e| js_error(&ctx, e))?;
                     if !ran {
-                        return Err(error(
-                            "UnsettledPromise",
-                            format!("{} returned a promise that never settled", call.path),
-                        ));
+                        return Err(error("UnsettledPromise", format!("{path} returned a promise that never settled")));
                     }
                     current
                 }
@@ -381,7 +388,7 @@ impl Guest for Component {
         let kind = kind_name(call.kind);
         with_runtime(|rt| {
             begin_call(kind, call.touch_heap);
-            let outcome = run(rt, &call, kind);
+            let outcome = run(rt, call, kind);
             end_call();
             decode_envelope(&outcome?)
         })

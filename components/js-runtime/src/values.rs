@@ -411,59 +411,12 @@ pub(crate) fn patch_of_js(
     Ok(removed.iter().all(|name| storable_field(name)).then_some((set, removed)))
 }
 
-/// What `jsonToConvex` makes of the Convex JSON of a value from the host, made directly, for
-/// the fast `db.get`; `None` where `jsonToConvex`'s native would defer to the package (a field
-/// name it does not take, the depth limit), so that the caller runs the package's own code.
-pub(crate) fn js_of_value<'js>(ctx: &Ctx<'js>, value: &kiln_value::Value) -> quickjs::Result<Option<Value<'js>>> {
-    js_of(ctx, value, 0)
-}
-
-fn js_of<'js>(ctx: &Ctx<'js>, value: &kiln_value::Value, depth: usize) -> quickjs::Result<Option<Value<'js>>> {
-    use kiln_value::Value as V;
-    // In Convex JSON these are objects, which the decoder takes only above its depth limit.
-    let composite = match value {
-        V::Int64(_) | V::Bytes(_) | V::Array(_) | V::Object(_) => true,
-        V::Float64(f) => is_special(*f),
-        _ => false,
-    };
-    if composite && depth >= MAX_DEPTH {
-        return Ok(None);
-    }
-    Ok(Some(match value {
-        V::Null => Value::new_null(ctx.clone()),
-        V::Boolean(b) => Value::new_bool(ctx.clone(), *b),
-        V::Int64(n) => Value::new_big_int(ctx.clone(), *n)?,
-        V::Float64(f) if is_special(*f) => Value::new_float(ctx.clone(), *f),
-        V::Float64(f) => Value::new_number(ctx.clone(), *f),
-        V::String(s) => string(ctx, s)?,
-        V::Bytes(b) => ArrayBuffer::new_copy(ctx.clone(), b)?.into_value(),
-        V::Array(items) => {
-            let out = Array::new(ctx.clone())?;
-            for (i, item) in items.iter().enumerate() {
-                let Some(item) = js_of(ctx, item, depth + 1)? else { return Ok(None) };
-                out.set(i, item)?;
-            }
-            out.into_value()
-        }
-        V::Object(fields) => {
-            let out = Object::new(ctx.clone())?;
-            for (name, item) in fields {
-                if !valid_field(name) {
-                    return Ok(None);
-                }
-                let Some(item) = js_of(ctx, item, depth + 1)? else { return Ok(None) };
-                out.set(name.as_str(), item)?;
-            }
-            out.into_value()
-        }
-    }))
-}
-
-/// What [`js_of_value`] makes of the MessagePack of a value from the host, decoded straight
-/// into JavaScript values, without a `kiln_value::Value` in between; `None` where `js_of_value`
-/// defers and for anything but the host's canonical encoding (an ext type, an integer beyond
-/// int64, keys not strictly ascending, bytes left over), which the caller leaves to the
-/// package's own path (where the host's malformed value is reported).
+/// What `jsonToConvex` makes of the Convex JSON of a value from the host (a document for the
+/// fast `db.get`, a call's arguments), decoded straight from its MessagePack into JavaScript
+/// values; `None` where `jsonToConvex`'s native would defer to the package (a field name it
+/// does not take, the depth limit) and for anything but the host's canonical encoding (an
+/// ext type, an integer beyond int64, keys not strictly ascending, bytes left over), which the
+/// caller leaves to the package's own path (where a malformed value is reported).
 pub(crate) fn js_of_msgpack<'js>(ctx: &Ctx<'js>, bytes: &[u8]) -> quickjs::Result<Option<Value<'js>>> {
     let mut input = bytes;
     let value = js_of_packed(ctx, &mut input, 0)?;

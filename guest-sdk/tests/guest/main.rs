@@ -602,6 +602,16 @@ fn the_fast_paths_change_no_result_and_no_error() {
         compare(Query, "values:badGet", &Value::Object(Object::from([("id".into(), Value::from(id))])));
     }
 
+    // Arguments nested around the decoders' depth limit (the runtime builds shallower ones
+    // itself and leaves deeper ones to the package).
+    for depth in [60, 62, 63, 64, 65] {
+        let mut nested = Value::Int64(7);
+        for _ in 0..depth {
+            nested = Value::Object(Object::from([("d".into(), nested)]));
+        }
+        compare(Mutation, "values:roundTrip", &Value::Object(Object::from([("v".into(), nested)])));
+    }
+
     // Generated values through arguments, documents, reads, patches and results.
     let field = proptest::prop_oneof!["[a-zA-Z_][ -~]{0,5}", "[0-9]{1,3}", Just("__proto__".to_owned())];
     let scalar = proptest::prop_oneof![
