@@ -41,8 +41,33 @@ thread_local! {
     /// The call's arguments object, built from `ARGS` when the call starts, for
     /// `__kiln_native.args`; none where the package's own decoder must decide.
     static ARGS_JS: RefCell<Option<Persistent<quickjs::Value<'static>>>> = const { RefCell::new(None) };
+    /// The prelude's entry points, kept from initialization (in the snapshot): looking them up
+    /// on the global object by name in every call cost two atoms from Rust strings.
+    static ENTRY: RefCell<Option<Entry>> = const { RefCell::new(None) };
     /// A result `__kiln_native.result` took (envelope tag "2").
     static RESULT: RefCell<Option<Value>> = const { RefCell::new(None) };
+}
+
+/// The prelude's functions that drive a call.
+#[derive(Clone)]
+struct Entry {
+    dispatch: Persistent<Function<'static>>,
+    settled: Persistent<Function<'static>>,
+    failed: Persistent<Function<'static>>,
+    run_timer: Persistent<Function<'static>>,
+}
+
+impl Entry {
+    fn of(ctx: &Ctx<'_>) -> quickjs::Result<Entry> {
+        let globals = ctx.globals();
+        let get = |name: &str| globals.get::<_, Function>(name).map(|f| Persistent::save(ctx, f));
+        Ok(Entry {
+            dispatch: get("__kiln_dispatch")?,
+            settled: get("__kiln_settled")?,
+            failed: get("__kiln_failed")?,
+            run_timer: get("__kiln_run_timer")?,
+        })
+    }
 }
 
 /// The largest result `__kiln_native.result` keeps (the host checks its configured limit).
@@ -181,7 +206,10 @@ fn initialize(source: &[u8]) -> Result<(), String> {
         let (module, promise) = load_stripped(&ctx, "app.js", source)?.eval().map_err(js)?;
         promise.finish::<()>().map_err(js)?;
         let modules: Object = module.get("modules").map_err(js)?;
-        ctx.globals().set("__kiln_modules", modules).map_err(js)
+        ctx.globals().set("__kiln_modules", modules).map_err(js)?;
+        let entry = Entry::of(&ctx).map_err(js)?;
+        ENTRY.with(|e| *e.borrow_mut() = Some(entry));
+        Ok::<_, String>(())
     })?;
     RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
     Ok(())
@@ -288,8 +316,12 @@ fn end_call() {
 fn with_runtime<T>(f: impl FnOnce(&Runtime) -> Result<T, Error>) -> Result<T, Error> {
     RUNTIME.with(|r| match r.borrow().as_ref() {
         Some(rt) => f(rt),
-        None => Err(error("NotInitialized", "the runtime was not pre-initialized with an app")),
+        None => Err(not_initialized()),
     })
+}
+
+fn not_initialized() -> Error {
+    error("NotInitialized", "the runtime was not pre-initialized with an app")
 }
 
 fn js_error(ctx: &Ctx<'_>, e: quickjs::Error) -> Error {
@@ -309,35 +341,35 @@ fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
     let is_map = matches!(args.first(), Some(0x80..=0x8f | 0xde | 0xdf));
     let (module_name, export_name) = split_path(&path);
     rt.context().with(|ctx| {
-        let direct = if is_map { values::js_of_msgpack(&ctx, &args).map_err(|e| js_error(&ctx, e))? } else { None };
+        let js = |e| js_error(&ctx, e);
+        let direct = if is_map { values::js_of_msgpack(&ctx, &args).map_err(js)? } else { None };
         if direct.is_none() {
             check_args(&args)?;
         }
         ARGS_JS.with(|a| *a.borrow_mut() = direct.map(|v| Persistent::save(&ctx, v)));
         ARGS.with(|a| *a.borrow_mut() = args);
-        let globals = ctx.globals();
-        let dispatch: Function = globals.get("__kiln_dispatch").map_err(|e| js_error(&ctx, e))?;
+        let entry = ENTRY.with(|e| e.borrow().clone()).ok_or_else(not_initialized)?;
+        let dispatch = entry.dispatch.restore(&ctx).map_err(js)?;
         // A failure envelope at once, or a promise, whose outcome `__kiln_settled` or
         // `__kiln_failed` turns into an envelope or into another promise to drive.
-        let mut current: quickjs::Value = dispatch
-            .call((kind, path.as_str(), module_name, export_name, request_id.as_str()))
-            .map_err(|e| js_error(&ctx, e))?;
+        let mut current: quickjs::Value =
+            dispatch.call((kind, path.as_str(), module_name, export_name, request_id.as_str())).map_err(js)?;
         loop {
             let Some(promise) = current.as_promise().cloned() else {
                 return match current.as_string() {
-                    Some(envelope) => envelope.to_string().map_err(|e| js_error(&ctx, e)),
+                    Some(envelope) => envelope.to_string().map_err(js),
                     None => Err(error("InvalidResult", "the dispatcher answered neither an envelope nor a promise")),
                 };
             };
             current = match promise.finish::<quickjs::Value>() {
                 Ok(result) => {
-                    let settled: Function = globals.get("__kiln_settled").map_err(|e| js_error(&ctx, e))?;
-                    settled.call((path.as_str(), result)).map_err(|e| js_error(&ctx, e))?
+                    let settled = entry.settled.clone().restore(&ctx).map_err(js)?;
+                    settled.call((path.as_str(), result)).map_err(js)?
                 }
                 Err(quickjs::Error::WouldBlock) => {
                     // No job is left: only a timer (actions) can make progress.
-                    let run_timer: Function = globals.get("__kiln_run_timer").map_err(|e| js_error(&ctx, e))?;
-                    let ran: bool = run_timer.call(()).map_err(|e| js_error(&ctx, e))?;
+                    let run_timer = entry.run_timer.clone().restore(&ctx).map_err(js)?;
+                    let ran: bool = run_timer.call(()).map_err(js)?;
                     if !ran {
                         return Err(error("UnsettledPromise", format!("{path} returned a promise that never settled")));
                     }
@@ -345,8 +377,8 @@ fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
                 }
                 Err(quickjs::Error::Exception) => {
                     let thrown = ctx.catch();
-                    let failed: Function = globals.get("__kiln_failed").map_err(|e| js_error(&ctx, e))?;
-                    failed.call((thrown,)).map_err(|e| js_error(&ctx, e))?
+                    let failed = entry.failed.clone().restore(&ctx).map_err(js)?;
+                    failed.call((thrown,)).map_err(js)?
                 }
                 Err(e) => return Err(js_error(&ctx, e)),
             };

@@ -680,17 +680,14 @@
   const modules = () => globalThis.__kiln_modules || {};
   const MAX_RESULT_JSON = 16 * 1024 * 1024 + 1024;
   const MAX_RESULT_BYTES = 16 * 1024 * 1024;
-  // (Objects, not arrays: destructuring an array runs the iterator protocol, ~8k fuel.)
-  const KINDS = {
-    query: { flag: "isQuery", name: "Query" },
-    mutation: { flag: "isMutation", name: "Mutation" },
-    action: { flag: "isAction", name: "Action" },
-  };
   const kindOf = (fn) => (fn.isQuery ? "Query" : fn.isMutation ? "Mutation" : fn.isAction ? "Action" : fn.isHttp ? "HttpAction" : null);
 
   function fail(code, message, data) {
     return "1" + JSON.stringify(data === undefined ? { code, message } : { code, message, data });
   }
+
+  const wrongKind = (path, name, actual) =>
+    fail("WrongFunctionKind", `Trying to execute ${path} as ${name}, but it is defined as ${actual}.`);
 
   function describe(e) {
     if (e !== null && typeof e === "object" && (e.ConvexErrorSymbol === Symbol.for("ConvexError") || Symbol.for("ConvexError") in e)) {
@@ -735,13 +732,21 @@
       const fn = mod ? mod[exportName] : undefined;
       const actual = fn ? kindOf(fn) : null;
       if (!actual) return fail("FunctionNotFound", `Could not find function for '${path}'`);
-      const k = Object.hasOwn(KINDS, kind) ? KINDS[kind] : null;
-      if (!k) return fail("UnsupportedCall", `Calls of kind ${kind} are not supported by this runtime`);
-      if (!fn[k.flag]) return fail("WrongFunctionKind", `Trying to execute ${path} as ${k.name}, but it is defined as ${actual}.`);
-      const args = directArgs[kind] ? DIRECT_ARGS : native.argsJson();
-      if (kind === "query") return fn.invokeQuery(args);
-      if (kind === "mutation") return fn.invokeMutation(args);
-      return fn.invokeAction(requestId, args);
+      // Compared as strings: `kind` comes from the runtime, not from a literal, so a property
+      // read with it as the key would make an atom of it first (~600 fuel each).
+      switch (kind) {
+        case "query":
+          if (!fn.isQuery) return wrongKind(path, "Query", actual);
+          return fn.invokeQuery(directArgs.query ? DIRECT_ARGS : native.argsJson());
+        case "mutation":
+          if (!fn.isMutation) return wrongKind(path, "Mutation", actual);
+          return fn.invokeMutation(directArgs.mutation ? DIRECT_ARGS : native.argsJson());
+        case "action":
+          if (!fn.isAction) return wrongKind(path, "Action", actual);
+          return fn.invokeAction(requestId, native.argsJson());
+        default:
+          return fail("UnsupportedCall", `Calls of kind ${kind} are not supported by this runtime`);
+      }
     } catch (e) {
       return failed(e);
     }
