@@ -763,7 +763,8 @@
     if (direct) {
       direct = false;
       try {
-        validateResult(result);
+        // (It refuses query objects: two `instanceof` checks, which no primitive passes.)
+        if (result !== null && typeof result === "object") validateResult(result);
         if (result === void 0) result = null;
         // The runtime takes the value itself unless the package's `convexToJson` must decide.
         const size = native.result(result);
