@@ -188,9 +188,8 @@ fn classify(
             Some(Trap::Interrupt) => {
                 CallError::new("DeadlineExceeded", format!("{path} ran past its deadline of {deadline:?}"))
             }
-            Some(Trap::StackOverflow) => {
-                CallError::new("StackOverflow", format!("{path} exhausted its stack (unbounded recursion?)"))
-            }
+            Some(Trap::StackOverflow) => stack_overflow(path),
+            Some(Trap::MemoryOutOfBounds) if below_address_zero(&e) => stack_overflow(path),
             _ if ctx.limiter.exceeded => memory(),
             Some(trap) => CallError::new("GuestTrap", format!("{path} trapped: {trap}")),
             None if format!("{e:#}").contains("concurrent") => {
@@ -209,6 +208,25 @@ fn classify(
             (None, Ok(bytes)) => Ok(bytes),
         },
     }
+}
+
+fn stack_overflow(path: &str) -> CallError {
+    CallError::new("StackOverflow", format!("{path} exhausted its stack (unbounded recursion?)"))
+}
+
+/// How far below address 0 a fault still counts as a stack that ran past it.
+const STACK_WRAP_BYTES: u64 = 64 << 20;
+
+/// Whether a memory fault hit the top of the 32-bit address space: where a guest's shadow
+/// stack, which toolchains put at the bottom of linear memory, goes once it grows past 0
+/// (QuickJS keeps each call's arguments and locals there, so recursion through wide frames
+/// runs it out before wasmtime's native stack). wasmtime names the address in the error's
+/// context ("memory fault at wasm address 0x…"); without it, the trap stays a `GuestTrap`.
+fn below_address_zero(e: &wasmtime::Error) -> bool {
+    let text = format!("{e:#}");
+    let Some((_, rest)) = text.split_once("memory fault at wasm address 0x") else { return false };
+    let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+    u64::from_str_radix(&hex, 16).is_ok_and(|address| ((1 << 32) - STACK_WRAP_BYTES..1 << 32).contains(&address))
 }
 
 /// A context for a call of `kind` to `path`.
@@ -526,4 +544,24 @@ fn snapshot_stamp(dep: &Deployment, path: &str, args: &[u8], txn: Transaction) -
     let ts = txn.begin_ts();
     let seed = derive_seed(&[dep.name.as_bytes(), path.as_bytes(), args, &ts.0.to_le_bytes()]);
     (Some(txn), ts.0 as f64 / 1e6, seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::below_address_zero;
+
+    fn fault(address: u64) -> wasmtime::Error {
+        wasmtime::Error::msg("wasm trap: out of bounds memory access")
+            .context(format!("memory fault at wasm address 0x{address:x} in linear memory of size 0x940000"))
+    }
+
+    #[test]
+    fn only_faults_just_below_address_zero_are_a_stack_that_ran_past_it() {
+        assert!(below_address_zero(&fault(0xffff_fff0)));
+        assert!(below_address_zero(&fault(0xfc00_0000)));
+        assert!(!below_address_zero(&fault(0xfbff_ffff)), "more than 64 MiB below 0");
+        assert!(!below_address_zero(&fault(0x94_0010)), "just past the end of memory");
+        assert!(!below_address_zero(&fault(0x1_0000_0000)), "beyond 32 bits");
+        assert!(!below_address_zero(&wasmtime::Error::msg("wasm trap: out of bounds memory access")));
+    }
 }

@@ -163,6 +163,7 @@ async fn every_limit_has_its_own_error_and_neighbours_do_not_notice() {
         ("hostile:spin", "{}", "FuelExhausted"),
         ("hostile:allocate", "{}", "MemoryLimitExceeded"),
         ("hostile:recurse", "{}", "StackOverflow"),
+        ("hostile:recurseWide", "{}", "StackOverflow"),
         ("hostile:readLoop", id_args.as_str(), "TooManyReads"),
         ("hostile:swallowLimit", id_args.as_str(), "TooManyReads"),
     ];
