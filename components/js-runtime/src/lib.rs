@@ -38,7 +38,9 @@ thread_local! {
     static RNG: Cell<u64> = const { Cell::new(0x853c_49e6_748f_ea9b) };
     /// The call's arguments (MessagePack of an object), for `__kiln_native.argsJson`.
     static ARGS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// The call's arguments object, built from `ARGS` when the call starts, for
+    /// The arguments decoded when the call started, where no arguments object was built.
+    static ARGS_TREE: RefCell<Option<Value>> = const { RefCell::new(None) };
+    /// The call's arguments object, built from `ARGS` when a query or mutation starts, for
     /// `__kiln_native.args`; none where the package's own decoder must decide.
     static ARGS_JS: RefCell<Option<Persistent<quickjs::Value<'static>>>> = const { RefCell::new(None) };
     /// The prelude's entry points, kept from initialization (in the snapshot): looking them up
@@ -49,7 +51,6 @@ thread_local! {
 }
 
 /// The prelude's functions that drive a call.
-#[derive(Clone)]
 struct Entry {
     dispatch: Persistent<Function<'static>>,
     settled: Persistent<Function<'static>>,
@@ -68,6 +69,12 @@ impl Entry {
             run_timer: get("__kiln_run_timer")?,
         })
     }
+
+    /// The entry point `pick` chooses, for a call in `ctx`.
+    fn get<'js>(ctx: &Ctx<'js>, pick: fn(&Entry) -> &Persistent<Function<'static>>) -> Result<Function<'js>, Error> {
+        let saved = ENTRY.with(|e| e.borrow().as_ref().map(|e| pick(e).clone())).ok_or_else(not_initialized)?;
+        saved.restore(ctx).map_err(|e| js_error(ctx, e))
+    }
 }
 
 /// The largest result `__kiln_native.result` keeps (the host checks its configured limit).
@@ -85,16 +92,17 @@ fn args_value<'js>(ctx: Ctx<'js>) -> quickjs::Result<quickjs::Value<'js>> {
 
 /// The call's arguments as the Convex JSON text of an array of the arguments object.
 fn args_json() -> String {
-    ARGS.with(|a| match from_msgpack(&a.borrow()) {
-        Ok(args) => format!("[{}]", to_convex_json(&args)),
-        Err(_) => "[{}]".to_owned(),
-    })
+    let tree = ARGS_TREE.with(|t| t.borrow().as_ref().map(|args| to_convex_json(args).to_string()));
+    // (A query's or mutation's arguments were decoded into an object instead; rarely needed.)
+    let json =
+        tree.or_else(|| ARGS.with(|a| from_msgpack(&a.borrow()).ok().map(|args| to_convex_json(&args).to_string())));
+    format!("[{}]", json.as_deref().unwrap_or("{}"))
 }
 
-/// Checks that a call's arguments are the MessagePack of an object.
-fn check_args(args: &[u8]) -> Result<(), Error> {
+/// Decodes a call's arguments, which must be the MessagePack of an object.
+fn decode_args(args: &[u8]) -> Result<Value, Error> {
     match from_msgpack(args) {
-        Ok(Value::Object(_)) => Ok(()),
+        Ok(v @ Value::Object(_)) => Ok(v),
         Ok(other) => Err(error("InvalidArgs", format!("arguments must be an object, not {}", other.kind().name()))),
         Err(e) => Err(error(e.code(), e.to_string())),
     }
@@ -307,6 +315,7 @@ fn begin_call(kind: &'static str, touch_heap: bool) {
 
 fn end_call() {
     ARGS_JS.with(|a| a.borrow_mut().take());
+    ARGS_TREE.with(|t| t.borrow_mut().take());
     ARGS.with(|a| a.borrow_mut().clear());
     syscall::close_streams();
     kiln_wasi_stubs::reset();
@@ -337,19 +346,23 @@ fn split_path(path: &str) -> (&str, &str) {
 
 fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
     let Call { path, args, request_id, .. } = call;
-    // A MessagePack map is built into JavaScript values at once, without a `Value` tree.
+    // The arguments of a query or mutation (whose invokers take `__kiln_native.args`), if a
+    // MessagePack map, are built into JavaScript values at once, without a `Value` tree.
+    let wants_object = matches!(kind, "query" | "mutation");
     let is_map = matches!(args.first(), Some(0x80..=0x8f | 0xde | 0xdf));
     let (module_name, export_name) = split_path(&path);
     rt.context().with(|ctx| {
         let js = |e| js_error(&ctx, e);
-        let direct = if is_map { values::js_of_msgpack(&ctx, &args).map_err(js)? } else { None };
-        if direct.is_none() {
-            check_args(&args)?;
+        let direct = if wants_object && is_map { values::js_of_msgpack(&ctx, &args).map_err(js)? } else { None };
+        match direct {
+            Some(v) => ARGS_JS.with(|a| *a.borrow_mut() = Some(Persistent::save(&ctx, v))),
+            None => {
+                let tree = decode_args(&args)?;
+                ARGS_TREE.with(|t| *t.borrow_mut() = Some(tree));
+            }
         }
-        ARGS_JS.with(|a| *a.borrow_mut() = direct.map(|v| Persistent::save(&ctx, v)));
         ARGS.with(|a| *a.borrow_mut() = args);
-        let entry = ENTRY.with(|e| e.borrow().clone()).ok_or_else(not_initialized)?;
-        let dispatch = entry.dispatch.restore(&ctx).map_err(js)?;
+        let dispatch = Entry::get(&ctx, |e| &e.dispatch)?;
         // A failure envelope at once, or a promise, whose outcome `__kiln_settled` or
         // `__kiln_failed` turns into an envelope or into another promise to drive.
         let mut current: quickjs::Value =
@@ -363,12 +376,12 @@ fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
             };
             current = match promise.finish::<quickjs::Value>() {
                 Ok(result) => {
-                    let settled = entry.settled.clone().restore(&ctx).map_err(js)?;
+                    let settled = Entry::get(&ctx, |e| &e.settled)?;
                     settled.call((path.as_str(), result)).map_err(js)?
                 }
                 Err(quickjs::Error::WouldBlock) => {
                     // No job is left: only a timer (actions) can make progress.
-                    let run_timer = entry.run_timer.clone().restore(&ctx).map_err(js)?;
+                    let run_timer = Entry::get(&ctx, |e| &e.run_timer)?;
                     let ran: bool = run_timer.call(()).map_err(js)?;
                     if !ran {
                         return Err(error("UnsettledPromise", format!("{path} returned a promise that never settled")));
@@ -377,7 +390,7 @@ fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
                 }
                 Err(quickjs::Error::Exception) => {
                     let thrown = ctx.catch();
-                    let failed = entry.failed.clone().restore(&ctx).map_err(js)?;
+                    let failed = Entry::get(&ctx, |e| &e.failed)?;
                     failed.call((thrown,)).map_err(js)?
                 }
                 Err(e) => return Err(js_error(&ctx, e)),
