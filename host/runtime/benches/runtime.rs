@@ -24,11 +24,12 @@ fn report(name: &str, value: String) {
     println!("{name:<66} {value}");
 }
 
-fn rss_kib() -> u64 {
+/// A KiB figure of `/proc/self/status` (`VmRSS:`, `RssAnon:`, ...).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -240,7 +241,46 @@ async fn single_transfer_profile(rt: &Arc<Runtime>, deployment: &str, label: &st
     );
 }
 
+/// Deployments the idle-memory measurement opens.
+const IDLE_DEPLOYMENTS: usize = 40;
+/// The flag that makes this binary measure idle deployments only (`--idle-memory DIR CACHE
+/// COMPONENT`): in the benchmark's own process the allocator may hand memory of the earlier
+/// phases back to the system meanwhile, which once made the figure negative.
+const IDLE_MEMORY: &str = "--idle-memory";
+
+/// Opens [`IDLE_DEPLOYMENTS`] deployments of `component` in `dir`, one call each, and prints the
+/// resident memory each added in KiB.
+fn idle_memory(args: &[String]) {
+    let [dir, cache, component] = args else { panic!("usage: {IDLE_MEMORY} DIR CACHE COMPONENT") };
+    let component = std::fs::read(component).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let runtime = runtime(Path::new(dir), Path::new(cache), true);
+        // One deployment first: the runtime's own first-use allocations are not a deployment's.
+        runtime.open_deployment("warm", config(4)).await.unwrap();
+        runtime.deploy("warm", &component).await.unwrap();
+        runtime.call("warm", CallRequest::new(FunctionKind::Query, "accounts:total", empty())).await.result.unwrap();
+        let fields = ["VmRSS:", "RssAnon:", "RssFile:", "RssShmem:"];
+        let before = fields.map(status_kib);
+        for i in 0..IDLE_DEPLOYMENTS {
+            let name = format!("idle{i}");
+            runtime.open_deployment(&name, config(4)).await.unwrap();
+            runtime.deploy(&name, &component).await.unwrap();
+            runtime.call(&name, CallRequest::new(FunctionKind::Query, "accounts:total", empty())).await.result.unwrap();
+        }
+        let per = fields.map(status_kib).map(|k| k as f64);
+        let per: Vec<f64> =
+            per.iter().zip(before).map(|(after, b)| (after - b as f64) / IDLE_DEPLOYMENTS as f64).collect();
+        println!("{:.0} KiB (anonymous {:.0}, file {:.0}, shared {:.0})", per[0], per[1], per[2], per[3]);
+        runtime.shutdown().await;
+    });
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == IDLE_MEMORY) {
+        return idle_memory(&args[at + 1..]);
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let profile_rust = std::env::args().any(|a| a == "--profile-rust-transfers");
     let profile = profile_rust || std::env::args().any(|a| a == "--profile-transfers");
@@ -369,32 +409,26 @@ fn main() {
             format!("{rust_tps:.0} ({rust_retries:.3} retries, {rust_cpu:.0} us CPU per transfer)"),
         );
 
-        // Idle deployments, and cold starts from the cached .cwasm.
+        // Idle deployments (in a child process), and cold starts from the cached .cwasm.
         let dir = work.path().join("idle");
-        let runtime = self::runtime(&dir, &cache, true);
-        // One deployment first: the runtime's own first-use allocations are not a deployment's.
-        runtime.open_deployment("warm", config(4)).await.unwrap();
-        runtime.deploy("warm", &bank).await.unwrap();
-        runtime.call("warm", CallRequest::new(FunctionKind::Query, "accounts:total", empty())).await.result.unwrap();
-        let before = rss_kib();
-        let n = 40;
-        for i in 0..n {
-            let name = format!("idle{i}");
-            runtime.open_deployment(&name, config(4)).await.unwrap();
-            runtime.deploy(&name, &bank).await.unwrap();
-            runtime.call(&name, CallRequest::new(FunctionKind::Query, "accounts:total", empty())).await.result.unwrap();
-        }
-        // (Signed: the allocator may hand memory of the earlier phases back meanwhile.)
-        let per = (rss_kib() as f64 - before as f64) / n as f64;
+        let component = work.path().join("bank.wasm");
+        std::fs::write(&component, &bank).unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--bench", IDLE_MEMORY])
+            .arg(&dir)
+            .arg(&cache)
+            .arg(&component)
+            .output()
+            .unwrap();
+        assert!(child.status.success(), "{}", String::from_utf8_lossy(&child.stderr));
+        let per = String::from_utf8_lossy(&child.stdout).trim().to_owned();
         report(
-            &format!("resident memory per idle deployment ({n} deployments, one call each)"),
-            format!("{per:.0} KiB"),
+            &format!("resident memory per idle deployment ({IDLE_DEPLOYMENTS} deployments, one call each)"),
+            per,
         );
-        runtime.shutdown().await;
-        drop(runtime);
         let runtime = self::runtime(&dir, &cache, true);
         let mut starts = Vec::new();
-        for i in 0..n {
+        for i in 0..IDLE_DEPLOYMENTS {
             let t = Instant::now();
             runtime.open_deployment(&format!("idle{i}"), config(4)).await.unwrap();
             runtime
