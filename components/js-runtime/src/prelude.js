@@ -46,6 +46,7 @@
   // Fast `db.get`, `db.insert` and `db.patch`, put on the package's memoized reader and
   // writer: one native call and one settled promise, where the package's methods take three
   // async frames and three awaits (each `await` costs QuickJS as much as a small syscall).
+  // `dbGet` and `dbInsert` answer the settled promise themselves (a call of `resolved` less).
   // A native answers `undefined`, before any syscall, for what it leaves to the package's own
   // method; a failed syscall rejects as the package's `performAsyncSyscall` rethrows it (the
   // host's database errors carry no `data`, so none becomes a `ConvexError`).
@@ -74,7 +75,7 @@
             return dbFailure(e);
           }
           if (doc === null) return NONE;
-          if (doc !== void 0) return resolved(doc);
+          if (doc !== void 0) return doc;
         }
         return original(arg0, arg1);
       },
@@ -88,7 +89,7 @@
         } catch (e) {
           return dbFailure(e);
         }
-        return id !== void 0 ? resolved(id) : original(table, value);
+        return id !== void 0 ? id : original(table, value);
       },
     }.insert);
   const fastPatch = (original) =>

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use javy_plugin_api::javy::quickjs::{self, Ctx, Exception, Function, Object, Value as JsValue};
+use javy_plugin_api::javy::quickjs::{self, Ctx, Exception, Function, Object, Value as JsValue, qjs};
 
 use kiln_value::{Value, from_convex_json, from_msgpack, json::patch_from_convex_json, to_convex_json, to_msgpack};
 use serde_json::{Value as Json, json};
@@ -105,8 +105,8 @@ fn string_of(ctx: &Ctx<'_>, value: &JsValue<'_>) -> Option<String> {
 // values converted directly, and answers `undefined` *before* any syscall for whatever it does
 // not take, so that the package's own method then runs (and reports its own error).
 
-/// `__kiln_fast.dbGet(table, id)`: the document or null (`undefined`: run the package's `get`,
-/// which is only a read).
+/// `__kiln_fast.dbGet(table, id)`: a promise of the document, or null for no document
+/// (`undefined`: run the package's `get`, which is only a read).
 pub(crate) fn db_get<'js>(ctx: Ctx<'js>, table: JsValue<'js>, id: JsValue<'js>) -> quickjs::Result<JsValue<'js>> {
     let defer = JsValue::new_undefined(ctx.clone());
     let Some(id) = string_of(&ctx, &id) else { return Ok(defer) };
@@ -117,20 +117,38 @@ pub(crate) fn db_get<'js>(ctx: Ctx<'js>, table: JsValue<'js>, id: JsValue<'js>) 
         Some(table)
     };
     match in_call("1.0/get").and_then(|()| db::get(&id, table.as_deref())) {
-        Ok(Some(doc)) => Ok(values::js_of_msgpack(&ctx, &doc)?.unwrap_or(defer)),
+        Ok(Some(doc)) => match values::js_of_msgpack(&ctx, &doc)? {
+            Some(doc) => fulfilled(&ctx, &doc),
+            None => Ok(defer),
+        },
         Ok(None) => Ok(JsValue::new_null(ctx)),
         Err(e) => Err(throw(&ctx, &e)?),
     }
 }
 
-/// `__kiln_fast.dbInsert(table, value)`: the new document's id.
+/// A promise fulfilled with `value`, as `Promise.resolve(value)` makes it (the intrinsic
+/// `Promise`): made here, it saves the fast paths a JavaScript call of `Promise.resolve`.
+fn fulfilled<'js>(ctx: &Ctx<'js>, value: &JsValue<'js>) -> quickjs::Result<JsValue<'js>> {
+    let raw = ctx.as_raw().as_ptr();
+    // SAFETY: `raw` is the live context of `value`, which the call only reads; the promise it
+    // returns is a new reference, owned by the `JsValue` made of it.
+    unsafe {
+        let promise = qjs::JS_NewSettledPromise(raw, false, value.as_raw());
+        if qjs::JS_IsException(promise) {
+            return Err(quickjs::Error::Exception);
+        }
+        Ok(JsValue::from_raw(ctx.clone(), promise))
+    }
+}
+
+/// `__kiln_fast.dbInsert(table, value)`: a promise of the new document's id.
 pub(crate) fn db_insert<'js>(ctx: Ctx<'js>, table: JsValue<'js>, value: JsValue<'js>) -> quickjs::Result<JsValue<'js>> {
     let defer = JsValue::new_undefined(ctx.clone());
     // The package refuses system tables itself.
     let Some(table) = string_of(&ctx, &table).filter(|t| !t.starts_with('_')) else { return Ok(defer) };
     let Some(value) = values::value_of_js(&ctx, &value)? else { return Ok(defer) };
     match in_call("1.0/insert").and_then(|()| db::insert(&table, &to_msgpack(&value))) {
-        Ok(id) => Ok(quickjs::String::from_str(ctx, &id)?.into_value()),
+        Ok(id) => fulfilled(&ctx, &quickjs::String::from_str(ctx.clone(), &id)?.into_value()),
         Err(e) => Err(throw(&ctx, &e)?),
     }
 }
