@@ -16,6 +16,7 @@ mod syscall;
 mod values;
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 
 use javy_plugin_api::javy::quickjs::prelude::Func;
 use javy_plugin_api::javy::quickjs::{self, Ctx, Function, Module, Object, Persistent};
@@ -48,6 +49,33 @@ thread_local! {
     static ENTRY: RefCell<Option<Entry>> = const { RefCell::new(None) };
     /// A result `__kiln_native.result` took (envelope tag "2").
     static RESULT: RefCell<Option<Value>> = const { RefCell::new(None) };
+    /// The app's exported functions, found at initialization (in the snapshot).
+    static FUNCTIONS: RefCell<Functions> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Exported functions by module and export name. A call hands its function to the dispatcher
+/// instead of the path's two parts as strings, which the dispatcher's property reads each
+/// made an atom of.
+type Functions = BTreeMap<String, BTreeMap<String, Persistent<Function<'static>>>>;
+
+/// The functions each module of `modules` exports.
+fn functions_of<'js>(ctx: &Ctx<'js>, modules: &Object<'js>) -> quickjs::Result<Functions> {
+    let mut all = Functions::new();
+    for name in modules.keys::<String>() {
+        let name = name?;
+        let module: quickjs::Value = modules.get(&name)?;
+        let Some(module) = module.as_object() else { continue };
+        let mut exports = BTreeMap::new();
+        for export in module.keys::<String>() {
+            let export = export?;
+            let value: quickjs::Value = module.get(&export)?;
+            if let Some(function) = value.as_function() {
+                exports.insert(export, Persistent::save(ctx, function.clone()));
+            }
+        }
+        all.insert(name, exports);
+    }
+    Ok(all)
 }
 
 /// The prelude's functions that drive a call.
@@ -214,6 +242,8 @@ fn initialize(source: &[u8]) -> Result<(), String> {
         let (module, promise) = load_stripped(&ctx, "app.js", source)?.eval().map_err(js)?;
         promise.finish::<()>().map_err(js)?;
         let modules: Object = module.get("modules").map_err(js)?;
+        let functions = functions_of(&ctx, &modules).map_err(js)?;
+        FUNCTIONS.with(|f| *f.borrow_mut() = functions);
         ctx.globals().set("__kiln_modules", modules).map_err(js)?;
         let entry = Entry::of(&ctx).map_err(js)?;
         ENTRY.with(|e| *e.borrow_mut() = Some(entry));
@@ -363,10 +393,12 @@ fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
         }
         ARGS.with(|a| *a.borrow_mut() = args);
         let dispatch = Entry::get(&ctx, |e| &e.dispatch)?;
+        let function = FUNCTIONS.with(|f| f.borrow().get(module_name).and_then(|m| m.get(export_name)).cloned());
+        let function = function.map(|f| f.restore(&ctx)).transpose().map_err(js)?;
         // A failure envelope at once, or a promise, whose outcome `__kiln_settled` or
         // `__kiln_failed` turns into an envelope or into another promise to drive.
         let mut current: quickjs::Value =
-            dispatch.call((kind, path.as_str(), module_name, export_name, request_id.as_str())).map_err(js)?;
+            dispatch.call((kind, path.as_str(), function, request_id.as_str())).map_err(js)?;
         loop {
             let Some(promise) = current.as_promise().cloned() else {
                 return match current.as_string() {

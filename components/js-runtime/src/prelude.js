@@ -733,11 +733,10 @@
   // (an `async` dispatcher awaiting it would cost every call another frame and another
   // await) and hands its outcome to `__kiln_settled` or `__kiln_failed`, which answer an
   // envelope or another promise to drive.
-  // `modName` and `exportName` are the parts of `path` (the runtime splits it).
-  define("__kiln_dispatch", function dispatch(kind, path, modName, exportName, requestId) {
+  // `fn` is what the module of `path` exports under its name, if a function (the runtime
+  // finds it: the modules' exports are known once the app is loaded).
+  define("__kiln_dispatch", function dispatch(kind, path, fn, requestId) {
     try {
-      const mod = modules()[modName];
-      const fn = mod ? mod[exportName] : undefined;
       const actual = fn ? kindOf(fn) : null;
       if (!actual) return fail("FunctionNotFound", `Could not find function for '${path}'`);
       // Compared as strings: `kind` comes from the runtime, not from a literal, so a property

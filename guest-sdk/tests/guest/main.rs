@@ -180,6 +180,10 @@ fn exceptions_unknown_functions_and_bad_arguments_are_errors_not_traps() {
 
     assert_eq!(h.call(Query, "probe:nothing", &args("{}")).error().code, "FunctionNotFound");
     assert_eq!(h.call(Query, "nowhere:boom", &args("{}")).error().code, "FunctionNotFound");
+    // Only a module's own exports are functions: nothing inherited by objects.
+    for path in ["probe:constructor", "__proto__:hasOwnProperty", "probe:toString"] {
+        assert_eq!(h.call(Query, path, &args("{}")).error().code, "FunctionNotFound", "{path}");
+    }
     assert_eq!(h.call(Mutation, "probe:boom", &args("{}")).error().code, "WrongFunctionKind");
     let not_object = h.call_with(Query, "probe:boom", &to_msgpack(&Value::Array(vec![])), |_| {});
     assert_eq!(not_object.error().code, "InvalidArgs");
