@@ -318,6 +318,16 @@ fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
     ctx.globals().set("__kiln_native", native)
 }
 
+/// The dispatcher's number for a kind (see `__kiln_dispatch`).
+fn kind_code(kind: &str) -> i32 {
+    match kind {
+        "query" => 0,
+        "mutation" => 1,
+        "action" => 2,
+        _ => 3,
+    }
+}
+
 fn kind_name(kind: FunctionKind) -> &'static str {
     match kind {
         FunctionKind::Query => "query",
@@ -397,8 +407,9 @@ fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
         let function = function.map(|f| f.restore(&ctx)).transpose().map_err(js)?;
         // A failure envelope at once, or a promise, whose outcome `__kiln_settled` or
         // `__kiln_failed` turns into an envelope or into another promise to drive.
-        let mut current: quickjs::Value =
-            dispatch.call((kind, path.as_str(), function, request_id.as_str())).map_err(js)?;
+        let mut current: quickjs::Value = dispatch
+            .call((kind_code(kind), path.as_str(), function, (kind == "action").then_some(request_id.as_str())))
+            .map_err(js)?;
         loop {
             let Some(promise) = current.as_promise().cloned() else {
                 return match current.as_string() {
@@ -409,7 +420,7 @@ fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
             current = match promise.finish::<quickjs::Value>() {
                 Ok(result) => {
                     let settled = Entry::get(&ctx, |e| &e.settled)?;
-                    settled.call((path.as_str(), result)).map_err(js)?
+                    settled.call((result,)).map_err(js)?
                 }
                 Err(quickjs::Error::WouldBlock) => {
                     // No job is left: only a timer (actions) can make progress.

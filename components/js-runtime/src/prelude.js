@@ -734,32 +734,36 @@
   // await) and hands its outcome to `__kiln_settled` or `__kiln_failed`, which answer an
   // envelope or another promise to drive.
   // `fn` is what the module of `path` exports under its name, if a function (the runtime
-  // finds it: the modules' exports are known once the app is loaded).
+  // finds it: the modules' exports are known once the app is loaded). `kind` is the runtime's
+  // number for the call's kind (a number costs no string per call); `requestId` comes with
+  // actions only. `path` is kept for `__kiln_settled`'s messages.
+  let callPath = "";
+  const KIND_NAMES = ["query", "mutation", "action", "http-action"];
   define("__kiln_dispatch", function dispatch(kind, path, fn, requestId) {
+    callPath = path;
     try {
       const actual = fn ? kindOf(fn) : null;
       if (!actual) return fail("FunctionNotFound", `Could not find function for '${path}'`);
-      // Compared as strings: `kind` comes from the runtime, not from a literal, so a property
-      // read with it as the key would make an atom of it first (~600 fuel each).
       switch (kind) {
-        case "query":
+        case 0:
           if (!fn.isQuery) return wrongKind(path, "Query", actual);
           return fn.invokeQuery(directArgs.query ? DIRECT_ARGS : native.argsJson());
-        case "mutation":
+        case 1:
           if (!fn.isMutation) return wrongKind(path, "Mutation", actual);
           return fn.invokeMutation(directArgs.mutation ? DIRECT_ARGS : native.argsJson());
-        case "action":
+        case 2:
           if (!fn.isAction) return wrongKind(path, "Action", actual);
           return fn.invokeAction(requestId, native.argsJson());
         default:
-          return fail("UnsupportedCall", `Calls of kind ${kind} are not supported by this runtime`);
+          return fail("UnsupportedCall", `Calls of kind ${KIND_NAMES[kind] ?? kind} are not supported by this runtime`);
       }
     } catch (e) {
       return failed(e);
     }
   });
 
-  define("__kiln_settled", function settled(path, result) {
+  define("__kiln_settled", function settled(result) {
+    const path = callPath;
     if (direct) {
       direct = false;
       try {
