@@ -49,6 +49,8 @@ thread_local! {
     static ENTRY: RefCell<Option<Entry>> = const { RefCell::new(None) };
     /// A result `__kiln_native.result` took (envelope tag "2").
     static RESULT: RefCell<Option<Value>> = const { RefCell::new(None) };
+    /// The path of the running call, for the dispatcher's messages (`__kiln_native.path`).
+    static CALL_PATH: RefCell<String> = const { RefCell::new(String::new()) };
     /// The app's exported functions, found at initialization (in the snapshot).
     static FUNCTIONS: RefCell<Functions> = const { RefCell::new(BTreeMap::new()) };
 }
@@ -315,6 +317,7 @@ fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
         }),
     )?;
     native.set("kind", Func::from(|| call_kind().unwrap_or("init").to_owned()))?;
+    native.set("path", Func::from(|| CALL_PATH.with(|p| p.borrow().clone())))?;
     ctx.globals().set("__kiln_native", native)
 }
 
@@ -391,6 +394,7 @@ fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
     let wants_object = matches!(kind, "query" | "mutation");
     let is_map = matches!(args.first(), Some(0x80..=0x8f | 0xde | 0xdf));
     let (module_name, export_name) = split_path(&path);
+    CALL_PATH.with(|p| p.borrow_mut().clone_from(&path));
     rt.context().with(|ctx| {
         let js = |e| js_error(&ctx, e);
         let direct = if wants_object && is_map { values::js_of_msgpack(&ctx, &args).map_err(js)? } else { None };
@@ -408,7 +412,7 @@ fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
         // A failure envelope at once, or a promise, whose outcome `__kiln_settled` or
         // `__kiln_failed` turns into an envelope or into another promise to drive.
         let mut current: quickjs::Value = dispatch
-            .call((kind_code(kind), path.as_str(), function, (kind == "action").then_some(request_id.as_str())))
+            .call((kind_code(kind), function, (kind == "action").then_some(request_id.as_str())))
             .map_err(js)?;
         loop {
             let Some(promise) = current.as_promise().cloned() else {

@@ -694,8 +694,8 @@
     return "1" + JSON.stringify(data === undefined ? { code, message } : { code, message, data });
   }
 
-  const wrongKind = (path, name, actual) =>
-    fail("WrongFunctionKind", `Trying to execute ${path} as ${name}, but it is defined as ${actual}.`);
+  const wrongKind = (name, actual) =>
+    fail("WrongFunctionKind", `Trying to execute ${native.path()} as ${name}, but it is defined as ${actual}.`);
 
   function describe(e) {
     if (e !== null && typeof e === "object" && (e.ConvexErrorSymbol === Symbol.for("ConvexError") || Symbol.for("ConvexError") in e)) {
@@ -735,24 +735,23 @@
   // envelope or another promise to drive.
   // `fn` is what the module of `path` exports under its name, if a function (the runtime
   // finds it: the modules' exports are known once the app is loaded). `kind` is the runtime's
-  // number for the call's kind (a number costs no string per call); `requestId` comes with
-  // actions only. `path` is kept for `__kiln_settled`'s messages.
-  let callPath = "";
+  // number for the call's kind, and the call's path only where a message needs it
+  // (`native.path()`): a string made from Rust costs ~700 fuel. `requestId` comes with
+  // actions only.
   const KIND_NAMES = ["query", "mutation", "action", "http-action"];
-  define("__kiln_dispatch", function dispatch(kind, path, fn, requestId) {
-    callPath = path;
+  define("__kiln_dispatch", function dispatch(kind, fn, requestId) {
     try {
       const actual = fn ? kindOf(fn) : null;
-      if (!actual) return fail("FunctionNotFound", `Could not find function for '${path}'`);
+      if (!actual) return fail("FunctionNotFound", `Could not find function for '${native.path()}'`);
       switch (kind) {
         case 0:
-          if (!fn.isQuery) return wrongKind(path, "Query", actual);
+          if (!fn.isQuery) return wrongKind("Query", actual);
           return fn.invokeQuery(directArgs.query ? DIRECT_ARGS : native.argsJson());
         case 1:
-          if (!fn.isMutation) return wrongKind(path, "Mutation", actual);
+          if (!fn.isMutation) return wrongKind("Mutation", actual);
           return fn.invokeMutation(directArgs.mutation ? DIRECT_ARGS : native.argsJson());
         case 2:
-          if (!fn.isAction) return wrongKind(path, "Action", actual);
+          if (!fn.isAction) return wrongKind("Action", actual);
           return fn.invokeAction(requestId, native.argsJson());
         default:
           return fail("UnsupportedCall", `Calls of kind ${KIND_NAMES[kind] ?? kind} are not supported by this runtime`);
@@ -763,7 +762,6 @@
   });
 
   define("__kiln_settled", function settled(result) {
-    const path = callPath;
     if (direct) {
       direct = false;
       try {
@@ -774,7 +772,7 @@
         const size = native.result(result);
         if (size !== undefined) {
           if (size > MAX_RESULT_BYTES) {
-            return fail("ResultTooLarge", `${path} returned ${size} bytes, over the limit of 16 MiB`);
+            return fail("ResultTooLarge", `${native.path()} returned ${size} bytes, over the limit of 16 MiB`);
           }
           return "2";
         }
@@ -786,7 +784,7 @@
     // Refuse an oversized result here: copying it out would cost memory the call may not
     // have. The host checks the exact size again.
     if (result.length > MAX_RESULT_JSON) {
-      return fail("ResultTooLarge", `${path} returned ${result.length} bytes of JSON, over the limit of 16 MiB`);
+      return fail("ResultTooLarge", `${native.path()} returned ${result.length} bytes of JSON, over the limit of 16 MiB`);
     }
     return "0" + result;
   });

@@ -178,7 +178,11 @@ fn exceptions_unknown_functions_and_bad_arguments_are_errors_not_traps() {
     assert!(e.message.starts_with("Uncaught Error: boom"), "{}", e.message);
     assert!(e.message.contains("at "), "the stack is included: {}", e.message);
 
-    assert_eq!(h.call(Query, "probe:nothing", &args("{}")).error().code, "FunctionNotFound");
+    let e = h.call(Query, "probe:nothing", &args("{}")).error().clone();
+    assert_eq!(e.code, "FunctionNotFound");
+    assert!(e.message.contains("'probe:nothing'"), "the message names the path: {}", e.message);
+    let e = h.call(Mutation, "probe:boom", &args("{}")).error().clone();
+    assert!(e.message.starts_with("Trying to execute probe:boom as Mutation"), "{}", e.message);
     assert_eq!(h.call(Query, "nowhere:boom", &args("{}")).error().code, "FunctionNotFound");
     // Only a module's own exports are functions: nothing inherited by objects.
     for path in ["probe:constructor", "__proto__:hasOwnProperty", "probe:toString"] {
