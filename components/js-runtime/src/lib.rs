@@ -322,12 +322,12 @@ fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
 }
 
 /// The dispatcher's number for a kind (see `__kiln_dispatch`).
-fn kind_code(kind: &str) -> i32 {
+fn kind_code(kind: FunctionKind) -> i32 {
     match kind {
-        "query" => 0,
-        "mutation" => 1,
-        "action" => 2,
-        _ => 3,
+        FunctionKind::Query => 0,
+        FunctionKind::Mutation => 1,
+        FunctionKind::Action => 2,
+        FunctionKind::HttpAction => 3,
     }
 }
 
@@ -387,11 +387,11 @@ fn split_path(path: &str) -> (&str, &str) {
     (module.strip_suffix(".js").unwrap_or(module), export)
 }
 
-fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
-    let Call { path, args, request_id, .. } = call;
+fn run(rt: &Runtime, call: Call) -> Result<String, Error> {
+    let Call { path, args, request_id, kind, .. } = call;
     // The arguments of a query or mutation (whose invokers take `__kiln_native.args`), if a
     // MessagePack map, are built into JavaScript values at once, without a `Value` tree.
-    let wants_object = matches!(kind, "query" | "mutation");
+    let wants_object = matches!(kind, FunctionKind::Query | FunctionKind::Mutation);
     let is_map = matches!(args.first(), Some(0x80..=0x8f | 0xde | 0xdf));
     let (module_name, export_name) = split_path(&path);
     CALL_PATH.with(|p| p.borrow_mut().clone_from(&path));
@@ -412,7 +412,7 @@ fn run(rt: &Runtime, call: Call, kind: &'static str) -> Result<String, Error> {
         // A failure envelope at once, or a promise, whose outcome `__kiln_settled` or
         // `__kiln_failed` turns into an envelope or into another promise to drive.
         let mut current: quickjs::Value = dispatch
-            .call((kind_code(kind), function, (kind == "action").then_some(request_id.as_str())))
+            .call((kind_code(kind), function, (kind == FunctionKind::Action).then_some(request_id.as_str())))
             .map_err(js)?;
         loop {
             let Some(promise) = current.as_promise().cloned() else {
@@ -480,7 +480,7 @@ impl Guest for Component {
         let kind = kind_name(call.kind);
         with_runtime(|rt| {
             begin_call(kind, call.touch_heap);
-            let outcome = run(rt, call, kind);
+            let outcome = run(rt, call);
             end_call();
             decode_envelope(&outcome?)
         })
