@@ -146,6 +146,25 @@ fn set_balance(id: &str, balance: i64) -> Result<(), Error> {
 fn transfer(args: &[u8]) -> Result<Value, Error> {
     let a = args_object(args)?;
     let (from, to, amount) = (string(&a, "from")?, string(&a, "to")?, int64(&a, "amount")?);
+    let left = move_funds(from, to, amount)?;
+    let record: Object = [
+        ("from".to_owned(), Value::from(from)),
+        ("to".to_owned(), Value::from(to)),
+        ("amount".to_owned(), Value::Int64(amount)),
+    ]
+    .into();
+    db::insert("transfers", &to_msgpack(&Value::Object(record)))?;
+    Ok(Value::Int64(left))
+}
+
+/// `accounts:move`: two reads and two patches, as in `examples/bank`.
+fn move_between(args: &[u8]) -> Result<Value, Error> {
+    let a = args_object(args)?;
+    move_funds(string(&a, "from")?, string(&a, "to")?, int64(&a, "amount")?).map(Value::Int64)
+}
+
+/// Moves `amount` from account `from` to account `to`; returns the source's new balance.
+fn move_funds(from: &str, to: &str, amount: i64) -> Result<i64, Error> {
     if amount <= 0 {
         return Err(error("InvalidAmount", format!("amount {amount} is not positive")));
     }
@@ -155,14 +174,7 @@ fn transfer(args: &[u8]) -> Result<Value, Error> {
     }
     set_balance(from, source - amount)?;
     set_balance(to, target + amount)?;
-    let record: Object = [
-        ("from".to_owned(), Value::from(from)),
-        ("to".to_owned(), Value::from(to)),
-        ("amount".to_owned(), Value::Int64(amount)),
-    ]
-    .into();
-    db::insert("transfers", &to_msgpack(&Value::Object(record)))?;
-    Ok(Value::Int64(source - amount))
+    Ok(source - amount)
 }
 
 /// What std's filesystem and clock give a guest: an error and the call's frozen time.
@@ -190,9 +202,12 @@ impl Guest for Counter {
             (FunctionKind::Query, "counter:probe") => Ok(probe()),
             (FunctionKind::Mutation, "accounts:open") => open(&call.args),
             (FunctionKind::Mutation, "accounts:transfer") => transfer(&call.args),
-            (_, "counter:get" | "counter:increment" | "counter:probe" | "accounts:open" | "accounts:transfer") => {
-                Err(error("WrongFunctionKind", format!("{} is not a {:?}", call.path, call.kind)))
-            }
+            (FunctionKind::Mutation, "accounts:move") => move_between(&call.args),
+            (
+                _,
+                "counter:get" | "counter:increment" | "counter:probe" | "accounts:open" | "accounts:transfer"
+                | "accounts:move",
+            ) => Err(error("WrongFunctionKind", format!("{} is not a {:?}", call.path, call.kind))),
             _ => Err(error("FunctionNotFound", format!("Could not find function for '{}'", call.path))),
         };
         kiln_wasi_stubs::reset();
@@ -220,6 +235,7 @@ impl Guest for Counter {
                 function("counter:probe", FunctionKind::Query, name),
                 function("accounts:open", FunctionKind::Mutation, open),
                 function("accounts:transfer", FunctionKind::Mutation, &transfer),
+                function("accounts:move", FunctionKind::Mutation, &transfer),
             ],
             schema: None,
             crons: None,

@@ -148,6 +148,14 @@ fn bank_int64_arithmetic_and_nested_action_calls() {
     );
     assert_eq!(moved.value(), Value::Int64(70));
     assert_eq!(moved.calls, vec!["db.get *", "db.get *", "db.patch", "db.patch", "db.insert transfers"]);
+    // The same movement without its record.
+    let unrecorded = bank.call(
+        Mutation,
+        "accounts:move",
+        &args(&format!(r#"{{"from": "{a}", "to": "{b}", "amount": {}}}"#, int(20))),
+    );
+    assert_eq!(unrecorded.value(), Value::Int64(50));
+    assert_eq!(unrecorded.calls, vec!["db.get *", "db.get *", "db.patch", "db.patch"]);
     let broke = bank.call(
         Mutation,
         "accounts:transfer",
@@ -336,22 +344,26 @@ fn the_rust_guest_bank_moves_money_between_accounts() {
         v.value().as_str().unwrap().to_owned()
     };
     let (a, b) = (open("ann"), open("bob"));
-    let transfer = |amount: i64| {
+    let transfer = |path: &str, amount: i64| {
         let args: Object = [
             ("from".to_owned(), Value::from(a.as_str())),
             ("to".to_owned(), Value::from(b.as_str())),
             ("amount".to_owned(), Value::Int64(amount)),
         ]
         .into();
-        h.call(Mutation, "accounts:transfer", &Value::Object(args))
+        h.call(Mutation, path, &Value::Object(args))
     };
-    let done = transfer(30);
+    let done = transfer("accounts:transfer", 30);
     assert_eq!(done.value(), Value::Int64(70));
     assert_eq!(done.calls, vec!["db.get accounts", "db.get accounts", "db.patch", "db.patch", "db.insert transfers"]);
-    assert_eq!(transfer(71).error().code, "InsufficientFunds");
-    assert_eq!(transfer(0).error().code, "InvalidAmount");
+    assert_eq!(transfer("accounts:transfer", 71).error().code, "InsufficientFunds");
+    assert_eq!(transfer("accounts:transfer", 0).error().code, "InvalidAmount");
+    let moved = transfer("accounts:move", 20);
+    assert_eq!(moved.value(), Value::Int64(50));
+    assert_eq!(moved.calls, vec!["db.get accounts", "db.get accounts", "db.patch", "db.patch"]);
+    assert_eq!(transfer("accounts:move", 51).error().code, "InsufficientFunds");
     let balances: Vec<Value> = h.db.lock().unwrap().all("accounts").iter().map(|d| d["balance"].clone()).collect();
-    assert_eq!(balances, vec![Value::Int64(70), Value::Int64(130)]);
+    assert_eq!(balances, vec![Value::Int64(50), Value::Int64(150)]);
     assert_eq!(h.db.lock().unwrap().all("transfers").len(), 1);
 }
 
@@ -401,8 +413,8 @@ fn bundling_errors_name_the_file_and_line() {
     assert_eq!(err.code(), "NotAnApp");
 }
 
-/// The fuel of an empty query and of the bank's transfer (two reads, two patches, an insert)
-/// are regression baselines: a change of more than 5% to the runtime's per-call or per-access
+/// The fuel of an empty query, of the bank's transfer (two reads, two patches, an insert) and of
+/// its move (two reads, two patches) are regression baselines: a change of more than 5% to the runtime's per-call or per-access
 /// cost fails here. `KILN_UPDATE_BASELINES=1` records new baselines.
 #[test]
 fn fuel_of_an_empty_query_and_a_transfer_matches_the_baseline() {
@@ -423,8 +435,9 @@ fn fuel_of_an_empty_query_and_a_transfer_matches_the_baseline() {
     };
     let (a, b) = (open("ann"), open("bob"));
     let transfer = args(&format!(r#"{{"from": "{a}", "to": "{b}", "amount": {}}}"#, int(1)));
-    let moved = bank.fuel_of(Mutation, "accounts:transfer", &transfer);
-    let measured = serde_json::json!({ "probe:empty": empty, "bank:transfer": moved });
+    let recorded = bank.fuel_of(Mutation, "accounts:transfer", &transfer);
+    let moved = bank.fuel_of(Mutation, "accounts:move", &transfer);
+    let measured = serde_json::json!({ "probe:empty": empty, "bank:transfer": recorded, "bank:move": moved });
     let path = repo().join("guest-sdk/tests/fuel-baseline.json");
     if std::env::var_os("KILN_UPDATE_BASELINES").is_some() {
         std::fs::write(&path, format!("{measured}\n")).unwrap();
