@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kiln_guest_sdk::Manifest;
 use kiln_guest_sdk::bindings::AppPre;
@@ -10,6 +10,7 @@ use kiln_store::Store;
 use kiln_value::Validator;
 use parking_lot::RwLock;
 use tokio::sync::Semaphore;
+use wasmtime::component::ComponentExportIndex;
 
 use crate::FunctionKind;
 use crate::heap_touch::HeapTouch;
@@ -34,6 +35,11 @@ pub struct Version {
     pub manifest: Manifest,
     pub(crate) functions: HashMap<String, FunctionEntry>,
     pub(crate) pre: AppPre<HostCtx>,
+    /// The guest's `invoke` export (see `call::invoke`).
+    pub(crate) invoke: ComponentExportIndex,
+    /// Set once an instance's `invoke` has passed wasmtime's type check against the bindings'
+    /// signature: later instances of the same component have the same types.
+    pub(crate) invoke_checked: AtomicBool,
     /// Whether its calls ask the guest to write its heap's pages first.
     pub(crate) heap_touch: HeapTouch,
 }

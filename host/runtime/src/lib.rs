@@ -23,7 +23,7 @@ mod query_cache;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use kiln_guest_sdk::bindings::{App, AppPre};
@@ -44,6 +44,9 @@ pub use knobs::{DeploymentConfig, FetchPolicy, Limits, Quotas, RuntimeConfig};
 pub use metering::{CallRecord, FunctionUsage, Usage};
 
 use crate::deployment::FunctionEntry;
+
+/// The interface a guest component exports its entry points under (WIT `guest`).
+const GUEST_INTERFACE: &str = "kiln:platform/guest@0.1.0";
 use crate::host::HostCtx;
 use crate::metering::Metering;
 use crate::pool::WorkerPool;
@@ -320,8 +323,21 @@ impl Runtime {
         }
         let pre = self.shared.linker.instantiate_pre(&component).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let pre = AppPre::new(pre).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        // (`AppPre::new` has found it already; this cannot fail for a component it accepted.)
+        let invoke = component
+            .get_export_index(None, GUEST_INTERFACE)
+            .and_then(|guest| component.get_export_index(Some(&guest), "invoke"))
+            .ok_or_else(|| RuntimeError::Engine(format!("the component does not export {GUEST_INTERFACE}#invoke")))?;
         let heap_touch = heap_touch::HeapTouch::new(self.shared.config.heap_touch_faults);
-        let version = Arc::new(Version { id: key[..16].to_owned(), manifest, functions, pre, heap_touch });
+        let version = Arc::new(Version {
+            id: key[..16].to_owned(),
+            manifest,
+            functions,
+            pre,
+            invoke,
+            invoke_checked: AtomicBool::new(false),
+            heap_touch,
+        });
         let mut versions = self.versions.lock();
         versions.retain(|_, v| v.strong_count() > 0);
         // Two deploys of the same new component may race: the first to get here wins.
