@@ -655,3 +655,21 @@ async fn calls_that_keep_faulting_get_the_heap_touch_and_stop() {
     let (faults, touched) = faults_of_repeated_calls(&rt, "bank", Mutation, "accounts:transfer", &transfer).await;
     assert!(!touched, "transfers were asked to touch the heap ({faults:.1} faults per call)");
 }
+
+/// Deploying analyzes the component in an instance of a copy of it: a pooled memory slot stays
+/// warm for its component, and each reset of it copies back every page any of its instances
+/// ever wrote, so the manifest walk's pages must not stay in a slot that calls reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploying_leaves_no_warm_memory_slot_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let resident = |rt: &Runtime| {
+        rt.engine().pooling_allocator_metrics().expect("the engine pools instances").unused_memory_bytes_resident()
+    };
+    deploy(&rt, "bank", "bank", config()).await;
+    // (Analyzing in the deployment's own component left ~66 pages here.)
+    assert_eq!(resident(&rt), 0, "bytes kept resident in unused slots after the deploy");
+    ok(&call(&rt, "bank", Query, "accounts:total", "{}").await);
+    assert!(resident(&rt) > 0, "a call leaves its slot warm");
+    rt.shutdown().await;
+}
