@@ -44,6 +44,10 @@ pub use knobs::{DeploymentConfig, FetchPolicy, Limits, Quotas, RuntimeConfig};
 pub use metering::{CallRecord, FunctionUsage, Usage};
 
 use crate::deployment::FunctionEntry;
+use crate::host::HostCtx;
+use crate::metering::Metering;
+use crate::pool::WorkerPool;
+use crate::query_cache::QueryCache;
 
 /// A copy of `component` (a module of its own to wasmtime) to analyze. An instance leaves its
 /// pooled memory slot warm for its component, and each reset of a warm slot copies back every
@@ -60,10 +64,6 @@ fn analysis_copy(engine: &wasmtime::Engine, component: &Component) -> Result<Com
 
 /// The interface a guest component exports its entry points under (WIT `guest`).
 const GUEST_INTERFACE: &str = "kiln:platform/guest@0.1.0";
-use crate::host::HostCtx;
-use crate::metering::Metering;
-use crate::pool::WorkerPool;
-use crate::query_cache::QueryCache;
 
 /// The kinds of functions clients call.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
