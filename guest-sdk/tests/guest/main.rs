@@ -414,8 +414,9 @@ fn bundling_errors_name_the_file_and_line() {
 }
 
 /// The fuel of an empty query, of the bank's transfer (two reads, two patches, an insert) and of
-/// its move (two reads, two patches) are regression baselines: a change of more than 5% to the runtime's per-call or per-access
-/// cost fails here. `KILN_UPDATE_BASELINES=1` records new baselines.
+/// its move (two reads, two patches) are regression baselines: a change of more than 5% to the
+/// runtime's per-call or per-access cost fails here. `KILN_UPDATE_BASELINES=1` records new
+/// baselines.
 #[test]
 fn fuel_of_an_empty_query_and_a_transfer_matches_the_baseline() {
     let mut config = wasmtime::Config::new();
