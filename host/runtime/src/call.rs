@@ -172,10 +172,10 @@ pub(crate) fn execute_keeping_store(
 type Invoke<'a> = TypedFunc<(&'a Call,), (Result<Vec<u8>, WitError>,)>;
 
 /// Instantiates `version` in `store` and calls its `invoke` with `call`. Wasmtime's type check
-/// of the export (~2 µs, most of what the generated bindings' per-instance `load` costs) runs
-/// on a version's first call only.
+/// of the export (~2 µs; the generated bindings' `AppPre` checked every export of the guest
+/// interface on every instance) runs on a version's first call only.
 fn invoke(version: &Version, store: &mut Store<HostCtx>, call: &Call) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
-    let instance = version.pre.instance_pre().instantiate(&mut *store)?;
+    let instance = version.pre.instantiate(&mut *store)?;
     let func = instance
         .get_func(&mut *store, version.invoke)
         .ok_or_else(|| wasmtime::format_err!("the component's invoke export is not a function"))?;

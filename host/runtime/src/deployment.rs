@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kiln_guest_sdk::Manifest;
-use kiln_guest_sdk::bindings::AppPre;
 use kiln_store::Store;
 use kiln_value::Validator;
 use parking_lot::RwLock;
 use tokio::sync::Semaphore;
-use wasmtime::component::ComponentExportIndex;
+use wasmtime::component::{ComponentExportIndex, InstancePre};
 
 use crate::FunctionKind;
 use crate::heap_touch::HeapTouch;
@@ -34,7 +33,8 @@ pub struct Version {
     /// What the app defines.
     pub manifest: Manifest,
     pub(crate) functions: HashMap<String, FunctionEntry>,
-    pub(crate) pre: AppPre<HostCtx>,
+    /// Its component, linked to the host's imports.
+    pub(crate) pre: InstancePre<HostCtx>,
     /// The guest's `invoke` export (see `call::invoke`).
     pub(crate) invoke: ComponentExportIndex,
     /// Set once an instance's `invoke` has passed wasmtime's type check against the bindings'

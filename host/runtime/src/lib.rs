@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
-use kiln_guest_sdk::bindings::{App, AppPre};
+use kiln_guest_sdk::bindings::App;
 use kiln_guest_sdk::component::{check_imports, load_component};
 use kiln_store::{ReadToken, Schema, Store, Timestamp};
 use kiln_value::{Validator, Value};
@@ -335,8 +335,6 @@ impl Runtime {
             );
         }
         let pre = self.shared.linker.instantiate_pre(&component).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let pre = AppPre::new(pre).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        // (`AppPre::new` has found it already; this cannot fail for a component it accepted.)
         let invoke = component
             .get_export_index(None, GUEST_INTERFACE)
             .and_then(|guest| component.get_export_index(Some(&guest), "invoke"))
