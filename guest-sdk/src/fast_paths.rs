@@ -24,6 +24,10 @@
 //!   and their context object from `__kiln_fast.context`: built once while the app loads by
 //!   running the invoker per visibility (`__kiln_fast.ready`), safe to share for the same
 //!   reason as the memoized factories.
+//! - the function factories (`queryGeneric`, `mutationGeneric` and their internal twins) tell
+//!   `__kiln_fast.made` which handler and visibility each function's invoker closes over, so
+//!   that the dispatcher can do what that invoker would do without the calls through it
+//!   (only while the function's invoker is still the one the factory made).
 //!
 //! Why edits and not replacements: the package's code stays the reference for every edge and
 //! error message. Edits apply only to versions of the package whose edited functions were
@@ -96,6 +100,41 @@ macro_rules! invoker {
     };
 }
 
+/// The line of a function factory of the package that sets the function's invoker.
+macro_rules! invoker_line {
+    ($invoker:literal, $visibility:literal) => {
+        concat!("func.", $invoker, " = (argsStr) => ", $invoker, "(handler, argsStr, \"", $visibility, "\");")
+    };
+}
+
+/// The edit of a function factory of the package (`queryGeneric`, ...): after it sets the
+/// function's invoker, `__kiln_fast.made` learns the handler and visibility the invoker
+/// closes over.
+macro_rules! factory {
+    ($function:literal, $invoker:literal, $kind:literal, $visibility:literal) => {
+        (
+            REGISTRATION,
+            $function,
+            Edit::Lines {
+                params: "functionDefinition",
+                lines: &[(
+                    invoker_line!($invoker, $visibility),
+                    concat!(
+                        invoker_line!($invoker, $visibility),
+                        " globalThis.__kiln_fast.made(func, \"",
+                        $kind,
+                        "\", handler, \"",
+                        $visibility,
+                        "\");"
+                    ),
+                )],
+                sync: false,
+                load: None,
+            },
+        )
+    };
+}
+
 /// The edits: (part of the module path, function, edit).
 const TARGETS: &[(&str, &str, Edit)] = &[
     (VALUES, "jsonToConvex", Edit::Prologue("jsonToConvex")),
@@ -135,6 +174,10 @@ const TARGETS: &[(&str, &str, Edit)] = &[
     ),
     invoker!("invokeQuery", "query", "queryCtx"),
     invoker!("invokeMutation", "mutation", "mutationCtx"),
+    factory!("queryGeneric", "invokeQuery", "query", "public"),
+    factory!("internalQueryGeneric", "invokeQuery", "query", "internal"),
+    factory!("mutationGeneric", "invokeMutation", "mutation", "public"),
+    factory!("internalMutationGeneric", "invokeMutation", "mutation", "internal"),
     (IMPL, "setupReader", Edit::Memo(&[], Some("reader"))),
     (IMPL, "setupWriter", Edit::Memo(&[], Some("writer"))),
     (IMPL, "setupAuth", Edit::Memo(&[""], None)),
@@ -146,13 +189,21 @@ const TARGETS: &[(&str, &str, Edit)] = &[
     (IMPL, "setupMutationMeta", Edit::Memo(&["public", "internal"], None)),
 ];
 
-/// The name and parameter list of a top-level `[async ]function NAME(PARAMS) {` line.
-fn declaration(line: &str) -> Option<(&str, &str)> {
+/// The name and parameter list of a top-level `[async ]function NAME(PARAMS) {` line, or of a
+/// `var NAME = ((PARAMS) => {` line (how esbuild writes the package's function factories),
+/// with the line that closes its body.
+fn declaration(line: &str) -> Option<(&str, &str, &'static str)> {
     let line = line.trim_end();
+    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+    let valid = |name: &str, params: &str| ident(name) && (params.is_empty() || params.split(", ").all(ident));
+    if let Some(rest) = line.strip_prefix("var ") {
+        let (name, rest) = rest.split_once(" = ((")?;
+        let params = rest.strip_suffix(") => {")?;
+        return valid(name, params).then_some((name, params, "});"));
+    }
     let rest = line.strip_prefix("async ").unwrap_or(line).strip_prefix("function ")?.strip_suffix(") {")?;
     let (name, params) = rest.split_once('(')?;
-    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
-    (ident(name) && (params.is_empty() || params.split(", ").all(ident))).then_some((name, params))
+    valid(name, params).then_some((name, params, "}"))
 }
 
 /// The body with every line of `lines` replaced (indentation kept), or `None` unless each
@@ -214,7 +265,7 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
             module = path.trim_end();
             continue;
         }
-        let target = declaration(line).and_then(|(name, params)| {
+        let target = declaration(line).and_then(|(name, params, closer)| {
             let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
             TARGETS
                 .iter()
@@ -224,9 +275,9 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
                         && base == *function
                         && !installed.contains(function)
                 })
-                .map(|(_, function, edit)| (name, params, *function, edit))
+                .map(|(_, function, edit)| (name, params, closer, *function, edit))
         });
-        let Some((name, params, function, edit)) = target else {
+        let Some((name, params, closer, function, edit)) = target else {
             out.push_str(line);
             continue;
         };
@@ -262,11 +313,11 @@ pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
                 installed.push(function);
             }
             Edit::Lines { params: expected, lines: edits, sync, load } if params == *expected => {
-                // The body runs to the first top-level closing brace.
+                // The body runs to the first top-level closing line.
                 let mut body = Vec::new();
                 for line in lines.by_ref() {
                     body.push(line);
-                    if line.trim_end() == "}" {
+                    if line.trim_end() == closer {
                         break;
                     }
                 }
@@ -391,13 +442,40 @@ mod tests {
 
     #[test]
     fn declarations_are_recognized_exactly() {
-        assert_eq!(declaration("function setupReader() {"), Some(("setupReader", "")));
-        assert_eq!(declaration("function convexToJson(value) {\n"), Some(("convexToJson", "value")));
+        assert_eq!(declaration("function setupReader() {"), Some(("setupReader", "", "}")));
+        assert_eq!(declaration("function convexToJson(value) {\n"), Some(("convexToJson", "value", "}")));
         assert_eq!(
             declaration("async function performAsyncSyscall(op, arg) {\n"),
-            Some(("performAsyncSyscall", "op, arg"))
+            Some(("performAsyncSyscall", "op, arg", "}"))
+        );
+        assert_eq!(
+            declaration("var queryGeneric = ((functionDefinition) => {\n"),
+            Some(("queryGeneric", "functionDefinition", "});"))
         );
         assert_eq!(declaration("  function convexToJson(value) {"), None);
         assert_eq!(declaration("function f(a, {b}) {"), None);
+        assert_eq!(declaration("var f = ((a) => a);"), None);
+        assert_eq!(declaration("var f = (({a}) => {"), None);
+    }
+
+    #[test]
+    fn function_factories_announce_what_their_invokers_close_over() {
+        let body = "  const handler = functionDefinition.handler;\n  const func = dontCallDirectly(\"query\", handler);\n  \
+                    func.invokeQuery = (argsStr) => invokeQuery(handler, argsStr, \"internal\");\n  return func;\n});\n";
+        let bundle = format!(
+            "{INDEX}// node_modules/convex/dist/esm/server/impl/registration_impl.js\n\
+             var internalQueryGeneric = ((functionDefinition) => {{\n{body}var after = 1;\n"
+        );
+        let (out, installed) = install(&bundle);
+        assert_eq!(installed, vec!["internalQueryGeneric"]);
+        assert!(out.contains(
+            "  func.invokeQuery = (argsStr) => invokeQuery(handler, argsStr, \"internal\"); \
+             globalThis.__kiln_fast.made(func, \"query\", handler, \"internal\");\n  return func;\n});\nvar after = 1;\n"
+        ));
+        // An invoker made differently is left alone.
+        let changed = bundle.replace("argsStr, \"internal\")", "argsStr, \"public\")");
+        let (out, installed) = install(&changed);
+        assert!(installed.is_empty());
+        assert_eq!(out, changed);
     }
 }

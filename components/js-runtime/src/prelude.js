@@ -126,9 +126,12 @@
   let validateResult = null;
   let resultToJson = null;
   let invokeThrowing = null;
+  // The package's functions the edited invokers pass on, kept while the contexts are built.
+  let pkg = null;
   function invokeDirect(func, ctx, args, validateReturnValue, convexToJson, invokeFunction) {
     if (warming !== null) {
       contexts[warming.kind][warming.visibility] = ctx;
+      pkg = { validateReturnValue, convexToJson, invokeFunction };
       return undefined;
     }
     direct = true;
@@ -145,8 +148,13 @@
   // else, and what the runtime leaves to it.
   const DIRECT_ARGS = "\u0000kiln:args";
   const directArgs = { query: false, mutation: false };
+  // The package's `jsonToConvex`, kept while the contexts are built.
+  let decodeJson = null;
   function takeArgs(argsStr, jsonToConvex) {
-    if (warming !== null) return [];
+    if (warming !== null) {
+      decodeJson = jsonToConvex;
+      return [];
+    }
     if (argsStr === DIRECT_ARGS) {
       const args = native.args();
       if (args !== undefined) return args;
@@ -177,6 +185,21 @@
   }
   const context = (kind, visibility) => contexts[kind][visibility];
 
+  // What the package's function factories made (the SDK's edit calls `made` right after a
+  // factory sets the function's invoker): the invoker and the handler and visibility it
+  // closes over, on the function under a key no one else has. While a function's invoker is
+  // still that one, the dispatcher does what it would do (the edited `invokeQuery(handler,
+  // argsStr, visibility)`) itself, without the three calls in between (an empty query
+  // ~31.4k → ~28.8k fuel).
+  const MADE = Symbol("kiln.made");
+  function made(func, kind, handler, visibility) {
+    const query = kind === "query";
+    const invoker = query ? func.invokeQuery : func.invokeMutation;
+    // Numbers and a flag, not the strings: a string used as a key costs an atom lookup.
+    const record = { invoker, kind: query ? 0 : 1, handler, internal: visibility === "internal" };
+    Object.defineProperty(func, MADE, { value: record });
+  }
+
   // Natives the SDK points parts of the `convex` package at when it bundles: value codecs,
   // called first by the package's `jsonToConvex`, `convexToJson` and `patchValueToJson`
   // (`undefined` means "run the original"), a syscall taking and returning values, and the
@@ -193,6 +216,7 @@
       args: takeArgs,
       context,
       ready,
+      made,
     }),
     writable: false,
     configurable: false,
@@ -741,21 +765,37 @@
   const KIND_NAMES = ["query", "mutation", "action", "http-action"];
   define("__kiln_dispatch", function dispatch(kind, fn, requestId) {
     try {
+      let m, ctx;
       const actual = fn ? kindOf(fn) : null;
       if (!actual) return fail("FunctionNotFound", `Could not find function for '${native.path()}'`);
       switch (kind) {
         case 0:
           if (!fn.isQuery) return wrongKind("Query", actual);
-          return fn.invokeQuery(directArgs.query ? DIRECT_ARGS : native.argsJson());
+          m = fn[MADE];
+          if (m !== undefined && m.kind === 0 && m.invoker === fn.invokeQuery) {
+            ctx = m.internal ? contexts.query.internal : contexts.query.public;
+          }
+          if (ctx === undefined) return fn.invokeQuery(directArgs.query ? DIRECT_ARGS : native.argsJson());
+          break;
         case 1:
           if (!fn.isMutation) return wrongKind("Mutation", actual);
-          return fn.invokeMutation(directArgs.mutation ? DIRECT_ARGS : native.argsJson());
+          m = fn[MADE];
+          if (m !== undefined && m.kind === 1 && m.invoker === fn.invokeMutation) {
+            ctx = m.internal ? contexts.mutation.internal : contexts.mutation.public;
+          }
+          if (ctx === undefined) return fn.invokeMutation(directArgs.mutation ? DIRECT_ARGS : native.argsJson());
+          break;
         case 2:
           if (!fn.isAction) return wrongKind("Action", actual);
           return fn.invokeAction(requestId, native.argsJson());
         default:
           return fail("UnsupportedCall", `Calls of kind ${KIND_NAMES[kind] ?? kind} are not supported by this runtime`);
       }
+      // A query or mutation its package factory made, whose invoker is still that one (see
+      // `made`): what the edited invoker would do, done here.
+      let args = native.args();
+      if (args === undefined) args = decodeJson(JSON.parse(native.argsJson()));
+      return invokeDirect(m.handler, ctx, args, pkg.validateReturnValue, pkg.convexToJson, pkg.invokeFunction);
     } catch (e) {
       return failed(e);
     }

@@ -212,6 +212,16 @@ fn exceptions_unknown_functions_and_bad_arguments_are_errors_not_traps() {
     assert!(h.call(Query, "probe:timerInQuery", &args("{}")).error().message.contains("only available in actions"));
 }
 
+/// The dispatcher runs a function the package's factory made without going through its
+/// invoker, but only while the invoker is still the one the factory made.
+#[test]
+fn internal_functions_run_and_a_replaced_invoker_is_called() {
+    let h = harness("fixtures/probe");
+    assert_eq!(h.call(Query, "probe:hiddenQuery", &args(r#"{"n": 41}"#)).value(), Value::Float64(42.0));
+    assert_eq!(h.call(Mutation, "probe:hiddenMutation", &args(r#"{"n": 21}"#)).value(), Value::Float64(42.0));
+    assert_eq!(h.call(Query, "probe:reinvoked", &args("{}")).value(), Value::from("replaced"));
+}
+
 #[test]
 fn unbounded_recursion_traps_cleanly_and_the_next_call_is_unaffected() {
     let h = harness("fixtures/probe");
@@ -530,12 +540,16 @@ fn the_fast_paths_reach_every_function_of_the_convex_package_they_name() {
         installed,
         vec![
             "convexToJson",
+            "internalMutationGeneric",
+            "internalQueryGeneric",
             "invokeMutation",
             "invokeQuery",
             "jsonToConvex",
+            "mutationGeneric",
             "patchValueToJson",
             "performAsyncSyscall",
             "performSyscall",
+            "queryGeneric",
             "setupAuth",
             "setupMutationAuth",
             "setupMutationMeta",
