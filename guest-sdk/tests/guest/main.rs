@@ -212,6 +212,14 @@ fn exceptions_unknown_functions_and_bad_arguments_are_errors_not_traps() {
     assert!(h.call(Query, "probe:timerInQuery", &args("{}")).error().message.contains("only available in actions"));
 }
 
+/// A harness for `app` on an engine that meters fuel.
+fn metered_harness(app: &str) -> Harness {
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true);
+    let metered = Engine::new(&config).unwrap();
+    Harness::new(&metered, load_component(&metered, &built(app).component, Some(&cache_dir())).unwrap())
+}
+
 /// The dispatcher runs a function the package's factory made without going through its
 /// invoker, but only while the invoker is still the one the factory made.
 #[test]
@@ -220,6 +228,20 @@ fn internal_functions_run_and_a_replaced_invoker_is_called() {
     assert_eq!(h.call(Query, "probe:hiddenQuery", &args(r#"{"n": 41}"#)).value(), Value::Float64(42.0));
     assert_eq!(h.call(Mutation, "probe:hiddenMutation", &args(r#"{"n": 21}"#)).value(), Value::Float64(42.0));
     assert_eq!(h.call(Query, "probe:reinvoked", &args("{}")).value(), Value::from("replaced"));
+}
+
+/// Internal functions take the dispatcher's shortcut as public ones do: the same fuel as their
+/// public twins (going through the invoker costs ~2.5k more).
+#[test]
+fn internal_functions_cost_what_their_public_twins_cost() {
+    let probe = metered_harness("fixtures/probe");
+    let n = args(r#"{"n": 1}"#);
+    for (kind, hidden, shown) in
+        [(Query, "probe:hiddenQuery", "probe:shownQuery"), (Mutation, "probe:hiddenMutation", "probe:shownMutation")]
+    {
+        let (hidden_fuel, shown_fuel) = (probe.fuel_of(kind, hidden, &n), probe.fuel_of(kind, shown, &n));
+        assert!(hidden_fuel.abs_diff(shown_fuel) < 500, "{hidden}: {hidden_fuel} fuel, {shown}: {shown_fuel}");
+    }
 }
 
 #[test]
@@ -429,12 +451,7 @@ fn bundling_errors_name_the_file_and_line() {
 /// baselines.
 #[test]
 fn fuel_of_an_empty_query_and_a_transfer_matches_the_baseline() {
-    let mut config = wasmtime::Config::new();
-    config.consume_fuel(true);
-    let metered = Engine::new(&config).unwrap();
-    let load =
-        |app| Harness::new(&metered, load_component(&metered, &built(app).component, Some(&cache_dir())).unwrap());
-    let (probe, bank) = (load("fixtures/probe"), load("bank"));
+    let (probe, bank) = (metered_harness("fixtures/probe"), metered_harness("bank"));
     let empty = probe.fuel_of(Query, "probe:empty", &args("{}"));
     assert_eq!(empty, probe.fuel_of(Query, "probe:empty", &args("{}")), "fuel is deterministic");
     let open = |owner: &str| match bank
@@ -470,10 +487,7 @@ fn fuel_of_an_empty_query_and_a_transfer_matches_the_baseline() {
 /// costs fuel) and returns the same result; without the flag the loop does not run.
 #[test]
 fn a_call_asked_to_touch_its_heap_does_so_and_returns_the_same_result() {
-    let mut config = wasmtime::Config::new();
-    config.consume_fuel(true);
-    let metered = Engine::new(&config).unwrap();
-    let probe = Harness::new(&metered, load_component(&metered, &built("fixtures/probe").component, None).unwrap());
+    let probe = metered_harness("fixtures/probe");
     let plain = probe.fuel_of_touching(Query, "probe:empty", &args("{}"), false);
     let touched = probe.fuel_of_touching(Query, "probe:empty", &args("{}"), true);
     // At least one page's worth of loop per page of a heap of 100+ pages.
