@@ -212,6 +212,35 @@ async fn every_limit_has_its_own_error_and_neighbours_do_not_notice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_waiting_for_its_commit_leaves_its_slot_to_other_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let one_slot =
+        DeploymentConfig { limits: Limits { max_concurrency: 1, ..test_limits() }, ..DeploymentConfig::default() };
+    deploy(&rt, "chat", "chat", one_slot).await;
+    // Another connection holds SQLite's write lock: the deployment's next group commit waits.
+    let blocker = rusqlite::Connection::open(dir.path().join("chat.sqlite3")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let send = {
+        let rt = rt.clone();
+        tokio::spawn(
+            async move { call(&rt, "chat", Mutation, "messages:send", r#"{"author": "ann", "body": "hi"}"#).await },
+        )
+    };
+    // The mutation runs in milliseconds, then waits for its commit; the only slot is free.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let list = tokio::time::timeout(Duration::from_secs(3), call(&rt, "chat", Query, "messages:list", "{}")).await;
+    let waiting = !send.is_finished();
+    blocker.execute_batch("COMMIT").unwrap();
+    let list = list.expect("a query waited for a mutation's durable commit to get a slot");
+    assert!(waiting, "the mutation's commit waited for the write lock");
+    assert_eq!(ok(&list), Value::Array(Vec::new()), "the commit was not published yet");
+    ok(&send.await.unwrap());
+    let Value::Array(messages) = ok(&call(&rt, "chat", Query, "messages:list", "{}").await) else { panic!() };
+    assert_eq!(messages.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_and_deployments_are_isolated() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::new(runtime_config(dir.path())).unwrap();
