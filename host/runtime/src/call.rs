@@ -443,6 +443,16 @@ async fn run(
     }
     let mut attempt = 0;
     loop {
+        // A permit bounds the deployment's calls in progress on workers (taken per attempt, so
+        // a conflict's backoff holds none), not its mutations waiting for their group commit:
+        // that takes a millisecond or more, and with the default of 4 permits held through it
+        // a deployment committed at most a few thousand mutations a second on idle workers.
+        let permit = dep
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CallError::new("ShuttingDown", "the deployment is closing"))?;
         // A transaction normally begins on the worker, right before its instance runs, so that
         // a mutation's conflict window does not include its wait for a worker. A query at a
         // given snapshot and a mutation with an idempotency key (replayed here) begin now.
@@ -484,16 +494,6 @@ async fn run(
                 execute_keeping_store(ctx, args, &request_id, fuel)
             }
         };
-        // The deployment's concurrency limit bounds its calls on workers (and their retry
-        // waits no longer hold a permit), not its mutations waiting for their group commit:
-        // that takes a millisecond or more, and with the default of 4 permits held through it
-        // a deployment committed at most a few thousand mutations a second on idle workers.
-        let permit = dep
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| CallError::new("ShuttingDown", "the deployment is closing"))?;
         let mut ex =
             shared.pool.run(job).await.ok_or_else(|| CallError::new("ShuttingDown", "the runtime is shutting down"))?;
         drop(permit);
