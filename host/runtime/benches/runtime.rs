@@ -143,9 +143,21 @@ const MOVE: &str = "accounts:move";
 /// The bank's transfer that also records itself: two reads, two patches, one insert.
 const TRANSFER: &str = "accounts:transfer";
 
-/// Transfers (mutation `path`) between random accounts from 64 concurrent callers; returns
-/// committed/s, retries, minor page faults and CPU time (µs) per transfer.
-async fn transfers(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) -> (f64, f64, f64, f64) {
+/// What a round of transfers measured.
+struct TransferRound {
+    /// Transfers committed per second.
+    per_s: f64,
+    /// Retries (OCC conflicts), minor page faults and CPU time (µs) per transfer.
+    retries: f64,
+    faults: f64,
+    cpu_us: f64,
+    /// A transfer's latency (ms) at the callers: median and 99th percentile.
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Transfers (mutation `path`) between random accounts from 64 concurrent callers.
+async fn transfers(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f64) -> TransferRound {
     let ids = open_accounts(rt, deployment).await;
     transfer_round(rt, deployment, path, &ids, seconds).await
 }
@@ -170,7 +182,7 @@ async fn transfer_round(
     path: &str,
     ids: &Arc<Vec<String>>,
     seconds: f64,
-) -> (f64, f64, f64, f64) {
+) -> TransferRound {
     let stop = Arc::new(AtomicBool::new(false));
     let (count, retries) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (started, faults, cpu) = (Instant::now(), minor_faults(), cpu_time());
@@ -180,6 +192,7 @@ async fn transfer_round(
                 (rt.clone(), ids.clone(), stop.clone(), count.clone(), retries.clone());
             let (deployment, path) = (deployment.to_owned(), path.to_owned());
             tokio::spawn(async move {
+                let mut latencies = Vec::new();
                 let mut x = (w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                 while !stop.load(Ordering::Relaxed) {
                     x ^= x << 13;
@@ -197,27 +210,34 @@ async fn transfer_round(
                     ]
                     .into();
                     let args = Value::Object(args);
+                    let t = Instant::now();
                     let out = rt.call(&deployment, CallRequest::new(FunctionKind::Mutation, &path, args)).await;
                     out.result.unwrap();
+                    latencies.push(t.elapsed());
                     count.fetch_add(1, Ordering::Relaxed);
                     retries.fetch_add(u64::from(out.retries), Ordering::Relaxed);
                 }
+                latencies
             })
         })
         .collect();
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        latencies.extend(t.await.unwrap());
     }
     let n = count.load(Ordering::Relaxed) as f64;
     let per = |x: f64| x / n.max(1.0);
-    (
-        n / started.elapsed().as_secs_f64(),
-        per(retries.load(Ordering::Relaxed) as f64),
-        per((minor_faults() - faults) as f64),
-        per((cpu_time() - cpu).as_secs_f64() * 1e6),
-    )
+    latencies.sort();
+    TransferRound {
+        per_s: n / started.elapsed().as_secs_f64(),
+        retries: per(retries.load(Ordering::Relaxed) as f64),
+        faults: per((minor_faults() - faults) as f64),
+        cpu_us: per((cpu_time() - cpu).as_secs_f64() * 1e6),
+        p50_ms: pct(&latencies, 0.5) / 1e3,
+        p99_ms: pct(&latencies, 0.99) / 1e3,
+    }
 }
 
 /// One caller's latency and fuel of transfers (mutation `path`).
@@ -326,10 +346,13 @@ fn main() {
             let component = if profile_rust { kiln_guest_sdk::rust_guest_component().unwrap() } else { bank.clone() };
             runtime.deploy("bank", &component).await.unwrap();
             single_transfer_profile(&runtime, "bank", profiled, "").await;
-            let (tps, retries, faults, cpu) = transfers(&runtime, "bank", profiled, 10.0).await;
+            let r = transfers(&runtime, "bank", profiled, 10.0).await;
             report(
                 &format!("{profiled}/s (profile run)"),
-                format!("{tps:.0} ({retries:.3} retries, {faults:.2} faults, {cpu:.0} us CPU each)"),
+                format!(
+                    "{:.0} ({:.3} retries, {:.2} faults, {:.0} us CPU each; latency p50 {:.1} ms, p99 {:.1} ms)",
+                    r.per_s, r.retries, r.faults, r.cpu_us, r.p50_ms, r.p99_ms
+                ),
             );
             return;
         }
@@ -341,16 +364,16 @@ fn main() {
         runtime.deploy("bank", &bank).await.unwrap();
         let (lat, qps, fuel, qfaults) = trivial_queries(&runtime, seconds).await;
         single_transfer_profile(&runtime, "bank", MOVE, "").await;
-        let (tps, retries, tfaults, tcpu) = transfers(&runtime, "bank", MOVE, seconds).await;
+        let moves = transfers(&runtime, "bank", MOVE, seconds).await;
         single_transfer_profile(&runtime, "bank", TRANSFER, "").await;
-        let (logged_tps, logged_retries, _, logged_cpu) = transfers(&runtime, "bank", TRANSFER, seconds).await;
+        let logged = transfers(&runtime, "bank", TRANSFER, seconds).await;
         // The same workloads in a guest compiled from Rust: what the platform costs without
         // the JavaScript runtime.
         runtime.open_deployment("rust", config(64)).await.unwrap();
         runtime.deploy("rust", &kiln_guest_sdk::rust_guest_component().unwrap()).await.unwrap();
         let (rust_lat, rust_qps, rust_fuel, _) = queries(&runtime, "rust", "counter:get", seconds).await;
         single_transfer_profile(&runtime, "rust", MOVE, "Rust guest: ").await;
-        let (rust_tps, rust_retries, _, rust_cpu) = transfers(&runtime, "rust", MOVE, seconds).await;
+        let rust = transfers(&runtime, "rust", MOVE, seconds).await;
         runtime.shutdown().await;
 
         // The cost of fuel metering: this machine's speed drifts by tens of percent over
@@ -386,7 +409,7 @@ fn main() {
                 lat.sort();
                 p50s[i].push(pct(&lat, 0.5));
                 qsum[i] += query_round(rt, "probe", "probe:empty", round).await.0;
-                tsum[i] += transfer_round(rt, "bank", MOVE, &accounts[i], round).await.0;
+                tsum[i] += transfer_round(rt, "bank", MOVE, &accounts[i], round).await.per_s;
             }
         }
         on.shutdown().await;
@@ -404,11 +427,18 @@ fn main() {
         report("trivial queries/s, 16 concurrent callers", format!("{qps:.0} ({qfaults:.2} minor faults per call)"));
         report(
             "transfers (accounts:move) committed/s, 64 callers, durable (target >= 15000)",
-            format!("{tps:.0} ({retries:.3} retries, {tfaults:.2} minor faults, {tcpu:.0} us CPU per transfer)"),
+            format!(
+                "{:.0} ({:.3} retries, {:.2} minor faults, {:.0} us CPU per transfer)",
+                moves.per_s, moves.retries, moves.faults, moves.cpu_us
+            ),
+        );
+        report(
+            "accounts:move latency under that load: p50 / p99",
+            format!("{:.1} ms / {:.1} ms", moves.p50_ms, moves.p99_ms),
         );
         report(
             "recorded transfers (accounts:transfer, + an insert) committed/s, same",
-            format!("{logged_tps:.0} ({logged_retries:.3} retries, {logged_cpu:.0} us CPU per transfer)"),
+            format!("{:.0} ({:.3} retries, {:.0} us CPU per transfer)", logged.per_s, logged.retries, logged.cpu_us),
         );
         report(
             &format!("fuel metering cost, {rounds} alternating rounds: p50 / queries/s / transfers/s"),
@@ -431,7 +461,7 @@ fn main() {
         report("Rust guest: counter:get/s, 16 concurrent callers", format!("{rust_qps:.0}"));
         report(
             "Rust guest: transfers (accounts:move) committed/s, 64 callers, durable",
-            format!("{rust_tps:.0} ({rust_retries:.3} retries, {rust_cpu:.0} us CPU per transfer)"),
+            format!("{:.0} ({:.3} retries, {:.0} us CPU per transfer)", rust.per_s, rust.retries, rust.cpu_us),
         );
 
         // Idle deployments (in a child process), and cold starts from the cached .cwasm.

@@ -51,7 +51,8 @@ pub struct RuntimeConfig {
     pub perf_map: bool,
     /// The configuration of every deployment's store.
     pub store: StoreConfig,
-    /// Every deployment's SQLite file (`KILN_SQLITE_CACHE_KIB`, `KILN_SQLITE_CHECKPOINT_PAGES`).
+    /// Every deployment's SQLite file (`KILN_SQLITE_CACHE_KIB`, `KILN_SQLITE_CHECKPOINT_PAGES`,
+    /// `KILN_SQLITE_BACKGROUND_CHECKPOINT=0` to checkpoint on the writer).
     pub sqlite: kiln_sqlite::SqliteOptions,
 }
 
@@ -106,6 +107,9 @@ impl RuntimeConfig {
         }
         if let Some(n) = env_u64("KILN_SQLITE_CHECKPOINT_PAGES") {
             c.sqlite.checkpoint_pages = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+        }
+        if let Some(n) = env_u64("KILN_SQLITE_BACKGROUND_CHECKPOINT") {
+            c.sqlite.background_checkpoint = n != 0;
         }
         c
     }
