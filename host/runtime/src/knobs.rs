@@ -52,7 +52,8 @@ pub struct RuntimeConfig {
     /// The configuration of every deployment's store.
     pub store: StoreConfig,
     /// Every deployment's SQLite file (`KILN_SQLITE_CACHE_KIB`, `KILN_SQLITE_CHECKPOINT_PAGES`,
-    /// `KILN_SQLITE_BACKGROUND_CHECKPOINT=0` to checkpoint on the writer).
+    /// `KILN_SQLITE_BACKGROUND_CHECKPOINT=0` to checkpoint on the writer, `KILN_SQLITE_COMMIT_LOG=0`
+    /// to write commits into their tables directly, `KILN_SQLITE_MATERIALIZE_COMMITS`).
     pub sqlite: kiln_sqlite::SqliteOptions,
 }
 
@@ -110,6 +111,12 @@ impl RuntimeConfig {
         }
         if let Some(n) = env_u64("KILN_SQLITE_BACKGROUND_CHECKPOINT") {
             c.sqlite.background_checkpoint = n != 0;
+        }
+        if let Some(n) = env_u64("KILN_SQLITE_COMMIT_LOG") {
+            c.sqlite.commit_log = n != 0;
+        }
+        if let Some(n) = env_u64("KILN_SQLITE_MATERIALIZE_COMMITS") {
+            c.sqlite.materialize_commits = usize::try_from(n).unwrap_or(usize::MAX).max(1);
         }
         c
     }

@@ -10,6 +10,10 @@
 //! doc_id)`, both keyed by (key…, ts) so a snapshot read is a range scan that keeps, per key, the
 //! newest revision at or before the read timestamp. `meta` holds the newest timestamp, the
 //! catalog and pruning progress, so opening a file reads no documents.
+//!
+//! By default group commits are made durable in a commit log, a second SQLite file beside the
+//! deployment's (`<file>-commits`), and copied into the tables later by another thread; see
+//! `materialize.rs`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -28,8 +32,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
 mod checkpoint;
+mod commit_log;
+mod materialize;
 pub use checkpoint::CheckpointStats;
 use checkpoint::Checkpointing;
+use materialize::{Gathering, Materializer, MaterializerMsg, Overlay};
 
 /// Where deployments' files live unless configured otherwise.
 pub const DEFAULT_DATA_DIR: &str = "kiln-data";
@@ -52,8 +59,10 @@ fn sync_call_of(flags: &str) -> &'static str {
     if defined { "fdatasync" } else { "fsync" }
 }
 
-/// The on-disk format version, kept in SQLite's `user_version`.
-const FORMAT_VERSION: i64 = 1;
+/// The on-disk format version, kept in SQLite's `user_version`. Version 1 (no commit log) is
+/// upgraded on open; a version-1 program refuses a version-2 file, whose log it would ignore.
+/// Version 2 records `meta.materialized_ts`.
+const FORMAT_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS documents (
@@ -102,6 +111,19 @@ pub struct SqliteOptions {
     /// Whether a thread of its own copies the WAL into the file while the writer goes on
     /// committing; if not, the writer checkpoints between transactions (SQLite's default).
     pub background_checkpoint: bool,
+    /// Whether group commits go to the commit log first (see `materialize.rs`); if not, each
+    /// is written into the documents' and index entries' tables directly.
+    pub commit_log: bool,
+    /// Logged commits that make the materializer copy them, whatever else happens.
+    pub materialize_commits: usize,
+    /// Bytes of logged commits that make the materializer copy them; four times as many
+    /// waiting make new group commits wait for it.
+    pub materialize_bytes: usize,
+    /// How long the materializer waits for more commits before copying what it has.
+    pub materialize_idle: std::time::Duration,
+    /// Page cache of the connection that copies commits into the tables, in KiB (it rewrites
+    /// the hot leaves of thousands of commits at a time).
+    pub materialize_cache_kib: u32,
 }
 
 impl Default for SqliteOptions {
@@ -114,15 +136,21 @@ impl Default for SqliteOptions {
             durable: true,
             checkpoint_pages: 16384,
             background_checkpoint: true,
+            commit_log: true,
+            materialize_commits: 4096,
+            materialize_bytes: 16 << 20,
+            materialize_idle: std::time::Duration::from_millis(20),
+            materialize_cache_kib: 32768,
         }
     }
 }
 
-enum WriterMsg {
+pub(crate) enum WriterMsg {
     Commit(CommitRecord, oneshot::Sender<Result<()>>),
     Backfill(IndexId, Timestamp, Vec<(Vec<u8>, DocumentId)>, oneshot::Sender<Result<()>>),
     DeleteIndex(IndexId, usize, oneshot::Sender<Result<StepResult>>),
     Prune(Timestamp, usize, oneshot::Sender<Result<StepResult>>),
+    Materialize(oneshot::Sender<Result<()>>),
 }
 
 struct Shared {
@@ -130,18 +158,23 @@ struct Shared {
     options: SqliteOptions,
     readers: Mutex<Vec<Connection>>,
     checkpoints: Arc<CheckpointStats>,
+    /// Logged commits not yet in the tables, when commits go through the log.
+    overlay: Option<Arc<Overlay>>,
 }
 
 /// A deployment's persistence in one SQLite file.
 pub struct SqlitePersistence {
     shared: Arc<Shared>,
     writer_tx: Mutex<Option<mpsc::Sender<WriterMsg>>>,
+    /// The materializer, when commits go through the log: reads that need logged commits in
+    /// the tables ask it directly, not behind the writer's queued commits.
+    materializer: Option<Arc<Materializer>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     // Held for the lifetime of the instance: a second opener gets `Locked`.
     _lock: File,
 }
 
-fn storage(e: impl std::fmt::Display) -> PersistenceError {
+pub(crate) fn storage(e: impl std::fmt::Display) -> PersistenceError {
     PersistenceError::Storage(e.to_string())
 }
 
@@ -149,11 +182,11 @@ fn corrupt(what: impl Into<String>) -> PersistenceError {
     PersistenceError::Corrupt(what.into())
 }
 
-fn ts_to_sql(ts: Timestamp) -> Result<i64> {
+pub(crate) fn ts_to_sql(ts: Timestamp) -> Result<i64> {
     i64::try_from(ts.0).map_err(|_| storage(format!("timestamp {ts} out of range")))
 }
 
-fn ts_from_sql(v: i64) -> Result<Timestamp> {
+pub(crate) fn ts_from_sql(v: i64) -> Result<Timestamp> {
     u64::try_from(v).map(Timestamp).map_err(|_| corrupt(format!("negative timestamp {v}")))
 }
 
@@ -196,32 +229,66 @@ impl SqlitePersistence {
         let fresh: bool = conn
             .query_row("SELECT count(*) = 0 FROM sqlite_master WHERE name = 'documents'", [], |r| r.get(0))
             .map_err(storage)?;
-        if !fresh && version != FORMAT_VERSION {
+        if !fresh && !(1..=FORMAT_VERSION).contains(&version) {
             return Err(corrupt(format!("unsupported file format version {version} (expected {FORMAT_VERSION})")));
         }
         conn.execute_batch(SCHEMA).map_err(storage)?;
         conn.pragma_update(None, "user_version", FORMAT_VERSION).map_err(storage)?;
+        let mut conn = conn;
+        let log_path = materialize::log_path(path);
+        // A log left by a run that used it is replayed even if this one does not.
+        let mut log = None;
+        if options.commit_log || log_path.exists() {
+            let mut l = Connection::open(&log_path).map_err(storage)?;
+            configure(&l, &log_options(&options))?;
+            let _ = materialize::drop_lookaside(&l);
+            l.execute_batch(materialize::LOG_SCHEMA).map_err(storage)?;
+            let replayed = materialize::replay(&mut conn, &mut l)?;
+            if replayed > 0 {
+                tracing::info!(path = %path.display(), commits = replayed, "materialized the commit log");
+            }
+            log = options.commit_log.then_some(l);
+        }
 
         tracing::debug!(path = %path.display(), sync = sync_call(), "opened SQLite file");
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch.max(1);
         let checkpoints = Arc::new(CheckpointStats::default());
-        let writer_path = path.to_owned();
-        let (writer_options, writer_stats) = (options.clone(), checkpoints.clone());
-        let writer = std::thread::Builder::new()
-            .name("kiln-sqlite-writer".into())
-            .spawn(move || {
-                // The hook that watches the WAL records into this thread's state, so it is
-                // installed here.
-                match Checkpointing::install(&conn, &writer_path, &writer_options, writer_stats) {
-                    Ok(ckpt) => writer_loop(conn, ckpt, rx, max_batch),
-                    Err(e) => tracing::error!(error = %e, "SQLite writer could not start"),
-                }
-            })
-            .map_err(storage)?;
+        let overlay = log.as_ref().map(|_| Arc::new(Overlay::new()));
+        let mut materializer = None;
+        let writer = match (log, &overlay) {
+            (Some(log), Some(overlay)) => {
+                let (m, writer) =
+                    spawn_log_writer(path, &options, (conn, log), overlay.clone(), checkpoints.clone(), rx)?;
+                materializer = Some(m);
+                writer
+            }
+            _ => {
+                let writer_path = path.to_owned();
+                let (writer_options, writer_stats) = (options.clone(), checkpoints.clone());
+                std::thread::Builder::new()
+                    .name("kiln-sqlite-writer".into())
+                    .spawn(move || {
+                        // The hook that watches the WAL records into this thread's state, so
+                        // it is installed here.
+                        match Checkpointing::install(&conn, &writer_path, &writer_options, writer_stats) {
+                            Ok(ckpt) => writer_loop(conn, ckpt, rx, max_batch),
+                            Err(e) => tracing::error!(error = %e, "SQLite writer could not start"),
+                        }
+                    })
+                    .map_err(storage)?
+            }
+        };
         Ok(SqlitePersistence {
-            shared: Arc::new(Shared { path: path.to_owned(), options, readers: Mutex::new(Vec::new()), checkpoints }),
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                options,
+                readers: Mutex::new(Vec::new()),
+                checkpoints,
+                overlay,
+            }),
             writer_tx: Mutex::new(Some(tx)),
+            materializer,
             writer: Mutex::new(Some(writer)),
             _lock: lock,
         })
@@ -244,6 +311,22 @@ impl SqlitePersistence {
             let tx = guard.as_ref().ok_or(PersistenceError::Closed)?;
             tx.send(make(reply)).map_err(|_| PersistenceError::Closed)?;
         }
+        rx.await.map_err(|_| PersistenceError::Closed)?
+    }
+
+    /// Has the materializer catch up if a scan at `ts` could need a logged commit.
+    async fn settle(&self, ts: Timestamp) -> Result<()> {
+        if self.shared.overlay.as_ref().is_some_and(|o| o.covers(ts)) {
+            self.materialize_now().await?;
+        }
+        Ok(())
+    }
+
+    /// Has the materializer copy every acknowledged commit into the tables.
+    async fn materialize_now(&self) -> Result<()> {
+        let Some(m) = &self.materializer else { return Ok(()) };
+        let (reply, rx) = oneshot::channel();
+        m.submit(MaterializerMsg::Writer(WriterMsg::Materialize(reply)));
         rx.await.map_err(|_| PersistenceError::Closed)?
     }
 
@@ -299,6 +382,88 @@ fn open_reader(path: &Path, options: &SqliteOptions) -> Result<Connection> {
     Ok(conn)
 }
 
+/// The commit log file's options: its WAL is checkpointed at SQLite's usual length, by the
+/// writer (the log's pages are few and hot, so a checkpoint copies little however long the WAL).
+fn log_options(options: &SqliteOptions) -> SqliteOptions {
+    SqliteOptions { checkpoint_pages: options.checkpoint_pages.min(1000), ..options.clone() }
+}
+
+/// Makes the materializer of the deployment's file `conn` and starts the writer thread,
+/// owning the log file `log`.
+fn spawn_log_writer(
+    path: &Path,
+    options: &SqliteOptions,
+    (conn, log): (Connection, Connection),
+    overlay: Arc<Overlay>,
+    stats: Arc<CheckpointStats>,
+    rx: mpsc::Receiver<WriterMsg>,
+) -> Result<(Arc<Materializer>, JoinHandle<()>)> {
+    conn.pragma_update(None, "cache_size", -i64::from(options.materialize_cache_kib.max(options.cache_kib)))
+        .map_err(storage)?;
+    let gathering = Gathering {
+        max_commits: options.materialize_commits.max(1),
+        max_bytes: options.materialize_bytes.max(1),
+        idle: options.materialize_idle,
+    };
+    let ckpt = Checkpointing::install(&conn, path, options, stats.clone())?;
+    let materializer = Arc::new(Materializer::new(conn, ckpt, overlay, gathering));
+    let (log_path, log_options, max_batch) =
+        (materialize::log_path(path), log_options(options), options.max_batch.max(1));
+    let m = materializer.clone();
+    let writer = std::thread::Builder::new()
+        .name("kiln-sqlite-writer".into())
+        .spawn(move || match Checkpointing::install(&log, &log_path, &log_options, stats) {
+            Ok(ckpt) => materialize::log_writer_loop(log, ckpt, m, rx, max_batch),
+            Err(e) => tracing::error!(error = %e, "SQLite writer could not start"),
+        })
+        .map_err(storage)?;
+    Ok((materializer, writer))
+}
+
+/// Carries out maintenance message `msg` on the deployment's file `conn`, unless `ready`
+/// (whether what came before it is in the tables) says it cannot.
+fn maintain(conn: &mut Connection, msg: WriterMsg, ready: Result<()>) {
+    match msg {
+        WriterMsg::Commit(record, reply) => {
+            let _ = reply.send(ready.and_then(|()| write_batch(conn, std::iter::once(&record))));
+        }
+        WriterMsg::Backfill(index, ts, entries, reply) => {
+            let _ = reply.send(ready.and_then(|()| write_index_entries(conn, index, ts, &entries)));
+        }
+        WriterMsg::DeleteIndex(index, max_rows, reply) => {
+            let _ = reply.send(ready.and_then(|()| delete_index_entries(conn, index, max_rows)));
+        }
+        WriterMsg::Prune(cutoff, max_rows, reply) => {
+            let _ = reply.send(ready.and_then(|()| prune_step(conn, cutoff, max_rows)));
+        }
+        WriterMsg::Materialize(reply) => {
+            let _ = reply.send(ready);
+        }
+    }
+}
+
+/// A group commit: `first` and the commits queued behind it, up to `max_batch`; the first
+/// other message met is left in `next`.
+pub(crate) fn gather_batch(
+    first: (CommitRecord, oneshot::Sender<Result<()>>),
+    rx: &mpsc::Receiver<WriterMsg>,
+    max_batch: usize,
+    next: &mut Option<WriterMsg>,
+) -> Vec<(CommitRecord, oneshot::Sender<Result<()>>)> {
+    let mut batch = vec![first];
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(WriterMsg::Commit(r, s)) => batch.push((r, s)),
+            Ok(other) => {
+                *next = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 fn writer_loop(mut conn: Connection, mut ckpt: Checkpointing, rx: mpsc::Receiver<WriterMsg>, max_batch: usize) {
     let mut next: Option<WriterMsg> = None;
     loop {
@@ -311,17 +476,7 @@ fn writer_loop(mut conn: Connection, mut ckpt: Checkpointing, rx: mpsc::Receiver
         };
         match msg {
             WriterMsg::Commit(record, reply) => {
-                let mut batch = vec![(record, reply)];
-                while batch.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(WriterMsg::Commit(r, s)) => batch.push((r, s)),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let batch = crate::gather_batch((record, reply), &rx, max_batch, &mut next);
                 let span = tracing::debug_span!("sqlite_group_commit", commits = batch.len());
                 let _enter = span.enter();
                 let result = write_batch(&mut conn, batch.iter().map(|(r, _)| r));
@@ -332,15 +487,7 @@ fn writer_loop(mut conn: Connection, mut ckpt: Checkpointing, rx: mpsc::Receiver
                     let _ = reply.send(result.clone());
                 }
             }
-            WriterMsg::Backfill(index, ts, entries, reply) => {
-                let _ = reply.send(write_index_entries(&mut conn, index, ts, &entries));
-            }
-            WriterMsg::DeleteIndex(index, max_rows, reply) => {
-                let _ = reply.send(delete_index_entries(&conn, index, max_rows));
-            }
-            WriterMsg::Prune(cutoff, max_rows, reply) => {
-                let _ = reply.send(prune_step(&mut conn, cutoff, max_rows));
-            }
+            other => maintain(&mut conn, other, Ok(())),
         }
         ckpt.after_transaction(&conn);
     }
@@ -350,8 +497,15 @@ fn writer_loop(mut conn: Connection, mut ckpt: Checkpointing, rx: mpsc::Receiver
     drop(conn);
 }
 
+/// Writes `records` into the tables in one transaction.
 fn write_batch<'a>(conn: &mut Connection, records: impl Iterator<Item = &'a CommitRecord>) -> Result<()> {
     let tx = conn.transaction().map_err(storage)?;
+    write_records(&tx, records)?;
+    tx.commit().map_err(storage)
+}
+
+/// Writes `records`' documents, index entries, newest timestamp and catalog in `tx`.
+pub(crate) fn write_records<'a>(tx: &Transaction, records: impl Iterator<Item = &'a CommitRecord>) -> Result<()> {
     let mut max_ts = None;
     let mut catalog = None;
     {
@@ -393,7 +547,7 @@ fn write_batch<'a>(conn: &mut Connection, records: impl Iterator<Item = &'a Comm
         tx.execute("INSERT OR REPLACE INTO meta (name, blob_value) VALUES ('catalog', ?1)", params![c])
             .map_err(storage)?;
     }
-    tx.commit().map_err(storage)
+    Ok(())
 }
 
 fn set_meta_int(tx: &Transaction, name: &str, v: i64) -> Result<()> {
@@ -403,7 +557,7 @@ fn set_meta_int(tx: &Transaction, name: &str, v: i64) -> Result<()> {
         .map_err(storage)
 }
 
-fn meta_int(conn: &Connection, name: &str) -> Result<Option<i64>> {
+pub(crate) fn meta_int(conn: &Connection, name: &str) -> Result<Option<i64>> {
     conn.query_row("SELECT int_value FROM meta WHERE name = ?1", params![name], |r| r.get(0))
         .optional()
         .map_err(storage)
@@ -549,6 +703,7 @@ fn get_document_sync(conn: &Connection, id: DocumentId, ts: Timestamp) -> Result
 #[async_trait]
 impl Persistence for SqlitePersistence {
     async fn recover(&self) -> Result<RecoveredState> {
+        self.materialize_now().await?;
         self.read(|conn| {
             let max_ts = meta_int(conn, "max_ts")?.map(ts_from_sql).transpose()?.unwrap_or_default();
             let pruned_up_to = meta_int(conn, "pruned_up_to")?.map(ts_from_sql).transpose()?.unwrap_or_default();
@@ -567,6 +722,11 @@ impl Persistence for SqlitePersistence {
     }
 
     async fn get_document(&self, id: DocumentId, ts: Timestamp) -> Result<Option<DocumentRevision>> {
+        // Every commit newer than a logged revision is logged too, so the overlay's newest is
+        // the newest; without one there, everything up to `ts` is in the tables.
+        if let Some(revision) = self.shared.overlay.as_ref().filter(|o| o.covers(ts)).and_then(|o| o.get(id, ts)) {
+            return Ok(Some(revision));
+        }
         self.read(move |conn| get_document_sync(conn, id, ts)).await
     }
 
@@ -578,6 +738,7 @@ impl Persistence for SqlitePersistence {
         order: Order,
         limit: usize,
     ) -> Result<Vec<ScanHit>> {
+        self.settle(ts).await?;
         let range = range.clone();
         self.read(move |conn| {
             let sql = range_sql(
@@ -615,6 +776,7 @@ impl Persistence for SqlitePersistence {
         order: Order,
         limit: usize,
     ) -> Result<Vec<ScanHit>> {
+        self.settle(ts).await?;
         let range = range.clone();
         self.read(move |conn| {
             let sql = range_sql(

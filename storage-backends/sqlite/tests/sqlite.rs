@@ -10,9 +10,10 @@ use kiln_persistence::{CommitRecord, Persistence, PersistenceError, Timestamp, c
 use kiln_sqlite::{SqliteOptions, SqlitePersistence};
 use kiln_value::{DocumentId, InternalId, TableNumber};
 
-fn fresh() -> (tempfile::TempDir, SqlitePersistence) {
+fn fresh(commit_log: bool) -> (tempfile::TempDir, SqlitePersistence) {
     let dir = tempfile::tempdir().unwrap();
-    let p = SqlitePersistence::open_in_dir(dir.path(), "test", SqliteOptions::default()).unwrap();
+    let p =
+        SqlitePersistence::open_in_dir(dir.path(), "test", SqliteOptions { commit_log, ..Default::default() }).unwrap();
     (dir, p)
 }
 
@@ -20,8 +21,11 @@ macro_rules! conformance_tests {
     ($($name:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let (_dir, p) = fresh();
-            conformance::$name(&p).await;
+            // Commits through the log (the default), and straight into the tables.
+            for commit_log in [true, false] {
+                let (_dir, p) = fresh(commit_log);
+                conformance::$name(&p).await;
+            }
         }
     )*};
 }
@@ -30,7 +34,7 @@ conformance_tests!(snapshot_reads, index_scans, pruning, backfill_and_drop, cata
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_opener_is_refused() {
-    let (dir, _p) = fresh();
+    let (dir, _p) = fresh(true);
     let quick = SqliteOptions { lock_timeout: std::time::Duration::from_millis(50), ..SqliteOptions::default() };
     match SqlitePersistence::open_in_dir(dir.path(), "test", quick) {
         Err(e @ PersistenceError::Locked(_)) => assert_eq!(e.code(), "StorageLocked"),
@@ -73,11 +77,13 @@ async fn concurrent_commits_are_durable_and_reopen_recovers() {
     }
 }
 
-/// Commits 400 documents of 2 KiB one by one and returns the WAL file's largest size seen.
+/// Commits 400 documents of 2 KiB one by one, straight into the tables, and returns the WAL
+/// file's largest size seen.
 async fn largest_wal(checkpoint_pages: u32) -> u64 {
     let dir = tempfile::tempdir().unwrap();
-    let p = SqlitePersistence::open_in_dir(dir.path(), "w", SqliteOptions { checkpoint_pages, ..Default::default() })
-        .unwrap();
+    // Commits written into the tables directly: the file's own WAL is the one measured.
+    let options = SqliteOptions { checkpoint_pages, commit_log: false, ..Default::default() };
+    let p = SqlitePersistence::open_in_dir(dir.path(), "w", options).unwrap();
     let wal = dir.path().join("w.sqlite3-wal");
     let mut largest = 0;
     for i in 1..=400u64 {
@@ -111,9 +117,16 @@ fn nth(i: u64) -> DocumentId {
 
 /// Commits 4000 documents of 4 KiB from 32 tasks into a WAL checkpointed every 1024 pages;
 /// returns the checkpoints run in the background and by the writer, and the largest WAL seen.
-async fn checkpointed_load(background_checkpoint: bool) -> (u64, u64, u64) {
+async fn checkpointed_load(background_checkpoint: bool, commit_log: bool) -> (u64, u64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions { checkpoint_pages: 1024, background_checkpoint, ..Default::default() };
+    // Through the log, the tables' WAL grows as the materializer copies every 64 commits.
+    let options = SqliteOptions {
+        checkpoint_pages: 1024,
+        background_checkpoint,
+        commit_log,
+        materialize_commits: 64,
+        ..Default::default()
+    };
     let p = Arc::new(SqlitePersistence::open_in_dir(dir.path(), "c", options.clone()).unwrap());
     let wal = dir.path().join("c.sqlite3-wal");
     let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
@@ -159,12 +172,143 @@ async fn checkpointed_load(background_checkpoint: bool) -> (u64, u64, u64) {
 async fn a_checkpointer_thread_copies_the_wal_while_commits_go_on() {
     // ~16 MiB of documents cross the 1024-page threshold many times; the checkpointer copies
     // most of each WAL, the writer only the last few commits, and the WAL still starts over.
-    let (background, inline, largest) = checkpointed_load(true).await;
-    assert!(background > 0, "no checkpoint ran in the background ({inline} on the writer)");
-    assert!(largest <= 4 * 1024 * 4096 + (2 << 20), "the WAL grew to {largest} bytes");
-    let (background, inline, largest) = checkpointed_load(false).await;
+    for commit_log in [false, true] {
+        let (background, inline, largest) = checkpointed_load(true, commit_log).await;
+        assert!(background > 0, "no checkpoint ran in the background ({inline} on the writer)");
+        assert!(largest <= 4 * 1024 * 4096 + (2 << 20), "the WAL grew to {largest} bytes");
+    }
+    let (background, inline, largest) = checkpointed_load(false, false).await;
     assert_eq!(background, 0, "background checkpoints although turned off");
     assert!(inline > 0 && largest <= 2 * 1024 * 4096 + (1 << 20), "{inline} checkpoints, WAL {largest} bytes");
+}
+
+/// Copies the deployment's file and its commit log, WALs included, as a crash would leave them.
+fn snapshot_files(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("r.sqlite3") {
+            std::fs::copy(entry.path(), to.join(name)).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_commits_not_yet_materialized_survive_a_crash() {
+    let (dir, copy) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The materializer would wait an hour for more commits: everything stays in the log.
+    let options = SqliteOptions {
+        materialize_idle: std::time::Duration::from_secs(3600),
+        materialize_commits: 1_000_000,
+        ..Default::default()
+    };
+    let p = SqlitePersistence::open_in_dir(dir.path(), "r", options.clone()).unwrap();
+    for i in 1..=50u64 {
+        let value = if i == 50 { None } else { Some(vec![i as u8; 100]) };
+        let documents = vec![(nth(i), Some(vec![1; 10])), (nth(1000 + i), value)];
+        p.commit(CommitRecord { ts: Timestamp(i), documents, ..Default::default() }).await.unwrap();
+    }
+    // Point reads see logged commits before they are in the tables.
+    let rev = p.get_document(nth(1049), Timestamp(60)).await.unwrap().unwrap();
+    assert_eq!((rev.ts, rev.value), (Timestamp(49), Some(vec![49; 100])));
+    assert_eq!(p.get_document(nth(1049), Timestamp(48)).await.unwrap(), None);
+    snapshot_files(dir.path(), copy.path());
+    drop(p);
+
+    // The copy's tables lack the commits; opening it replays them from its log.
+    let tables = rusqlite::Connection::open(copy.path().join("r.sqlite3")).unwrap();
+    let rows: i64 = tables.query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 0, "the commits were materialized before the snapshot");
+    drop(tables);
+    let p = SqlitePersistence::open_in_dir(copy.path(), "r", options).unwrap();
+    assert_eq!(p.recover().await.unwrap().max_ts, Timestamp(50));
+    for i in 1..=49u64 {
+        let rev = p.get_document(nth(1000 + i), Timestamp(50)).await.unwrap().unwrap();
+        assert_eq!(rev.value, Some(vec![i as u8; 100]));
+    }
+    let deleted = p.get_document(nth(1050), Timestamp(50)).await.unwrap().unwrap();
+    assert_eq!((deleted.ts, deleted.value), (Timestamp(50), None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_waits_for_logged_commits_to_reach_the_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions { materialize_idle: std::time::Duration::from_secs(3600), ..Default::default() };
+    let p = SqlitePersistence::open_in_dir(dir.path(), "s", options).unwrap();
+    for i in 1..=20u64 {
+        p.commit(CommitRecord {
+            ts: Timestamp(i),
+            documents: vec![(nth(i), Some(vec![i as u8]))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let all = kiln_persistence::KeyRange { start: Vec::new(), end: None };
+    let hits = p.scan_table(TableNumber(1), &all, Timestamp(20), kiln_persistence::Order::Asc, 100).await.unwrap();
+    assert_eq!(hits.len(), 20);
+    let hits = p.scan_table(TableNumber(1), &all, Timestamp(7), kiln_persistence::Order::Asc, 100).await.unwrap();
+    assert_eq!(hits.len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logged_commits_beyond_the_byte_budget_are_copied_without_being_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing asks for a copy and the materializer would idle for an hour; only the bytes
+    // gathered (each commit is over the budget) make it copy.
+    let options = SqliteOptions {
+        materialize_idle: std::time::Duration::from_secs(3600),
+        materialize_commits: 1_000_000,
+        materialize_bytes: 1000,
+        ..Default::default()
+    };
+    let p = SqlitePersistence::open_in_dir(dir.path(), "b", options).unwrap();
+    for i in 1..=30u64 {
+        p.commit(CommitRecord {
+            ts: Timestamp(i),
+            documents: vec![(nth(i), Some(vec![1; 2000]))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let tables = rusqlite::Connection::open(dir.path().join("b.sqlite3")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows: i64 = tables.query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
+        if rows == 30 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {rows} of 30 commits reached the tables");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_file_is_upgraded_and_a_newer_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let direct = SqliteOptions { commit_log: false, ..Default::default() };
+    let p = SqlitePersistence::open_in_dir(dir.path(), "v", direct).unwrap();
+    p.commit(CommitRecord { ts: Timestamp(1), documents: vec![(nth(1), Some(vec![1]))], ..Default::default() })
+        .await
+        .unwrap();
+    drop(p);
+    let set_version = |v: i64| {
+        let c = rusqlite::Connection::open(dir.path().join("v.sqlite3")).unwrap();
+        c.pragma_update(None, "user_version", v).unwrap();
+    };
+    // Version 1 had no commit log: opening it with one adds the log and keeps the data.
+    set_version(1);
+    let p = SqlitePersistence::open_in_dir(dir.path(), "v", SqliteOptions::default()).unwrap();
+    p.commit(CommitRecord { ts: Timestamp(2), documents: vec![(nth(2), Some(vec![2]))], ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(p.get_document(nth(1), Timestamp(2)).await.unwrap().unwrap().value, Some(vec![1]));
+    assert_eq!(p.get_document(nth(2), Timestamp(2)).await.unwrap().unwrap().value, Some(vec![2]));
+    drop(p);
+    set_version(3);
+    let err = SqlitePersistence::open_in_dir(dir.path(), "v", SqliteOptions::default()).err().unwrap();
+    assert!(err.to_string().contains("unsupported file format version 3"), "{err}");
 }
 
 /// The bundled SQLite is built to make commits durable with `fdatasync` (see the workspace's

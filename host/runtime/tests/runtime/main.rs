@@ -218,8 +218,9 @@ async fn a_mutation_waiting_for_its_commit_leaves_its_slot_to_other_calls() {
     let one_slot =
         DeploymentConfig { limits: Limits { max_concurrency: 1, ..test_limits() }, ..DeploymentConfig::default() };
     deploy(&rt, "chat", "chat", one_slot).await;
-    // Another connection holds SQLite's write lock: the deployment's next group commit waits.
-    let blocker = rusqlite::Connection::open(dir.path().join("chat.sqlite3")).unwrap();
+    // Another connection holds the write lock of the deployment's commit log: its next group
+    // commit waits.
+    let blocker = rusqlite::Connection::open(dir.path().join("chat.sqlite3-commits")).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let send = {
         let rt = rt.clone();
