@@ -1,11 +1,11 @@
-//! Group commits through a commit log in a file of its own, materialized by a second thread.
+//! Group commits through a commit log in a file of its own, materialized in the background.
 //!
 //! The writer thread makes each group commit durable as one row of the log file's
 //! `commit_log` (a few sequential pages and one `fdatasync`), instead of as the documents' and
 //! index entries' rows (a random B-tree leaf per document, ~13 KiB of WAL per transfer). The
-//! materializer thread copies logged commits into the deployment's file many at a time, so a
-//! hot leaf is written once per copy rather than once per group commit; being another file, it
-//! has its own write lock and WAL, so copying never holds up a commit.
+//! [`Materializer`] copies logged commits into the deployment's file many at a time, so a hot
+//! leaf is written once per copy rather than once per group commit; being another file, it has
+//! its own write lock and WAL, so copying never holds up a commit.
 //!
 //! The deployment's file records how far it has materialized (`meta.materialized_ts`, in the
 //! same transaction); opening it copies whatever later commits the log holds, so a crash loses
@@ -256,10 +256,10 @@ impl Materializer {
         if urgent && !queue.scheduled {
             queue.scheduled = true;
             drop(queue);
-            let me = self.clone();
+            let job = Job(Some(self.clone()));
             match &self.runtime {
-                Some(rt) => drop(rt.spawn_blocking(move || me.run())),
-                None => drop(std::thread::spawn(move || me.run())),
+                Some(rt) => drop(rt.spawn_blocking(move || job.run())),
+                None => drop(std::thread::spawn(move || job.run())),
             }
         }
     }
@@ -360,6 +360,26 @@ impl Materializer {
         let mut work = self.work.lock();
         if let Some(mut w) = work.take() {
             self.carry_out(&mut w, msgs, true);
+        }
+    }
+}
+
+/// A scheduled run of a materializer. Dropped without running (its runtime was shutting down),
+/// it runs on a thread of its own instead, so no queued message waits forever.
+struct Job(Option<Arc<Materializer>>);
+
+impl Job {
+    fn run(mut self) {
+        if let Some(m) = self.0.take() {
+            m.run();
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            let _ = std::thread::Builder::new().name("kiln-sqlite-mat".into()).spawn(move || m.run());
         }
     }
 }

@@ -311,6 +311,31 @@ async fn a_version_1_file_is_upgraded_and_a_newer_one_refused() {
     assert!(err.to_string().contains("unsupported file format version 3"), "{err}");
 }
 
+#[test]
+fn the_materializer_outlives_the_runtime_the_file_was_opened_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions { materialize_idle: std::time::Duration::from_secs(3600), ..Default::default() };
+    let first = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let p = first.block_on(async {
+        let p = SqlitePersistence::open_in_dir(dir.path(), "o", options).unwrap();
+        for i in 1..=5u64 {
+            let record =
+                CommitRecord { ts: Timestamp(i), documents: vec![(nth(i), Some(vec![1]))], ..Default::default() };
+            p.commit(record).await.unwrap();
+        }
+        p
+    });
+    // The materializer's jobs were to run on this runtime's blocking threads.
+    drop(first);
+    let second = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    second.block_on(async {
+        let all = kiln_persistence::KeyRange { start: Vec::new(), end: None };
+        let scan = p.scan_table(TableNumber(1), &all, Timestamp(5), kiln_persistence::Order::Asc, 100);
+        let hits = tokio::time::timeout(std::time::Duration::from_secs(10), scan).await.unwrap().unwrap();
+        assert_eq!(hits.len(), 5);
+    });
+}
+
 /// The bundled SQLite is built to make commits durable with `fdatasync` (see the workspace's
 /// `.cargo/config.toml`): on Linux it skips a journal commit per group commit.
 #[cfg(target_os = "linux")]
