@@ -30,12 +30,14 @@ use rusqlite::hooks::Wal;
 use crate::{Result, SqliteOptions, storage};
 
 thread_local! {
-    /// Frames in the WAL after the last commit of a connection on this thread (the WAL hook).
-    static WAL_FRAMES: Cell<u32> = const { Cell::new(0) };
+    /// Frames in the WAL after the last commit of a connection on this thread (the WAL hook),
+    /// taken by the next look: a thread can serve several connections in turn (the
+    /// materializer's jobs run on shared blocking threads).
+    static WAL_FRAMES: Cell<Option<u32>> = const { Cell::new(None) };
 }
 
 fn record_frames(_: &Wal, frames: c_int) -> rusqlite::Result<()> {
-    WAL_FRAMES.set(u32::try_from(frames).unwrap_or(0));
+    WAL_FRAMES.set(Some(u32::try_from(frames).unwrap_or(0)));
     Ok(())
 }
 
@@ -102,7 +104,7 @@ impl Checkpointing {
         // The pragma installs SQLite's own WAL hook; ours replaces it.
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(storage)?;
         conn.wal_hook(Some(record_frames));
-        WAL_FRAMES.set(0);
+        WAL_FRAMES.set(None);
         Ok(Checkpointing {
             path: path.to_owned(),
             options: options.clone(),
@@ -130,7 +132,8 @@ impl Checkpointing {
 
     /// Called by the writer after each transaction on `conn`.
     pub(crate) fn after_transaction(&mut self, conn: &Connection) {
-        let frames = WAL_FRAMES.get();
+        // No commit since the last look: nothing changed.
+        let Some(frames) = WAL_FRAMES.take() else { return };
         let mut state = self.shared.state.lock();
         if frames < self.seen {
             // The WAL was started over: what was copied belongs to the old one.

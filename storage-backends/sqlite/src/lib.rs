@@ -12,7 +12,7 @@
 //! catalog and pruning progress, so opening a file reads no documents.
 //!
 //! By default group commits are made durable in a commit log, a second SQLite file beside the
-//! deployment's (`<file>-commits`), and copied into the tables later by another thread; see
+//! deployment's (`<file>-commits`), and copied into the tables later in the background; see
 //! `materialize.rs`.
 
 use std::fs::File;
@@ -162,7 +162,7 @@ struct Shared {
     overlay: Option<Arc<Overlay>>,
 }
 
-/// A deployment's persistence in one SQLite file.
+/// A deployment's persistence in one SQLite file (and its commit log).
 pub struct SqlitePersistence {
     shared: Arc<Shared>,
     writer_tx: Mutex<Option<mpsc::Sender<WriterMsg>>>,
