@@ -36,7 +36,7 @@ mod commit_log;
 mod materialize;
 pub use checkpoint::CheckpointStats;
 use checkpoint::Checkpointing;
-use materialize::{Gathering, Materializer, MaterializerMsg, Overlay};
+use materialize::{Gathering, Materializer, MaterializerMsg};
 
 /// Where deployments' files live unless configured otherwise.
 pub const DEFAULT_DATA_DIR: &str = "kiln-data";
@@ -158,8 +158,6 @@ struct Shared {
     options: SqliteOptions,
     readers: Mutex<Vec<Connection>>,
     checkpoints: Arc<CheckpointStats>,
-    /// Logged commits not yet in the tables, when commits go through the log.
-    overlay: Option<Arc<Overlay>>,
 }
 
 /// A deployment's persistence in one SQLite file (and its commit log).
@@ -254,16 +252,14 @@ impl SqlitePersistence {
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch.max(1);
         let checkpoints = Arc::new(CheckpointStats::default());
-        let overlay = log.as_ref().map(|_| Arc::new(Overlay::new()));
         let mut materializer = None;
-        let writer = match (log, &overlay) {
-            (Some(log), Some(overlay)) => {
-                let (m, writer) =
-                    spawn_log_writer(path, &options, (conn, log), overlay.clone(), checkpoints.clone(), rx)?;
+        let writer = match log {
+            Some(log) => {
+                let (m, writer) = spawn_log_writer(path, &options, (conn, log), checkpoints.clone(), rx)?;
                 materializer = Some(m);
                 writer
             }
-            _ => {
+            None => {
                 let writer_path = path.to_owned();
                 let (writer_options, writer_stats) = (options.clone(), checkpoints.clone());
                 std::thread::Builder::new()
@@ -280,13 +276,7 @@ impl SqlitePersistence {
             }
         };
         Ok(SqlitePersistence {
-            shared: Arc::new(Shared {
-                path: path.to_owned(),
-                options,
-                readers: Mutex::new(Vec::new()),
-                checkpoints,
-                overlay,
-            }),
+            shared: Arc::new(Shared { path: path.to_owned(), options, readers: Mutex::new(Vec::new()), checkpoints }),
             writer_tx: Mutex::new(Some(tx)),
             materializer,
             writer: Mutex::new(Some(writer)),
@@ -316,7 +306,7 @@ impl SqlitePersistence {
 
     /// Has the materializer catch up if a scan at `ts` could need a logged commit.
     async fn settle(&self, ts: Timestamp) -> Result<()> {
-        if self.shared.overlay.as_ref().is_some_and(|o| o.covers(ts)) {
+        if self.materializer.as_ref().is_some_and(|m| m.overlay.covers(ts)) {
             self.materialize_now().await?;
         }
         Ok(())
@@ -394,7 +384,6 @@ fn spawn_log_writer(
     path: &Path,
     options: &SqliteOptions,
     (conn, log): (Connection, Connection),
-    overlay: Arc<Overlay>,
     stats: Arc<CheckpointStats>,
     rx: mpsc::Receiver<WriterMsg>,
 ) -> Result<(Arc<Materializer>, JoinHandle<()>)> {
@@ -406,7 +395,7 @@ fn spawn_log_writer(
         idle: options.materialize_idle,
     };
     let ckpt = Checkpointing::install(&conn, path, options, stats.clone())?;
-    let materializer = Arc::new(Materializer::new(conn, ckpt, overlay, gathering));
+    let materializer = Arc::new(Materializer::new(conn, ckpt, gathering));
     let (log_path, log_options, max_batch) =
         (materialize::log_path(path), log_options(options), options.max_batch.max(1));
     let m = materializer.clone();
@@ -724,7 +713,8 @@ impl Persistence for SqlitePersistence {
     async fn get_document(&self, id: DocumentId, ts: Timestamp) -> Result<Option<DocumentRevision>> {
         // Every commit newer than a logged revision is logged too, so the overlay's newest is
         // the newest; without one there, everything up to `ts` is in the tables.
-        if let Some(revision) = self.shared.overlay.as_ref().filter(|o| o.covers(ts)).and_then(|o| o.get(id, ts)) {
+        let overlay = self.materializer.as_ref().map(|m| &m.overlay).filter(|o| o.covers(ts));
+        if let Some(revision) = overlay.and_then(|o| o.get(id, ts)) {
             return Ok(Some(revision));
         }
         self.read(move |conn| get_document_sync(conn, id, ts)).await

@@ -191,7 +191,8 @@ pub(crate) struct Materializer {
     queue: Mutex<Queue>,
     /// The connection and the gathered commits; held by the running job.
     work: Mutex<Option<Work>>,
-    overlay: Arc<Overlay>,
+    /// Logged commits not yet copied, for reads.
+    pub(crate) overlay: Overlay,
     /// How far the deployment's file has materialized (the writer deletes log rows up to it).
     materialized: AtomicU64,
     gathering: Gathering,
@@ -218,11 +219,11 @@ struct Work {
 
 impl Materializer {
     /// A materializer of the deployment file `conn`, whose WAL `ckpt` watches.
-    pub(crate) fn new(conn: Connection, ckpt: Checkpointing, overlay: Arc<Overlay>, gathering: Gathering) -> Self {
+    pub(crate) fn new(conn: Connection, ckpt: Checkpointing, gathering: Gathering) -> Self {
         Materializer {
             queue: Mutex::default(),
             work: Mutex::new(Some(Work { conn, ckpt, pending: Vec::new(), pending_bytes: 0 })),
-            overlay,
+            overlay: Overlay::new(),
             materialized: AtomicU64::new(0),
             gathering,
             runtime: tokio::runtime::Handle::try_current().ok(),
