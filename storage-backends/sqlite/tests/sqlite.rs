@@ -311,6 +311,34 @@ async fn a_version_1_file_is_upgraded_and_a_newer_one_refused() {
     assert!(err.to_string().contains("unsupported file format version 3"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_wait_while_four_byte_budgets_are_not_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions { materialize_bytes: 1000, ..Default::default() };
+    let p = Arc::new(SqlitePersistence::open_in_dir(dir.path(), "w", options).unwrap());
+    // Another connection holds the tables' write lock: the materializer cannot copy.
+    let blocker = rusqlite::Connection::open(dir.path().join("w.sqlite3")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let commit = |i: u64| {
+        let p = p.clone();
+        async move {
+            let record =
+                CommitRecord { ts: Timestamp(i), documents: vec![(nth(i), Some(vec![1; 2000]))], ..Default::default() };
+            p.commit(record).await
+        }
+    };
+    // Two commits of ~2 KiB fit in the 4000 bytes allowed uncopied; the third waits.
+    commit(1).await.unwrap();
+    commit(2).await.unwrap();
+    let third = tokio::spawn(commit(3));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a commit went on while 4 KiB waited to be copied");
+    blocker.execute_batch("COMMIT").unwrap();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(10), third).await;
+    done.expect("the commit still waited after the copy could go on").unwrap().unwrap();
+    assert_eq!(p.get_document(nth(3), Timestamp(3)).await.unwrap().unwrap().value, Some(vec![1; 2000]));
+}
+
 #[test]
 fn the_materializer_outlives_the_runtime_the_file_was_opened_in() {
     let dir = tempfile::tempdir().unwrap();
