@@ -69,6 +69,7 @@ fn runtime(dir: &Path, cache: &Path, meter_fuel: bool) -> Runtime {
         meter_fuel,
         perf_map: knobs.perf_map,
         worker_threads: knobs.worker_threads,
+        active_wait: knobs.active_wait,
         sqlite: knobs.sqlite,
         store: StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() },
         ..RuntimeConfig::default()

@@ -17,6 +17,10 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Threads that run guest code (`KILN_WORKER_THREADS`, default 2 per core, at least 4).
     pub worker_threads: usize,
+    /// How long the caller of a call that is the only one on the workers waits for its reply
+    /// actively, yielding its core, instead of letting its core idle (`KILN_ACTIVE_WAIT_US`,
+    /// default 100 µs; 0 turns it off): see `pool.rs`.
+    pub active_wait: Duration,
     /// Stack size of those threads; guests run on them.
     pub worker_stack_bytes: usize,
     /// Largest native stack a guest may use before it traps with a stack overflow.
@@ -65,6 +69,7 @@ impl Default for RuntimeConfig {
             cache_dir: Some(data_dir.join("cache")),
             data_dir,
             worker_threads: (2 * cores).max(4),
+            active_wait: Duration::from_micros(100),
             worker_stack_bytes: 16 << 20,
             max_wasm_stack: 2 << 20,
             epoch_tick: Duration::from_millis(1),
@@ -102,6 +107,9 @@ impl RuntimeConfig {
         c.perf_map = env_u64("KILN_PERF_MAP").is_some_and(|n| n != 0);
         if let Some(n) = env_u64("KILN_WORKER_THREADS") {
             c.worker_threads = (n as usize).max(1);
+        }
+        if let Some(n) = env_u64("KILN_ACTIVE_WAIT_US") {
+            c.active_wait = Duration::from_micros(n);
         }
         if let Some(n) = env_u64("KILN_SQLITE_CACHE_KIB") {
             c.sqlite.cache_kib = u32::try_from(n).unwrap_or(u32::MAX);

@@ -194,7 +194,7 @@ impl Runtime {
     /// Starts the engine and the workers. Must be called within a tokio runtime.
     pub fn new(config: RuntimeConfig) -> Result<Runtime> {
         let engine = EngineHandle::new(&config)?;
-        let pool = WorkerPool::new(config.worker_threads, config.worker_stack_bytes)
+        let pool = WorkerPool::new(config.worker_threads, config.worker_stack_bytes, config.active_wait)
             .map_err(|e| RuntimeError::Engine(format!("starting workers: {e}")))?;
         let mut linker = Linker::new(engine.engine());
         App::add_to_linker::<HostCtx, HasSelf<HostCtx>>(&mut linker, |c| c)
