@@ -394,9 +394,9 @@ fn main() {
         // An even number of rounds, each order in turn: what a round leaves behind (WAL pages
         // still being written back, say) lands on the next one, and with metering always first
         // the transfers' figure swung from -9 % to +15 % between runs.
-        let rounds = if quick { 2 } else { 6 };
+        let rounds = if quick { 2 } else { 10 };
         let round = seconds / 5.0;
-        let (mut p50s, mut qsum, mut tsum) = ([Vec::new(), Vec::new()], [0.0; 2], [0.0; 2]);
+        let (mut p50s, mut qsum, mut tsum, mut tcpu) = ([Vec::new(), Vec::new()], [0.0; 2], [0.0; 2], [0.0; 2]);
         for r in 0..rounds {
             let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
@@ -410,7 +410,9 @@ fn main() {
                 lat.sort();
                 p50s[i].push(pct(&lat, 0.5));
                 qsum[i] += query_round(rt, "probe", "probe:empty", round).await.0;
-                tsum[i] += transfer_round(rt, "bank", MOVE, &accounts[i], round).await.per_s;
+                let moves = transfer_round(rt, "bank", MOVE, &accounts[i], round).await;
+                tsum[i] += moves.per_s;
+                tcpu[i] += moves.cpu_us;
             }
         }
         on.shutdown().await;
@@ -452,6 +454,15 @@ fn main() {
                 tsum[0] / rounds as f64,
                 qsum[1] / rounds as f64,
                 tsum[1] / rounds as f64,
+            ),
+        );
+        report(
+            "  CPU per transfer in those rounds: on / off",
+            format!(
+                "{:.0} us / {:.0} us ({:+.1}%)",
+                tcpu[0] / rounds as f64,
+                tcpu[1] / rounds as f64,
+                (tcpu[0] / tcpu[1] - 1.0) * 100.0
             ),
         );
 
