@@ -19,7 +19,7 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
     /// How long the caller of a call that is the only one on the workers waits for its reply
     /// actively, yielding its core, instead of letting its core idle (`KILN_ACTIVE_WAIT_US`,
-    /// default 100 µs; 0 turns it off): see `pool.rs`.
+    /// default 100 µs, at most 10 ms; 0 turns it off): see `pool.rs`.
     pub active_wait: Duration,
     /// Stack size of those threads; guests run on them.
     pub worker_stack_bytes: usize,
@@ -109,7 +109,8 @@ impl RuntimeConfig {
             c.worker_threads = (n as usize).max(1);
         }
         if let Some(n) = env_u64("KILN_ACTIVE_WAIT_US") {
-            c.active_wait = Duration::from_micros(n);
+            // Longer waits would hold a reactor thread for calls that are not small.
+            c.active_wait = Duration::from_micros(n.min(10_000));
         }
         if let Some(n) = env_u64("KILN_SQLITE_CACHE_KIB") {
             c.sqlite.cache_kib = u32::try_from(n).unwrap_or(u32::MAX);

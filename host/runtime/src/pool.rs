@@ -132,8 +132,8 @@ impl WorkerPool {
         if budget == 0 || self.shared.reply_ns.load(Ordering::Relaxed) > budget {
             return None;
         }
+        let until = Instant::now().checked_add(self.active_wait)?;
         self.shared.waits[0].fetch_add(1, Ordering::Relaxed);
-        let until = Instant::now() + self.active_wait;
         loop {
             match rx.try_recv() {
                 Ok(result) => {
@@ -297,6 +297,8 @@ mod tests {
             assert_eq!(quiet.run(move || (i, ())).await, Some(i));
         }
         assert_eq!(quiet.active_waits(), (0, 0), "a zero wait never waits actively");
+        let endless = WorkerPool::new(1, 1 << 20, Duration::MAX).expect("pool");
+        assert_eq!(endless.run(|| (7, ())).await, Some(7), "a wait past the clock's end is not taken");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
