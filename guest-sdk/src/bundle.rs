@@ -49,6 +49,44 @@ pub fn modules(convex_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// What the files of the app's `convex/` folder declare that Kiln does not run yet, each
+/// named with its file: components (`convex.config.ts`) and Node.js modules (`"use node"`).
+pub fn unsupported_files(convex_dir: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    if !convex_dir.is_dir() {
+        return Ok(found);
+    }
+    for ext in EXTENSIONS {
+        if convex_dir.join(format!("convex.config.{ext}")).exists() {
+            found.push(format!("components (convex/convex.config.{ext}) are not supported yet"));
+        }
+    }
+    for (_, file) in modules(convex_dir)? {
+        let text = std::fs::read_to_string(&file).map_err(|e| SdkError::io(&file, e))?;
+        if uses_node(&text) {
+            let rel = file.strip_prefix(convex_dir).unwrap_or(&file);
+            found.push(format!("Node.js modules (\"use node\" in convex/{}) are not supported yet", rel.display()));
+        }
+    }
+    Ok(found)
+}
+
+/// Whether a module starts with the `"use node"` directive (after comments and blank lines).
+fn uses_node(text: &str) -> bool {
+    let mut rest = text.trim_start_matches('\u{feff}');
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix("//") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            break;
+        }
+    }
+    rest.starts_with("\"use node\"") || rest.starts_with("'use node'")
+}
+
 /// Finds esbuild: `KILN_ESBUILD`, the app's `node_modules` (the `convex` package depends on
 /// it), or the guest SDK's own `node_modules`.
 pub fn find_esbuild(app_dir: &Path) -> Result<PathBuf> {
@@ -151,5 +189,13 @@ mod tests {
         }
         let names: Vec<String> = modules(dir.path()).unwrap().into_iter().map(|(m, _)| m).collect();
         assert_eq!(names, vec!["a", "dir/c", "e"]);
+    }
+
+    #[test]
+    fn the_use_node_directive_is_found_after_comments_only() {
+        assert!(uses_node("\"use node\";\nexport const a = 1;"));
+        assert!(uses_node("// an action\n/* with a block */\n'use node';"));
+        assert!(!uses_node("export const a = \"use node\";"));
+        assert!(!uses_node("// \"use node\" is mentioned here only\nexport {};"));
     }
 }

@@ -29,6 +29,9 @@ pub enum SdkError {
         /// The guest's message.
         message: String,
     },
+    /// The app declares something Kiln does not run yet (named, with the declaring file).
+    #[error("the app uses what Kiln does not support yet: {0}")]
+    Unsupported(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -49,6 +52,7 @@ impl SdkError {
             SdkError::AppLoad(_) => "AppLoadFailed",
             SdkError::Wasm(_) => "InvalidWasm",
             SdkError::Analyze { .. } => "AnalyzeFailed",
+            SdkError::Unsupported(_) => "UnsupportedFeature",
             SdkError::Io { .. } => "IoError",
         }
     }

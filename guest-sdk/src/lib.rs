@@ -121,6 +121,7 @@ pub fn build_app(app_dir: &Path, options: &BuildOptions) -> Result<BuildOutput> 
     let span = tracing::info_span!("kiln_build", app = %app_dir.display());
     let _guard = span.enter();
     let mut timings = BuildTimings::default();
+    manifest::unsupported_error(bundle::unsupported_files(&app_dir.join("convex"))?)?;
     codegen::codegen(app_dir)?;
 
     let t = Instant::now();
@@ -141,6 +142,7 @@ pub fn build_app(app_dir: &Path, options: &BuildOptions) -> Result<BuildOutput> 
     component::check_imports(&engine, &compiled)?;
     let manifest = component::analyze(&engine, &compiled)?;
     timings.analyze = t.elapsed();
+    manifest.check_supported()?;
 
     let out = app_dir.join(".kiln");
     let wasm_path = out.join("app.wasm");

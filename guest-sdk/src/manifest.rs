@@ -90,4 +90,43 @@ impl Manifest {
     pub fn function(&self, path: &str) -> Option<&FunctionSpec> {
         self.functions.iter().find(|f| f.path == path)
     }
+
+    /// What the app declares that Kiln does not run yet, each named with the file that
+    /// declares it: a deploy refuses these instead of accepting an app whose cron jobs, routes
+    /// or indexes would silently never run.
+    pub fn unsupported(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if let Some(crons) = &self.crons
+            && crons.as_object().is_none_or(|jobs| !jobs.is_empty())
+        {
+            found.push("cron jobs (convex/crons.ts) are not supported yet".to_owned());
+        }
+        if !self.http_routes.is_empty() {
+            found.push("HTTP actions (the routes of convex/http.ts) are not supported yet".to_owned());
+        } else if let Some(f) = self.functions.iter().find(|f| f.kind == "httpAction") {
+            found.push(format!("HTTP actions ({}) are not supported yet", f.path));
+        }
+        let tables = self.schema.as_ref().and_then(|s| s.get("tables")).and_then(Json::as_array);
+        for table in tables.map(Vec::as_slice).unwrap_or_default() {
+            let name = table.get("tableName").and_then(Json::as_str).unwrap_or("?");
+            for (key, what) in [("searchIndexes", "search index"), ("vectorIndexes", "vector index")] {
+                for index in table.get(key).and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default() {
+                    let index = index.get("indexDescriptor").and_then(Json::as_str).unwrap_or("?");
+                    found.push(format!("{what} {name}.{index} (convex/schema.ts) is not supported yet"));
+                }
+            }
+        }
+        found
+    }
+
+    /// Fails with [`SdkError::Unsupported`] when the app declares anything of
+    /// [`Manifest::unsupported`].
+    pub fn check_supported(&self) -> Result<()> {
+        unsupported_error(self.unsupported())
+    }
+}
+
+/// [`SdkError::Unsupported`] listing `found`, or nothing when it is empty.
+pub(crate) fn unsupported_error(found: Vec<String>) -> Result<()> {
+    if found.is_empty() { Ok(()) } else { Err(SdkError::Unsupported(found.join("; "))) }
 }

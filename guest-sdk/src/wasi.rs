@@ -1,8 +1,10 @@
 //! Removes WASI from a guest module: every `wasi_snapshot_preview1` import becomes a call to
 //! the module's own `kiln_wasi_<name>` export (from `kiln-wasi-stubs`); imports without a stub
 //! return `ENOTCAPABLE` (76) or trap. The result imports only what its WIT world declares.
+//! It also wraps the module's `cabi_realloc` so that empty lists can cross the boundary.
 
-use walrus::{ExportItem, FunctionId, ImportKind, Module, ValType};
+use walrus::ir::UnaryOp;
+use walrus::{ExportItem, FunctionBuilder, FunctionId, ImportKind, Module, ValType};
 
 use crate::error::{Result, SdkError};
 
@@ -56,8 +58,46 @@ pub fn virtualize(wasm: &[u8]) -> Result<Vec<u8>> {
             })
             .map_err(SdkError::wasm)?;
     }
+    align_empty_allocations(&mut module)?;
     strip_exports(&mut module, is_internal_export);
     Ok(module.emit_wasm())
+}
+
+/// Points the `cabi_realloc` export at a wrapper that answers a zero-size request with the
+/// requested alignment itself. javy's allocator answers every zero-size request with address
+/// 1, which wasmtime refuses for a list whose elements are aligned to 4 ("realloc return:
+/// result not aligned"): an empty page, an empty environment, a response without headers.
+fn align_empty_allocations(module: &mut Module) -> Result<()> {
+    let Some((export, original)) = module.exports.iter().find_map(|e| match e.item {
+        ExportItem::Function(f) if e.name == "cabi_realloc" => Some((e.id(), f)),
+        _ => None,
+    }) else {
+        return Ok(());
+    };
+    const I32: ValType = ValType::I32;
+    let ty = module.types.get(module.funcs.get(original).ty());
+    if ty.params() != [I32; 4] || ty.results() != [I32] {
+        return Err(SdkError::Wasm("`cabi_realloc` has the wrong signature".to_owned()));
+    }
+    let args: Vec<_> = (0..4).map(|_| module.locals.add(I32)).collect();
+    let mut wrapper = FunctionBuilder::new(&mut module.types, &[I32; 4], &[I32]);
+    // (old_ptr, old_len, align, new_len): a zero-size block needs no memory, only an address
+    // with the alignment, and the alignment itself is one (a power of two, at least 1).
+    wrapper.func_body().local_get(args[3]).unop(UnaryOp::I32Eqz).if_else(
+        I32,
+        |then| {
+            then.local_get(args[2]);
+        },
+        |otherwise| {
+            for a in &args {
+                otherwise.local_get(*a);
+            }
+            otherwise.call(original);
+        },
+    );
+    let wrapper = wrapper.finish(args, &mut module.funcs);
+    module.exports.get_mut(export).item = ExportItem::Function(wrapper);
+    Ok(())
 }
 
 /// Drops exports matching `drop` and everything only they kept alive.

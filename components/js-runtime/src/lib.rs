@@ -159,8 +159,14 @@ pub(crate) fn call_kind() -> Option<&'static str> {
     IN_CALL.with(Cell::get)
 }
 
-/// The next number of the call's generator (SplitMix64, seeded by the host per call).
+/// The next random number of the call. An action asks the host each time (fresh numbers from
+/// the operating system's CSPRNG: a generator in the guest would let anyone who saw one of its
+/// outputs compute the rest); a query or mutation runs SplitMix64 from the host's seed, so a
+/// re-run at the same snapshot draws the same numbers.
 fn next_random() -> u64 {
+    if call_kind() == Some("action") {
+        return env::seed();
+    }
     RNG.with(|r| {
         let mut z = r.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
         r.set(z);

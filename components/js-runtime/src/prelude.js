@@ -250,11 +250,37 @@
   console.assert = (cond, ...args) => {
     if (!cond) native.log(4, `Assertion failed${args.length ? ": " + format(args) : ""}`);
   };
+  // Timers and counters, with the warnings Node and Convex give for a label misused.
   const timers = new Map();
-  console.time = (label = "default") => timers.set(label, Date.now());
+  const elapsed = (label, args) => {
+    if (!timers.has(label)) {
+      native.log(3, `Timer '${label}' does not exist`);
+      return false;
+    }
+    native.log(2, `${label}: ${Date.now() - timers.get(label)}ms${args.length ? " " + format(args) : ""}`);
+    return true;
+  };
+  console.time = (label = "default") => {
+    label = String(label);
+    if (timers.has(label)) native.log(3, `Timer '${label}' already exists`);
+    else timers.set(label, Date.now());
+  };
+  console.timeLog = (label = "default", ...args) => void elapsed(String(label), args);
   console.timeEnd = (label = "default") => {
-    if (timers.has(label)) native.log(2, `${label}: ${Date.now() - timers.get(label)}ms`);
-    timers.delete(label);
+    label = String(label);
+    if (elapsed(label, [])) timers.delete(label);
+  };
+  const counts = new Map();
+  console.count = (label = "default") => {
+    label = String(label);
+    const n = (counts.get(label) ?? 0) + 1;
+    counts.set(label, n);
+    native.log(2, `${label}: ${n}`);
+  };
+  console.countReset = (label = "default") => {
+    label = String(label);
+    if (counts.has(label)) counts.set(label, 0);
+    else native.log(3, `Count for '${label}' does not exist`);
   };
   define("console", console);
 

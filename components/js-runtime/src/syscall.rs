@@ -173,6 +173,10 @@ fn bad_args(op: &str, what: &str) -> Error {
     error("InvalidSyscallArgs", format!("{op}: {what}"))
 }
 
+fn not_supported(what: &str) -> Error {
+    error("NotSupported", format!("{what} is not supported by this version of Kiln"))
+}
+
 fn str_arg<'a>(op: &str, args: &'a Json, key: &str) -> Result<&'a str, Error> {
     args.get(key).and_then(Json::as_str).ok_or_else(|| bad_args(op, &format!("`{key}` must be a string")))
 }
@@ -323,8 +327,19 @@ fn dispatch(op: &str, args: &Json) -> Result<Json, Error> {
         }
         "1.0/runUdf" => {
             let (name, fn_args) = (function_name(op, args)?, value_arg(op, args, "args")?);
+            // Options Kiln does not honour yet are refused by name, not ignored.
+            if args.get("transactionLimits").is_some_and(|l| !l.is_null()) {
+                return Err(not_supported(&format!(
+                    "{name}: `transactionLimits` in the options of ctx.runQuery/ctx.runMutation"
+                )));
+            }
             let result = match args.get("udfType").and_then(Json::as_str) {
-                Some("query") | Some("snapshotQuery") => functions::run_query(&name, &fn_args)?,
+                Some("snapshotQuery") => {
+                    return Err(not_supported(&format!(
+                        "{name}: ctx.runQuery with `useStaleSnapshot` (a query at a stale snapshot)"
+                    )));
+                }
+                Some("query") => functions::run_query(&name, &fn_args)?,
                 Some("mutation") => functions::run_mutation(&name, &fn_args)?,
                 other => return Err(bad_args(op, &format!("unknown udfType {other:?}"))),
             };

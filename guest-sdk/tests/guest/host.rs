@@ -378,6 +378,11 @@ impl log::Host for Host {
 
 impl env::Host for Host {
     fn seed(&mut self) -> u64 {
+        // An action gets new bits from every call, as from the runtime (here the next value
+        // of a generator, so that tests stay reproducible).
+        if matches!(self.kind, Some(FunctionKind::Action)) {
+            self.seed = self.seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        }
         self.seed
     }
     fn now_ms(&mut self) -> f64 {

@@ -244,6 +244,107 @@ fn internal_functions_cost_what_their_public_twins_cost() {
     }
 }
 
+/// An app in a temporary folder: `files` under `convex/`, beside the guest SDK's
+/// `node_modules` (for the `convex` package and esbuild).
+fn temp_app(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::create_dir_all(dir.path().join("convex")).unwrap();
+    std::os::unix::fs::symlink(repo().join("guest-sdk/node_modules"), dir.path().join("node_modules")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join("convex").join(name), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn apps_declaring_what_kiln_does_not_run_are_refused_by_name() {
+    const FUNCTIONS: &str = r#"
+import { internalMutation, query } from "./_generated/server";
+export const list = query({ args: {}, handler: async () => [] });
+export const tick = internalMutation({ args: {}, handler: async () => null });
+"#;
+    const CRONS: &str = r#"
+import { cronJobs } from "convex/server";
+import { internal } from "./_generated/api";
+const crons = cronJobs();
+crons.interval("tick", { minutes: 5 }, internal.messages.tick, {});
+export default crons;
+"#;
+    const HTTP: &str = r#"
+import { httpRouter } from "convex/server";
+import { httpAction } from "./_generated/server";
+const http = httpRouter();
+http.route({ path: "/hook", method: "POST", handler: httpAction(async () => new Response("ok")) });
+export default http;
+"#;
+    const SEARCH: &str = r#"
+import { defineSchema, defineTable } from "convex/server";
+import { v } from "convex/values";
+export default defineSchema({
+  messages: defineTable({ body: v.string() }).searchIndex("search_body", { searchField: "body" }),
+});
+"#;
+    const VECTOR: &str = r#"
+import { defineSchema, defineTable } from "convex/server";
+import { v } from "convex/values";
+export default defineSchema({
+  messages: defineTable({ embedding: v.array(v.float64()) })
+    .vectorIndex("by_embedding", { vectorField: "embedding", dimensions: 3 }),
+});
+"#;
+    const COMPONENTS: &str = r#"
+import { defineApp } from "convex/server";
+export default defineApp();
+"#;
+    const NODE: &str = "// Runs in Node.js on Convex.\n\"use node\";\nimport { action } from \"./_generated/server\";\nexport const go = action({ args: {}, handler: async () => 1 });\n";
+    let cases = [
+        ("crons.ts", CRONS, "cron jobs (convex/crons.ts)"),
+        ("http.ts", HTTP, "HTTP actions (the routes of convex/http.ts)"),
+        ("schema.ts", SEARCH, "search index messages.search_body (convex/schema.ts)"),
+        ("schema.ts", VECTOR, "vector index messages.by_embedding (convex/schema.ts)"),
+        ("convex.config.ts", COMPONENTS, "components (convex/convex.config.ts)"),
+        ("node.ts", NODE, "\"use node\" in convex/node.ts"),
+    ];
+    for (file, text, named) in cases {
+        let app = temp_app(&[("messages.ts", FUNCTIONS), (file, text)]);
+        let err = build_app(app.path(), &BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() })
+            .err()
+            .unwrap_or_else(|| panic!("{file}: the build succeeded"));
+        assert_eq!(err.code(), "UnsupportedFeature", "{file}: {err}");
+        assert!(err.to_string().contains(named), "{file}: {err}");
+    }
+    // The same app without them builds; an empty cron table declares nothing.
+    let empty_crons = "import { cronJobs } from \"convex/server\";\nexport default cronJobs();\n";
+    let app = temp_app(&[("messages.ts", FUNCTIONS), ("crons.ts", empty_crons)]);
+    let out = build_app(app.path(), &BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() }).unwrap();
+    assert!(out.manifest.function("messages:list").is_some());
+}
+
+#[test]
+fn console_timers_and_counters_log_as_in_convex() {
+    let h = harness("fixtures/probe");
+    let out = h.call(Query, "probe:consoleTimers", &args("{}"));
+    assert_eq!(out.value(), Value::Null);
+    let line = |level: &str, text: &str| (level.to_owned(), text.to_owned());
+    assert_eq!(
+        out.logs,
+        vec![
+            line("WARN", "Timer 'load' already exists"),
+            // A query's clock is frozen for the whole call.
+            line("LOG", "load: 0ms rows 3"),
+            line("LOG", "load: 0ms"),
+            line("WARN", "Timer 'load' does not exist"),
+            line("WARN", "Timer 'missing' does not exist"),
+            line("LOG", "default: 1"),
+            line("LOG", "hits: 1"),
+            line("LOG", "hits: 2"),
+            line("LOG", "hits: 1"),
+            line("WARN", "Count for 'never' does not exist"),
+            line("LOG", "default: 0ms"),
+        ]
+    );
+}
+
 #[test]
 fn unbounded_recursion_traps_cleanly_and_the_next_call_is_unaffected() {
     let h = harness("fixtures/probe");

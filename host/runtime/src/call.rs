@@ -12,7 +12,6 @@ use kiln_store::catalog::Catalog;
 use kiln_store::{StoreError, Transaction};
 use kiln_value::validator::IdCheck;
 use kiln_value::{DocumentId, Value, from_msgpack, to_msgpack};
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use wasmtime::component::TypedFunc;
 use wasmtime::{Store, Trap};
@@ -39,17 +38,11 @@ fn wit_kind(kind: FunctionKind) -> WitKind {
     }
 }
 
-/// A seed that is the same for the same function, arguments and snapshot: re-running a query
-/// or mutation at the same snapshot draws the same random numbers.
-fn derive_seed(parts: &[&[u8]]) -> u64 {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h.finalize()[..8]);
-    u64::from_le_bytes(b)
+/// Convex's message for a call of a function the deployed app does not export publicly.
+fn not_found_message(path: &str) -> String {
+    format!(
+        "Could not find public function for '{path}'. Did you forget to run `npx convex dev` or `npx convex deploy`?"
+    )
 }
 
 /// Ids in arguments must name existing documents' tables of this deployment.
@@ -79,7 +72,8 @@ fn check_args(dep: &Deployment, entry: &FunctionEntry, path: &str, args: &Value)
     kiln_value::validation::validate_value(args).map_err(|e| CallError::new("InvalidArgs", format!("{path}: {e}")))?;
     if let Some(v) = &entry.args {
         v.check(args, &CatalogIds(dep.store.catalog()))
-            .map_err(|e| CallError::new("InvalidArgs", format!("{path}: arguments do not match the validator: {e}")))?;
+            // Convex's wording: apps and their tests match on `ArgumentValidationError`.
+            .map_err(|e| CallError::new("InvalidArgs", format!("ArgumentValidationError: {e}\nFunction: {path}")))?;
     }
     Ok(to_msgpack(args))
 }
@@ -309,7 +303,7 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
     let version = ctx.version.clone();
     let entry = version
         .function(&path)
-        .ok_or_else(|| wit_error("FunctionNotFound", format!("Could not find function for '{path}'")))?;
+        .ok_or_else(|| wit_error("FunctionNotFound", not_found_message(&path).replace("public ", "")))?;
     if entry.kind != kind {
         return Err(wit_error("WrongFunctionKind", format!("{path} is a {:?}, not a {kind:?}", entry.kind)));
     }
@@ -317,14 +311,22 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
     let args = check_args(&ctx.deployment, entry, &path, &value).map_err(|e| wit_error(&e.code, e.message))?;
     let (shared, dep) = (ctx.shared.clone(), ctx.deployment.clone());
     let fuel = fuel_for(&dep, kind);
-    let seed = derive_seed(&[&ctx.seed.to_le_bytes(), path.as_bytes(), &args]);
-    let child = |txn, now_ms| {
+    // Within a query or mutation the child shares the caller's snapshot, so its seed follows
+    // from the caller's; from an action each child has a snapshot of its own.
+    let seed = crate::secret::nested_seed(ctx.seed, &path, &args);
+    let child = |txn, now_ms, seed| {
         new_ctx(&shared, &dep, &version, kind, &path, txn, ctx.identity.clone(), seed, now_ms, ctx.depth + 1)
+    };
+    // A child mutation shares its caller's transaction; if it fails (even when the caller
+    // catches the error and commits), none of its writes remain.
+    let savepoint = match kind {
+        FunctionKind::Mutation => ctx.txn.as_ref().map(Transaction::savepoint),
+        _ => None,
     };
     let executed = match (ctx.kind, kind) {
         (FunctionKind::Query | FunctionKind::Mutation, FunctionKind::Query)
         | (FunctionKind::Mutation, FunctionKind::Mutation) => {
-            let mut ex = execute(child(ctx.txn.take(), ctx.now_ms), args, "", fuel);
+            let mut ex = execute(child(ctx.txn.take(), ctx.now_ms, seed), args, "", fuel);
             ctx.txn = ex.ctx.txn.take();
             if ctx.fatal.is_none() {
                 ctx.fatal = ex.ctx.fatal.take();
@@ -332,16 +334,14 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
             ex
         }
         (FunctionKind::Action, FunctionKind::Query) => {
-            let txn = dep.store.begin_read_only();
-            let now = txn.begin_ts().0 as f64 / 1e6;
-            execute(child(Some(txn), now), args, "", fuel)
+            let (txn, now, seed) = snapshot_stamp(&dep, &path, &args, dep.store.begin_read_only());
+            execute(child(txn, now, seed), args, "", fuel)
         }
         (FunctionKind::Action, FunctionKind::Mutation) => {
             let mut attempt = 0;
             loop {
-                let txn = dep.store.begin();
-                let now = txn.begin_ts().0 as f64 / 1e6;
-                let mut ex = execute(child(Some(txn), now), args.clone(), "", fuel);
+                let (txn, now, seed) = snapshot_stamp(&dep, &path, &args, dep.store.begin());
+                let mut ex = execute(child(txn, now, seed), args.clone(), "", fuel);
                 let retry = match (&ex.outcome, ex.ctx.txn.take()) {
                     (Ok(_), Some(txn)) => shared.handle.block_on(txn.commit()).err(),
                     (_, txn) => {
@@ -369,18 +369,22 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
                 }
             }
         }
-        (FunctionKind::Action, FunctionKind::Action) => execute(child(None, wall_clock_ms()), args, "", fuel),
+        (FunctionKind::Action, FunctionKind::Action) => {
+            execute(child(None, wall_clock_ms(), crate::secret::os_random_u64()), args, "", fuel)
+        }
         (caller, callee) => {
             return Err(wit_error("NotAllowed", format!("{}: a {caller:?} cannot call a {callee:?}", ctx.path)));
         }
     };
     ctx.nested_fuel += executed.fuel + executed.ctx.nested_fuel;
     ctx.logs.extend(executed.ctx.logs);
-    executed.outcome.and_then(|bytes| check_result(&dep, entry, &path, &bytes).map(|_| bytes)).map_err(|e| WitError {
-        code: e.code,
-        message: e.message,
-        data: e.data.as_ref().map(to_msgpack),
-    })
+    let result = executed.outcome.and_then(|bytes| check_result(&dep, entry, &path, &bytes).map(|_| bytes));
+    if result.is_err()
+        && let (Some(savepoint), Some(txn)) = (savepoint, ctx.txn.as_mut())
+    {
+        txn.rollback_to(savepoint);
+    }
+    result.map_err(|e| WitError { code: e.code, message: e.message, data: e.data.as_ref().map(to_msgpack) })
 }
 
 /// Runs a client's call to completion, including retries, and meters it.
@@ -418,7 +422,7 @@ async fn run(
     let entry = version
         .function(path)
         .filter(|e| e.public || req.internal)
-        .ok_or_else(|| CallError::new("FunctionNotFound", format!("Could not find public function for '{path}'")))?;
+        .ok_or_else(|| CallError::new("FunctionNotFound", not_found_message(path)))?;
     if entry.kind != req.kind {
         return Err(CallError::new(
             "WrongFunctionKind",
@@ -483,9 +487,8 @@ async fn run(
                 (req.kind, req.identity.clone(), args.clone(), req.request_id.clone());
             move || {
                 let (txn, now_ms, seed) = match (kind, early) {
-                    (FunctionKind::Action, _) => {
-                        (None, wall_clock_ms(), derive_seed(&[&wall_clock_ms().to_le_bytes(), path.as_bytes()]))
-                    }
+                    // An action's `env.seed` answers fresh OS randomness on every call.
+                    (FunctionKind::Action, _) => (None, wall_clock_ms(), crate::secret::os_random_u64()),
                     (_, Some(txn)) => snapshot_stamp(&dep, &path, &args, txn),
                     (FunctionKind::Query, None) => snapshot_stamp(&dep, &path, &args, dep.store.begin_read_only()),
                     (FunctionKind::Mutation, None) => snapshot_stamp(&dep, &path, &args, dep.store.begin()),
@@ -569,10 +572,11 @@ async fn settled(txn: &Transaction, e: CallError) -> CallError {
 }
 
 /// A query's or mutation's transaction with the time and seed its snapshot fixes: the same
-/// function, arguments and snapshot draw the same random numbers and see the same clock.
+/// function, arguments and snapshot draw the same random numbers and see the same clock (the
+/// seed keyed by the deployment's secret, so it cannot be computed from outside).
 fn snapshot_stamp(dep: &Deployment, path: &str, args: &[u8], txn: Transaction) -> (Option<Transaction>, f64, u64) {
     let ts = txn.begin_ts();
-    let seed = derive_seed(&[dep.name.as_bytes(), path.as_bytes(), args, &ts.0.to_le_bytes()]);
+    let seed = dep.seed_key.snapshot_seed(path, args, ts);
     (Some(txn), ts.0 as f64 / 1e6, seed)
 }
 

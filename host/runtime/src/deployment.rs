@@ -17,6 +17,7 @@ use crate::host::HostCtx;
 use crate::knobs::DeploymentConfig;
 use crate::metering::Metering;
 use crate::query_cache::QueryCache;
+use crate::secret::SeedKey;
 
 /// A function of a version, ready for calls.
 pub(crate) struct FunctionEntry {
@@ -76,6 +77,8 @@ pub struct Deployment {
     pub(crate) version: RwLock<Option<Arc<Version>>>,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) metering: Metering,
+    /// Keys the seeds of its queries and mutations.
+    pub(crate) seed_key: SeedKey,
     pub(crate) query_cache: QueryCache,
     /// Bumped by every deploy and configuration change; part of the query cache's keys, so a
     /// call that started under the old code or environment cannot fill the cache for the new.

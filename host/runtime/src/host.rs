@@ -410,7 +410,11 @@ impl log::Host for HostCtx {
 
 impl env::Host for HostCtx {
     fn seed(&mut self) -> u64 {
-        self.seed
+        match self.kind {
+            // Actions are not re-run at a snapshot: each draw is fresh from the OS's CSPRNG.
+            FunctionKind::Action => crate::secret::os_random_u64(),
+            _ => self.seed,
+        }
     }
 
     fn now_ms(&mut self) -> f64 {

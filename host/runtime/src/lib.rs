@@ -19,6 +19,7 @@ pub mod knobs;
 mod metering;
 mod pool;
 mod query_cache;
+mod secret;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -237,8 +238,10 @@ impl Runtime {
         let mut tx = store.begin_system();
         tx.create_system_table(metering::USAGE_TABLE)?;
         tx.create_system_table(idempotency::TABLE)?;
+        tx.create_system_table(secret::TABLE)?;
         tx.commit().await?;
         let metering = Metering::load(&store).await?;
+        let seed_key = secret::SeedKey::load(&store).await?;
         let deployment = Arc::new(Deployment {
             name: name.to_owned(),
             store,
@@ -246,6 +249,7 @@ impl Runtime {
             config: RwLock::new(Arc::new(config)),
             version: RwLock::new(None),
             metering,
+            seed_key,
             query_cache: QueryCache::new(self.shared.config.query_cache_bytes),
             deploy_lock: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
@@ -381,6 +385,8 @@ impl Runtime {
             // One deploy of a deployment at a time: schema and version must come from the same upload.
             let _deploying = dep.deploy_lock.lock().await;
             let version = self.prepare(component).await?;
+            // A prebuilt component is held to what `kiln build` refuses.
+            version.manifest.check_supported()?;
             check(&version).map_err(RuntimeError::Rejected)?;
             if let Some(schema) = &version.manifest.schema {
                 let schema = Schema::parse(&schema.to_string())?;

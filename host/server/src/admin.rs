@@ -53,6 +53,11 @@ fn require_instance(state: &AppState, headers: &HeaderMap) -> Result<()> {
     }
 }
 
+/// A JSON body (read by [`RequestBody`], so within the size and time limits).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| ServerError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
 /// A deploy upload: the component and the manifest `kiln build` wrote beside it.
 #[derive(Deserialize)]
 pub struct DeployBody {
@@ -120,9 +125,10 @@ pub async fn list_deployments(State(state): State<Arc<AppState>>, headers: Heade
 pub async fn create_deployment(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Json(body): Json<JsonValue>,
+    RequestBody(body): RequestBody,
 ) -> Result<Response> {
     require_instance(&state, &headers)?;
+    let body: JsonValue = json_body(&body)?;
     let name =
         body.get("name").and_then(JsonValue::as_str).ok_or_else(|| ServerError::BadRequest("missing `name`".into()))?;
     let key = state.create_deployment(name).await?;
@@ -156,9 +162,10 @@ pub async fn set_config(
     State(state): State<Arc<AppState>>,
     Extension(Deployment(d)): Extension<Deployment>,
     headers: HeaderMap,
-    Json(body): Json<ConfigBody>,
+    RequestBody(body): RequestBody,
 ) -> Result<Response> {
     require_admin(&state, &d, &headers)?;
+    let body: ConfigBody = json_body(&body)?;
     let dep = state.deployment(&d)?;
     state.registry.lock().update(&d, body.auth.clone(), body.env.clone())?;
     if let Some(auth) = body.auth {
@@ -260,8 +267,30 @@ pub async fn drop_connections(
     Ok(Json(json!({ "dropped": open })).into_response())
 }
 
+/// Whether `headers` may read the metrics: they name every deployment, so they need the
+/// instance admin key (`Convex <key>`) or the configured scrape token (`Bearer <token>`).
+fn require_metrics_reader(state: &AppState, headers: &HeaderMap) -> Result<()> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if let (Some(token), Some(expected)) = (bearer, &state.config.metrics_token)
+        && !expected.is_empty()
+        && crate::registry::hash(token) == crate::registry::hash(expected)
+    {
+        return Ok(());
+    }
+    require_instance(state, headers).map_err(|_| {
+        ServerError::Unauthorized(
+            "/metrics needs `Authorization: Convex <instance admin key>` or `Bearer <metrics token>`".into(),
+        )
+    })
+}
+
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response> {
+    require_metrics_reader(&state, &headers)?;
     let deployments: Vec<_> = state.deployments.read().values().cloned().collect();
     for d in deployments {
         if let Some(rd) = state.runtime.deployment(&d.name) {
@@ -274,5 +303,5 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             .get_or_create(&crate::metrics::DeploymentLabels { deployment: d.name.clone() })
             .set(d.connections.load(std::sync::atomic::Ordering::Relaxed) as i64);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.encode()).into_response()
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.encode()).into_response())
 }

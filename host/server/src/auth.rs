@@ -211,10 +211,19 @@ impl Verifier {
         validation.algorithms = vec![header.alg];
         validation.leeway = 5;
         validation.set_issuer(&[iss]);
-        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        // A token not valid yet (`nbf`) is refused like an expired one, and a provider with an
+        // `applicationID` accepts only tokens that name it: a token without `aud` was minted
+        // for no audience in particular, so also for another application of the same issuer.
+        validation.validate_nbf = true;
         match &provider.application_id {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
+            Some(aud) => {
+                validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+                validation.set_audience(&[aud]);
+            }
+            None => {
+                validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+                validation.validate_aud = false;
+            }
         }
         let data = jsonwebtoken::decode::<serde_json::Map<String, Json>>(token, &key, &validation)
             .map_err(|e| format!("token refused: {e}"))?;

@@ -29,6 +29,9 @@ pub enum ServerError {
     /// The body is larger than allowed.
     #[error("request body too large (limit {0} bytes)")]
     BodyTooLarge(usize),
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {0:?}")]
+    RequestTimeout(std::time::Duration),
     /// A deploy was refused (invalid component, schema the data violates, …).
     #[error("{message}")]
     DeployFailed {
@@ -56,6 +59,7 @@ impl ServerError {
             ServerError::InvalidAuthToken(_) => "InvalidAuthToken",
             ServerError::TooManyConcurrentRequests(_) => "TooManyConcurrentRequests",
             ServerError::BodyTooLarge(_) => "BodyTooLarge",
+            ServerError::RequestTimeout(_) => "RequestTimeout",
             ServerError::DeployFailed { code, .. } => code,
             ServerError::Unsupported(_) => "Unsupported",
             ServerError::Internal(_) => "InternalServerError",
@@ -71,6 +75,7 @@ impl ServerError {
             ServerError::Unauthorized(_) | ServerError::InvalidAuthToken(_) => StatusCode::UNAUTHORIZED,
             ServerError::TooManyConcurrentRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ServerError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServerError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -103,7 +108,11 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for RequestBody {
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ServerError> {
         let limit = req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or_default();
-        axum::body::Bytes::from_request(req, state).await.map(RequestBody).map_err(|rejection| {
+        let timeout = req.extensions().get::<BodyTimeout>().map_or(DEFAULT_BODY_TIMEOUT, |t| t.0);
+        let read = tokio::time::timeout(timeout, axum::body::Bytes::from_request(req, state))
+            .await
+            .map_err(|_| ServerError::RequestTimeout(timeout))?;
+        read.map(RequestBody).map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ServerError::BodyTooLarge(limit)
             } else {
@@ -116,6 +125,12 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for RequestBody {
 /// The body limit of a route, recorded for error messages.
 #[derive(Clone, Copy, Debug)]
 pub struct BodyLimit(pub usize);
+
+/// How long a request's body may take to arrive.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyTimeout(pub std::time::Duration);
+
+const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Result of request handling.
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;

@@ -39,12 +39,21 @@ pub struct ServerConfig {
     pub client_timeout: Duration,
     /// A socket that cannot take a message within this time is dropped.
     pub send_timeout: Duration,
+    /// An HTTP connection that does not send a complete request head within this time (also
+    /// while idle between requests) is closed.
+    pub header_timeout: Duration,
+    /// A request whose body does not arrive within this time is refused (`RequestTimeout`)
+    /// and its connection closed.
+    pub body_timeout: Duration,
     /// Transitions larger than this are sent as `TransitionChunk`s.
     pub transition_chunk_bytes: usize,
     /// Subscribed queries re-run at once per deployment.
     pub rerun_concurrency: usize,
     /// Log entries kept per deployment for `kiln logs`.
     pub log_history: usize,
+    /// A token that may read `/metrics` (`Authorization: Bearer <token>`) besides the instance
+    /// admin key (`KILN_METRICS_TOKEN`); none by default.
+    pub metrics_token: Option<String>,
     /// The function runner's configuration (data directory included).
     pub runtime: RuntimeConfig,
 }
@@ -67,9 +76,12 @@ impl Default for ServerConfig {
             idle_ping: Duration::from_secs(15),
             client_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
             transition_chunk_bytes: 4 << 20,
             rerun_concurrency: runtime.worker_threads,
             log_history: 1000,
+            metrics_token: None,
             runtime,
         }
     }
@@ -95,6 +107,7 @@ impl ServerConfig {
         if let Some(n) = env_u64("KILN_MAX_BODY_BYTES") {
             c.max_body_bytes = n as usize;
         }
+        c.metrics_token = std::env::var("KILN_METRICS_TOKEN").ok().filter(|t| !t.is_empty());
         if let Some(n) = env_u64("KILN_CLIENT_TIMEOUT_SECS") {
             c.client_timeout = Duration::from_secs(n.max(1));
         }

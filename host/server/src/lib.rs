@@ -207,11 +207,61 @@ impl Server {
     pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         let mut stop = self.state.shutdown.subscribe();
         let service = routing::service(self.state.clone());
-        axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service))
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
+        // Every connection task holds a sender; all dropped means all connections ended.
+        let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let config = &self.state.config;
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, or a connection reset before it was accepted:
+                        // keep serving the connections there are.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+                () = async { drop(stop.wait_for(|s| *s).await) } => break,
+            };
+            // Responses are small and latency-bound: never hold one back waiting for an ACK.
+            let _ = stream.set_nodelay(true);
+            let svc =
+                tower::ServiceExt::map_request(service.clone(), |req: axum::http::Request<hyper::body::Incoming>| {
+                    req.map(axum::body::Body::new)
+                });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // A connection that does not send a complete request head within the timeout is
+            // closed, also while idle between requests; a stalled body is `body_timeout`'s.
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(config.header_timeout);
+            let conn = http
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(svc),
+                )
+                .with_upgrades();
+            let (open, mut stop) = (open_tx.clone(), self.state.shutdown.subscribe());
+            tokio::spawn(async move {
+                let mut conn = std::pin::pin!(conn);
+                let ended = tokio::select! {
+                    ended = conn.as_mut() => ended,
+                    () = async { drop(stop.wait_for(|s| *s).await) } => {
+                        // The request in progress finishes; no further one is read.
+                        conn.as_mut().graceful_shutdown();
+                        tokio::time::timeout(std::time::Duration::from_secs(10), conn).await.unwrap_or(Ok(()))
+                    }
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(open);
+            });
+        }
+        drop(listener);
+        drop(open_tx);
+        // Upgraded sockets were told to close by the shutdown; their connections have ended.
+        let _ = open_rx.recv().await;
+        Ok(())
     }
 
     /// Stops serving: closes sockets, stops hubs, flushes usage.

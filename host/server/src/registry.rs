@@ -46,7 +46,8 @@ pub struct Registry {
     file: RegistryFile,
 }
 
-fn hash(key: &str) -> String {
+/// SHA-256 in hex: keys are stored and compared hashed (so comparing leaks no key's bytes).
+pub(crate) fn hash(key: &str) -> String {
     Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -16,7 +16,7 @@ use tower::util::MapRequest;
 use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
-use crate::error::BodyLimit;
+use crate::error::{BodyLimit, BodyTimeout};
 use crate::{AppState, admin, api, sync};
 
 /// The deployment a request addresses.
@@ -97,7 +97,10 @@ pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -
     if let Some(dir) = &state.config.static_dir {
         router = router.fallback_service(tower_http::services::ServeDir::new(dir));
     }
-    let router = router.layer(CorsLayer::permissive()).with_state(state.clone());
+    let router = router
+        .layer(Extension(BodyTimeout(state.config.body_timeout)))
+        .layer(CorsLayer::permissive())
+        .with_state(state.clone());
     let default = state.config.default_deployment.clone();
     let default: Arc<str> = default.into();
     MapRequest::new(router, move |req| rewrite(&default, req))

@@ -42,6 +42,7 @@ pub struct Usage {
 }
 
 /// A buffered write: the document as of the snapshot, and as this transaction left it.
+#[derive(Clone)]
 struct Write {
     old: Option<Arc<Document>>,
     new: Option<Arc<Document>>,
@@ -138,6 +139,17 @@ pub struct Page {
     pub split_required: bool,
 }
 
+/// The writes of a transaction at one moment, to return to when what follows fails (a nested
+/// mutation that throws). Reads are not rolled back: what the failed part read still decided
+/// what the transaction did, so it stays in the read set.
+pub struct Savepoint {
+    writes: BTreeMap<DocumentId, Write>,
+    overlay: HashMap<IndexId, BTreeMap<Vec<u8>, Option<DocumentId>>>,
+    new_tables: BTreeMap<String, Arc<TableMeta>>,
+    bytes_written: usize,
+    documents_written: usize,
+}
+
 /// A transaction on a [`crate::Store`].
 pub struct Transaction {
     inner: Arc<Inner>,
@@ -193,6 +205,26 @@ impl Transaction {
 
     fn visible_table(&self, name: &str) -> bool {
         self.system || !name.starts_with('_')
+    }
+
+    /// Marks the transaction's writes so far, for [`Transaction::rollback_to`].
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint {
+            writes: self.writes.clone(),
+            overlay: self.overlay.clone(),
+            new_tables: self.new_tables.clone(),
+            bytes_written: self.usage.bytes_written,
+            documents_written: self.usage.documents_written,
+        }
+    }
+
+    /// Undoes every write (and table creation) made since `savepoint` was taken.
+    pub fn rollback_to(&mut self, savepoint: Savepoint) {
+        self.writes = savepoint.writes;
+        self.overlay = savepoint.overlay;
+        self.new_tables = savepoint.new_tables;
+        self.usage.bytes_written = savepoint.bytes_written;
+        self.usage.documents_written = savepoint.documents_written;
     }
 
     /// The snapshot timestamp this transaction reads at.

@@ -283,6 +283,110 @@ async fn queries_are_deterministic_at_a_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_draw_fresh_randomness_and_query_seeds_are_keyed_per_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    deploy(&rt, "d", "fixtures/hostile", config()).await;
+    // Concurrent calls of one action start within the same milliseconds: their UUIDs, random
+    // numbers and bytes must still all differ.
+    let calls: Vec<_> = (0..1000)
+        .map(|_| {
+            let rt = rt.clone();
+            tokio::spawn(async move { ok(&call(&rt, "d", Action, "hostile:actionEntropy", "{}").await) })
+        })
+        .collect();
+    let (mut uuids, mut randoms, mut bytes) = (std::collections::HashSet::new(), Vec::new(), Vec::new());
+    for c in calls {
+        let Value::Object(o) = c.await.unwrap() else { panic!() };
+        uuids.insert(o["uuid"].clone());
+        let Value::Float64(r) = o["random"] else { panic!() };
+        randoms.push(r.to_bits());
+        bytes.push(kiln_value::to_msgpack(&o["bytes"]));
+    }
+    randoms.sort_unstable();
+    randoms.dedup();
+    bytes.sort();
+    bytes.dedup();
+    assert_eq!((uuids.len(), randoms.len(), bytes.len()), (1000, 1000, 1000), "every action drew its own numbers");
+
+    // The same deployment name, function, arguments and snapshot in another data directory
+    // draws other numbers: the seed is keyed by each deployment's own secret.
+    let at = |ts| {
+        let mut req = CallRequest::new(Query, "hostile:entropy", args("{}"));
+        req.snapshot = Some(ts);
+        req
+    };
+    let first = call(&rt, "d", Query, "hostile:entropy", "{}").await;
+    let again = ok(&rt.call("d", at(first.read_token.as_ref().unwrap().ts)).await);
+    assert_eq!(again, ok(&first), "a query re-run at its snapshot draws the same numbers");
+    // (Its table exists before the shared snapshot: a catalog change after it would make
+    // that snapshot too old for this store.)
+    call(&rt, "d", Mutation, "hostile:addItem", r#"{"name": "first"}"#).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Runtime::new(runtime_config(other_dir.path())).unwrap();
+    deploy(&other, "d", "fixtures/hostile", config()).await;
+    // A snapshot both stores have: the newer store's, once the older one has committed later.
+    let ts = call(&other, "d", Query, "hostile:entropy", "{}").await.read_token.unwrap().ts;
+    call(&rt, "d", Mutation, "hostile:addItem", r#"{"name": "later"}"#).await;
+    let again = ok(&rt.call("d", at(ts)).await);
+    let elsewhere = ok(&other.call("d", at(ts)).await);
+    let Value::Object(elsewhere) = elsewhere else { panic!() };
+    let Value::Object(here) = again else { panic!() };
+    assert_eq!(elsewhere["now"], here["now"], "the same snapshot");
+    assert_ne!((&elsewhere["random"], &elsewhere["uuid"]), (&here["random"], &here["uuid"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_lists_reach_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    deploy(&rt, "bank", "bank", config()).await;
+    // An empty page: the host hands the guest an empty list of documents.
+    let page = ok(&call(
+        &rt,
+        "bank",
+        Query,
+        "accounts:byOwner",
+        r#"{"owner": "nobody", "paginationOpts": {"numItems": 10, "cursor": null}}"#,
+    )
+    .await);
+    let Value::Object(page) = page else { panic!() };
+    assert_eq!(page["page"], Value::Array(vec![]));
+    assert_eq!(page["isDone"], Value::Boolean(true));
+    // `process.env` of a deployment without variables: an empty list of pairs.
+    deploy(&rt, "probe", "fixtures/probe", config()).await;
+    let Value::Object(globals) = ok(&call(&rt, "probe", Query, "probe:webGlobals", "{}").await) else { panic!() };
+    assert_eq!(globals["env"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_child_mutation_leaves_no_writes_and_unsupported_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    deploy(&rt, "d", "fixtures/hostile", config()).await;
+    // Sorted: documents inserted in the same millisecond come in the order of their ids.
+    let names = |v: Value| match v {
+        Value::Array(items) => {
+            let mut names: Vec<_> = items.into_iter().map(|i| i.as_str().unwrap().to_owned()).collect();
+            names.sort();
+            names
+        }
+        other => panic!("{other:?}"),
+    };
+    let inside = names(ok(&call(&rt, "d", Mutation, "hostile:catchingParent", "{}").await));
+    assert_eq!(inside, ["caught", "parent", "second child"], "the child's insert and patch are undone at once");
+    let committed = names(ok(&call(&rt, "d", Query, "hostile:items", "{}").await));
+    assert_eq!(committed, ["parent", "second child"]);
+
+    for (path, option) in [("hostile:staleSnapshot", "useStaleSnapshot"), ("hostile:limitedChild", "transactionLimits")]
+    {
+        let out = call(&rt, "d", Mutation, path, "{}").await;
+        let e = out.result.unwrap_err();
+        assert!(e.message.contains(option) && e.message.contains("not supported"), "{path}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_increments_are_exact_and_exhausted_retries_surface_as_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());

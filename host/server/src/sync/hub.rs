@@ -161,6 +161,18 @@ impl Hub {
         });
         let new = entry.result.is_none() && entry.watchers.is_empty();
         entry.watchers.insert(id, notify);
+        if new {
+            // The view may still hold a result of this query from before it was last
+            // unsubscribed: rounds since then advanced the view's timestamp without re-running
+            // it, so that result may predate commits the view claims. A session must wait for
+            // the new run instead (read-your-writes: a query added right after a mutation).
+            let mut view = self.view.lock();
+            if view.results.contains_key(&key) {
+                let mut results = (*view.results).clone();
+                results.remove(&key);
+                *view = Arc::new(View { ts: view.ts, results: Arc::new(results) });
+            }
+        }
         drop(entries);
         if new {
             self.wake.notify_one();
@@ -263,7 +275,20 @@ impl Hub {
         let current = self.view();
         if todo.is_empty() {
             if ts > current.ts {
-                *self.view.lock() = Arc::new(View { ts, results: current.results.clone() });
+                // Only results of queries still subscribed are valid at the new timestamp.
+                let entries = self.entries.lock();
+                let mut results = current.results.clone();
+                if results.keys().any(|k| !entries.contains_key(k)) {
+                    results = Arc::new(
+                        results
+                            .iter()
+                            .filter(|(k, _)| entries.contains_key(*k))
+                            .map(|(k, r)| (k.clone(), r.clone()))
+                            .collect(),
+                    );
+                }
+                *self.view.lock() = Arc::new(View { ts, results });
+                drop(entries);
                 self.ts.send_replace(ts);
             }
             return;

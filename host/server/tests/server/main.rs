@@ -44,6 +44,7 @@ struct TestServer {
     server: Arc<Server>,
     addr: std::net::SocketAddr,
     admin_key: String,
+    instance_key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -68,7 +69,14 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let serving = server.clone();
         rt.spawn(async move { serving.serve(listener).await });
-        let t = TestServer { rt, server, addr, admin_key: first.default_admin_key.unwrap(), _dir: dir };
+        let t = TestServer {
+            rt,
+            server,
+            addr,
+            admin_key: first.default_admin_key.unwrap(),
+            instance_key: first.instance_key.unwrap(),
+            _dir: dir,
+        };
         let (status, body) = t.post("/api/kiln/deploy", deploy_body(), true);
         assert_eq!(status, 200, "deploy: {body}");
         t
@@ -479,14 +487,30 @@ fn concurrent_requests_beyond_the_deployment_limit_are_refused() {
 
 #[test]
 fn metrics_count_requests_calls_commits_and_connections() {
-    let server = TestServer::start(|_| {});
+    let server = TestServer::start(|c| c.metrics_token = Some("scrape-token".into()));
+    // The metrics name every deployment: neither anonymous readers nor a deployment's own
+    // key may read them; the instance key and the configured scrape token may.
+    let metrics_with = |auth: Option<String>| {
+        let mut req = TestServer::agent().get(server.url("/metrics"));
+        if let Some(auth) = auth {
+            req = req.header("Authorization", auth);
+        }
+        let mut res = req.call().unwrap();
+        (res.status().as_u16(), res.body_mut().read_to_string().unwrap())
+    };
+    assert_eq!(metrics_with(None).0, 401);
+    assert_eq!(metrics_with(Some(format!("Convex {}", server.admin_key))).0, 401, "a deployment's key");
+    assert_eq!(metrics_with(Some("Bearer wrong".into())).0, 401);
+    assert_eq!(metrics_with(Some("Bearer scrape-token".into())).0, 200);
+    assert_eq!(metrics_with(Some(format!("Convex {}", server.instance_key))).0, 200);
+
     server.call("mutation", "counter:increment", json!({"name": "m"}));
     server.call("query", "counter:get", json!({"name": "m"}));
     let mut c = server.socket();
     c.hello("metrics");
     c.add(0, "counter:get", json!({"name": "m"}));
     c.until("Transition");
-    let (status, text) = server.get_text("/metrics");
+    let (status, text) = metrics_with(Some(format!("Convex {}", server.instance_key)));
     assert_eq!(status, 200);
     let value = |prefix: &str| -> f64 {
         text.lines()
@@ -502,4 +526,41 @@ fn metrics_count_requests_calls_commits_and_connections() {
     assert_eq!(value("kiln_connections{deployment=\"default\"}"), 1.0);
     assert!(value("kiln_subscriptions{deployment=\"default\"}") >= 1.0);
     assert!(text.contains("kiln_http_requests_total{deployment=\"default\",endpoint=\"mutation\",status=\"200\"}"));
+}
+
+#[test]
+fn stalled_and_idle_connections_are_closed() {
+    use std::io::{Read, Write};
+    let server = TestServer::start(|c| {
+        c.header_timeout = Duration::from_millis(300);
+        c.body_timeout = Duration::from_millis(300);
+    });
+    // Reads until the server closes the connection; fails if it keeps it open for 10 s.
+    let until_closed = |stream: &mut TcpStream| -> String {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).unwrap_or_else(|e| panic!("the server kept the connection open: {e}"));
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    // Connected, silent.
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    assert_eq!(until_closed(&mut idle), "");
+    // A request head that never ends.
+    let mut head = TcpStream::connect(server.addr).unwrap();
+    head.write_all(b"POST /api/query HTTP/1.1\r\nHost: kiln\r\nContent-Type: app").unwrap();
+    until_closed(&mut head);
+    // A body that stops arriving: refused with its own code, and the connection closed.
+    let mut body = TcpStream::connect(server.addr).unwrap();
+    body.write_all(b"POST /api/query HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"path\"")
+        .unwrap();
+    let answer = until_closed(&mut body);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("RequestTimeout"), "{answer}");
+    // A kept-alive connection idle after its request.
+    let mut kept = TcpStream::connect(server.addr).unwrap();
+    kept.write_all(b"GET /version HTTP/1.1\r\nHost: kiln\r\n\r\n").unwrap();
+    let answer = until_closed(&mut kept);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The server still serves.
+    assert_eq!(server.call("query", "counter:get", json!({"name": "still"})), json!(0.0));
 }

@@ -83,7 +83,10 @@ test("a JWT signed by the configured key reaches getUserIdentity", async () => {
 
 const badTokens = () => ({
   expired: jwt(claims({ exp: now() - 120, iat: now() - 3600 }), { privateKey: keys.privateKey }),
+  "not valid yet": jwt(claims({ nbf: now() + 600 }), { privateKey: keys.privateKey }),
   "wrong audience": jwt(claims({ aud: "someone-else" }), { privateKey: keys.privateKey }),
+  // The provider names an applicationID: a token minted for no audience is not for this app.
+  "no audience": jwt(claims({ aud: undefined }), { privateKey: keys.privateKey }),
   "wrong issuer": jwt(claims({ iss: "https://evil.test" }), { privateKey: keys.privateKey }),
   "signed by another key": jwt(claims(), { privateKey: otherKeys.privateKey }),
   tampered: (() => {

@@ -99,8 +99,10 @@ test("unknown functions and invalid arguments are errors", async () => {
   const http = new ConvexHttpClient(chatUrl, { logger: false });
   await assert.rejects(ws.mutation(api.messages.nope, {}), /Could not find public function for 'messages:nope'/);
   await assert.rejects(http.query(api.nothing.here, {}), /Could not find public function for 'nothing:here'/);
-  await assert.rejects(ws.mutation(api.messages.send, { author: 5, body: "x" }), /author/);
-  await assert.rejects(http.mutation(api.messages.send, { body: "no author" }), /author/);
+  // Convex's wording, which apps and their tests match on.
+  await assert.rejects(ws.mutation(api.messages.nope, {}), /Did you forget to run `npx convex dev` or `npx convex deploy`\?/);
+  await assert.rejects(ws.mutation(api.messages.send, { author: 5, body: "x" }), /ArgumentValidationError: .*author/s);
+  await assert.rejects(http.mutation(api.messages.send, { body: "no author" }), /ArgumentValidationError: .*author/s);
   await assert.rejects(http.query(api.messages.count, {}), /Could not find public function/, "internal functions are not public");
   const queryError = await new Promise((resolve) => {
     const unsubscribe = ws.onUpdate(api.messages.list, { limit: "ten" }, () => {}, (e) => {
@@ -201,5 +203,19 @@ test("1,000 subscribed sockets all receive an update after one mutation", async 
     console.log(`fan-out to ${n} sockets took ${Date.now() - started} ms`);
   } finally {
     await Promise.all(fans.map((c) => c.close()));
+  }
+});
+
+test("a query right after a mutation resolved sees its write (read-your-writes)", async () => {
+  const ws = client(server.url);
+  const http = new ConvexHttpClient(server.url, { logger: false });
+  for (let i = 0; i < 40; i++) {
+    // One-shot queries subscribe, take the first result and unsubscribe again, so every
+    // round re-adds a query the server answered before, at an older snapshot.
+    const value = await ws.mutation(api.counter.increment, { name: "ryw" });
+    assert.equal(await ws.query(api.counter.get, { name: "ryw" }), value, `WebSocket, round ${i}`);
+    const viaHttp = await http.mutation(api.counter.increment, { name: "ryw" });
+    assert.equal(await http.query(api.counter.get, { name: "ryw" }), viaHttp, `HTTP, round ${i}`);
+    assert.equal(await ws.query(api.counter.get, { name: "ryw" }), viaHttp, `WebSocket after HTTP, round ${i}`);
   }
 });
