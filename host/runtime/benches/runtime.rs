@@ -6,6 +6,8 @@
 //! `accounts:move`. The bank's `accounts:transfer` also records each transfer (an insert into
 //! a second table) and is reported beside it.
 //!
+//! It also measures fairness between deployments (`--fairness` runs only that part).
+//!
 //! `cargo bench -p kiln-runtime --bench runtime` (`-- --quick` for a shorter run;
 //! `--profile-transfers`, `--profile-rust-transfers` or `--profile-queries` for one long phase
 //! to attach a profiler to, with `--logged` for `accounts:transfer` instead of `accounts:move`).
@@ -310,6 +312,108 @@ fn idle_memory(args: &[String]) {
     });
 }
 
+/// A local HTTP server that answers every request after `delay` (a thread per connection).
+fn slow_server(delay: Duration) -> u16 {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in server.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = stream.read(&mut [0u8; 4096]);
+                std::thread::sleep(delay);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            });
+        }
+    });
+    port
+}
+
+/// Deployment `b`'s point queries, one after another for `seconds`: p50 and p99 in µs.
+async fn point_queries(rt: &Runtime, seconds: f64) -> (f64, f64, usize) {
+    let mut lat = Vec::new();
+    let started = Instant::now();
+    let args = parse_convex_json(r#"{"name": "b"}"#).unwrap();
+    while started.elapsed().as_secs_f64() < seconds {
+        let t = Instant::now();
+        rt.call("b", CallRequest::new(FunctionKind::Query, "hostile:counter", args.clone())).await.result.unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    (pct(&lat, 0.5), pct(&lat, 0.99), lat.len())
+}
+
+/// Fairness between deployments: `b`'s point queries alone, while `a` runs 50 actions waiting
+/// 5 s on `fetch`, and while `a` spins in as many queries, mutations and actions as it may.
+async fn fairness(dir: &Path, cache: &Path, hostile: &[u8], seconds: f64) {
+    let rt = Arc::new(runtime(dir, cache, true));
+    let port = slow_server(Duration::from_secs(5));
+    let a = DeploymentConfig {
+        limits: Limits { action_fuel: 10_000_000_000, max_concurrent_actions: 64, ..Limits::default() },
+        fetch: kiln_runtime::FetchPolicy { allowed_hosts: vec![format!("127.0.0.1:{port}")], ..Default::default() },
+        ..Default::default()
+    };
+    rt.open_deployment("a", a).await.unwrap();
+    rt.deploy("a", hostile).await.unwrap();
+    rt.open_deployment("b", config(4)).await.unwrap();
+    rt.deploy("b", hostile).await.unwrap();
+    let name = parse_convex_json(r#"{"name": "b"}"#).unwrap();
+    rt.call("b", CallRequest::new(FunctionKind::Mutation, "hostile:increment", name)).await.result.unwrap();
+    let alone = point_queries(&rt, seconds).await;
+
+    let url = parse_convex_json(&format!(r#"{{"url": "http://127.0.0.1:{port}/slow"}}"#)).unwrap();
+    let waiting: Vec<_> = (0..50)
+        .map(|_| {
+            let (rt, url) = (rt.clone(), url.clone());
+            tokio::spawn(async move {
+                rt.call("a", CallRequest::new(FunctionKind::Action, "hostile:fetchText", url)).await.result.unwrap()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during_fetch = point_queries(&rt, seconds.min(4.0)).await;
+    for w in waiting {
+        w.await.unwrap();
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let limits = Limits::default();
+    let spinners: Vec<_> = [
+        (FunctionKind::Query, "hostile:spin", limits.max_concurrency),
+        (FunctionKind::Mutation, "hostile:spinMutation", limits.max_concurrency),
+        (FunctionKind::Action, "hostile:spinAction", 64),
+    ]
+    .into_iter()
+    .flat_map(|(kind, path, n)| std::iter::repeat_n((kind, path), n))
+    .map(|(kind, path)| {
+        let (rt, stop) = (rt.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let out = rt.call("a", CallRequest::new(kind, path, empty())).await;
+                assert_eq!(out.result.unwrap_err().code, "FuelExhausted");
+            }
+        })
+    })
+    .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during_spin = point_queries(&rt, seconds).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        s.await.unwrap();
+    }
+    rt.shutdown().await;
+    for (what, (p50, p99, n)) in [
+        ("alone", alone),
+        ("while a runs 50 actions waiting on fetch", during_fetch),
+        ("while a spins in queries, mutations, actions", during_spin),
+    ] {
+        report(
+            &format!("deployment b's point query {what}: p50 / p99 (target p99 <= 2x alone)"),
+            format!("{p50:.1} us / {p99:.1} us ({n} queries)"),
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == IDLE_MEMORY) {
@@ -326,9 +430,14 @@ fn main() {
     let cache = work.path().join("cache");
     let build = |app: &str| kiln_guest_sdk::build_app(&repo.join(app), &Default::default()).unwrap().component;
     let (probe, bank) = (build("guest-sdk/tests/fixtures/probe"), build("examples/bank"));
+    let only_fairness = std::env::args().any(|a| a == "--fairness");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         println!("kiln runtime benchmark ({seconds:.0} s per throughput phase, 2 cores)");
+        if only_fairness {
+            let hostile = build("guest-sdk/tests/fixtures/hostile");
+            return fairness(&work.path().join("fairness"), &cache, &hostile, seconds).await;
+        }
         if profile_queries {
             let runtime = Arc::new(runtime(&work.path().join("profile"), &cache, true));
             runtime.open_deployment("probe", config(16)).await.unwrap();
@@ -475,6 +584,8 @@ fn main() {
             "Rust guest: transfers (accounts:move) committed/s, 64 callers, durable",
             format!("{:.0} ({:.3} retries, {:.0} us CPU per transfer)", rust.per_s, rust.retries, rust.cpu_us),
         );
+
+        fairness(&work.path().join("fairness"), &cache, &build("guest-sdk/tests/fixtures/hostile"), seconds).await;
 
         // Idle deployments (in a child process), and cold starts from the cached .cwasm.
         let dir = work.path().join("idle");

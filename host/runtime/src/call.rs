@@ -451,8 +451,8 @@ async fn run(
         // a conflict's backoff holds none), not its mutations waiting for their group commit:
         // that takes a millisecond or more, and with the default of 4 permits held through it
         // a deployment committed at most a few thousand mutations a second on idle workers.
-        let permit = dep
-            .permits
+        let permits = if req.kind == FunctionKind::Action { &dep.action_permits } else { &dep.permits };
+        let permit = permits
             .clone()
             .acquire_owned()
             .await
@@ -497,8 +497,11 @@ async fn run(
                 execute_keeping_store(ctx, args, &request_id, fuel)
             }
         };
-        let mut ex =
-            shared.pool.run(job).await.ok_or_else(|| CallError::new("ShuttingDown", "the runtime is shutting down"))?;
+        let pool = if req.kind == FunctionKind::Action { &shared.action_pool } else { &shared.pool };
+        let mut ex = pool
+            .run(dep.tenant, job)
+            .await
+            .ok_or_else(|| CallError::new("ShuttingDown", "the runtime is shutting down"))?;
         drop(permit);
         out.fuel += ex.fuel + ex.ctx.nested_fuel;
         out.minor_faults += ex.faults;

@@ -75,7 +75,12 @@ pub struct Deployment {
     /// Replaced as a whole, so a call holds one consistent configuration without copying it.
     pub(crate) config: RwLock<Arc<DeploymentConfig>>,
     pub(crate) version: RwLock<Option<Arc<Version>>>,
+    /// Its number in the worker pools' fair queues.
+    pub(crate) tenant: u64,
+    /// Bound its queries and mutations in progress on workers.
     pub(crate) permits: Arc<Semaphore>,
+    /// Bound its actions in progress.
+    pub(crate) action_permits: Arc<Semaphore>,
     pub(crate) metering: Metering,
     /// Keys the seeds of its queries and mutations.
     pub(crate) seed_key: SeedKey,

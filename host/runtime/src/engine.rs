@@ -23,7 +23,7 @@ impl EngineHandle {
     /// Builds the engine: cranelift, pooling allocator with copy-on-write images, fuel and
     /// epoch interruption.
     pub fn new(config: &RuntimeConfig) -> Result<EngineHandle> {
-        let slots = config.worker_threads as u32 * INSTANCES_PER_WORKER;
+        let slots = (config.worker_threads + config.action_threads) as u32 * INSTANCES_PER_WORKER;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
             .total_core_instances(slots * 4)

@@ -21,6 +21,13 @@ pub struct RuntimeConfig {
     /// actively, yielding its core, instead of letting its core idle (`KILN_ACTIVE_WAIT_US`,
     /// default 100 µs, at most 10 ms; 0 turns it off): see `pool.rs`.
     pub active_wait: Duration,
+    /// Threads that run actions (`KILN_ACTION_THREADS`, default 16): a pool of their own, so
+    /// that an action waiting on `fetch` or a timer never holds a worker of queries and
+    /// mutations.
+    pub action_threads: usize,
+    /// The OS priority (nice value) of those threads (default 10): a spinning action yields
+    /// the cores to queries and mutations.
+    pub action_nice: i32,
     /// Stack size of those threads; guests run on them.
     pub worker_stack_bytes: usize,
     /// Largest native stack a guest may use before it traps with a stack overflow.
@@ -70,6 +77,8 @@ impl Default for RuntimeConfig {
             data_dir,
             worker_threads: (2 * cores).max(4),
             active_wait: Duration::from_micros(100),
+            action_threads: 16,
+            action_nice: 10,
             worker_stack_bytes: 16 << 20,
             max_wasm_stack: 2 << 20,
             epoch_tick: Duration::from_millis(1),
@@ -108,6 +117,9 @@ impl RuntimeConfig {
         if let Some(n) = env_u64("KILN_WORKER_THREADS") {
             c.worker_threads = (n as usize).max(1);
         }
+        if let Some(n) = env_u64("KILN_ACTION_THREADS") {
+            c.action_threads = (n as usize).max(1);
+        }
         if let Some(n) = env_u64("KILN_ACTIVE_WAIT_US") {
             // Longer waits would hold a reactor thread for calls that are not small.
             c.active_wait = Duration::from_micros(n.min(10_000));
@@ -144,8 +156,11 @@ pub struct Limits {
     pub action_deadline: Duration,
     /// Linear memory cap of an instance.
     pub memory_bytes: usize,
-    /// Calls of this deployment running at once.
+    /// Queries and mutations of this deployment running at once.
     pub max_concurrency: usize,
+    /// Actions of this deployment running at once (their waits hold no worker, so more than
+    /// queries and mutations).
+    pub max_concurrent_actions: usize,
     /// Depth of nested `runQuery`/`runMutation`/`runAction` calls.
     pub max_nesting: u32,
     /// Times a mutation is retried after an optimistic concurrency conflict.
@@ -167,6 +182,7 @@ impl Default for Limits {
             action_deadline: Duration::from_secs(600),
             memory_bytes: 64 << 20,
             max_concurrency: 4,
+            max_concurrent_actions: 16,
             max_nesting: 8,
             mutation_retries: 8,
             log_lines: 256,

@@ -169,7 +169,13 @@ impl Default for CallOutcome {
 pub(crate) struct Shared {
     pub config: RuntimeConfig,
     pub engine: EngineHandle,
+    /// Runs queries and mutations.
     pub pool: WorkerPool,
+    /// Runs actions, at a lower OS priority: their waits (fetch, timers, nested calls) and
+    /// their long computations never hold or outrun the workers of queries and mutations.
+    pub action_pool: WorkerPool,
+    /// Numbers deployments for the pools' fair queues.
+    pub next_tenant: AtomicU64,
     pub linker: Linker<HostCtx>,
     pub handle: Handle,
 }
@@ -195,12 +201,29 @@ impl Runtime {
     /// Starts the engine and the workers. Must be called within a tokio runtime.
     pub fn new(config: RuntimeConfig) -> Result<Runtime> {
         let engine = EngineHandle::new(&config)?;
-        let pool = WorkerPool::new(config.worker_threads, config.worker_stack_bytes, config.active_wait)
-            .map_err(|e| RuntimeError::Engine(format!("starting workers: {e}")))?;
+        let pool =
+            WorkerPool::new("kiln-worker", config.worker_threads, config.worker_stack_bytes, 0, config.active_wait)
+                .map_err(|e| RuntimeError::Engine(format!("starting workers: {e}")))?;
+        let action_pool = WorkerPool::new(
+            "kiln-action",
+            config.action_threads,
+            config.worker_stack_bytes,
+            config.action_nice,
+            config.active_wait,
+        )
+        .map_err(|e| RuntimeError::Engine(format!("starting action workers: {e}")))?;
         let mut linker = Linker::new(engine.engine());
         App::add_to_linker::<HostCtx, HasSelf<HostCtx>>(&mut linker, |c| c)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let shared = Arc::new(Shared { config, engine, pool, linker, handle: Handle::current() });
+        let shared = Arc::new(Shared {
+            config,
+            engine,
+            pool,
+            action_pool,
+            next_tenant: AtomicU64::new(1),
+            linker,
+            handle: Handle::current(),
+        });
         let runtime =
             Runtime { shared, deployments: Arc::default(), versions: Mutex::default(), flusher: Mutex::new(None) };
         Ok(runtime)
@@ -245,7 +268,9 @@ impl Runtime {
         let deployment = Arc::new(Deployment {
             name: name.to_owned(),
             store,
+            tenant: self.shared.next_tenant.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             permits: Arc::new(Semaphore::new(config.limits.max_concurrency.max(1))),
+            action_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_actions.max(1))),
             config: RwLock::new(Arc::new(config)),
             version: RwLock::new(None),
             metering,
@@ -285,13 +310,17 @@ impl Runtime {
     /// Replaces a deployment's configuration (limits, quotas, environment, fetch policy).
     pub fn configure(&self, name: &str, config: DeploymentConfig) -> Result<()> {
         let dep = self.deployment(name).ok_or_else(|| RuntimeError::DeploymentNotFound(name.to_owned()))?;
-        let old = dep.config.read().limits.max_concurrency.max(1);
-        let new = config.limits.max_concurrency.max(1);
-        if new > old {
-            dep.permits.add_permits(new - old);
-        } else {
-            dep.permits.forget_permits(old - new);
-        }
+        let resize = |permits: &Semaphore, old: usize, new: usize| {
+            let (old, new) = (old.max(1), new.max(1));
+            if new > old {
+                permits.add_permits(new - old);
+            } else {
+                permits.forget_permits(old - new);
+            }
+        };
+        let old = dep.config.read().limits.clone();
+        resize(&dep.permits, old.max_concurrency, config.limits.max_concurrency);
+        resize(&dep.action_permits, old.max_concurrent_actions, config.limits.max_concurrent_actions);
         *dep.config.write() = Arc::new(config);
         dep.invalidate_cache();
         Ok(())

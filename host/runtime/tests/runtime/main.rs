@@ -619,6 +619,99 @@ async fn nested_calls_and_fetch_with_an_allow_list() {
     assert!(refused.result.unwrap_err().message.contains("allow-list"));
 }
 
+/// A local HTTP server that answers every request after `delay`; counts the requests begun.
+fn slow_server(delay: Duration) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let begun = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = begun.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in server.incoming() {
+            let Ok(mut stream) = stream else { return };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                std::thread::sleep(delay);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow");
+            });
+        }
+    });
+    (port, begun)
+}
+
+/// Runs `n` point queries of deployment `b` one after another; each must finish within a
+/// second, and `busy` must still hold when the last one has.
+async fn b_keeps_serving(rt: &Runtime, n: usize, busy: impl Fn() -> bool) {
+    for i in 0..n {
+        let out = call(rt, "b", Query, "hostile:counter", r#"{"name": "b"}"#).await;
+        ok(&out);
+        assert!(out.wall < Duration::from_secs(1), "query {i} of deployment b took {:?}", out.wall);
+    }
+    assert!(busy(), "deployment a's calls were still running while b's queries completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deployments_waiting_or_spinning_calls_do_not_stop_anothers_queries() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let (port, begun) = slow_server(Duration::from_secs(5));
+    let a = DeploymentConfig {
+        limits: Limits { max_concurrent_actions: 64, action_fuel: 2_000_000_000, ..test_limits() },
+        fetch: kiln_runtime::FetchPolicy { allowed_hosts: vec![format!("127.0.0.1:{port}")], ..Default::default() },
+        ..config()
+    };
+    deploy(&rt, "a", "fixtures/hostile", a).await;
+    deploy(&rt, "b", "fixtures/hostile", config()).await;
+
+    // 50 actions of a wait on the slow server.
+    let url = format!(r#"{{"url": "http://127.0.0.1:{port}/slow"}}"#);
+    let done = Arc::new(AtomicUsize::new(0));
+    let fetching: Vec<_> = (0..50)
+        .map(|_| {
+            let (rt, url, done) = (rt.clone(), url.clone(), done.clone());
+            tokio::spawn(async move {
+                let out = call(&rt, "a", Action, "hostile:fetchText", &url).await;
+                done.fetch_add(1, SeqCst);
+                out
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while begun.load(SeqCst) < 8 {
+        assert!(Instant::now() < deadline, "a's actions never reached the slow server");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    b_keeps_serving(&rt, 50, || done.load(SeqCst) == 0).await;
+    for f in fetching {
+        assert_eq!(ok(&f.await.unwrap()), args(r#"{"status": 200, "body": "slow"}"#));
+    }
+
+    // a spins in as many queries, mutations and actions as it may run at once.
+    let running = Arc::new(AtomicUsize::new(0));
+    let spinning: Vec<_> =
+        [(Query, "hostile:spin", 4), (Mutation, "hostile:spinMutation", 4), (Action, "hostile:spinAction", 64)]
+            .into_iter()
+            .flat_map(|(kind, path, n)| std::iter::repeat_n((kind, path), n))
+            .map(|(kind, path)| {
+                let (rt, running) = (rt.clone(), running.clone());
+                running.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let out = call(&rt, "a", kind, path, "{}").await;
+                    running.fetch_sub(1, SeqCst);
+                    out
+                })
+            })
+            .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b_keeps_serving(&rt, 50, || running.load(SeqCst) > 0).await;
+    for s in spinning {
+        assert_eq!(code(&s.await.unwrap()), "FuelExhausted");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_the_data_violates_is_refused_and_the_old_version_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
