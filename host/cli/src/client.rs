@@ -108,6 +108,16 @@ impl Target {
         self.post("/api/kiln/deployments", &json!({ "name": name }), Duration::from_secs(60))
     }
 
+    /// The deployment's configuration (auth providers, environment variable names, fetch).
+    pub fn config(&self) -> Result<Value, CliError> {
+        self.get("/api/kiln/config")
+    }
+
+    /// Changes the deployment's configuration (`{auth?, env?, fetch?}`).
+    pub fn set_config(&self, body: &Value) -> Result<Value, CliError> {
+        self.post("/api/kiln/config", body, Duration::from_secs(60))
+    }
+
     /// Lists deployments (needs the instance key).
     pub fn list_deployments(&self) -> Result<Value, CliError> {
         self.get("/api/kiln/deployments")

@@ -21,6 +21,10 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Static files to serve at `/`.
     pub static_dir: Option<PathBuf>,
+    /// Hosts every deployment's actions may fetch even at non-public addresses.
+    pub allow_fetch: Vec<String>,
+    /// Hosts no deployment's actions may fetch.
+    pub deny_fetch: Vec<String>,
 }
 
 /// Raises the open-file limit to its hard maximum: every WebSocket is a file descriptor, and
@@ -36,6 +40,8 @@ fn config(opts: &ServeOptions) -> ServerConfig {
     config.static_dir = opts.static_dir.clone();
     config.runtime.data_dir = opts.data.clone();
     config.runtime.cache_dir = Some(opts.data.join("cache"));
+    config.fetch.allowed_hosts = opts.allow_fetch.clone();
+    config.fetch.denied_hosts = opts.deny_fetch.clone();
     config
 }
 

@@ -110,11 +110,24 @@ struct Local {
     /// A directory of static files to serve at `/` (e.g. a web page).
     #[arg(long = "static")]
     static_dir: Option<PathBuf>,
+    /// A host every deployment's actions may fetch even at a loopback, private or link-local
+    /// address (`name`, `*.suffix`, `host:port`, an IP address); repeatable.
+    #[arg(long = "allow-fetch", value_name = "HOST")]
+    allow_fetch: Vec<String>,
+    /// A host no deployment's actions may fetch; repeatable.
+    #[arg(long = "deny-fetch", value_name = "HOST")]
+    deny_fetch: Vec<String>,
 }
 
 impl Local {
     fn options(&self) -> dev::ServeOptions {
-        dev::ServeOptions { data: self.data.clone(), listen: self.listen, static_dir: self.static_dir.clone() }
+        dev::ServeOptions {
+            data: self.data.clone(),
+            listen: self.listen,
+            static_dir: self.static_dir.clone(),
+            allow_fetch: self.allow_fetch.clone(),
+            deny_fetch: self.deny_fetch.clone(),
+        }
     }
 }
 
@@ -183,6 +196,36 @@ enum Command {
     Deployments {
         #[command(subcommand)]
         action: DeploymentsAction,
+    },
+    /// Shows or changes a deployment's configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Prints the configuration (auth providers, environment variable names, fetch lists).
+    Show {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Sets where the deployment's actions may fetch (replacing its lists). Any public
+    /// address is allowed by default; loopback, private and link-local ones only for allowed
+    /// hosts.
+    Fetch {
+        /// A host its actions may fetch even at a non-public address; repeatable.
+        #[arg(long = "allow", value_name = "HOST")]
+        allow: Vec<String>,
+        /// A host its actions may never fetch; repeatable.
+        #[arg(long = "deny", value_name = "HOST")]
+        deny: Vec<String>,
+        /// Only allowed hosts may be fetched at all.
+        #[arg(long)]
+        only_allowed: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -253,6 +296,21 @@ fn run(command: Command) -> Result<(), CliError> {
                 println!("{}", client::format_log(e));
             }
         }),
+        Command::Config { action } => match action {
+            ConfigAction::Show { remote } => {
+                let config = remote.target()?.config()?;
+                println!("{}", serde_json::to_string_pretty(&config).unwrap_or_default());
+                Ok(())
+            }
+            ConfigAction::Fetch { allow, deny, only_allowed, remote } => {
+                let body = serde_json::json!({
+                    "fetch": { "allowedHosts": allow, "deniedHosts": deny, "onlyAllowed": only_allowed },
+                });
+                remote.target()?.set_config(&body)?;
+                println!("fetch configuration set");
+                Ok(())
+            }
+        },
         Command::Deployments { action } => match action {
             DeploymentsAction::Create { name, remote } => {
                 let reply = instance_target(&remote)?.create_deployment(&name)?;

@@ -202,11 +202,19 @@ pub struct Quotas {
     pub period: Duration,
 }
 
-/// Where actions may `fetch`.
+/// Where actions may `fetch`: any public address by default; never a denied host; a
+/// loopback, private, link-local or metadata address only for an allowed host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FetchPolicy {
-    /// Allowed hosts: `example.com`, `*.example.com`, or `host:port`. Empty: none.
+    /// Hosts that may be fetched even at addresses that are not public: `example.com`,
+    /// `*.example.com`, `host:port`, an IP address, `[v6]:port`.
     pub allowed_hosts: Vec<String>,
+    /// Hosts never fetched (same forms).
+    pub denied_hosts: Vec<String>,
+    /// Only allowed hosts may be fetched at all.
+    pub only_allowed: bool,
+    /// Redirects followed (each checked like the first request).
+    pub max_redirects: u32,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Largest response body.
@@ -219,6 +227,9 @@ impl Default for FetchPolicy {
     fn default() -> Self {
         FetchPolicy {
             allowed_hosts: Vec::new(),
+            denied_hosts: Vec::new(),
+            only_allowed: false,
+            max_redirects: 5,
             timeout: Duration::from_secs(30),
             max_response_bytes: 16 << 20,
             max_request_bytes: 16 << 20,

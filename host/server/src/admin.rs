@@ -22,6 +22,7 @@ use serde_json::{Value as JsonValue, json};
 use crate::AppState;
 use crate::auth::AuthConfig;
 use crate::error::{RequestBody, Result, ServerError};
+use crate::registry::FetchConfig;
 use crate::routing::Deployment;
 
 fn admin_key(headers: &HeaderMap) -> Result<&str> {
@@ -144,6 +145,9 @@ pub struct ConfigBody {
     /// New environment variables (replacing all).
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
+    /// Where actions may fetch (replacing the deployment's lists).
+    #[serde(default)]
+    pub fetch: Option<FetchConfig>,
 }
 
 /// `GET /api/kiln/config`: the deployment's auth providers and environment variable names.
@@ -154,7 +158,13 @@ pub async fn get_config(
 ) -> Result<Response> {
     require_admin(&state, &d, &headers)?;
     let record = state.registry.lock().get(&d).cloned().unwrap_or_default();
-    Ok(Json(json!({ "auth": record.auth, "env": record.env.keys().collect::<Vec<_>>() })).into_response())
+    Ok(Json(json!({
+        "auth": record.auth,
+        "env": record.env.keys().collect::<Vec<_>>(),
+        "fetch": record.fetch,
+        "serverFetch": { "allowedHosts": state.config.fetch.allowed_hosts, "deniedHosts": state.config.fetch.denied_hosts },
+    }))
+    .into_response())
 }
 
 /// `POST /api/kiln/config`: sets auth providers and/or environment variables.
@@ -167,18 +177,29 @@ pub async fn set_config(
     require_admin(&state, &d, &headers)?;
     let body: ConfigBody = json_body(&body)?;
     let dep = state.deployment(&d)?;
-    state.registry.lock().update(&d, body.auth.clone(), body.env.clone())?;
+    if let Some(fetch) = &body.fetch {
+        fetch.validate()?;
+    }
+    state.registry.lock().update(&d, body.auth.clone(), body.env.clone(), body.fetch.clone())?;
     if let Some(auth) = body.auth {
         *dep.auth.write() = auth;
     }
-    if let Some(env) = body.env
+    if (body.env.is_some() || body.fetch.is_some())
         && let Some(rdep) = state.runtime.deployment(&d)
     {
         let mut config = (*rdep.config()).clone();
-        config.env = env;
+        if let Some(fetch) = &body.fetch {
+            config.fetch = state.fetch_policy(fetch);
+        }
+        let env_changed = body.env.is_some();
+        if let Some(env) = body.env {
+            config.env = env;
+        }
         state.runtime.configure(&d, config)?;
-        // Functions read `process.env`: their results may change.
-        dep.hub.invalidate_all();
+        if env_changed {
+            // Functions read `process.env`: their results may change.
+            dep.hub.invalidate_all();
+        }
     }
     Ok(Json(json!({ "ok": true })).into_response())
 }

@@ -54,8 +54,19 @@ pub struct ServerConfig {
     /// A token that may read `/metrics` (`Authorization: Bearer <token>`) besides the instance
     /// admin key (`KILN_METRICS_TOKEN`); none by default.
     pub metrics_token: Option<String>,
+    /// Where every deployment's actions may fetch, before each deployment's own lists.
+    pub fetch: FetchLists,
     /// The function runner's configuration (data directory included).
     pub runtime: RuntimeConfig,
+}
+
+/// Host lists of the fetch policy (see `kiln_runtime::FetchPolicy`).
+#[derive(Clone, Debug, Default)]
+pub struct FetchLists {
+    /// Hosts actions may fetch even at loopback, private or link-local addresses.
+    pub allowed_hosts: Vec<String>,
+    /// Hosts actions may never fetch.
+    pub denied_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +93,7 @@ impl Default for ServerConfig {
             rerun_concurrency: runtime.worker_threads,
             log_history: 1000,
             metrics_token: None,
+            fetch: FetchLists::default(),
             runtime,
         }
     }

@@ -86,10 +86,26 @@ impl AppState {
         dep.log.record(kind, path, out);
     }
 
+    /// A deployment's fetch policy: the server's lists joined with the deployment's own.
+    pub fn fetch_policy(&self, own: &registry::FetchConfig) -> kiln_runtime::FetchPolicy {
+        let base = &self.config.fetch;
+        let join = |a: &[String], b: &[String]| a.iter().chain(b).cloned().collect::<Vec<_>>();
+        kiln_runtime::FetchPolicy {
+            allowed_hosts: join(&base.allowed_hosts, &own.allowed_hosts),
+            denied_hosts: join(&base.denied_hosts, &own.denied_hosts),
+            only_allowed: own.only_allowed,
+            ..kiln_runtime::FetchPolicy::default()
+        }
+    }
+
     /// Opens a deployment in the runtime and starts its hub.
     async fn open_deployment(self: &Arc<Self>, name: &str) -> Result<Arc<DeploymentState>> {
         let record = self.registry.lock().get(name).cloned().unwrap_or_default();
-        let config = DeploymentConfig { env: record.env.clone(), ..DeploymentConfig::default() };
+        let config = DeploymentConfig {
+            env: record.env.clone(),
+            fetch: self.fetch_policy(&record.fetch),
+            ..DeploymentConfig::default()
+        };
         let dep = match self.runtime.deployment(name) {
             Some(d) => d,
             None => self.runtime.open_deployment(name, config).await?,

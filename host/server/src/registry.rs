@@ -27,9 +27,45 @@ pub struct DeploymentRecord {
     /// Environment variables (`process.env`).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Where its actions may fetch, besides the server's own lists.
+    #[serde(default)]
+    pub fetch: FetchConfig,
     /// When it was created (ms since the epoch).
     #[serde(default)]
     pub created_ms: u64,
+}
+
+/// A deployment's fetch configuration (see `kiln_runtime::FetchPolicy`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Hosts its actions may fetch even at loopback, private or link-local addresses.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Hosts its actions may never fetch.
+    #[serde(default)]
+    pub denied_hosts: Vec<String>,
+    /// Only allowed hosts may be fetched at all.
+    #[serde(default)]
+    pub only_allowed: bool,
+}
+
+impl FetchConfig {
+    /// Checks every host entry: a host name, `*.suffix`, `host:port`, an IP address or
+    /// `[v6]:port`, without schemes, paths or spaces.
+    pub fn validate(&self) -> Result<()> {
+        for entry in self.allowed_hosts.iter().chain(&self.denied_hosts) {
+            let ok = !entry.is_empty()
+                && entry.len() <= 255
+                && entry.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:*[]_".contains(&b));
+            if !ok {
+                return Err(ServerError::BadRequest(format!(
+                    "invalid fetch host {entry:?}: give a host name, *.suffix, host:port or an IP address"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -147,6 +183,7 @@ impl Registry {
         name: &str,
         auth: Option<AuthConfig>,
         env: Option<BTreeMap<String, String>>,
+        fetch: Option<FetchConfig>,
     ) -> Result<()> {
         let record =
             self.file.deployments.get_mut(name).ok_or_else(|| ServerError::DeploymentNotFound(name.to_owned()))?;
@@ -155,6 +192,9 @@ impl Registry {
         }
         if let Some(env) = env {
             record.env = env;
+        }
+        if let Some(fetch) = fetch {
+            record.fetch = fetch;
         }
         self.save()
     }

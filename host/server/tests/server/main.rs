@@ -564,3 +564,77 @@ fn stalled_and_idle_connections_are_closed() {
     // The server still serves.
     assert_eq!(server.call("query", "counter:get", json!({"name": "still"})), json!(0.0));
 }
+
+/// A local HTTP server answering `answer(path)` to each request; counts connections.
+fn local_http(answer: impl Fn(&str) -> String + Send + 'static) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let _ = stream.write_all(answer(&path).as_bytes());
+        }
+    });
+    (port, connections)
+}
+
+#[test]
+fn actions_fetch_public_addresses_and_local_ones_only_when_allowed() {
+    let server = TestServer::start(|_| {});
+    let (refused_port, refused_connections) =
+        local_http(|_| "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nprivate".to_owned());
+    let (port, _) = local_http(move |path| match path {
+        "/redirect" => format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{refused_port}/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        _ => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello".to_owned(),
+    });
+    let fetch =
+        |url: String| server.post("/api/action", &json!({"path": "net:fetchText", "args": {"url": url}}), false);
+    let local = format!("http://127.0.0.1:{port}/");
+
+    // By default a loopback address is refused, after resolving, with a message saying why.
+    let (status, body) = fetch(local.clone());
+    assert_eq!(status, 560, "{body}");
+    let message = body["errorMessage"].as_str().unwrap();
+    assert!(message.contains("a loopback address") && message.contains("allow the host"), "{message}");
+    let (status, body) = fetch(format!("http://localhost:{port}/"));
+    assert_eq!(status, 560, "a name resolving to loopback: {body}");
+
+    // Allowed through the deployment's configuration.
+    let config = |fetch: Value| server.post("/api/kiln/config", &json!({ "fetch": fetch }), true);
+    let (status, body) = config(json!({"allowedHosts": [format!("127.0.0.1:{port}")]}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = fetch(local.clone());
+    assert_eq!((status, &body["value"]), (200, &json!({"status": 200.0, "body": "hello"})), "{body}");
+    let (status, shown) = server.get_text("/api/kiln/config");
+    assert_eq!(status, 200);
+    assert!(shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
+
+    // A redirect from the allowed server to a local port that is not allowed is refused
+    // before anything connects to it.
+    let (status, body) = fetch(format!("http://127.0.0.1:{port}/redirect"));
+    assert_eq!(status, 560, "{body}");
+    assert!(body["errorMessage"].as_str().unwrap().contains("a loopback address"), "{body}");
+    assert_eq!(
+        refused_connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the refused server was never reached"
+    );
+
+    // A denied host stays refused even when allowed; bad entries are refused by name.
+    let (status, _) = config(json!({"allowedHosts": [format!("127.0.0.1:{port}")], "deniedHosts": ["127.0.0.1"]}));
+    assert_eq!(status, 200);
+    let (status, body) = fetch(local);
+    assert_eq!(status, 560);
+    assert!(body["errorMessage"].as_str().unwrap().contains("denied"), "{body}");
+    let (status, body) = config(json!({"allowedHosts": ["http://example.com/path"]}));
+    assert_eq!((status, &body["code"]), (400, &json!("BadRequest")), "{body}");
+}

@@ -109,3 +109,16 @@ test("a component with a mismatched manifest, or that is not a component, is ref
   assert.equal(mismatch.status, 400);
   assert.equal((await mismatch.json()).code, "DeployRejected");
 });
+
+test("kiln config sets where a deployment's actions may fetch", async () => {
+  const remote = ["--url", server.url, "--admin-key", server.adminKey];
+  const set = kiln("config", "fetch", "--allow", "127.0.0.1:9", "--deny", "*.blocked.test", ...remote);
+  assert.equal(set.status, 0, set.stderr);
+  const shown = kiln("config", "show", ...remote);
+  assert.equal(shown.status, 0, shown.stderr);
+  const config = JSON.parse(shown.stdout);
+  assert.deepEqual(config.fetch, { allowedHosts: ["127.0.0.1:9"], deniedHosts: ["*.blocked.test"], onlyAllowed: false });
+  const bad = kiln("config", "fetch", "--allow", "http://x/y", ...remote);
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /BadRequest.*invalid fetch host/);
+});
