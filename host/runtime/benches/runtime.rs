@@ -376,37 +376,44 @@ async fn fairness(dir: &Path, cache: &Path, hostile: &[u8], seconds: f64) {
         w.await.unwrap();
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
     let limits = Limits::default();
-    let spinners: Vec<_> = [
-        (FunctionKind::Query, "hostile:spin", limits.max_concurrency),
-        (FunctionKind::Mutation, "hostile:spinMutation", limits.max_concurrency),
-        (FunctionKind::Action, "hostile:spinAction", 64),
-    ]
-    .into_iter()
-    .flat_map(|(kind, path, n)| std::iter::repeat_n((kind, path), n))
-    .map(|(kind, path)| {
-        let (rt, stop) = (rt.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let out = rt.call("a", CallRequest::new(kind, path, empty())).await;
-                assert_eq!(out.result.unwrap_err().code, "FuelExhausted");
-            }
-        })
-    })
-    .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let during_spin = point_queries(&rt, seconds).await;
-    stop.store(true, Ordering::Relaxed);
-    for s in spinners {
-        s.await.unwrap();
+    let spin = |kinds: &[(FunctionKind, &'static str, usize)]| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks: Vec<_> = kinds
+            .iter()
+            .flat_map(|&(kind, path, n)| std::iter::repeat_n((kind, path), n))
+            .map(|(kind, path)| {
+                let (rt, stop) = (rt.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let out = rt.call("a", CallRequest::new(kind, path, empty())).await;
+                        assert_eq!(out.result.unwrap_err().code, "FuelExhausted");
+                    }
+                })
+            })
+            .collect();
+        (stop, tasks)
+    };
+    let queries = (FunctionKind::Query, "hostile:spin", limits.max_concurrency);
+    let mutations = (FunctionKind::Mutation, "hostile:spinMutation", limits.max_concurrency);
+    let actions = (FunctionKind::Action, "hostile:spinAction", 64);
+    let mut during_spin = Vec::new();
+    for (what, kinds) in [
+        ("queries", vec![queries]),
+        ("actions", vec![actions]),
+        ("queries, mutations, actions", vec![queries, mutations, actions]),
+    ] {
+        let (stop, tasks) = spin(&kinds);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        during_spin.push((format!("while a spins in {what}"), point_queries(&rt, seconds).await));
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
     }
     rt.shutdown().await;
-    for (what, (p50, p99, n)) in [
-        ("alone", alone),
-        ("while a runs 50 actions waiting on fetch", during_fetch),
-        ("while a spins in queries, mutations, actions", during_spin),
-    ] {
+    let measured = [("alone".to_owned(), alone), ("while a runs 50 actions waiting on fetch".to_owned(), during_fetch)];
+    for (what, (p50, p99, n)) in measured.into_iter().chain(during_spin) {
         report(
             &format!("deployment b's point query {what}: p50 / p99 (target p99 <= 2x alone)"),
             format!("{p50:.1} us / {p99:.1} us ({n} queries)"),

@@ -137,7 +137,23 @@ pub(crate) fn execute_keeping_store(
     store.limiter(|c| &mut c.limiter);
     let _ = store.set_fuel(fuel);
     let tick = shared.config.epoch_tick.as_micros().max(1);
-    store.set_epoch_deadline((deadline.as_micros() / tick) as u64 + 1);
+    let deadline_ticks = (deadline.as_micros() / tick) as u64 + 1;
+    let demote_ticks = (shared.config.demote_after.as_micros() / tick).max(1) as u64;
+    if kind != FunctionKind::Action && demote_ticks < deadline_ticks {
+        // A long query or mutation hands its worker's place to a new thread and runs on at a
+        // lower priority (see `pool.rs`); the callback runs again at the deadline itself.
+        store.set_epoch_deadline(demote_ticks);
+        let mut demoted = false;
+        store.epoch_deadline_callback(move |_| {
+            if std::mem::replace(&mut demoted, true) {
+                return Err(Trap::Interrupt.into());
+            }
+            crate::pool::demote_current_worker();
+            Ok(wasmtime::UpdateDeadline::Continue(deadline_ticks - demote_ticks))
+        });
+    } else {
+        store.set_epoch_deadline(deadline_ticks);
+    }
     let touch_heap = version.heap_touch.active();
     let call = Call {
         kind: wit_kind(kind),

@@ -23,7 +23,8 @@ impl EngineHandle {
     /// Builds the engine: cranelift, pooling allocator with copy-on-write images, fuel and
     /// epoch interruption.
     pub fn new(config: &RuntimeConfig) -> Result<EngineHandle> {
-        let slots = (config.worker_threads + config.action_threads) as u32 * INSTANCES_PER_WORKER;
+        // Each worker may also have a demoted thread still running its call (see `pool.rs`).
+        let slots = (2 * config.worker_threads + config.action_threads) as u32 * INSTANCES_PER_WORKER;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
             .total_core_instances(slots * 4)

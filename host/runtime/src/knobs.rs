@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kiln_store::StoreConfig;
+
+pub use crate::pool::Priority;
 use kiln_store::knobs::env_u64;
 
 /// Process-wide configuration.
@@ -25,9 +27,15 @@ pub struct RuntimeConfig {
     /// that an action waiting on `fetch` or a timer never holds a worker of queries and
     /// mutations.
     pub action_threads: usize,
-    /// The OS priority (nice value) of those threads (default 10): a spinning action yields
-    /// the cores to queries and mutations.
-    pub action_nice: i32,
+    /// The OS priority of those threads (default `Idle`: a spinning action takes no core a
+    /// query or mutation wants; a busy host runs actions only on what cores are left).
+    pub action_priority: Priority,
+    /// The OS priority a long query or mutation runs on at (default `Low(10)`).
+    pub demoted_priority: Priority,
+    /// A query or mutation still running after this long gives up its worker's priority: a
+    /// new worker takes its place and its own thread runs on at `demoted_priority` (default
+    /// 5 ms; see `pool.rs`).
+    pub demote_after: Duration,
     /// Stack size of those threads; guests run on them.
     pub worker_stack_bytes: usize,
     /// Largest native stack a guest may use before it traps with a stack overflow.
@@ -78,7 +86,9 @@ impl Default for RuntimeConfig {
             worker_threads: (2 * cores).max(4),
             active_wait: Duration::from_micros(100),
             action_threads: 16,
-            action_nice: 10,
+            action_priority: Priority::Idle,
+            demoted_priority: Priority::Low(10),
+            demote_after: Duration::from_millis(5),
             worker_stack_bytes: 16 << 20,
             max_wasm_stack: 2 << 20,
             epoch_tick: Duration::from_millis(1),

@@ -41,7 +41,7 @@ pub use deployment::{Deployment, Version, normalize_path};
 pub use engine::EngineHandle;
 pub use error::{CallError, Result, RuntimeError};
 pub use host::LogLine;
-pub use knobs::{DeploymentConfig, FetchPolicy, Limits, Quotas, RuntimeConfig};
+pub use knobs::{DeploymentConfig, FetchPolicy, Limits, Priority, Quotas, RuntimeConfig};
 pub use metering::{CallRecord, FunctionUsage, Usage};
 
 use crate::deployment::FunctionEntry;
@@ -201,14 +201,20 @@ impl Runtime {
     /// Starts the engine and the workers. Must be called within a tokio runtime.
     pub fn new(config: RuntimeConfig) -> Result<Runtime> {
         let engine = EngineHandle::new(&config)?;
-        let pool =
-            WorkerPool::new("kiln-worker", config.worker_threads, config.worker_stack_bytes, 0, config.active_wait)
-                .map_err(|e| RuntimeError::Engine(format!("starting workers: {e}")))?;
+        let pool = WorkerPool::with_demotion(
+            "kiln-worker",
+            config.worker_threads,
+            config.worker_stack_bytes,
+            knobs::Priority::Normal,
+            config.demoted_priority,
+            config.active_wait,
+        )
+        .map_err(|e| RuntimeError::Engine(format!("starting workers: {e}")))?;
         let action_pool = WorkerPool::new(
             "kiln-action",
             config.action_threads,
             config.worker_stack_bytes,
-            config.action_nice,
+            config.action_priority,
             config.active_wait,
         )
         .map_err(|e| RuntimeError::Engine(format!("starting action workers: {e}")))?;
