@@ -87,11 +87,11 @@ fn uses_node(text: &str) -> bool {
     rest.starts_with("\"use node\"") || rest.starts_with("'use node'")
 }
 
-/// Finds esbuild: `KILN_ESBUILD`, the app's `node_modules` (the `convex` package depends on
-/// it), or the guest SDK's own `node_modules`.
-pub fn find_esbuild(app_dir: &Path) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_ESBUILD") {
-        return Ok(PathBuf::from(p));
+/// Finds esbuild: `given` (the `kiln` binary passes `KILN_ESBUILD`), the app's
+/// `node_modules` (the `convex` package depends on it), or the guest SDK's own.
+pub fn find_esbuild(app_dir: &Path, given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
     }
     let candidates = [
         app_dir.join("node_modules/.bin/esbuild"),
@@ -107,7 +107,7 @@ pub fn find_esbuild(app_dir: &Path) -> Result<PathBuf> {
 
 /// Bundles the app at `app_dir`, with the [`crate::fast_paths`] unless `fast_paths` is false.
 /// The entry file and the bundle are written to `<app>/.kiln/`.
-pub fn bundle(app_dir: &Path, fast_paths: bool) -> Result<Bundle> {
+pub fn bundle(app_dir: &Path, fast_paths: bool, esbuild: Option<&Path>) -> Result<Bundle> {
     let app_dir = &std::fs::canonicalize(app_dir).map_err(|e| SdkError::io(app_dir, e))?;
     let convex_dir = app_dir.join("convex");
     if !convex_dir.is_dir() {
@@ -135,7 +135,7 @@ pub fn bundle(app_dir: &Path, fast_paths: bool) -> Result<Bundle> {
     let entry_path = out_dir.join("entry.mjs");
     std::fs::write(&entry_path, entry).map_err(|e| SdkError::io(&entry_path, e))?;
 
-    let esbuild = find_esbuild(app_dir)?;
+    let esbuild = find_esbuild(app_dir, esbuild)?;
     let bundle_path = out_dir.join("bundle.js");
     let output = Command::new(&esbuild)
         .current_dir(app_dir)

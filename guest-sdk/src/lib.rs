@@ -97,6 +97,8 @@ pub struct BuildOptions {
     /// Leaves the `convex` package's code as esbuild bundled it, without [`fast_paths`]
     /// (for comparing results; slower).
     pub plain_bundle: bool,
+    /// The esbuild executable; by default the app's (or the SDK's) `node_modules` one.
+    pub esbuild: Option<PathBuf>,
 }
 
 /// The engine configuration the toolchain uses to pre-initialize and analyze.
@@ -125,7 +127,7 @@ pub fn build_app(app_dir: &Path, options: &BuildOptions) -> Result<BuildOutput> 
     codegen::codegen(app_dir)?;
 
     let t = Instant::now();
-    let bundle = bundle::bundle(app_dir, !options.plain_bundle)?;
+    let bundle = bundle::bundle(app_dir, !options.plain_bundle, options.esbuild.as_deref())?;
     timings.bundle = t.elapsed();
 
     let engine = engine()?;

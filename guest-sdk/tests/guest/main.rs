@@ -56,8 +56,9 @@ fn built_with(app: &str, plain_bundle: bool) -> &'static BuildOutput {
     if let Some(out) = apps.get(&(app.to_owned(), plain_bundle)) {
         return out;
     }
-    let out = build_app(&app_dir(app), &BuildOptions { cache_dir: Some(cache_dir()), plain_bundle })
-        .unwrap_or_else(|e| panic!("building {app}: {e}"));
+    let out =
+        build_app(&app_dir(app), &BuildOptions { cache_dir: Some(cache_dir()), plain_bundle, ..Default::default() })
+            .unwrap_or_else(|e| panic!("building {app}: {e}"));
     let out: &'static BuildOutput = Box::leak(Box::new(out));
     apps.insert((app.to_owned(), plain_bundle), out);
     out
@@ -642,12 +643,12 @@ fn outcome_text(out: &host::Outcome) -> String {
 #[test]
 fn the_fast_paths_reach_every_function_of_the_convex_package_they_name() {
     let _lock = build_lock();
-    let bundle = kiln_guest_sdk::bundle::bundle(&app_dir("fixtures/values"), true).unwrap();
+    let bundle = kiln_guest_sdk::bundle::bundle(&app_dir("fixtures/values"), true, None).unwrap();
     assert_eq!(bundle.source.matches("globalThis.__kiln_fast.syscall(op, arg)").count(), 2);
     // The memoized database objects get the native `get`, `insert` and `patch`.
     assert!(bundle.source.contains("globalThis.__kiln_fast.reader(setupReader())"));
     assert!(bundle.source.contains("globalThis.__kiln_fast.writer(setupWriter())"));
-    let plain = kiln_guest_sdk::bundle::bundle(&app_dir("fixtures/values"), false).unwrap();
+    let plain = kiln_guest_sdk::bundle::bundle(&app_dir("fixtures/values"), false, None).unwrap();
     let (_, installed) = kiln_guest_sdk::fast_paths::install(&plain.source);
     let mut installed = installed;
     installed.sort();

@@ -35,11 +35,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 fn config(opts: &ServeOptions) -> ServerConfig {
-    let mut config = ServerConfig::from_env();
+    let mut config = crate::knobs::server_config();
     config.listen = opts.listen;
     config.static_dir = opts.static_dir.clone();
     config.runtime.data_dir = opts.data.clone();
-    config.runtime.cache_dir = Some(opts.data.join("cache"));
+    config.runtime.cache_dir = Some(crate::knobs::cache_dir().unwrap_or_else(|| opts.data.join("cache")));
     config.fetch.allowed_hosts = opts.allow_fetch.clone();
     config.fetch.denied_hosts = opts.deny_fetch.clone();
     config
@@ -57,7 +57,12 @@ async fn start_local(opts: &ServeOptions) -> Result<Local, CliError> {
         .await
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", opts.listen)))?;
     let addr = listener.local_addr().map_err(|e| CliError::Usage(e.to_string()))?;
-    let (server, first) = Server::start(config(opts)).await?;
+    let config = config(opts);
+    let persistence = std::sync::Arc::new(kiln_sqlite::SqliteFactory {
+        data_dir: config.runtime.data_dir.clone(),
+        options: crate::knobs::sqlite_options(),
+    });
+    let (server, first) = Server::start(config, persistence).await?;
     let server = std::sync::Arc::new(server);
     let url = format!("http://{addr}");
     if let Some(key) = &first.instance_key {
@@ -129,7 +134,7 @@ fn spinner(message: &str) -> ProgressBar {
 pub fn build_and_deploy(app: &Path, target: &Target) -> Result<(), CliError> {
     let started = Instant::now();
     let bar = spinner("building");
-    let built = kiln_guest_sdk::build_app(app, &kiln_guest_sdk::BuildOptions::default());
+    let built = kiln_guest_sdk::build_app(app, &crate::knobs::build_options());
     let built = match built {
         Ok(b) => b,
         Err(e) => {

@@ -2,6 +2,7 @@
 
 mod client;
 mod dev;
+mod knobs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -338,7 +339,7 @@ fn run(command: Command) -> Result<(), CliError> {
 
 fn build(app: &std::path::Path) -> Result<(), CliError> {
     let started = std::time::Instant::now();
-    let out = kiln_guest_sdk::build_app(app, &kiln_guest_sdk::BuildOptions::default())?;
+    let out = kiln_guest_sdk::build_app(app, &crate::knobs::build_options())?;
     let t = out.timings;
     println!(
         "built {} ({} KiB, {} functions) in {:.2} s [bundle {:.0} ms, pre-initialize {:.0} ms, componentize {:.0} ms, analyze {:.0} ms]",

@@ -178,6 +178,15 @@ pub type Result<T> = std::result::Result<T, PersistenceError>;
 
 /// Durable, versioned storage for one deployment.
 ///
+/// Opens the persistence of deployments: the seam through which the binary chooses the storage
+/// backend (SQLite files, PostgreSQL) for the runtime, which only names deployments.
+#[async_trait]
+pub trait PersistenceFactory: Send + Sync + 'static {
+    /// Opens (creating it if new) the persistence of deployment `name` (1-64 of
+    /// `[A-Za-z0-9_-]`).
+    async fn open(&self, name: &str) -> Result<std::sync::Arc<dyn Persistence>>;
+}
+
 /// Implementations must be safe to call concurrently. `commit` is acknowledged only when the
 /// record is durable; concurrent commits should be batched into one durable write.
 #[async_trait]

@@ -63,20 +63,29 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
 }
 
+/// A number from the environment (the benchmark's own knobs, for profiling runs).
+fn env_knob(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.trim().parse().ok()
+}
+
 fn runtime(dir: &Path, cache: &Path, meter_fuel: bool) -> Runtime {
-    let knobs = RuntimeConfig::from_env();
-    Runtime::new(RuntimeConfig {
+    let defaults = RuntimeConfig::default();
+    let config = RuntimeConfig {
         data_dir: dir.to_path_buf(),
         cache_dir: Some(cache.to_path_buf()),
         meter_fuel,
-        perf_map: knobs.perf_map,
-        worker_threads: knobs.worker_threads,
-        active_wait: knobs.active_wait,
-        sqlite: knobs.sqlite,
+        // `KILN_PERF_MAP=1` names guest functions for `perf`; the others are for experiments.
+        perf_map: env_knob("KILN_PERF_MAP").is_some_and(|n| n != 0),
+        worker_threads: env_knob("KILN_WORKER_THREADS").map_or(defaults.worker_threads, |n| n as usize),
+        active_wait: env_knob("KILN_ACTIVE_WAIT_US").map_or(defaults.active_wait, Duration::from_micros),
         store: StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() },
-        ..RuntimeConfig::default()
-    })
-    .unwrap()
+        ..defaults
+    };
+    let sqlite = kiln_sqlite::SqliteOptions {
+        commit_log: env_knob("KILN_SQLITE_COMMIT_LOG").is_none_or(|n| n != 0),
+        ..kiln_sqlite::SqliteOptions::default()
+    };
+    Runtime::new(config, Arc::new(kiln_sqlite::SqliteFactory { data_dir: dir.to_path_buf(), options: sqlite })).unwrap()
 }
 
 fn config(concurrency: usize) -> DeploymentConfig {

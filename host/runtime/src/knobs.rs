@@ -1,4 +1,5 @@
-//! Tunables of the runtime and of deployments, with their defaults and `KILN_*` overrides.
+//! Tunables of the runtime and of deployments, with their defaults (the `kiln` binary reads
+//! `KILN_*` overrides into them).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,12 +8,12 @@ use std::time::Duration;
 use kiln_store::StoreConfig;
 
 pub use crate::pool::Priority;
-use kiln_store::knobs::env_u64;
 
 /// Process-wide configuration.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
-    /// Where deployments' SQLite files live (`KILN_DATA_DIR`, default `./kiln-data`).
+    /// Where deployments' components (`<name>.wasm`) live (`KILN_DATA_DIR`, default `./kiln-data`;
+    /// the binary keeps SQLite files there too).
     pub data_dir: PathBuf,
     /// Where compiled components are cached as `.cwasm` (`KILN_CACHE_DIR`, default
     /// `<data_dir>/cache`); `None` disables the cache.
@@ -70,16 +71,12 @@ pub struct RuntimeConfig {
     pub perf_map: bool,
     /// The configuration of every deployment's store.
     pub store: StoreConfig,
-    /// Every deployment's SQLite file (`KILN_SQLITE_CACHE_KIB`, `KILN_SQLITE_CHECKPOINT_PAGES`,
-    /// `KILN_SQLITE_BACKGROUND_CHECKPOINT=0` to checkpoint on the writer, `KILN_SQLITE_COMMIT_LOG=0`
-    /// to write commits into their tables directly, `KILN_SQLITE_MATERIALIZE_COMMITS`).
-    pub sqlite: kiln_sqlite::SqliteOptions,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let data_dir = kiln_sqlite::data_dir();
+        let data_dir = PathBuf::from("kiln-data");
         RuntimeConfig {
             cache_dir: Some(data_dir.join("cache")),
             data_dir,
@@ -102,54 +99,7 @@ impl Default for RuntimeConfig {
             query_cache_bytes: 32 << 20,
             perf_map: false,
             store: StoreConfig::default(),
-            sqlite: kiln_sqlite::SqliteOptions::default(),
         }
-    }
-}
-
-impl RuntimeConfig {
-    /// The defaults, overridden by `KILN_*` environment variables.
-    pub fn from_env() -> Self {
-        let mut c = RuntimeConfig { store: StoreConfig::from_env(), ..RuntimeConfig::default() };
-        if let Some(dir) = std::env::var_os("KILN_CACHE_DIR") {
-            c.cache_dir = Some(PathBuf::from(dir));
-        }
-        if let Some(n) = env_u64("KILN_MUTATION_RECORD_RETENTION_SECS") {
-            c.mutation_record_retention = Duration::from_secs(n);
-        }
-        if let Some(n) = env_u64("KILN_QUERY_CACHE_BYTES") {
-            c.query_cache_bytes = n as usize;
-        }
-        if let Some(n) = env_u64("KILN_HEAP_TOUCH_FAULTS") {
-            c.heap_touch_faults = n;
-        }
-        c.perf_map = env_u64("KILN_PERF_MAP").is_some_and(|n| n != 0);
-        if let Some(n) = env_u64("KILN_WORKER_THREADS") {
-            c.worker_threads = (n as usize).max(1);
-        }
-        if let Some(n) = env_u64("KILN_ACTION_THREADS") {
-            c.action_threads = (n as usize).max(1);
-        }
-        if let Some(n) = env_u64("KILN_ACTIVE_WAIT_US") {
-            // Longer waits would hold a reactor thread for calls that are not small.
-            c.active_wait = Duration::from_micros(n.min(10_000));
-        }
-        if let Some(n) = env_u64("KILN_SQLITE_CACHE_KIB") {
-            c.sqlite.cache_kib = u32::try_from(n).unwrap_or(u32::MAX);
-        }
-        if let Some(n) = env_u64("KILN_SQLITE_CHECKPOINT_PAGES") {
-            c.sqlite.checkpoint_pages = u32::try_from(n).unwrap_or(u32::MAX).max(1);
-        }
-        if let Some(n) = env_u64("KILN_SQLITE_BACKGROUND_CHECKPOINT") {
-            c.sqlite.background_checkpoint = n != 0;
-        }
-        if let Some(n) = env_u64("KILN_SQLITE_COMMIT_LOG") {
-            c.sqlite.commit_log = n != 0;
-        }
-        if let Some(n) = env_u64("KILN_SQLITE_MATERIALIZE_COMMITS") {
-            c.sqlite.materialize_commits = usize::try_from(n).unwrap_or(usize::MAX).max(1);
-        }
-        c
     }
 }
 

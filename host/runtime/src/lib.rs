@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use kiln_guest_sdk::bindings::App;
 use kiln_guest_sdk::component::{check_imports, load_component};
+use kiln_persistence::PersistenceFactory;
 use kiln_store::{ReadToken, Schema, Store, Timestamp};
 use kiln_value::{Validator, Value};
 use parking_lot::{Mutex, RwLock};
@@ -188,6 +189,8 @@ pub struct Runtime {
     /// code and its memory image instead of each holding a copy.
     versions: Mutex<HashMap<String, std::sync::Weak<Version>>>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Opens deployments' persistence (the binary's choice of backend).
+    persistence: Arc<dyn PersistenceFactory>,
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -198,8 +201,9 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 impl Runtime {
-    /// Starts the engine and the workers. Must be called within a tokio runtime.
-    pub fn new(config: RuntimeConfig) -> Result<Runtime> {
+    /// Starts the engine and the workers; deployments' persistence comes from `persistence`.
+    /// Must be called within a tokio runtime.
+    pub fn new(config: RuntimeConfig, persistence: Arc<dyn PersistenceFactory>) -> Result<Runtime> {
         let engine = EngineHandle::new(&config)?;
         let pool = WorkerPool::with_demotion(
             "kiln-worker",
@@ -230,8 +234,13 @@ impl Runtime {
             linker,
             handle: Handle::current(),
         });
-        let runtime =
-            Runtime { shared, deployments: Arc::default(), versions: Mutex::default(), flusher: Mutex::new(None) };
+        let runtime = Runtime {
+            shared,
+            deployments: Arc::default(),
+            versions: Mutex::default(),
+            flusher: Mutex::new(None),
+            persistence,
+        };
         Ok(runtime)
     }
 
@@ -256,12 +265,8 @@ impl Runtime {
         if self.deployments.read().contains_key(name) {
             return Err(RuntimeError::DeploymentExists(name.to_owned()));
         }
-        let persistence = kiln_sqlite::SqlitePersistence::open_in_dir(
-            &self.shared.config.data_dir,
-            name,
-            self.shared.config.sqlite.clone(),
-        )?;
-        let store = Arc::new(Store::open(Arc::new(persistence), self.shared.config.store.clone()).await?);
+        let persistence = self.persistence.open(name).await?;
+        let store = Arc::new(Store::open(persistence, self.shared.config.store.clone()).await?);
         // The host's tables exist before any call: created by a call's first write, they
         // would change the catalog and fail reads at snapshots taken before it.
         let mut tx = store.begin_system();

@@ -81,10 +81,14 @@ fn serve_child(data: &str) {
     kiln_server::raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut config = kiln_server::ServerConfig::from_env();
+        let mut config = kiln_server::ServerConfig::default();
         config.runtime.data_dir = PathBuf::from(data);
         config.runtime.cache_dir = Some(cache_dir());
-        let (server, first) = kiln_server::Server::start(config).await.unwrap();
+        let persistence = Arc::new(kiln_sqlite::SqliteFactory {
+            data_dir: config.runtime.data_dir.clone(),
+            options: kiln_sqlite::SqliteOptions::default(),
+        });
+        let (server, first) = kiln_server::Server::start(config, persistence).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("ready {} {}", listener.local_addr().unwrap(), first.default_admin_key.unwrap());
         std::io::stdout().flush().unwrap();

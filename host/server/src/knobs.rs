@@ -1,11 +1,11 @@
-//! Tunables of the server, with their defaults and `KILN_*` overrides.
+//! Tunables of the server, with their defaults (the `kiln` binary reads `KILN_*` overrides
+//! into them).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use kiln_runtime::RuntimeConfig;
-use kiln_store::knobs::env_u64;
 
 /// The server's configuration.
 #[derive(Clone, Debug)]
@@ -96,33 +96,5 @@ impl Default for ServerConfig {
             fetch: FetchLists::default(),
             runtime,
         }
-    }
-}
-
-impl ServerConfig {
-    /// The defaults, overridden by `KILN_*` environment variables.
-    pub fn from_env() -> Self {
-        let mut c = ServerConfig { runtime: RuntimeConfig::from_env(), ..ServerConfig::default() };
-        c.rerun_concurrency = c.runtime.worker_threads;
-        if let Ok(listen) = std::env::var("KILN_LISTEN") {
-            match listen.parse() {
-                Ok(addr) => c.listen = addr,
-                Err(_) => tracing::warn!(value = %listen, "ignoring unparsable KILN_LISTEN"),
-            }
-        }
-        if let Some(n) = env_u64("KILN_MAX_QUERIES_PER_SOCKET") {
-            c.max_queries_per_socket = n as usize;
-        }
-        if let Some(n) = env_u64("KILN_MAX_INFLIGHT_PER_DEPLOYMENT") {
-            c.max_inflight_per_deployment = n as usize;
-        }
-        if let Some(n) = env_u64("KILN_MAX_BODY_BYTES") {
-            c.max_body_bytes = n as usize;
-        }
-        c.metrics_token = std::env::var("KILN_METRICS_TOKEN").ok().filter(|t| !t.is_empty());
-        if let Some(n) = env_u64("KILN_CLIENT_TIMEOUT_SECS") {
-            c.client_timeout = Duration::from_secs(n.max(1));
-        }
-        c
     }
 }

@@ -189,11 +189,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data directory, the runtime and every deployment (creating the default
-    /// deployment on first start). Must be called within a tokio runtime.
-    pub async fn start(config: ServerConfig) -> Result<(Server, FirstStart)> {
+    /// Opens the data directory, the runtime (deployments' persistence from `persistence`) and
+    /// every deployment (creating the default deployment on first start). Must be called
+    /// within a tokio runtime.
+    pub async fn start(
+        config: ServerConfig,
+        persistence: Arc<dyn kiln_persistence::PersistenceFactory>,
+    ) -> Result<(Server, FirstStart)> {
         let (registry, instance_key) = Registry::open(&config.runtime.data_dir)?;
-        let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
+        let runtime = Arc::new(Runtime::new(config.runtime.clone(), persistence)?);
         let state = Arc::new(AppState {
             runtime,
             registry: Mutex::new(registry),

@@ -37,7 +37,7 @@ fn args() -> Args {
 }
 
 fn config() -> StoreConfig {
-    StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::from_env() }
+    StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() }
 }
 
 async fn open_named(dir: &Path, name: &str, config: StoreConfig) -> Store {

@@ -1,4 +1,5 @@
-//! Tunables of the store, with their defaults and `KILN_*` environment overrides.
+//! Tunables of the store, with their defaults (the `kiln` binary reads the `KILN_*` overrides
+//! named below into them).
 
 use std::time::Duration;
 
@@ -79,47 +80,5 @@ impl Default for StoreConfig {
             backfill_batch: 1_000,
             limits: TransactionLimits::default(),
         }
-    }
-}
-
-impl StoreConfig {
-    /// The defaults, overridden by any `KILN_*` variables set in the environment.
-    /// A variable that does not parse is ignored with a warning.
-    pub fn from_env() -> Self {
-        let mut c = StoreConfig::default();
-        override_usize("KILN_CACHE_BYTES", &mut c.cache_bytes);
-        override_secs("KILN_COMMIT_LOG_SECS", &mut c.commit_log_age);
-        override_usize("KILN_COMMIT_LOG_BYTES", &mut c.commit_log_bytes);
-        override_secs("KILN_REVISION_RETENTION_SECS", &mut c.revision_retention);
-        override_secs("KILN_PRUNE_INTERVAL_SECS", &mut c.prune_interval);
-        override_usize("KILN_PRUNE_BATCH_ROWS", &mut c.prune_batch_rows);
-        override_usize("KILN_SCAN_BATCH", &mut c.scan_batch);
-        override_usize("KILN_BACKFILL_BATCH", &mut c.backfill_batch);
-        c
-    }
-}
-
-/// A `KILN_*` number from the environment; an unparsable value is ignored with a warning.
-/// (Every layer's knobs read their overrides through this.)
-pub fn env_u64(name: &str) -> Option<u64> {
-    let raw = std::env::var(name).ok()?;
-    match raw.trim().parse() {
-        Ok(v) => Some(v),
-        Err(_) => {
-            tracing::warn!(variable = name, value = %raw, "ignoring unparsable knob");
-            None
-        }
-    }
-}
-
-fn override_usize(name: &str, slot: &mut usize) {
-    if let Some(v) = env_u64(name) {
-        *slot = usize::try_from(v).unwrap_or(usize::MAX);
-    }
-}
-
-fn override_secs(name: &str, slot: &mut Duration) {
-    if let Some(v) = env_u64(name) {
-        *slot = Duration::from_secs(v);
     }
 }

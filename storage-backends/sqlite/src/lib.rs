@@ -41,10 +41,25 @@ use materialize::{Gathering, Materializer, MaterializerMsg};
 /// Where deployments' files live unless configured otherwise.
 pub const DEFAULT_DATA_DIR: &str = "kiln-data";
 
-/// The data directory: `KILN_DATA_DIR` if set, else [`DEFAULT_DATA_DIR`] (relative to the
-/// working directory).
-pub fn data_dir() -> PathBuf {
-    std::env::var_os("KILN_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+/// Opens each deployment's SQLite file under a data directory.
+#[derive(Clone, Debug)]
+pub struct SqliteFactory {
+    /// Where the files live.
+    pub data_dir: PathBuf,
+    /// How every file is opened.
+    pub options: SqliteOptions,
+}
+
+#[async_trait]
+impl kiln_persistence::PersistenceFactory for SqliteFactory {
+    async fn open(&self, name: &str) -> Result<Arc<dyn Persistence>> {
+        let (dir, name, options) = (self.data_dir.clone(), name.to_owned(), self.options.clone());
+        // Opening replays the commit log: file I/O, off the reactor.
+        let opened = tokio::task::spawn_blocking(move || SqlitePersistence::open_in_dir(&dir, &name, options))
+            .await
+            .map_err(storage)??;
+        Ok(Arc::new(opened))
+    }
 }
 
 /// The system call the bundled SQLite makes a commit durable with: `fdatasync` when it was built

@@ -53,6 +53,11 @@ fn runtime_config(dir: &Path) -> RuntimeConfig {
     }
 }
 
+/// Deployments' SQLite files under `dir`.
+fn sqlite(dir: &Path) -> Arc<dyn kiln_persistence::PersistenceFactory> {
+    Arc::new(kiln_sqlite::SqliteFactory { data_dir: dir.to_path_buf(), options: Default::default() })
+}
+
 fn test_limits() -> Limits {
     // A smaller fuel budget keeps `while (true) {}` short in tests.
     Limits { query_mutation_fuel: 2_000_000_000, ..Limits::default() }
@@ -95,7 +100,7 @@ fn config() -> DeploymentConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_mutations_and_actions_round_trip_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     deploy(&rt, "chat", "chat", config()).await;
     let sent = call(&rt, "chat", Mutation, "messages:send", r#"{"author": "ann", "body": "hello"}"#).await;
     assert!(matches!(ok(&sent), Value::String(_)));
@@ -127,7 +132,7 @@ async fn queries_mutations_and_actions_round_trip_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_limit_has_its_own_error_and_neighbours_do_not_notice() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap());
     let hostile =
         DeploymentConfig { limits: Limits { max_concurrency: 1, ..test_limits() }, ..DeploymentConfig::default() };
     deploy(&rt, "hostile", "fixtures/hostile", hostile).await;
@@ -214,7 +219,7 @@ async fn every_limit_has_its_own_error_and_neighbours_do_not_notice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mutation_waiting_for_its_commit_leaves_its_slot_to_other_calls() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap());
     let one_slot =
         DeploymentConfig { limits: Limits { max_concurrency: 1, ..test_limits() }, ..DeploymentConfig::default() };
     deploy(&rt, "chat", "chat", one_slot).await;
@@ -244,7 +249,7 @@ async fn a_mutation_waiting_for_its_commit_leaves_its_slot_to_other_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_and_deployments_are_isolated() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     deploy(&rt, "a", "fixtures/hostile", config()).await;
     deploy(&rt, "b", "fixtures/hostile", config()).await;
     let (va, vb) = (rt.deployment("a").unwrap().version().unwrap(), rt.deployment("b").unwrap().version().unwrap());
@@ -268,7 +273,7 @@ async fn calls_and_deployments_are_isolated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_are_deterministic_at_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     deploy(&rt, "d", "fixtures/hostile", config()).await;
     let a = call(&rt, "d", Query, "hostile:entropy", "{}").await;
     let b = call(&rt, "d", Query, "hostile:entropy", "{}").await;
@@ -285,7 +290,7 @@ async fn queries_are_deterministic_at_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_draw_fresh_randomness_and_query_seeds_are_keyed_per_deployment() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap());
     deploy(&rt, "d", "fixtures/hostile", config()).await;
     // Concurrent calls of one action start within the same milliseconds: their UUIDs, random
     // numbers and bytes must still all differ.
@@ -323,7 +328,7 @@ async fn actions_draw_fresh_randomness_and_query_seeds_are_keyed_per_deployment(
     // that snapshot too old for this store.)
     call(&rt, "d", Mutation, "hostile:addItem", r#"{"name": "first"}"#).await;
     let other_dir = tempfile::tempdir().unwrap();
-    let other = Runtime::new(runtime_config(other_dir.path())).unwrap();
+    let other = Runtime::new(runtime_config(other_dir.path()), sqlite(other_dir.path())).unwrap();
     deploy(&other, "d", "fixtures/hostile", config()).await;
     // A snapshot both stores have: the newer store's, once the older one has committed later.
     let ts = call(&other, "d", Query, "hostile:entropy", "{}").await.read_token.unwrap().ts;
@@ -339,7 +344,7 @@ async fn actions_draw_fresh_randomness_and_query_seeds_are_keyed_per_deployment(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_lists_reach_the_guest() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     deploy(&rt, "bank", "bank", config()).await;
     // An empty page: the host hands the guest an empty list of documents.
     let page = ok(&call(
@@ -362,7 +367,7 @@ async fn empty_lists_reach_the_guest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_child_mutation_leaves_no_writes_and_unsupported_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     deploy(&rt, "d", "fixtures/hostile", config()).await;
     // Sorted: documents inserted in the same millisecond come in the order of their ids.
     let names = |v: Value| match v {
@@ -389,7 +394,7 @@ async fn a_failed_child_mutation_leaves_no_writes_and_unsupported_options_are_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_increments_are_exact_and_exhausted_retries_surface_as_conflicts() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap());
     let cfg = DeploymentConfig {
         limits: Limits { max_concurrency: 8, mutation_retries: 64, ..test_limits() },
         ..DeploymentConfig::default()
@@ -430,7 +435,7 @@ async fn concurrent_increments_are_exact_and_exhausted_retries_surface_as_confli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutations_with_one_idempotency_key_apply_once_and_queries_run_at_a_given_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap());
     let cfg = DeploymentConfig {
         limits: Limits { max_concurrency: 8, mutation_retries: 64, ..test_limits() },
         ..DeploymentConfig::default()
@@ -483,7 +488,7 @@ async fn mutations_with_one_idempotency_key_apply_once_and_queries_run_at_a_give
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persisting_usage_for_the_first_time_leaves_earlier_snapshots_readable() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     deploy(&rt, "d", "chat", config()).await;
     // The deployment's first call; its usage is persisted (every 100 ms here) only after it.
     let sent = call(&rt, "d", Mutation, "messages:send", r#"{"author": "ann", "body": "hello"}"#).await;
@@ -500,7 +505,7 @@ async fn metering_sums_persists_and_quotas_stop_calls() {
     let dir = tempfile::tempdir().unwrap();
     let mut fuel_seen = 0;
     {
-        let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+        let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
         deploy(&rt, "d", "fixtures/hostile", config()).await;
         for i in 0..5 {
             fuel_seen += call(&rt, "d", Mutation, "hostile:addItem", &format!(r#"{{"name": "i{i}"}}"#)).await.fuel;
@@ -540,7 +545,7 @@ async fn metering_sums_persists_and_quotas_stop_calls() {
         assert!(call(&rt, "d", Query, "hostile:items", "{}").await.result.is_ok());
         rt.shutdown().await;
     }
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     rt.open_deployment("d", config()).await.unwrap();
     let usage = rt.usage("d").unwrap();
     assert!(usage.total.calls >= 18, "usage survives a restart: {:?}", usage.total);
@@ -553,12 +558,12 @@ async fn a_restart_loads_the_compiled_component_without_cranelift() {
     let cache = dir.path().join("cache");
     let cfg = |c: &Path| RuntimeConfig { cache_dir: Some(c.to_path_buf()), ..runtime_config(dir.path()) };
     {
-        let rt = Runtime::new(cfg(&cache)).unwrap();
+        let rt = Runtime::new(cfg(&cache), sqlite(dir.path())).unwrap();
         deploy(&rt, "d", "bank", config()).await;
         rt.shutdown().await;
     }
     let before = kiln_guest_sdk::component::cranelift_compiles();
-    let rt = Runtime::new(cfg(&cache)).unwrap();
+    let rt = Runtime::new(cfg(&cache), sqlite(dir.path())).unwrap();
     rt.open_deployment("d", config()).await.unwrap();
     assert_eq!(kiln_guest_sdk::component::cranelift_compiles(), before, "the .cwasm from the cache was used");
     let total = call(&rt, "d", Query, "accounts:total", "{}").await;
@@ -568,7 +573,7 @@ async fn a_restart_loads_the_compiled_component_without_cranelift() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arguments_and_results_are_validated_and_logs_capped() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     deploy(&rt, "chat", "chat", config()).await;
     let bad = call(&rt, "chat", Mutation, "messages:send", r#"{"author": 5, "body": "x"}"#).await;
     assert_eq!(code(&bad), "InvalidArgs");
@@ -592,7 +597,7 @@ async fn arguments_and_results_are_validated_and_logs_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_calls_and_fetch_with_an_allow_list() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -657,7 +662,7 @@ async fn b_keeps_serving(rt: &Runtime, n: usize, busy: impl Fn() -> bool) {
 async fn one_deployments_waiting_or_spinning_calls_do_not_stop_anothers_queries() {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     let dir = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Runtime::new(runtime_config(dir.path())).unwrap());
+    let rt = Arc::new(Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap());
     let (port, begun) = slow_server(Duration::from_secs(5));
     let a = DeploymentConfig {
         limits: Limits { max_concurrent_actions: 64, action_fuel: 2_000_000_000, ..test_limits() },
@@ -716,7 +721,7 @@ async fn one_deployments_waiting_or_spinning_calls_do_not_stop_anothers_queries(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_the_data_violates_is_refused_and_the_old_version_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     deploy(&rt, "d", "chat", config()).await;
     let old = rt.deployment("d").unwrap().version().unwrap().id.clone();
     // Data the hostile app's schema forbids (items.name must be a string).
@@ -734,7 +739,7 @@ async fn a_schema_the_data_violates_is_refused_and_the_old_version_keeps_serving
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_query_results_are_reused_only_while_what_they_read_is_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     deploy(&rt, "d", "bank", config()).await;
     let open = |owner: &str| format!(r#"{{"owner": "{owner}", "balance": {{"$integer": "ZAAAAAAAAAA="}}}}"#);
     let a = ok(&call(&rt, "d", Mutation, "accounts:open", &open("a")).await);
@@ -794,7 +799,7 @@ async fn cached_query_results_are_reused_only_while_what_they_read_is_unchanged(
 async fn concurrent_deploys_keep_schema_version_and_stored_component_together() {
     use sha2::Digest;
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     rt.open_deployment("d", config()).await.unwrap();
     // Many messages: a switch to chat validates and backfills for a while, a switch to bank
     // is quick, so the two deploys' steps would interleave if nothing ordered them.
@@ -857,7 +862,9 @@ async fn faults_of_repeated_calls(rt: &Runtime, dep: &str, kind: FunctionKind, p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_that_keep_faulting_get_the_heap_touch_and_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let never = Runtime::new(RuntimeConfig { heap_touch_faults: u64::MAX, ..runtime_config(dir.path()) }).unwrap();
+    let never =
+        Runtime::new(RuntimeConfig { heap_touch_faults: u64::MAX, ..runtime_config(dir.path()) }, sqlite(dir.path()))
+            .unwrap();
     deploy(&never, "scatter", "fixtures/hostile", config()).await;
     let (without, touched) = faults_of_repeated_calls(&never, "scatter", Query, "hostile:scatter", "{}").await;
     assert!(!touched);
@@ -865,7 +872,7 @@ async fn calls_that_keep_faulting_get_the_heap_touch_and_stop() {
     never.shutdown().await;
 
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     deploy(&rt, "scatter", "fixtures/hostile", config()).await;
     let (with, touched) = faults_of_repeated_calls(&rt, "scatter", Query, "hostile:scatter", "{}").await;
     assert!(touched, "the host never asked for the touch");
@@ -890,7 +897,7 @@ async fn calls_that_keep_faulting_get_the_heap_touch_and_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploying_leaves_no_warm_memory_slot_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(runtime_config(dir.path())).unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
     let resident = |rt: &Runtime| {
         rt.engine().pooling_allocator_metrics().expect("the engine pools instances").unused_memory_bytes_resident()
     };

@@ -63,7 +63,11 @@ impl TestServer {
         };
         adjust(&mut config);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let (server, first) = rt.block_on(Server::start(config)).unwrap();
+        let persistence = Arc::new(kiln_sqlite::SqliteFactory {
+            data_dir: config.runtime.data_dir.clone(),
+            options: kiln_sqlite::SqliteOptions::default(),
+        });
+        let (server, first) = rt.block_on(Server::start(config, persistence)).unwrap();
         let server = Arc::new(server);
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();

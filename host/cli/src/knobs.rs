@@ -1,0 +1,129 @@
+//! The `KILN_*` environment variables, read into the libraries' configuration structs. Only
+//! this binary reads them: the libraries' defaults are pure.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kiln_runtime::RuntimeConfig;
+use kiln_server::ServerConfig;
+use kiln_sqlite::SqliteOptions;
+use kiln_store::StoreConfig;
+
+/// A `KILN_*` number; an unparsable value is ignored with a warning.
+fn env_u64(name: &str) -> Option<u64> {
+    let raw = std::env::var(name).ok()?;
+    match raw.trim().parse() {
+        Ok(v) => Some(v),
+        Err(_) => {
+            eprintln!("warning: ignoring {name}={raw:?}: not a number");
+            None
+        }
+    }
+}
+
+fn set_usize(name: &str, slot: &mut usize) {
+    if let Some(v) = env_u64(name) {
+        *slot = usize::try_from(v).unwrap_or(usize::MAX);
+    }
+}
+
+fn set_secs(name: &str, slot: &mut Duration) {
+    if let Some(v) = env_u64(name) {
+        *slot = Duration::from_secs(v);
+    }
+}
+
+/// The store's knobs: `KILN_CACHE_BYTES`, `KILN_COMMIT_LOG_SECS`, `KILN_COMMIT_LOG_BYTES`,
+/// `KILN_REVISION_RETENTION_SECS`, `KILN_PRUNE_INTERVAL_SECS`, `KILN_PRUNE_BATCH_ROWS`,
+/// `KILN_SCAN_BATCH`, `KILN_BACKFILL_BATCH`.
+fn store_config() -> StoreConfig {
+    let mut c = StoreConfig::default();
+    set_usize("KILN_CACHE_BYTES", &mut c.cache_bytes);
+    set_secs("KILN_COMMIT_LOG_SECS", &mut c.commit_log_age);
+    set_usize("KILN_COMMIT_LOG_BYTES", &mut c.commit_log_bytes);
+    set_secs("KILN_REVISION_RETENTION_SECS", &mut c.revision_retention);
+    set_secs("KILN_PRUNE_INTERVAL_SECS", &mut c.prune_interval);
+    set_usize("KILN_PRUNE_BATCH_ROWS", &mut c.prune_batch_rows);
+    set_usize("KILN_SCAN_BATCH", &mut c.scan_batch);
+    set_usize("KILN_BACKFILL_BATCH", &mut c.backfill_batch);
+    c
+}
+
+/// The runtime's knobs (the data and cache directories come from the command line).
+fn runtime_config() -> RuntimeConfig {
+    let mut c = RuntimeConfig { store: store_config(), ..RuntimeConfig::default() };
+    set_secs("KILN_MUTATION_RECORD_RETENTION_SECS", &mut c.mutation_record_retention);
+    set_usize("KILN_QUERY_CACHE_BYTES", &mut c.query_cache_bytes);
+    if let Some(n) = env_u64("KILN_HEAP_TOUCH_FAULTS") {
+        c.heap_touch_faults = n;
+    }
+    c.perf_map = env_u64("KILN_PERF_MAP").is_some_and(|n| n != 0);
+    if let Some(n) = env_u64("KILN_WORKER_THREADS") {
+        c.worker_threads = (n as usize).max(1);
+    }
+    if let Some(n) = env_u64("KILN_ACTION_THREADS") {
+        c.action_threads = (n as usize).max(1);
+    }
+    if let Some(n) = env_u64("KILN_ACTIVE_WAIT_US") {
+        // Longer waits would hold a reactor thread for calls that are not small.
+        c.active_wait = Duration::from_micros(n.min(10_000));
+    }
+    if let Some(n) = env_u64("KILN_DEMOTE_AFTER_MS") {
+        c.demote_after = Duration::from_millis(n.max(1));
+    }
+    c
+}
+
+/// Every deployment's SQLite file: `KILN_SQLITE_CACHE_KIB`, `KILN_SQLITE_CHECKPOINT_PAGES`,
+/// `KILN_SQLITE_BACKGROUND_CHECKPOINT=0` (checkpoint on the writer), `KILN_SQLITE_COMMIT_LOG=0`
+/// (write commits into their tables directly), `KILN_SQLITE_MATERIALIZE_COMMITS`.
+pub fn sqlite_options() -> SqliteOptions {
+    let mut o = SqliteOptions::default();
+    if let Some(n) = env_u64("KILN_SQLITE_CACHE_KIB") {
+        o.cache_kib = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(n) = env_u64("KILN_SQLITE_CHECKPOINT_PAGES") {
+        o.checkpoint_pages = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+    }
+    if let Some(n) = env_u64("KILN_SQLITE_BACKGROUND_CHECKPOINT") {
+        o.background_checkpoint = n != 0;
+    }
+    if let Some(n) = env_u64("KILN_SQLITE_COMMIT_LOG") {
+        o.commit_log = n != 0;
+    }
+    if let Some(n) = env_u64("KILN_SQLITE_MATERIALIZE_COMMITS") {
+        o.materialize_commits = usize::try_from(n).unwrap_or(usize::MAX).max(1);
+    }
+    o
+}
+
+/// The server's knobs: `KILN_MAX_QUERIES_PER_SOCKET`, `KILN_MAX_INFLIGHT_PER_DEPLOYMENT`,
+/// `KILN_MAX_BODY_BYTES`, `KILN_CLIENT_TIMEOUT_SECS`, `KILN_METRICS_TOKEN`, and the
+/// runtime's and store's (the listen address and data directory come from the command line,
+/// which also reads `KILN_LISTEN` and `KILN_DATA_DIR`).
+pub fn server_config() -> ServerConfig {
+    let mut c = ServerConfig { runtime: runtime_config(), ..ServerConfig::default() };
+    c.rerun_concurrency = c.runtime.worker_threads;
+    set_usize("KILN_MAX_QUERIES_PER_SOCKET", &mut c.max_queries_per_socket);
+    set_usize("KILN_MAX_INFLIGHT_PER_DEPLOYMENT", &mut c.max_inflight_per_deployment);
+    set_usize("KILN_MAX_BODY_BYTES", &mut c.max_body_bytes);
+    if let Some(n) = env_u64("KILN_CLIENT_TIMEOUT_SECS") {
+        c.client_timeout = Duration::from_secs(n.max(1));
+    }
+    c.metrics_token = std::env::var("KILN_METRICS_TOKEN").ok().filter(|t| !t.is_empty());
+    c
+}
+
+/// Where compiled components are cached, when `KILN_CACHE_DIR` says (else under the data
+/// directory).
+pub fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("KILN_CACHE_DIR").map(PathBuf::from)
+}
+
+/// How `kiln build`, `deploy` and `dev` build apps: esbuild from `KILN_ESBUILD` when set.
+pub fn build_options() -> kiln_guest_sdk::BuildOptions {
+    kiln_guest_sdk::BuildOptions {
+        esbuild: std::env::var_os("KILN_ESBUILD").map(PathBuf::from),
+        ..kiln_guest_sdk::BuildOptions::default()
+    }
+}
