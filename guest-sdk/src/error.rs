@@ -21,17 +21,10 @@ pub enum SdkError {
     /// A WebAssembly module or component is invalid or could not be transformed.
     #[error("invalid WebAssembly: {0}")]
     Wasm(String),
-    /// The app's `analyze` export failed.
-    #[error("analyzing the app failed: {code}: {message}")]
-    Analyze {
-        /// The guest's error code.
-        code: String,
-        /// The guest's message.
-        message: String,
-    },
-    /// The app declares something Kiln does not run yet (named, with the declaring file).
-    #[error("the app uses what Kiln does not support yet: {0}")]
-    Unsupported(String),
+    /// Loading, checking or analyzing the component failed, or the app declares what Kiln
+    /// does not run yet.
+    #[error(transparent)]
+    Component(#[from] kiln_component::ComponentError),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -51,8 +44,7 @@ impl SdkError {
             SdkError::Bundle(_) => "BundleFailed",
             SdkError::AppLoad(_) => "AppLoadFailed",
             SdkError::Wasm(_) => "InvalidWasm",
-            SdkError::Analyze { .. } => "AnalyzeFailed",
-            SdkError::Unsupported(_) => "UnsupportedFeature",
+            SdkError::Component(e) => e.code(),
             SdkError::Io { .. } => "IoError",
         }
     }

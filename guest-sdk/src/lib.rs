@@ -16,7 +16,6 @@ pub mod codegen;
 pub mod component;
 pub mod error;
 pub mod fast_paths;
-pub mod manifest;
 pub mod preinit;
 pub mod wasi;
 
@@ -25,26 +24,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use error::{Result, SdkError};
-pub use manifest::Manifest;
+pub use kiln_component::Manifest;
 use wasmtime::Engine;
 
-/// Host bindings of world `app` (wasmtime's `bindgen!`), for hosts and test harnesses.
-pub mod bindings {
-    #![allow(missing_docs)]
-    wasmtime::component::bindgen!({ world: "app", path: "../wit" });
-
-    /// The name Convex gives a log level in log lines (`LOG`, `WARN`, …).
-    pub fn level_name(level: kiln::platform::log::Level) -> &'static str {
-        use kiln::platform::log::Level;
-        match level {
-            Level::Debug => "DEBUG",
-            Level::Info => "INFO",
-            Level::Log => "LOG",
-            Level::Warn => "WARN",
-            Level::Error => "ERROR",
-        }
-    }
-}
+/// The host side of world `app` (bindings, loading, the manifest) is `kiln-component`'s.
+pub use kiln_component::{bindings, manifest};
 
 /// The QuickJS runtime module as built (before its WASI imports are replaced).
 pub const JS_RUNTIME_MODULE: &[u8] = include_bytes!(env!("KILN_JS_RUNTIME_WASM"));

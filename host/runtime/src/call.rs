@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use kiln_guest_sdk::bindings::exports::kiln::platform::guest::Call;
-use kiln_guest_sdk::bindings::kiln::platform::types::{Error as WitError, FunctionKind as WitKind};
+use kiln_component::bindings::exports::kiln::platform::guest::Call;
+use kiln_component::bindings::kiln::platform::types::{Error as WitError, FunctionKind as WitKind};
 use kiln_store::catalog::Catalog;
 use kiln_store::{StoreError, Transaction};
 use kiln_value::validator::IdCheck;

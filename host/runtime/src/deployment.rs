@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use kiln_guest_sdk::Manifest;
+use kiln_component::Manifest;
 use kiln_store::Store;
 use kiln_value::Validator;
 use parking_lot::RwLock;

@@ -43,7 +43,7 @@ pub enum RuntimeError {
     NotDeployed(String),
     /// The component is invalid or imports something outside world `app`.
     #[error(transparent)]
-    Component(#[from] kiln_guest_sdk::SdkError),
+    Component(#[from] kiln_component::ComponentError),
     /// The store refused (e.g. a schema the existing data violates).
     #[error(transparent)]
     Store(#[from] kiln_store::StoreError),

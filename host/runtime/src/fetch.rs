@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use kiln_guest_sdk::bindings::kiln::platform::types::{Header, HttpRequest, HttpResponse};
+use kiln_component::bindings::kiln::platform::types::{Header, HttpRequest, HttpResponse};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kiln_guest_sdk::bindings::kiln::platform::db::{self, Page, QueryStream};
-use kiln_guest_sdk::bindings::kiln::platform::log::Level;
-use kiln_guest_sdk::bindings::kiln::platform::search::VectorMatch;
-use kiln_guest_sdk::bindings::kiln::platform::types::{self, Error as WitError, HttpRequest, HttpResponse};
-use kiln_guest_sdk::bindings::kiln::platform::{auth, env, functions, http, log, scheduler, search, storage};
+use kiln_component::bindings::kiln::platform::db::{self, Page, QueryStream};
+use kiln_component::bindings::kiln::platform::log::Level;
+use kiln_component::bindings::kiln::platform::search::VectorMatch;
+use kiln_component::bindings::kiln::platform::types::{self, Error as WitError, HttpRequest, HttpResponse};
+use kiln_component::bindings::kiln::platform::{auth, env, functions, http, log, scheduler, search, storage};
 use kiln_store::query::Query;
 use kiln_store::{PageRequest, StoreError, StreamId, Timestamp, Transaction};
 use kiln_value::{DocumentId, Object, Patch, Value, from_msgpack, object_to_msgpack, to_msgpack};
@@ -403,7 +403,7 @@ impl http::Host for HostCtx {
 
 impl log::Host for HostCtx {
     fn write(&mut self, level: Level, line: String) {
-        let level = kiln_guest_sdk::bindings::level_name(level);
+        let level = kiln_component::bindings::level_name(level);
         self.logs.push(level, line);
     }
 }

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
-use kiln_guest_sdk::bindings::App;
-use kiln_guest_sdk::component::{check_imports, load_component};
+use kiln_component::bindings::App;
+use kiln_component::load::{check_imports, load_component};
 use kiln_persistence::PersistenceFactory;
 use kiln_store::{ReadToken, Schema, Store, Timestamp};
 use kiln_value::{Validator, Value};
@@ -349,10 +349,10 @@ impl Runtime {
         let cache = self.shared.config.cache_dir.clone();
         let owned = bytes.to_vec();
         let (component, manifest) =
-            tokio::task::spawn_blocking(move || -> Result<(Component, kiln_guest_sdk::Manifest)> {
+            tokio::task::spawn_blocking(move || -> Result<(Component, kiln_component::Manifest)> {
                 let component = load_component(&engine, &owned, cache.as_deref())?;
                 check_imports(&engine, &component)?;
-                let manifest = kiln_guest_sdk::component::analyze(&engine, &analysis_copy(&engine, &component)?)?;
+                let manifest = kiln_component::load::analyze(&engine, &analysis_copy(&engine, &component)?)?;
                 Ok((component, manifest))
             })
             .await

@@ -5,7 +5,7 @@ use serde_json::Value as Json;
 
 use crate::bindings::exports::kiln::platform::guest as wit;
 use crate::bindings::kiln::platform::types::{FunctionKind, Visibility};
-use crate::error::{Result, SdkError};
+use crate::error::{ComponentError, Result};
 
 /// One function of the app.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,8 +47,10 @@ pub struct Manifest {
 }
 
 fn parse_json(what: &str, text: Option<String>) -> Result<Option<Json>> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| SdkError::Wasm(format!("the app's {what} is not JSON: {e}"))))
-        .transpose()
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| ComponentError::Wasm(format!("the app's {what} is not JSON: {e}")))
+    })
+    .transpose()
 }
 
 impl Manifest {
@@ -119,14 +121,14 @@ impl Manifest {
         found
     }
 
-    /// Fails with [`SdkError::Unsupported`] when the app declares anything of
+    /// Fails with [`ComponentError::Unsupported`] when the app declares anything of
     /// [`Manifest::unsupported`].
     pub fn check_supported(&self) -> Result<()> {
         unsupported_error(self.unsupported())
     }
 }
 
-/// [`SdkError::Unsupported`] listing `found`, or nothing when it is empty.
-pub(crate) fn unsupported_error(found: Vec<String>) -> Result<()> {
-    if found.is_empty() { Ok(()) } else { Err(SdkError::Unsupported(found.join("; "))) }
+/// [`ComponentError::Unsupported`] listing `found`, or nothing when it is empty.
+pub fn unsupported_error(found: Vec<String>) -> Result<()> {
+    if found.is_empty() { Ok(()) } else { Err(ComponentError::Unsupported(found.join("; "))) }
 }
