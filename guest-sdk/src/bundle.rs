@@ -14,6 +14,8 @@ pub struct Bundle {
     pub source: String,
     /// The module paths it contains, sorted.
     pub modules: Vec<String>,
+    /// Why the fast paths were not applied to a bundle that asked for them, if they were not.
+    pub fast_paths_off: Option<String>,
 }
 
 const EXTENSIONS: [&str; 5] = ["ts", "tsx", "js", "jsx", "mjs"];
@@ -157,21 +159,30 @@ pub fn bundle(app_dir: &Path, fast_paths: bool, esbuild: Option<&Path>) -> Resul
         return Err(SdkError::Bundle(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
     }
     let source = std::fs::read_to_string(&bundle_path).map_err(|e| SdkError::io(&bundle_path, e))?;
+    let mut fast_paths_off = None;
     let source = if fast_paths {
-        let (source, installed) = crate::fast_paths::install(&source);
-        if installed.is_empty() {
-            let version = crate::fast_paths::convex_version(&source).unwrap_or("unknown");
-            tracing::info!(version, "fast paths off: this version of the convex package is not verified");
-        } else {
-            tracing::debug!(?installed, "fast paths");
-        }
+        let source = match crate::fast_paths::install(&source) {
+            Ok((source, installed)) => {
+                tracing::debug!(?installed, "fast paths");
+                source
+            }
+            Err(why) => {
+                let warning = format!(
+                    "fast paths off: {why}; the app runs unchanged, at {}",
+                    crate::fast_paths::FUEL_WITHOUT_FAST_PATHS
+                );
+                tracing::debug!("{warning}");
+                fast_paths_off = Some(warning);
+                source
+            }
+        };
         // What runs is what `.kiln/bundle.js` shows.
         std::fs::write(&bundle_path, &source).map_err(|e| SdkError::io(&bundle_path, e))?;
         source
     } else {
         source
     };
-    Ok(Bundle { source, modules: modules.into_iter().map(|(m, _)| m).collect() })
+    Ok(Bundle { source, modules: modules.into_iter().map(|(m, _)| m).collect(), fast_paths_off })
 }
 
 #[cfg(test)]

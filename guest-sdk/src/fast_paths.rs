@@ -31,7 +31,8 @@
 //!
 //! Why edits and not replacements: the package's code stays the reference for every edge and
 //! error message. Edits apply only to versions of the package whose edited functions were
-//! reviewed ([`VERIFIED_CONVEX_VERSIONS`]), and each only where its function and every line it
+//! reviewed, and whose edited and relied-upon functions are exactly the reviewed ones
+//! ([`VERIFIED`], [`check`]), and each only where its function and every line it
 //! changes are found exactly; any other bundle is left as it is and simply runs slower.
 
 /// How a function is changed.
@@ -226,10 +227,131 @@ fn replace_lines(body: &[&str], lines: &[(&str, &str)]) -> Option<String> {
     found.iter().all(|&n| n == 1).then_some(out)
 }
 
-/// Versions of the `convex` package whose edited functions were reviewed (the natives mirror
-/// their bodies, and their context factories read nothing of a call). Other versions are
-/// bundled unchanged: correct, only slower.
-pub const VERIFIED_CONVEX_VERSIONS: &[&str] = &["1.48."];
+/// The functions the natives mirror or the runtime calls, besides those the edits change.
+const RELIED: &[(&str, &str)] = &[(REGISTRATION, "invokeFunction"), (REGISTRATION, "validateReturnValue")];
+
+/// Exact versions of the `convex` package whose edited and relied-upon functions were
+/// reviewed, with a digest of each function's text as esbuild bundles it ([`digests`]). A
+/// bundle of any other version, or whose functions differ, is left unchanged: correct, only
+/// slower (see [`FUEL_WITHOUT_FAST_PATHS`]).
+pub const VERIFIED: &[(&str, &[(&str, &str)])] = &[(
+    "1.48.0",
+    &[
+        ("convexToJson", "c739f166641f1d03"),
+        ("internalMutationGeneric", "75509cb205c57a08"),
+        ("internalQueryGeneric", "82d212e5137e9db6"),
+        ("invokeFunction", "04f44b424057cb69"),
+        ("invokeMutation", "3783f49d8325354c"),
+        ("invokeQuery", "669d6fb5502c6702"),
+        ("jsonToConvex", "ec001bbbc7b9f022"),
+        ("mutationGeneric", "35cd61145aa14002"),
+        ("patchValueToJson", "5eec0e5e022f2fbb"),
+        ("performAsyncSyscall", "9eebfb889ef1c67d"),
+        ("performSyscall", "771daa7fad51192d"),
+        ("queryGeneric", "cb358640d55fdf9e"),
+        ("setupAuth", "79fa338a80f0d096"),
+        ("setupMutationAuth", "a6569feeaf4a9e45"),
+        ("setupMutationMeta", "90859c3747acc4a2"),
+        ("setupMutationScheduler", "603ffae1631f9267"),
+        ("setupQueryMeta", "601c682fe0317f22"),
+        ("setupReader", "4e2ce2420e3d81df"),
+        ("setupStorageReader", "50dd842f400e4505"),
+        ("setupStorageWriter", "ae1cdc131f189793"),
+        ("setupWriter", "3d2ae391a0852d52"),
+        ("validateReturnValue", "da76c899ee340fe8"),
+    ],
+)];
+
+/// What the bundle costs without the fast paths, for the build's warning (an empty query's
+/// and a bank transfer's fuel, measured by the guest SDK's tests with and without them).
+pub const FUEL_WITHOUT_FAST_PATHS: &str =
+    "about 10x the fuel per call (an empty query ~250k instead of ~29k, a bank transfer ~2.1M instead of ~162k)";
+
+/// Digests (SHA-256, 16 hex digits) of the text of every function the fast paths edit or rely
+/// on, by name, as they stand in an unedited bundle; a function missing from the bundle is
+/// missing here.
+pub fn digests(bundle: &str) -> std::collections::BTreeMap<&'static str, String> {
+    use sha2::{Digest, Sha256};
+    let wanted: Vec<(&str, &str)> =
+        TARGETS.iter().map(|(module, function, _)| (*module, *function)).chain(RELIED.iter().copied()).collect();
+    let mut out = std::collections::BTreeMap::new();
+    let mut module = "";
+    let mut lines = bundle.lines();
+    while let Some(line) = lines.next() {
+        if let Some(path) = line.strip_prefix("// ") {
+            module = path.trim_end();
+            continue;
+        }
+        let Some((name, _, closer)) = declaration(line) else { continue };
+        let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
+        let Some(&(_, function)) =
+            wanted.iter().find(|(suffix, f)| module.contains(suffix) && module.ends_with(".js") && *f == base)
+        else {
+            continue;
+        };
+        if out.contains_key(function) {
+            continue;
+        }
+        // The declaration, then the body up to the closing line, with esbuild's renaming undone
+        // (it appends digits to a name that another module of the bundle also uses).
+        let mut h = Sha256::new();
+        h.update(without_renaming(line).as_bytes());
+        for body in lines.by_ref() {
+            h.update(b"\n");
+            h.update(without_renaming(body).as_bytes());
+            if body.trim_end() == closer {
+                break;
+            }
+        }
+        let digest: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        out.insert(function, digest);
+    }
+    out
+}
+
+/// `line` with the digits at the end of every identifier removed: esbuild renames a function's
+/// locals and the functions it calls (`syscallArgs2`) when other modules of the bundle use the
+/// same names, so the same package code reads differently in different apps.
+fn without_renaming(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut ident = String::new();
+    let flush = |ident: &mut String, out: &mut String| {
+        let kept = ident.trim_end_matches(|c: char| c.is_ascii_digit());
+        out.push_str(if kept.is_empty() { ident.as_str() } else { kept });
+        ident.clear();
+    };
+    for c in line.chars() {
+        let part = c.is_ascii_alphanumeric() || c == '_' || c == '$';
+        if part && (!ident.is_empty() || !c.is_ascii_digit()) {
+            ident.push(c);
+        } else {
+            flush(&mut ident, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut ident, &mut out);
+    out
+}
+
+/// Whether the fast paths may edit this bundle: its `convex` version is verified and every
+/// function they edit or rely on is exactly the reviewed one; otherwise why not.
+pub fn check(bundle: &str) -> Result<(), String> {
+    let Some(version) = convex_version(bundle) else {
+        return Err("the bundle's convex package declares no version".to_owned());
+    };
+    let Some((_, expected)) = VERIFIED.iter().find(|(v, _)| *v == version) else {
+        return Err(format!("convex {version} is not a verified version of the package"));
+    };
+    // A function esbuild left out (the app does not use it) needs no edit and is relied on
+    // by nothing that remains.
+    for (function, digest) in digests(bundle) {
+        match expected.iter().find(|(f, _)| *f == function) {
+            Some((_, reviewed)) if *reviewed == digest => {}
+            _ => return Err(format!("convex {version}'s `{function}` differs from the reviewed one")),
+        }
+    }
+    Ok(())
+}
 
 /// The version of the `convex` package in a bundle (its `index.js` declares it).
 pub fn convex_version(bundle: &str) -> Option<&str> {
@@ -245,14 +367,17 @@ pub fn convex_version(bundle: &str) -> Option<&str> {
     None
 }
 
-/// Applies the edits to an esbuild bundle (esbuild heads each module's code with a `// path`
-/// line and may rename a function by appending digits) if its `convex` package is a verified
-/// version. Returns the new source and the functions that were changed.
-pub fn install(bundle: &str) -> (String, Vec<&'static str>) {
-    let verified = convex_version(bundle).is_some_and(|v| VERIFIED_CONVEX_VERSIONS.iter().any(|p| v.starts_with(p)));
-    if !verified {
-        return (bundle.to_owned(), Vec::new());
-    }
+/// Applies the edits to an esbuild bundle if [`check`] allows it. Returns the new source and
+/// the functions that were changed, or the bundle unchanged and why.
+pub fn install(bundle: &str) -> Result<(String, Vec<&'static str>), String> {
+    check(bundle)?;
+    Ok(apply(bundle))
+}
+
+/// Applies the edits (esbuild heads each module's code with a `// path` line and may rename a
+/// function by appending digits), each only where its function and every line it changes are
+/// found exactly. Returns the new source and the functions that were changed.
+fn apply(bundle: &str) -> (String, Vec<&'static str>) {
     let mut out = String::with_capacity(bundle.len() + 1024);
     let mut module = "";
     let mut installed = Vec::new();
@@ -353,13 +478,36 @@ mod tests {
     const INDEX: &str = "// node_modules/convex/dist/esm/index.js\nvar version = \"1.48.0\";\n\n";
 
     #[test]
-    fn only_verified_versions_of_the_package_are_edited() {
+    fn only_verified_versions_with_the_reviewed_functions_are_edited() {
         let body = "// node_modules/convex/dist/esm/values/value.js\nfunction jsonToConvex(value) {\n}\n";
-        assert_eq!(install(&format!("{INDEX}{body}")).1, vec!["jsonToConvex"]);
-        let other = format!("{}{body}", INDEX.replace("1.48.0", "1.49.0"));
-        assert_eq!(install(&other), (other.clone(), vec![]));
-        assert_eq!(install(body), (body.to_owned(), vec![]));
+        let other = format!("{}{body}", INDEX.replace("1.48.0", "1.48.1"));
+        assert!(install(&other).unwrap_err().contains("1.48.1 is not a verified version"));
+        assert!(install(body).unwrap_err().contains("declares no version"));
+        // 1.48.0 is verified, but these are not its functions.
+        let reason = install(&format!("{INDEX}{body}")).unwrap_err();
+        assert!(reason.contains("`jsonToConvex` differs from the reviewed one"), "{reason}");
         assert_eq!(convex_version(INDEX), Some("1.48.0"));
+        assert_eq!(apply(&format!("{INDEX}{body}")).1, vec!["jsonToConvex"], "the edit itself applies");
+    }
+
+    #[test]
+    fn digests_cover_the_whole_function_and_ignore_esbuilds_renaming() {
+        let f = |name: &str, body: &str| {
+            digests(&format!(
+                "// node_modules/convex/dist/esm/values/value.js\nfunction {name}(value) {{\n{body}}}\nafter();\n"
+            ))
+        };
+        let a = f("jsonToConvex", "  return value;\n");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a, f("jsonToConvex2", "  return value;\n"), "esbuild's digits do not count");
+        assert_ne!(a, f("jsonToConvex", "  return value + 1;\n"));
+        assert!(f("somethingElse", "").is_empty());
+        assert_eq!(
+            f("jsonToConvex", "  const syscallArgs2 = base64(value, 12);\n"),
+            f("jsonToConvex", "  const syscallArgs = base64(value, 12);\n"),
+            "nor the digits esbuild appends to locals"
+        );
+        assert_ne!(f("jsonToConvex", "  return f(value, 12);\n"), f("jsonToConvex", "  return f(value, 1);\n"));
     }
 
     #[test]
@@ -367,7 +515,7 @@ mod tests {
         let bundle = "// node_modules/convex/dist/esm/values/value.js\nfunction jsonToConvex2(value) {\n  return value;\n}\n\
                       function convexToJsonInternal(value, a, b, c) {\n}\n\
                       // convex/app.ts\nfunction patchValueToJson(v) {\n}\n";
-        let (out, installed) = install(&format!("{INDEX}{bundle}"));
+        let (out, installed) = apply(&format!("{INDEX}{bundle}"));
         assert_eq!(installed, vec!["jsonToConvex"]);
         assert!(out.contains(
             "function jsonToConvex2(value) {\n  const __kiln_r = globalThis.__kiln_fast.jsonToConvex(value);\n  if (__kiln_r !== void 0) return __kiln_r;\n  return value;"
@@ -382,12 +530,12 @@ mod tests {
         let bundle = format!(
             "{INDEX}// node_modules/convex/dist/esm/server/impl/syscall.js\nfunction performSyscall(op, arg) {{\n{body}after();\n"
         );
-        let (out, installed) = install(&bundle);
+        let (out, installed) = apply(&bundle);
         assert_eq!(installed, vec!["performSyscall"]);
         assert!(out.contains("  check();\n  const resultStr = globalThis.__kiln_fast.syscall(op, arg);\n  return resultStr;\n}\nafter();\n"));
 
         let changed = bundle.replace("return JSON.parse(resultStr);", "return JSON.parse(resultStr, reviver);");
-        let (out, installed) = install(&changed);
+        let (out, installed) = apply(&changed);
         assert!(installed.is_empty());
         assert_eq!(out, changed);
     }
@@ -401,7 +549,7 @@ mod tests {
             "{INDEX}// node_modules/convex/dist/esm/server/impl/registration_impl.js\n\
              async function invokeQuery(func, argsStr, visibility) {{\n{body}async function invokeFunction(func, ctx, args) {{\n}}\n"
         );
-        let (out, installed) = install(&bundle);
+        let (out, installed) = apply(&bundle);
         assert_eq!(installed, vec!["invokeQuery"]);
         assert!(out.contains(
             "\nfunction invokeQuery(func, argsStr, visibility) {\n  \
@@ -417,7 +565,7 @@ mod tests {
         ));
         // A body that differs anywhere keeps its `async` and its awaits.
         let changed = bundle.replace("validateReturnValue(result);", "validateReturnValue(result, 1);");
-        let (out, installed) = install(&changed);
+        let (out, installed) = apply(&changed);
         assert!(installed.is_empty());
         assert_eq!(out, changed);
     }
@@ -426,7 +574,7 @@ mod tests {
     fn context_factories_are_memoized_and_built_at_load() {
         let bundle = "// node_modules/convex/dist/esm/server/impl/meta_impl.js\nfunction setupQueryMeta(visibility) {\n  return { visibility };\n}\n\
                       // node_modules/convex/dist/esm/server/impl/database_impl.js\nfunction setupReader() {\n  return {};\n}\nexport { modules };\n";
-        let (out, installed) = install(&format!("{INDEX}{bundle}"));
+        let (out, installed) = apply(&format!("{INDEX}{bundle}"));
         assert_eq!(installed, vec!["setupQueryMeta", "setupReader"]);
         assert!(out.contains(
             "var __kiln_memo_setupQueryMeta = new Map();\nfunction setupQueryMeta(visibility) {\n  const __kiln_m = __kiln_memo_setupQueryMeta.get(visibility);\n  if (__kiln_m !== void 0) return __kiln_m;\n  return { visibility };"
@@ -466,7 +614,7 @@ mod tests {
             "{INDEX}// node_modules/convex/dist/esm/server/impl/registration_impl.js\n\
              var internalQueryGeneric = ((functionDefinition) => {{\n{body}var after = 1;\n"
         );
-        let (out, installed) = install(&bundle);
+        let (out, installed) = apply(&bundle);
         assert_eq!(installed, vec!["internalQueryGeneric"]);
         assert!(out.contains(
             "  func.invokeQuery = (argsStr) => invokeQuery(handler, argsStr, \"internal\"); \
@@ -474,7 +622,7 @@ mod tests {
         ));
         // An invoker made differently is left alone.
         let changed = bundle.replace("argsStr, \"internal\")", "argsStr, \"public\")");
-        let (out, installed) = install(&changed);
+        let (out, installed) = apply(&changed);
         assert!(installed.is_empty());
         assert_eq!(out, changed);
     }

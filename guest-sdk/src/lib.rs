@@ -71,6 +71,8 @@ pub struct BuildOutput {
     pub manifest_path: PathBuf,
     /// Step timings.
     pub timings: BuildTimings,
+    /// What the user should know about the build (e.g. why it runs without fast paths).
+    pub warnings: Vec<String>,
 }
 
 /// Options of `build_app`.
@@ -137,5 +139,6 @@ pub fn build_app(app_dir: &Path, options: &BuildOptions) -> Result<BuildOutput> 
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| SdkError::Wasm(e.to_string()))?;
     std::fs::write(&manifest_path, json + "\n").map_err(|e| SdkError::io(&manifest_path, e))?;
     tracing::info!(bytes = bytes.len(), functions = manifest.functions.len(), "app built");
-    Ok(BuildOutput { component: bytes, manifest, wasm_path, manifest_path, timings })
+    let warnings = bundle.fast_paths_off.into_iter().collect();
+    Ok(BuildOutput { component: bytes, manifest, wasm_path, manifest_path, timings, warnings })
 }

@@ -801,7 +801,11 @@
           if (m !== undefined && m.kind === 0 && m.invoker === fn.invokeQuery) {
             ctx = m.internal ? contexts.query.internal : contexts.query.public;
           }
-          if (ctx === undefined) return fn.invokeQuery(directArgs.query ? DIRECT_ARGS : native.argsJson());
+          // Only the package's own (edited) invoker understands the marker; a replaced one
+          // gets the arguments' JSON, as the package would give it.
+          if (ctx === undefined) {
+            return fn.invokeQuery(directArgs.query && m?.invoker === fn.invokeQuery ? DIRECT_ARGS : native.argsJson());
+          }
           break;
         case 1:
           if (!fn.isMutation) return wrongKind("Mutation", actual);
@@ -809,7 +813,9 @@
           if (m !== undefined && m.kind === 1 && m.invoker === fn.invokeMutation) {
             ctx = m.internal ? contexts.mutation.internal : contexts.mutation.public;
           }
-          if (ctx === undefined) return fn.invokeMutation(directArgs.mutation ? DIRECT_ARGS : native.argsJson());
+          if (ctx === undefined) {
+            return fn.invokeMutation(directArgs.mutation && m?.invoker === fn.invokeMutation ? DIRECT_ARGS : native.argsJson());
+          }
           break;
         case 2:
           if (!fn.isAction) return wrongKind("Action", actual);

@@ -228,7 +228,11 @@ fn internal_functions_run_and_a_replaced_invoker_is_called() {
     let h = harness("fixtures/probe");
     assert_eq!(h.call(Query, "probe:hiddenQuery", &args(r#"{"n": 41}"#)).value(), Value::Float64(42.0));
     assert_eq!(h.call(Mutation, "probe:hiddenMutation", &args(r#"{"n": 21}"#)).value(), Value::Float64(42.0));
-    assert_eq!(h.call(Query, "probe:reinvoked", &args("{}")).value(), Value::from("replaced"));
+    assert_eq!(
+        h.call(Query, "probe:reinvoked", &args(r#"{"n": 1}"#)).value(),
+        args(r#"{"replaced": [{"n": 1}]}"#),
+        "a replaced invoker gets the arguments' JSON, as the package gives it (an array of one object)"
+    );
 }
 
 /// Internal functions take the dispatcher's shortcut as public ones do: the same fuel as their
@@ -640,6 +644,78 @@ fn outcome_text(out: &host::Outcome) -> String {
     }
 }
 
+/// The reviewed digests are those of the `convex` package the lockfiles install: a change of
+/// the package (or of esbuild's output of it) fails here until its functions are reviewed and
+/// `fast_paths::VERIFIED` says so. The failure prints the new digests.
+#[test]
+fn the_installed_convex_package_is_the_verified_one() {
+    let _lock = build_lock();
+    let plain = kiln_guest_sdk::bundle::bundle(&app_dir("fixtures/values"), false, None).unwrap();
+    let version = kiln_guest_sdk::fast_paths::convex_version(&plain.source).unwrap().to_owned();
+    let found = kiln_guest_sdk::fast_paths::digests(&plain.source);
+    let expected = kiln_guest_sdk::fast_paths::VERIFIED.iter().find(|(v, _)| *v == version).map(|(_, d)| *d);
+    let listed: Vec<(&str, &str)> = found.iter().map(|(f, d)| (*f, d.as_str())).collect();
+    assert_eq!(expected, Some(listed.as_slice()), "convex {version}: digests of the bundled functions {found:#?}");
+    assert_eq!(kiln_guest_sdk::fast_paths::check(&plain.source), Ok(()));
+
+    // Every app of the repository locks that version.
+    for dir in ["guest-sdk", "examples/chat", "examples/bank", "host/server/tests/node"] {
+        let lock: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(repo().join(dir).join("package-lock.json")).unwrap())
+                .unwrap();
+        let locked = lock["packages"]["node_modules/convex"]["version"].as_str().unwrap_or("none");
+        assert!(
+            kiln_guest_sdk::fast_paths::VERIFIED.iter().any(|(v, _)| *v == locked),
+            "{dir}/package-lock.json locks convex {locked}, which fast_paths::VERIFIED does not list"
+        );
+    }
+}
+
+#[test]
+fn a_convex_package_that_differs_from_the_reviewed_one_builds_without_fast_paths_and_says_so() {
+    let files = [(
+        "messages.ts",
+        "import { query } from \"./_generated/server\";\nexport const list = query({ args: {}, handler: async () => [] });\n",
+    )];
+    let app = temp_app(&files);
+    // The app's own copy of the package, with one reviewed function changed.
+    std::fs::remove_file(app.path().join("node_modules")).unwrap();
+    let modules = app.path().join("node_modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    let sdk_modules = repo().join("guest-sdk/node_modules");
+    for entry in std::fs::read_dir(&sdk_modules).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "convex" {
+            std::os::unix::fs::symlink(entry.path(), modules.join(entry.file_name())).unwrap();
+        }
+    }
+    copy_dir(&sdk_modules.join("convex"), &modules.join("convex"));
+    let impl_file = modules.join("convex/dist/esm/server/impl/registration_impl.js");
+    let text = std::fs::read_to_string(&impl_file).unwrap();
+    let changed = text.replacen("Return value is a Query.", "Return value is a query!", 1);
+    assert_ne!(text, changed, "validateReturnValue still has its message");
+    std::fs::write(&impl_file, changed).unwrap();
+    let out = build_app(app.path(), &BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() }).unwrap();
+    assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+    assert!(out.warnings[0].contains("`validateReturnValue` differs from the reviewed one"), "{}", out.warnings[0]);
+    assert!(out.warnings[0].contains("fuel"), "the warning says what it costs: {}", out.warnings[0]);
+    let bundle = std::fs::read_to_string(app.path().join(".kiln/bundle.js")).unwrap();
+    assert!(!bundle.contains("__kiln_fast.syscall"), "no edit was applied");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 #[test]
 fn the_fast_paths_reach_every_function_of_the_convex_package_they_name() {
     let _lock = build_lock();
@@ -649,7 +725,8 @@ fn the_fast_paths_reach_every_function_of_the_convex_package_they_name() {
     assert!(bundle.source.contains("globalThis.__kiln_fast.reader(setupReader())"));
     assert!(bundle.source.contains("globalThis.__kiln_fast.writer(setupWriter())"));
     let plain = kiln_guest_sdk::bundle::bundle(&app_dir("fixtures/values"), false, None).unwrap();
-    let (_, installed) = kiln_guest_sdk::fast_paths::install(&plain.source);
+    assert_eq!(bundle.fast_paths_off, None);
+    let (_, installed) = kiln_guest_sdk::fast_paths::install(&plain.source).unwrap();
     let mut installed = installed;
     installed.sort();
     assert_eq!(

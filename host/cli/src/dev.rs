@@ -142,6 +142,9 @@ pub fn build_and_deploy(app: &Path, target: &Target) -> Result<(), CliError> {
             return Err(e.into());
         }
     };
+    for warning in &built.warnings {
+        bar.println(format!("warning: {warning}"));
+    }
     bar.set_message(format!("deploying {} KiB", built.component.len() / 1024));
     let manifest = serde_json::to_value(&built.manifest).map_err(|e| CliError::Usage(e.to_string()))?;
     let reply = target.deploy(&built.component, &manifest);

@@ -340,6 +340,9 @@ fn run(command: Command) -> Result<(), CliError> {
 fn build(app: &std::path::Path) -> Result<(), CliError> {
     let started = std::time::Instant::now();
     let out = kiln_guest_sdk::build_app(app, &crate::knobs::build_options())?;
+    for warning in &out.warnings {
+        eprintln!("warning: {warning}");
+    }
     let t = out.timings;
     println!(
         "built {} ({} KiB, {} functions) in {:.2} s [bundle {:.0} ms, pre-initialize {:.0} ms, componentize {:.0} ms, analyze {:.0} ms]",
