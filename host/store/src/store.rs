@@ -70,6 +70,9 @@ pub struct StoreStats {
     pub cache: CacheStats,
     /// The newest published commit.
     pub published_ts: Timestamp,
+    /// Transactions waiting for a commit they read to become durable (a read-write
+    /// transaction's answer, a range scan over pending writes).
+    pub waiting_for_durability: usize,
 }
 
 /// A document's versions in validated commits not yet published, oldest first.
@@ -95,6 +98,8 @@ pub(crate) struct Inner {
     commits: AtomicU64,
     conflicts: AtomicU64,
     published: watch::Sender<Timestamp>,
+    /// Transactions in `wait_published` for a commit not yet published.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -177,6 +182,18 @@ impl Inner {
     /// or closed first.
     pub(crate) async fn wait_published(&self, ts: Timestamp) -> Result<()> {
         let mut rx = self.published.subscribe();
+        if *rx.borrow() >= ts {
+            return Ok(());
+        }
+        /// Counts the wait while it lasts (also when the future is dropped).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
         loop {
             if *rx.borrow_and_update() >= ts {
                 return Ok(());
@@ -427,6 +444,7 @@ impl Store {
             commits: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             published: watch::channel(ts).0,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             config,
         });
         let committer = tokio::spawn(run_committer(inner.clone(), commit_rx, catalog.clone(), ts));
@@ -553,6 +571,7 @@ impl Store {
             subscriptions: self.inner.registry.lock().len(),
             cache: self.inner.cache.lock().stats(),
             published_ts: self.published_ts(),
+            waiting_for_durability: self.inner.waiting.load(Ordering::Relaxed),
         }
     }
 

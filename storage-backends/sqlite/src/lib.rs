@@ -309,6 +309,12 @@ impl SqlitePersistence {
         &self.shared.checkpoints
     }
 
+    /// How many group commits waited because too many bytes of logged commits were not yet
+    /// copied into the tables (always 0 without the commit log).
+    pub fn commits_waited_for_copies(&self) -> u64 {
+        self.materializer.as_ref().map_or(0, |m| m.overlay.waits.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     async fn send<T: Send + 'static>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriterMsg) -> Result<T> {
         let (reply, rx) = oneshot::channel();
         {

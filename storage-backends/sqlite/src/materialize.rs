@@ -72,6 +72,8 @@ pub(crate) struct Overlay {
     /// The oldest commit timestamp in the overlay (`u64::MAX`: none). A read at an earlier
     /// timestamp needs nothing from it.
     oldest: AtomicU64,
+    /// Group commits that had to wait for room (see `wait_for_room`).
+    pub(crate) waits: AtomicU64,
 }
 
 /// A document's logged revisions, oldest first (`None`: deleted).
@@ -96,7 +98,12 @@ pub(crate) fn record_bytes(r: &CommitRecord) -> usize {
 impl Overlay {
     /// A new, empty overlay.
     pub(crate) fn new() -> Overlay {
-        Overlay { inner: Mutex::default(), drained: Condvar::new(), oldest: AtomicU64::new(u64::MAX) }
+        Overlay {
+            inner: Mutex::default(),
+            drained: Condvar::new(),
+            oldest: AtomicU64::new(u64::MAX),
+            waits: AtomicU64::new(0),
+        }
     }
 
     /// Whether a read at `ts` may need what the overlay holds.
@@ -127,6 +134,9 @@ impl Overlay {
     fn wait_for_room(&self, max_bytes: usize, patience: std::time::Duration) {
         let deadline = std::time::Instant::now() + patience;
         let mut inner = self.inner.lock();
+        if inner.bytes > max_bytes {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+        }
         while inner.bytes > max_bytes {
             if self.drained.wait_until(&mut inner, deadline).timed_out() {
                 tracing::warn!(bytes = inner.bytes, "the materializer is not keeping up with commits");

@@ -330,8 +330,15 @@ async fn commits_wait_while_four_byte_budgets_are_not_copied() {
     // Two commits of ~2 KiB fit in the 4000 bytes allowed uncopied; the third waits.
     commit(1).await.unwrap();
     commit(2).await.unwrap();
+    assert_eq!(p.commits_waited_for_copies(), 0);
     let third = tokio::spawn(commit(3));
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The writer says when it starts waiting; no guess of how long it takes to get there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p.commits_waited_for_copies() == 0 {
+        assert!(!third.is_finished(), "a commit went on while 4 KiB waited to be copied");
+        assert!(std::time::Instant::now() < deadline, "the third commit never waited");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     assert!(!third.is_finished(), "a commit went on while 4 KiB waited to be copied");
     blocker.execute_batch("COMMIT").unwrap();
     let done = tokio::time::timeout(std::time::Duration::from_secs(10), third).await;

@@ -138,9 +138,17 @@ async fn pending_patch(
     task
 }
 
-/// Whether `task` is still running after a moment (it is waiting for the gate).
-async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
-    tokio::time::sleep(Duration::from_millis(100)).await;
+/// Whether `task` is waiting for a commit to become durable: the store says when one more
+/// transaction than `before` (counted before the task started) waits, with no guess of how
+/// long the task takes to get there, and the task has not finished by then.
+async fn still_waiting<T>(store: &Store, before: usize, task: &tokio::task::JoinHandle<T>) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.stats().waiting_for_durability <= before {
+        if task.is_finished() || tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     !task.is_finished()
 }
 
@@ -157,6 +165,7 @@ async fn read_write_transactions_read_validated_commits_and_answer_after_they_ar
     tx.patch(id, [("n".to_string(), Some(Value::Float64(3.0)))].into()).await.unwrap();
     let second = tokio::spawn(async move { tx.commit().await });
     // A transaction that only read answers once what it read is durable.
+    let before = store.stats().waiting_for_durability;
     let reader = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -165,7 +174,10 @@ async fn read_write_transactions_read_validated_commits_and_answer_after_they_ar
             tx.commit().await.map(|_| seen)
         })
     };
-    assert!(still_waiting(&reader).await, "a read-only commit returned before its snapshot was durable");
+    assert!(
+        still_waiting(&store, before, &reader).await,
+        "a read-only commit returned before its snapshot was durable"
+    );
     assert!(!first.is_finished() && !second.is_finished());
 
     gate.send_replace(Gate::Open);
@@ -202,6 +214,7 @@ async fn a_range_scan_over_pending_writes_waits_for_them() {
     let far = tx.collect(range(50.0, 200.0)).await.unwrap();
     assert_eq!(far.iter().map(|d| d.id).collect::<Vec<_>>(), vec![b]);
     // One it wrote into (its old key 1 and new key 5) waits, then sees the new version.
+    let before = store.stats().waiting_for_durability;
     let scan = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -209,7 +222,7 @@ async fn a_range_scan_over_pending_writes_waits_for_them() {
             tx.collect(range(0.0, 10.0)).await.map(|docs| docs.iter().map(|d| n(d)).collect::<Vec<_>>())
         })
     };
-    assert!(still_waiting(&scan).await, "the scan did not wait for the pending commit");
+    assert!(still_waiting(&store, before, &scan).await, "the scan did not wait for the pending commit");
     gate.send_replace(Gate::Open);
     pending.await.unwrap().unwrap();
     assert_eq!(scan.await.unwrap().unwrap(), vec![5.0]);
@@ -220,6 +233,7 @@ async fn waiting_on_a_commit_that_fails_ends_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let (store, gate, id) = one_document(dir.path()).await;
     let doomed = pending_patch(&store, id, 2.0).await;
+    let before = store.stats().waiting_for_durability;
     let reader = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -228,7 +242,7 @@ async fn waiting_on_a_commit_that_fails_ends_with_an_error() {
             tx.commit().await
         })
     };
-    assert!(still_waiting(&reader).await);
+    assert!(still_waiting(&store, before, &reader).await);
     gate.send_replace(Gate::Failing);
     assert!(matches!(doomed.await.unwrap(), Err(StoreError::Persistence(_))));
     let e = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("the reader hung").unwrap().unwrap_err();
