@@ -275,20 +275,9 @@ impl Hub {
         let current = self.view();
         if todo.is_empty() {
             if ts > current.ts {
-                // Only results of queries still subscribed are valid at the new timestamp.
-                let entries = self.entries.lock();
-                let mut results = current.results.clone();
-                if results.keys().any(|k| !entries.contains_key(k)) {
-                    results = Arc::new(
-                        results
-                            .iter()
-                            .filter(|(k, _)| entries.contains_key(*k))
-                            .map(|(k, r)| (k.clone(), r.clone()))
-                            .collect(),
-                    );
-                }
-                *self.view.lock() = Arc::new(View { ts, results });
-                drop(entries);
+                // A result of a query no longer subscribed stays until the next re-run rebuilds
+                // the view; `subscribe` drops it if the query comes back.
+                *self.view.lock() = Arc::new(View { ts, results: current.results.clone() });
                 self.ts.send_replace(ts);
             }
             return;
