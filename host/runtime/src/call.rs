@@ -38,10 +38,12 @@ fn wit_kind(kind: FunctionKind) -> WitKind {
     }
 }
 
-/// Convex's message for a call of a function the deployed app does not export publicly.
-fn not_found_message(path: &str) -> String {
+/// Convex's message for a call of a function the deployed app does not export (`public`:
+/// the caller may only call public functions).
+fn not_found_message(path: &str, public: bool) -> String {
+    let public = if public { "public " } else { "" };
     format!(
-        "Could not find public function for '{path}'. Did you forget to run `npx convex dev` or `npx convex deploy`?"
+        "Could not find {public}function for '{path}'. Did you forget to run `npx convex dev` or `npx convex deploy`?"
     )
 }
 
@@ -317,9 +319,8 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
     }
     let path = normalize_path(name);
     let version = ctx.version.clone();
-    let entry = version
-        .function(&path)
-        .ok_or_else(|| wit_error("FunctionNotFound", not_found_message(&path).replace("public ", "")))?;
+    let entry =
+        version.function(&path).ok_or_else(|| wit_error("FunctionNotFound", not_found_message(&path, false)))?;
     if entry.kind != kind {
         return Err(wit_error("WrongFunctionKind", format!("{path} is a {:?}, not a {kind:?}", entry.kind)));
     }
@@ -438,7 +439,7 @@ async fn run(
     let entry = version
         .function(path)
         .filter(|e| e.public || req.internal)
-        .ok_or_else(|| CallError::new("FunctionNotFound", not_found_message(path)))?;
+        .ok_or_else(|| CallError::new("FunctionNotFound", not_found_message(path, true)))?;
     if entry.kind != req.kind {
         return Err(CallError::new(
             "WrongFunctionKind",
