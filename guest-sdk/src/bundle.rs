@@ -129,9 +129,22 @@ pub fn bundle(app_dir: &Path, fast_paths: bool, esbuild: Option<&Path>) -> Resul
             serde_json::to_string(&format!("../{}", rel.display())).unwrap_or_default()
         ));
     }
+    // `auth.config.ts` joins the modules under its dotted name, which no module of functions
+    // can have: the guest's `analyze` reports its default export.
+    let auth_config = EXTENSIONS.iter().map(|ext| convex_dir.join(format!("auth.config.{ext}"))).find(|p| p.is_file());
+    if let Some(file) = &auth_config {
+        let rel = file.strip_prefix(app_dir).unwrap_or(file);
+        entry.push_str(&format!(
+            "import * as authConfig from {};\n",
+            serde_json::to_string(&format!("../{}", rel.display())).unwrap_or_default()
+        ));
+    }
     entry.push_str("export const modules = {\n");
     for (i, (name, _)) in modules.iter().enumerate() {
         entry.push_str(&format!("  {}: m{i},\n", serde_json::to_string(name).unwrap_or_default()));
+    }
+    if auth_config.is_some() {
+        entry.push_str("  \"auth.config\": authConfig,\n");
     }
     entry.push_str("};\n");
     let entry_path = out_dir.join("entry.mjs");

@@ -546,6 +546,7 @@ fn parse_manifest(text: &str) -> Result<Manifest, Error> {
         schema: root.get("schema").and_then(string),
         crons: root.get("crons").and_then(string),
         http_routes,
+        auth: root.get("auth").and_then(string),
     })
 }
 

@@ -891,12 +891,15 @@
     const schema = special("schema");
     const crons = special("crons");
     const router = special("http");
+    // `auth.config.ts` is a module with a dot in its name: no function module can take it.
+    const auth = special("auth.config");
     const routes = router && typeof router.getRoutes === "function" ? router.getRoutes().map(([path, method]) => ({ path, method })) : [];
     return JSON.stringify({
       functions,
       schema: schema && typeof schema.export === "function" ? schema.export() : null,
       crons: crons && typeof crons.export === "function" ? crons.export() : null,
       httpRoutes: routes,
+      auth: auth ? JSON.stringify(auth) : null,
     });
   });
 

@@ -294,14 +294,15 @@ fn dispatch(op: &str, args: &Json) -> Result<Json, Error> {
                 .get("pageSize")
                 .and_then(Json::as_f64)
                 .ok_or_else(|| bad_args(op, "`pageSize` must be a number"))?;
-            let max_rows =
-                args.get("maximumRowsRead").and_then(Json::as_f64).map(|n| n.clamp(0.0, u32::MAX as f64) as u32);
+            let limit =
+                |name: &str| args.get(name).and_then(Json::as_f64).map(|n| n.clamp(0.0, u32::MAX as f64) as u32);
             let page = db::query_page(
                 &query.to_string(),
                 opt_str_arg(args, "cursor").as_deref(),
                 opt_str_arg(args, "endCursor").as_deref(),
                 page_size.clamp(0.0, u32::MAX as f64) as u32,
-                max_rows,
+                limit("maximumRowsRead"),
+                limit("maximumBytesRead"),
             )?;
             let docs = page.documents.iter().map(|d| json_of(d)).collect::<Result<Vec<_>, _>>()?;
             json!({

@@ -240,6 +240,7 @@ impl Guest for Counter {
             schema: None,
             crons: None,
             http_routes: Vec::new(),
+            auth: None,
         })
     }
 }

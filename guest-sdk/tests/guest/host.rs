@@ -289,6 +289,7 @@ impl db::Host for Host {
         _end: Option<String>,
         page_size: u32,
         _max_rows: Option<u32>,
+        _max_bytes: Option<u32>,
     ) -> Result<Page, Error> {
         let docs = self.run_query(&query)?;
         let start: usize =

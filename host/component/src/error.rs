@@ -19,6 +19,9 @@ pub enum ComponentError {
     /// The app declares something Kiln does not run yet (named, with the declaring file).
     #[error("the app uses what Kiln does not support yet: {0}")]
     Unsupported(String),
+    /// The app's `convex/auth.config.ts` is not one Kiln can apply (named, with the reason).
+    #[error("{0}")]
+    AuthConfig(String),
     /// A file of the compiled-code cache could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -36,6 +39,7 @@ impl ComponentError {
             ComponentError::Wasm(_) => "InvalidWasm",
             ComponentError::Analyze { .. } => "AnalyzeFailed",
             ComponentError::Unsupported(_) => "UnsupportedFeature",
+            ComponentError::AuthConfig(_) => "InvalidAuthConfig",
             ComponentError::Io { .. } => "IoError",
         }
     }

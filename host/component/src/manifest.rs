@@ -44,6 +44,27 @@ pub struct Manifest {
     pub crons: Option<Json>,
     /// The HTTP routes.
     pub http_routes: Vec<RouteSpec>,
+    /// The default export of `convex/auth.config.ts`, if the app has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Json>,
+}
+
+/// An identity provider an app declares in `convex/auth.config.ts`, in either of Convex's
+/// forms: an OpenID Connect `domain`, or `type: "customJwt"` with an issuer and a JWKS.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuthProviderSpec {
+    /// The OpenID Connect domain (also the issuer).
+    pub domain: Option<String>,
+    /// The issuer of a custom JWT provider.
+    pub issuer: Option<String>,
+    /// The expected audience.
+    pub application_id: Option<String>,
+    /// The one algorithm a custom JWT provider signs with.
+    pub algorithm: Option<String>,
+    /// A JWKS given inline (a `data:` URI in the file).
+    pub jwks: Option<Json>,
+    /// Where to fetch the JWKS.
+    pub jwks_url: Option<String>,
 }
 
 fn parse_json(what: &str, text: Option<String>) -> Result<Option<Json>> {
@@ -84,6 +105,7 @@ impl Manifest {
             functions,
             schema: parse_json("schema", m.schema)?,
             crons: parse_json("crons", m.crons)?,
+            auth: parse_json("auth.config", m.auth)?,
             http_routes: m.http_routes.into_iter().map(|r| RouteSpec { path: r.path, method: r.method }).collect(),
         })
     }
@@ -122,13 +144,174 @@ impl Manifest {
     }
 
     /// Fails with [`ComponentError::Unsupported`] when the app declares anything of
-    /// [`Manifest::unsupported`].
+    /// [`Manifest::unsupported`], and with [`ComponentError::AuthConfig`] when its
+    /// `auth.config.ts` is not one Kiln can apply.
     pub fn check_supported(&self) -> Result<()> {
-        unsupported_error(self.unsupported())
+        unsupported_error(self.unsupported())?;
+        self.auth_providers().map(|_| ())
     }
+
+    /// The identity providers of the app's `convex/auth.config.ts` (none without the file).
+    pub fn auth_providers(&self) -> Result<Vec<AuthProviderSpec>> {
+        let Some(config) = &self.auth else { return Ok(Vec::new()) };
+        let bad = |why: String| ComponentError::AuthConfig(format!("convex/auth.config.ts: {why}"));
+        let providers = match config.get("providers") {
+            Some(Json::Array(list)) => list,
+            None | Some(Json::Null) => return Ok(Vec::new()),
+            Some(_) => return Err(bad("`providers` must be an array".into())),
+        };
+        providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| auth_provider(p).map_err(|why| bad(format!("provider {i}: {why}"))))
+            .collect()
+    }
+}
+
+fn auth_provider(p: &Json) -> std::result::Result<AuthProviderSpec, String> {
+    let Some(fields) = p.as_object() else { return Err("not an object".into()) };
+    let text = |key: &str| -> std::result::Result<Option<String>, String> {
+        match fields.get(key) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(format!("`{key}` must be a non-empty string")),
+        }
+    };
+    // Kiln reads the file when it builds the app, without the deployment's environment.
+    let missing = |key: &str| {
+        format!(
+            "`{key}` is missing (environment variables in auth.config.ts are not supported yet: \
+             Kiln reads the file at build time; write the value, or configure the provider with `kiln config`)"
+        )
+    };
+    for key in fields.keys() {
+        if !["type", "domain", "issuer", "applicationID", "algorithm", "jwks"].contains(&key.as_str()) {
+            return Err(format!("unknown field `{key}`"));
+        }
+    }
+    let application_id = text("applicationID")?;
+    match text("type")?.as_deref() {
+        None | Some("oidc") => {
+            let domain = text("domain")?.ok_or_else(|| missing("domain"))?;
+            if !domain.starts_with("https://") && !domain.starts_with("http://") {
+                return Err(format!("`domain` {domain:?} must be an http(s) URL"));
+            }
+            Ok(AuthProviderSpec { domain: Some(domain), application_id, ..AuthProviderSpec::default() })
+        }
+        Some("customJwt") => {
+            let issuer = text("issuer")?.ok_or_else(|| missing("issuer"))?;
+            let algorithm = text("algorithm")?.ok_or_else(|| missing("algorithm"))?;
+            if !["RS256", "ES256"].contains(&algorithm.as_str()) {
+                return Err(format!("`algorithm` {algorithm:?} must be RS256 or ES256"));
+            }
+            let jwks = text("jwks")?.ok_or_else(|| missing("jwks"))?;
+            let (jwks, jwks_url) = match jwks.strip_prefix("data:") {
+                Some(uri) => (Some(data_uri_json(uri)?), None),
+                None if jwks.starts_with("https://") || jwks.starts_with("http://") => (None, Some(jwks)),
+                None => return Err("`jwks` must be an http(s) URL or a data: URI".into()),
+            };
+            Ok(AuthProviderSpec {
+                issuer: Some(issuer),
+                application_id,
+                algorithm: Some(algorithm),
+                jwks,
+                jwks_url,
+                domain: None,
+            })
+        }
+        Some(other) => Err(format!("unknown provider type {other:?} (Convex's are \"oidc\" and \"customJwt\")")),
+    }
+}
+
+/// The JSON document of a `data:` URI (after `data:`), base64 or percent-encoded.
+fn data_uri_json(uri: &str) -> std::result::Result<Json, String> {
+    use base64::Engine;
+    let (meta, data) = uri.split_once(',').ok_or("the jwks data: URI has no `,`")?;
+    let bytes = if meta.ends_with(";base64") {
+        base64::engine::general_purpose::STANDARD.decode(data.trim()).map_err(|_| "the jwks data: URI is not base64")?
+    } else {
+        percent_decode(data)?
+    };
+    serde_json::from_slice(&bytes).map_err(|e| format!("the jwks data: URI is not JSON: {e}"))
+}
+
+fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+            let pair = std::str::from_utf8(&hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            out.push(pair.ok_or("the jwks data: URI has a bad %-escape")?);
+        } else {
+            out.push(b);
+        }
+    }
+    Ok(out)
 }
 
 /// [`ComponentError::Unsupported`] listing `found`, or nothing when it is empty.
 pub fn unsupported_error(found: Vec<String>) -> Result<()> {
     if found.is_empty() { Ok(()) } else { Err(ComponentError::Unsupported(found.join("; "))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn with_auth(auth: Json) -> Manifest {
+        Manifest { functions: Vec::new(), schema: None, crons: None, http_routes: Vec::new(), auth: Some(auth) }
+    }
+
+    #[test]
+    fn auth_config_providers_in_both_of_convexs_forms() {
+        let jwks = json!({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]});
+        let b64 = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(jwks.to_string())
+        };
+        let manifest = with_auth(json!({"providers": [
+            {"domain": "https://clerk.example.com", "applicationID": "convex"},
+            {"type": "customJwt", "issuer": "https://i.example", "algorithm": "ES256",
+             "jwks": format!("data:text/plain;charset=utf-8;base64,{b64}")},
+            {"type": "customJwt", "issuer": "https://j.example", "algorithm": "RS256",
+             "jwks": "data:application/json,%7B%22keys%22%3A%5B%5D%7D"},
+            {"type": "customJwt", "issuer": "https://k.example", "algorithm": "RS256", "jwks": "https://k.example/jwks"},
+        ]}));
+        let providers = manifest.auth_providers().unwrap();
+        assert_eq!(providers[0].domain.as_deref(), Some("https://clerk.example.com"));
+        assert_eq!(providers[0].application_id.as_deref(), Some("convex"));
+        assert_eq!(providers[1].jwks.as_ref(), Some(&jwks));
+        assert_eq!(providers[1].algorithm.as_deref(), Some("ES256"));
+        assert_eq!(providers[2].jwks.as_ref(), Some(&json!({"keys": []})));
+        assert_eq!(providers[3].jwks_url.as_deref(), Some("https://k.example/jwks"));
+        assert!(manifest.check_supported().is_ok());
+        assert!(with_auth(json!({})).auth_providers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_auth_config_kiln_cannot_apply_is_refused_with_the_reason() {
+        for (provider, why) in [
+            (json!({"applicationID": "convex"}), "`domain` is missing (environment variables"),
+            (json!({"domain": "clerk.example.com"}), "must be an http(s) URL"),
+            (json!({"type": "saml", "domain": "https://x"}), "unknown provider type"),
+            (json!({"domain": "https://x", "applicationId": "typo"}), "unknown field `applicationId`"),
+            (
+                json!({"type": "customJwt", "issuer": "https://i", "algorithm": "HS256", "jwks": "https://i/j"}),
+                "RS256 or ES256",
+            ),
+            (json!({"type": "customJwt", "issuer": "https://i", "algorithm": "RS256", "jwks": "data:,{"}), "not JSON"),
+            (json!({"type": "customJwt", "issuer": "https://i", "algorithm": "RS256"}), "`jwks` is missing"),
+        ] {
+            let err = with_auth(json!({"providers": [provider]})).check_supported().unwrap_err();
+            assert_eq!(err.code(), "InvalidAuthConfig");
+            let message = err.to_string();
+            assert!(message.starts_with("convex/auth.config.ts: provider 0: "), "{message}");
+            assert!(message.contains(why), "{message} lacks {why}");
+        }
+        let err = with_auth(json!({"providers": {}})).check_supported().unwrap_err();
+        assert!(err.to_string().contains("must be an array"));
+    }
 }

@@ -21,6 +21,7 @@ use crate::error::CallError;
 use crate::heap_touch::thread_minor_faults;
 use crate::host::{HostCtx, LogBuffer, MemoryLimiter, wit_error};
 use crate::idempotency;
+use crate::journal::Journal;
 use crate::metering::CallRecord;
 use crate::query_cache::CacheKey;
 use crate::{CallOutcome, CallRequest, FunctionKind, Shared};
@@ -298,6 +299,7 @@ fn new_ctx(
         limiter: MemoryLimiter { cap: limits.memory_bytes, exceeded: false },
         depth,
         nested_fuel: 0,
+        journal: Journal::default(),
     }
 }
 
@@ -343,8 +345,12 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
     let executed = match (ctx.kind, kind) {
         (FunctionKind::Query | FunctionKind::Mutation, FunctionKind::Query)
         | (FunctionKind::Mutation, FunctionKind::Mutation) => {
-            let mut ex = execute(child(ctx.txn.take(), ctx.now_ms, seed), args, "", fuel);
+            // A query's pages read by the queries it calls are part of its journal.
+            let mut callee = child(ctx.txn.take(), ctx.now_ms, seed);
+            callee.journal = std::mem::take(&mut ctx.journal);
+            let mut ex = execute(callee, args, "", fuel);
             ctx.txn = ex.ctx.txn.take();
+            ctx.journal = std::mem::take(&mut ex.ctx.journal);
             if ctx.fatal.is_none() {
                 ctx.fatal = ex.ctx.fatal.take();
             }
@@ -451,17 +457,20 @@ async fn run(
     let fuel = dep.metering.fuel_budget(&config.quotas, fuel_for(dep, req.kind), path)?;
     let cache_key = (req.kind == FunctionKind::Query && req.cacheable).then(|| {
         let version_key = format!("{}/{}", version.id, dep.generation());
-        CacheKey::new(&version_key, path, &args, req.identity.as_ref(), req.internal)
+        CacheKey::new(&version_key, path, &args, req.identity.as_ref(), req.internal, req.journal.as_deref())
     });
     if let Some(key) = &cache_key {
         let ts = req.snapshot.unwrap_or_else(|| dep.store.published_ts());
         if let Some(hit) = dep.query_cache.get(&dep.store, key, ts) {
             out.logs = hit.logs;
             out.read_token = Some(hit.token);
+            out.journal = hit.journal;
             out.cached = true;
             return Ok(hit.value);
         }
     }
+    // A failed query hands back the journal it was given: the client keeps it.
+    out.journal = req.journal.clone();
     let mut attempt = 0;
     loop {
         // A permit bounds the deployment's calls in progress on workers (taken per attempt, so
@@ -502,6 +511,10 @@ async fn run(
             let (shared, dep, version, path) = (shared.clone(), dep.clone(), version.clone(), path.to_owned());
             let (kind, identity, args, request_id) =
                 (req.kind, req.identity.clone(), args.clone(), req.request_id.clone());
+            let journal = match kind {
+                FunctionKind::Query => Journal::for_query(req.journal.as_deref())?,
+                _ => Journal::default(),
+            };
             move || {
                 let (txn, now_ms, seed) = match (kind, early) {
                     // An action's `env.seed` answers fresh OS randomness on every call.
@@ -510,7 +523,8 @@ async fn run(
                     (FunctionKind::Query, None) => snapshot_stamp(&dep, &path, &args, dep.store.begin_read_only()),
                     (FunctionKind::Mutation, None) => snapshot_stamp(&dep, &path, &args, dep.store.begin()),
                 };
-                let ctx = new_ctx(&shared, &dep, &version, kind, &path, txn, identity, seed, now_ms, 0);
+                let mut ctx = new_ctx(&shared, &dep, &version, kind, &path, txn, identity, seed, now_ms, 0);
+                ctx.journal = journal;
                 execute_keeping_store(ctx, args, &request_id, fuel)
             }
         };
@@ -548,8 +562,9 @@ async fn run(
                     out.read_token = Some(txn.read_token());
                 }
                 let value = check_result(dep, entry, path, &bytes)?;
+                out.journal = std::mem::take(&mut ex.ctx.journal).finish();
                 if let (Some(key), Some(token)) = (cache_key, &out.read_token) {
-                    dep.query_cache.put(key, token, &value, &out.logs);
+                    dep.query_cache.put(key, token, &value, &out.logs, out.journal.as_deref());
                 }
                 return Ok(value);
             }

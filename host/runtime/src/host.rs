@@ -16,6 +16,7 @@ use wasmtime::component::Resource;
 
 use crate::deployment::{Deployment, Version};
 use crate::error::CallError;
+use crate::journal::Journal;
 use crate::{FunctionKind, Shared, call};
 
 /// A log line of a call.
@@ -121,6 +122,8 @@ pub(crate) struct HostCtx {
     pub limiter: MemoryLimiter,
     pub depth: u32,
     pub nested_fuel: u64,
+    /// Where this query's pages ended before, and end now.
+    pub journal: Journal,
 }
 
 pub(crate) fn wit_error(code: &str, message: impl Into<String>) -> WitError {
@@ -152,6 +155,7 @@ impl HostCtx {
             limiter: MemoryLimiter { cap: self.limiter.cap, exceeded: false },
             depth: self.depth,
             nested_fuel: 0,
+            journal: Journal::default(),
         };
         std::mem::replace(self, empty)
     }
@@ -312,26 +316,29 @@ impl db::Host for HostCtx {
         end_cursor: Option<String>,
         page_size: u32,
         maximum_rows_read: Option<u32>,
+        maximum_bytes_read: Option<u32>,
     ) -> Result<Page, WitError> {
         let json: serde_json::Value =
             serde_json::from_str(&query).map_err(|e| wit_error("InvalidQuery", format!("{}: {e}", self.path)))?;
         let query = Query::from_json(&json).map_err(|e| self.store_error(e))?;
         let request = PageRequest {
             cursor,
-            end_cursor,
+            end_cursor: self.journal.end_cursor(end_cursor),
             page_size: page_size as usize,
             max_rows_read: maximum_rows_read.map(|n| n as usize),
+            max_bytes_read: maximum_bytes_read.map(|n| n as usize),
         };
         let handle = self.shared.handle.clone();
         let txn = self.txn()?;
         let result = handle.block_on(txn.query_page(query, request));
         let page = result.map_err(|e| self.store_error(e))?;
+        self.journal.record(&page.continue_cursor);
         Ok(Page {
             documents: page.documents.iter().map(|d| object_to_msgpack(&d.value)).collect(),
             is_done: page.is_done,
             continue_cursor: page.continue_cursor,
-            split_cursor: None,
-            page_status: page.split_required.then(|| "SplitRequired".to_owned()),
+            split_cursor: page.split_cursor,
+            page_status: page.page_status.map(|s| s.as_str().to_owned()),
         })
     }
 }

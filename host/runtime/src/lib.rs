@@ -15,6 +15,7 @@ mod fetch;
 mod heap_touch;
 mod host;
 mod idempotency;
+mod journal;
 pub mod knobs;
 mod metering;
 mod pool;
@@ -42,6 +43,7 @@ pub use deployment::{Deployment, Version, normalize_path};
 pub use engine::EngineHandle;
 pub use error::{CallError, Result, RuntimeError};
 pub use host::LogLine;
+pub use kiln_component::manifest::{AuthProviderSpec, Manifest};
 pub use knobs::{DeploymentConfig, FetchPolicy, Limits, Priority, Quotas, RuntimeConfig};
 pub use metering::{CallRecord, FunctionUsage, Usage};
 
@@ -103,6 +105,9 @@ pub struct CallRequest {
     /// Queries only: the result may come from (and goes into) the deployment's query cache,
     /// when nothing the cached run read has changed at the requested snapshot.
     pub cacheable: bool,
+    /// Queries only: the journal of an earlier run of this query (see [`CallOutcome::journal`]);
+    /// its pages end where they ended then.
+    pub journal: Option<String>,
 }
 
 impl CallRequest {
@@ -118,6 +123,7 @@ impl CallRequest {
             snapshot: None,
             idempotency_key: None,
             cacheable: false,
+            journal: None,
         }
     }
 }
@@ -147,6 +153,9 @@ pub struct CallOutcome {
     pub replayed: bool,
     /// Whether a query's result came from the query cache (nothing ran).
     pub cached: bool,
+    /// A query's journal (Convex's `QueryJournal`): where its paginated pages ended, to pass
+    /// as [`CallRequest::journal`] when the query is run again for the same subscriber.
+    pub journal: Option<String>,
 }
 
 impl Default for CallOutcome {
@@ -162,6 +171,7 @@ impl Default for CallOutcome {
             retries: 0,
             replayed: false,
             cached: false,
+            journal: None,
         }
     }
 }

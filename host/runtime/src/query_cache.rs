@@ -20,11 +20,20 @@ use crate::host::LogLine;
 pub(crate) struct CacheKey(Vec<u8>);
 
 impl CacheKey {
-    /// The key of `path` with (encoded) `args` under `version` for `identity`.
-    pub(crate) fn new(version: &str, path: &str, args: &[u8], identity: Option<&Value>, internal: bool) -> CacheKey {
+    /// The key of `path` with (encoded) `args` under `version` for `identity`, continuing
+    /// `journal`.
+    pub(crate) fn new(
+        version: &str,
+        path: &str,
+        args: &[u8],
+        identity: Option<&Value>,
+        internal: bool,
+        journal: Option<&str>,
+    ) -> CacheKey {
         let identity = identity.map(kiln_value::to_msgpack).unwrap_or_default();
-        let mut key = Vec::with_capacity(version.len() + path.len() + args.len() + identity.len() + 24);
-        for part in [version.as_bytes(), path.as_bytes(), args, &identity] {
+        let journal = journal.unwrap_or_default().as_bytes();
+        let mut key = Vec::with_capacity(version.len() + path.len() + args.len() + identity.len() + journal.len() + 40);
+        for part in [version.as_bytes(), path.as_bytes(), args, &identity, journal] {
             key.extend_from_slice(&(part.len() as u64).to_le_bytes());
             key.extend_from_slice(part);
         }
@@ -41,6 +50,8 @@ pub(crate) struct Hit {
     pub logs: Vec<LogLine>,
     /// The read token, valid at the requested snapshot.
     pub token: ReadToken,
+    /// The journal the run produced.
+    pub journal: Option<String>,
 }
 
 struct Entry {
@@ -50,6 +61,7 @@ struct Entry {
     token: ReadToken,
     value: Value,
     logs: Vec<LogLine>,
+    journal: Option<String>,
     bytes: usize,
     last_used: u64,
 }
@@ -99,12 +111,13 @@ impl QueryCache {
         }
         entry.last_used = entries.clock;
         let token = ReadToken { ts, read_set: entry.token.read_set.clone() };
-        Some(Hit { value: entry.value.clone(), logs: entry.logs.clone(), token })
+        Some(Hit { value: entry.value.clone(), logs: entry.logs.clone(), token, journal: entry.journal.clone() })
     }
 
     /// Keeps a successful result computed at `token.ts`.
-    pub(crate) fn put(&self, key: CacheKey, token: &ReadToken, value: &Value, logs: &[LogLine]) {
+    pub(crate) fn put(&self, key: CacheKey, token: &ReadToken, value: &Value, logs: &[LogLine], journal: Option<&str>) {
         let bytes = key.0.len()
+            + journal.map_or(0, str::len)
             + value.size()
             + logs.iter().map(|l| l.text.len() + 32).sum::<usize>()
             + token
@@ -124,6 +137,7 @@ impl QueryCache {
             token: token.clone(),
             value: value.clone(),
             logs: logs.to_vec(),
+            journal: journal.map(str::to_owned),
             bytes,
             last_used: entries.clock,
         };
@@ -171,12 +185,13 @@ mod tests {
 
     #[test]
     fn keys_separate_every_part() {
-        let a = CacheKey::new("v1", "m:f", b"ab", None, false);
-        assert_ne!(a, CacheKey::new("v1", "m:fa", b"b", None, false));
-        assert_ne!(a, CacheKey::new("v2", "m:f", b"ab", None, false));
-        assert_ne!(a, CacheKey::new("v1", "m:f", b"ab", None, true));
-        assert_ne!(a, CacheKey::new("v1", "m:f", b"ab", Some(&Value::String("u".into())), false));
-        assert_eq!(a, CacheKey::new("v1", "m:f", b"ab", None, false));
+        let a = CacheKey::new("v1", "m:f", b"ab", None, false, None);
+        assert_ne!(a, CacheKey::new("v1", "m:fa", b"b", None, false, None));
+        assert_ne!(a, CacheKey::new("v2", "m:f", b"ab", None, false, None));
+        assert_ne!(a, CacheKey::new("v1", "m:f", b"ab", None, true, None));
+        assert_ne!(a, CacheKey::new("v1", "m:f", b"ab", Some(&Value::String("u".into())), false, None));
+        assert_ne!(a, CacheKey::new("v1", "m:f", b"ab", None, false, Some("j")));
+        assert_eq!(a, CacheKey::new("v1", "m:f", b"ab", None, false, None));
     }
 
     #[test]
@@ -185,7 +200,7 @@ mod tests {
         let token = ReadToken { ts: Timestamp(1), read_set: Default::default() };
         let value = Value::String("x".repeat(1000));
         for i in 0..200u32 {
-            cache.put(CacheKey(i.to_le_bytes().to_vec()), &token, &value, &[]);
+            cache.put(CacheKey(i.to_le_bytes().to_vec()), &token, &value, &[], None);
             // Key 0 stays in use.
             cache.entries.lock().map.get_mut(&CacheKey(0u32.to_le_bytes().to_vec())).unwrap().last_used = u64::MAX;
         }

@@ -98,6 +98,7 @@ pub async fn deploy(
         })
         .await?;
     let dep = state.deployment(&d)?;
+    *dep.app_auth.write() = crate::app_auth(&version.manifest);
     dep.hub.invalidate_all();
     tracing::info!(deployment = %d, version = %version.id, "deploy finished");
     Ok(Json(json!({
@@ -160,6 +161,7 @@ pub async fn get_config(
     let record = state.registry.lock().get(&d).cloned().unwrap_or_default();
     Ok(Json(json!({
         "auth": record.auth,
+        "appAuth": state.deployment(&d).ok().map(|dep| dep.app_auth.read().clone()),
         "env": record.env.keys().collect::<Vec<_>>(),
         "fetch": record.fetch,
         "serverFetch": { "allowedHosts": state.config.fetch.allowed_hosts, "deniedHosts": state.config.fetch.denied_hosts },

@@ -31,7 +31,7 @@ pub async fn caller(state: &AppState, dep: &DeploymentState, headers: &HeaderMap
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(Caller::Anonymous) };
     let value = value.to_str().map_err(|_| ServerError::InvalidAuthToken("unreadable Authorization header".into()))?;
     if let Some(token) = value.strip_prefix("Bearer ") {
-        let config = dep.auth.read().clone();
+        let config = dep.auth_config();
         return dep
             .verifier
             .verify(&config, token.trim())

@@ -62,6 +62,19 @@ pub struct AuthProvider {
 }
 
 impl AuthProvider {
+    /// A provider an app declares in its `auth.config.ts`.
+    pub fn from_app(spec: kiln_runtime::AuthProviderSpec) -> AuthProvider {
+        AuthProvider {
+            issuer: spec.issuer,
+            domain: spec.domain,
+            application_id: spec.application_id,
+            algorithms: spec.algorithm.into_iter().collect(),
+            jwks: spec.jwks,
+            jwks_url: spec.jwks_url,
+            ..AuthProvider::default()
+        }
+    }
+
     fn issuer(&self) -> Option<&str> {
         self.issuer.as_deref().or(self.domain.as_deref())
     }

@@ -44,14 +44,34 @@ pub struct DeploymentState {
     pub inflight: Arc<Semaphore>,
     /// The function log.
     pub log: FunctionLog,
-    /// Accepted identity providers.
+    /// Identity providers configured for the deployment (`kiln config`, the config endpoint).
     pub auth: RwLock<AuthConfig>,
+    /// Identity providers the deployed app declares in its `auth.config.ts`.
+    pub app_auth: RwLock<AuthConfig>,
     /// Verifies user tokens.
     pub verifier: auth::Verifier,
     /// Bumped to close every socket of the deployment.
     pub drop_sockets: watch::Sender<u64>,
     /// Open sockets.
     pub connections: AtomicUsize,
+}
+
+impl DeploymentState {
+    /// Every accepted identity provider: the configured ones, then the app's.
+    pub fn auth_config(&self) -> AuthConfig {
+        let mut config = self.auth.read().clone();
+        config.providers.extend(self.app_auth.read().providers.iter().cloned());
+        config
+    }
+}
+
+/// The identity providers of a deployed app's `auth.config.ts` (checked when it was deployed).
+pub fn app_auth(manifest: &kiln_runtime::Manifest) -> AuthConfig {
+    let specs = manifest.auth_providers().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a deployed app's auth.config.ts no longer reads");
+        Vec::new()
+    });
+    AuthConfig { providers: specs.into_iter().map(AuthProvider::from_app).collect() }
 }
 
 /// State shared by every request.
@@ -133,6 +153,7 @@ impl AppState {
             inflight: Arc::new(Semaphore::new(self.config.max_inflight_per_deployment)),
             log: FunctionLog::new(self.config.log_history),
             auth: RwLock::new(record.auth),
+            app_auth: RwLock::new(dep.version().map(|v| app_auth(&v.manifest)).unwrap_or_default()),
             verifier: auth::Verifier::default(),
             drop_sockets: watch::channel(0).0,
             connections: AtomicUsize::new(0),

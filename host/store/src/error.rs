@@ -87,7 +87,7 @@ pub enum StoreError {
     #[error("filter failed: {0}")]
     FilterFailed(String),
     /// A pagination cursor that was altered, belongs to another query or is malformed.
-    #[error("invalid cursor: {0}")]
+    #[error("InvalidCursor: {0}")]
     InvalidCursor(&'static str),
     /// A patch, replace or delete of a document that does not exist.
     #[error("document {0:?} does not exist")]

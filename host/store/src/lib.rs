@@ -34,4 +34,4 @@ pub use query::Query;
 pub use read_set::{ReadSet, ReadToken};
 pub use store::{Store, StoreStats};
 pub use subscription::Subscription;
-pub use transaction::{Page, PageRequest, Savepoint, StreamId, Transaction, Usage, compile_range};
+pub use transaction::{Page, PageRequest, PageStatus, Savepoint, StreamId, Transaction, Usage, compile_range};

@@ -124,6 +124,28 @@ pub struct PageRequest {
     pub page_size: usize,
     /// Stop early after examining this many documents.
     pub max_rows_read: Option<usize>,
+    /// Stop early after reading this many document bytes.
+    pub max_bytes_read: Option<usize>,
+}
+
+/// Why a page wants to be split in two (Convex's `pageStatus`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PageStatus {
+    /// The page read more than half of what it may read: split it before it grows past that.
+    SplitRecommended,
+    /// The page stopped at its read limits before its end cursor: it is incomplete until it is
+    /// split at `split_cursor`.
+    SplitRequired,
+}
+
+impl PageStatus {
+    /// Convex's name for the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PageStatus::SplitRecommended => "SplitRecommended",
+            PageStatus::SplitRequired => "SplitRequired",
+        }
+    }
 }
 
 /// One page of results.
@@ -135,8 +157,11 @@ pub struct Page {
     pub continue_cursor: String,
     /// Whether the query has no more results.
     pub is_done: bool,
-    /// Set when the page stopped early because of `max_rows_read`.
-    pub split_required: bool,
+    /// A cursor in the page's middle: `(cursor, split]` and `(split, continue]` are the two
+    /// halves (none for pages of fewer than two documents that were not cut short).
+    pub split_cursor: Option<String>,
+    /// Set when the page is large for its read limits or was cut short by them.
+    pub page_status: Option<PageStatus>,
 }
 
 /// The writes of a transaction at one moment, to return to when what follows fails (a nested
@@ -755,7 +780,8 @@ impl Transaction {
                 documents: Vec::new(),
                 continue_cursor: pagination::encode(&key, fp, &Position::End),
                 is_done: true,
-                split_required: false,
+                split_cursor: None,
+                page_status: None,
             });
         };
         if request.page_size == 0 && request.end_cursor.is_none() {
@@ -783,33 +809,62 @@ impl Transaction {
         }
         let id = self.open_planned(Some((index, narrowed)), query)?;
         let mut documents = Vec::new();
-        let mut split_required = false;
-        let scanned_before = self.usage.documents_scanned;
+        // The index key of each document, for the split cursor.
+        let mut keys = Vec::new();
+        let mut cut_short = false;
+        let (scanned_before, bytes_before) = (self.usage.documents_scanned, self.usage.bytes_read);
         loop {
             if end.is_none() && documents.len() >= request.page_size {
                 break;
             }
-            if let Some(max) = request.max_rows_read
-                && self.usage.documents_scanned - scanned_before >= max.max(1)
+            let over = |used: usize, max: Option<usize>| max.is_some_and(|m| used >= m.max(1));
+            if over(self.usage.documents_scanned - scanned_before, request.max_rows_read)
+                || over(self.usage.bytes_read - bytes_before, request.max_bytes_read)
             {
-                split_required = true;
+                cut_short = true;
                 break;
             }
             match self.next(id).await? {
-                Some(d) => documents.push(d),
+                Some(d) => {
+                    documents.push(d);
+                    keys.push(self.streams.get(&id).and_then(|s| s.cursor.clone()));
+                }
                 None => break,
             }
         }
         let s = self.streams.remove(&id).ok_or(stream_not_found(id))?;
         self.retire(&s);
-        let (position, is_done) = match (s.state, &end, &s.cursor) {
-            (StreamState::Exhausted, Some(e), _) => (e.clone(), *e == Position::End),
-            (StreamState::Exhausted | StreamState::Stopped, _, _) | (StreamState::Open, _, None) => {
-                (Position::End, true)
-            }
-            (StreamState::Open, _, Some(c)) => (Position::After(c.clone()), false),
+        let stopped_at = match (&s.state, &s.cursor) {
+            (StreamState::Open, Some(c)) => Some(Position::After(c.clone())),
+            _ => None,
         };
-        Ok(Page { documents, continue_cursor: pagination::encode(&key, fp, &position), is_done, split_required })
+        let encode = |p: &Position| pagination::encode(&key, fp, p);
+        let (continue_at, split_at, page_status) = match (end, stopped_at) {
+            // Cut short before its end cursor: the page keeps its end, and the split falls where
+            // reading stopped, so that both halves together still cover the whole range.
+            (Some(e), Some(stop)) if cut_short => (e, Some(stop), Some(PageStatus::SplitRequired)),
+            (Some(e), _) => (e, None, None),
+            // Without an end cursor the page simply ends where it stopped.
+            (None, Some(stop)) => (stop, None, None),
+            (None, None) => (Position::End, None, None),
+        };
+        let page_status = page_status.or_else(|| {
+            let half = |used: usize, max: Option<usize>| max.is_some_and(|m| used * 2 > m);
+            (half(self.usage.documents_scanned - scanned_before, request.max_rows_read)
+                || half(self.usage.bytes_read - bytes_before, request.max_bytes_read))
+            .then_some(PageStatus::SplitRecommended)
+        });
+        let split_at = split_at.or_else(|| {
+            let middle = keys.len().checked_sub(1)? / 2;
+            (keys.len() >= 2).then(|| keys[middle].clone().map(Position::After)).flatten()
+        });
+        Ok(Page {
+            documents,
+            is_done: continue_at == Position::End,
+            continue_cursor: encode(&continue_at),
+            split_cursor: split_at.as_ref().map(encode),
+            page_status,
+        })
     }
 
     // ---- finishing ----------------------------------------------------------------------

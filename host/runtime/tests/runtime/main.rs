@@ -365,6 +365,67 @@ async fn empty_lists_reach_the_guest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_querys_journal_keeps_its_pages_bounds_when_it_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
+    deploy(&rt, "bank", "bank", config()).await;
+    let open = |n: usize| {
+        let rt = &rt;
+        async move {
+            for _ in 0..n {
+                ok(&call(
+                    rt,
+                    "bank",
+                    Mutation,
+                    "accounts:open",
+                    r#"{"owner": "ann", "balance": {"$integer": "AAAAAAAAAAA="}}"#,
+                )
+                .await);
+            }
+        }
+    };
+    let page = |journal: Option<String>| {
+        let rt = &rt;
+        async move {
+            let mut req = CallRequest::new(
+                Query,
+                "accounts:byOwner",
+                args(r#"{"owner": "ann", "paginationOpts": {"numItems": 3, "cursor": null}}"#),
+            );
+            req.journal = journal;
+            let out = rt.call("bank", req).await;
+            let Value::Object(page) = ok(&out) else { panic!("not a page") };
+            let Value::Array(docs) = &page["page"] else { panic!("no documents") };
+            (docs.len(), page["isDone"].clone(), out.journal)
+        }
+    };
+    open(2).await;
+    let (len, done, journal) = page(None).await;
+    assert_eq!((len, done), (2, Value::Boolean(true)));
+    let journal = journal.expect("a query that paginates produces a journal");
+    // Run again with its journal, the page still ends at the end of the range: it grows past
+    // `numItems` to hold the new accounts instead of leaving them to a next page.
+    open(3).await;
+    let (len, done, again) = page(Some(journal.clone())).await;
+    assert_eq!((len, done), (5, Value::Boolean(true)));
+    assert_eq!(again.as_deref(), Some(journal.as_str()), "the journal stays the same");
+    // A fresh run stops after `numItems` as usual.
+    let (len, done, _) = page(None).await;
+    assert_eq!((len, done), (3, Value::Boolean(false)));
+    // A query that reads no page has no journal; a journal from elsewhere is an invalid cursor.
+    assert_eq!(call(&rt, "bank", Query, "accounts:total", "{}").await.journal, None);
+    let mut req = CallRequest::new(
+        Query,
+        "accounts:byOwner",
+        args(r#"{"owner": "ann", "paginationOpts": {"numItems": 3, "cursor": null}}"#),
+    );
+    req.journal = Some(r#"{"endCursors":["AAAA"]}"#.into());
+    let message = rt.call("bank", req).await.result.unwrap_err().message;
+    // usePaginatedQuery looks for the word to start over.
+    assert!(message.contains("InvalidCursor"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_child_mutation_leaves_no_writes_and_unsupported_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();

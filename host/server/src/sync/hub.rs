@@ -34,6 +34,9 @@ pub struct QuerySpec {
     pub args: Result<Value, String>,
     /// Who runs it.
     pub caller: Caller,
+    /// The journal the subscriber got from an earlier run (when it subscribes again after a
+    /// reconnect).
+    pub journal: Option<String>,
 }
 
 impl QuerySpec {
@@ -43,7 +46,9 @@ impl QuerySpec {
             Ok(v) => kiln_value::to_convex_json(v).to_string(),
             Err(e) => format!("!{e}"),
         };
-        format!("{}\u{0}{}\u{0}{args}", self.caller.cache_key(), kiln_runtime::normalize_path(&self.path)).into()
+        let journal = self.journal.as_deref().unwrap_or_default();
+        let path = kiln_runtime::normalize_path(&self.path);
+        format!("{}\u{0}{path}\u{0}{args}\u{0}{journal}", self.caller.cache_key()).into()
     }
 }
 
@@ -63,6 +68,8 @@ pub struct QueryResult {
     pub outcome: Result<Box<RawValue>, QueryFailure>,
     /// Log lines of the run that produced it.
     pub log_lines: Vec<String>,
+    /// The query's journal: where its pages end.
+    pub journal: Option<String>,
 }
 
 impl PartialEq for QueryFailure {
@@ -80,7 +87,7 @@ impl PartialEq for QueryResult {
             (Err(a), Err(b)) => a == b,
             _ => false,
         };
-        same && self.log_lines == other.log_lines
+        same && self.log_lines == other.log_lines && self.journal == other.journal
     }
 }
 
@@ -95,6 +102,10 @@ pub struct View {
 
 struct Entry {
     spec: Arc<QuerySpec>,
+    /// The journal re-runs continue: the subscriber's, then the one the first run produced.
+    /// Every re-run ends its pages where the first run ended them, so a live page grows and
+    /// shrinks with the documents in its range instead of shifting into the next page.
+    journal: Option<String>,
     watchers: HashMap<u64, Arc<Notify>>,
     result: Option<Arc<QueryResult>>,
     /// Tells when a commit invalidates the result; `None` for results that depend on no data
@@ -154,6 +165,7 @@ impl Hub {
         let key = spec.key();
         let mut entries = self.entries.lock();
         let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
+            journal: spec.journal.clone(),
             spec: Arc::new(spec),
             watchers: HashMap::new(),
             result: None,
@@ -233,12 +245,17 @@ impl Hub {
         }
     }
 
-    async fn execute(&self, spec: &QuerySpec, ts: Timestamp) -> (QueryResult, Option<kiln_store::ReadToken>, bool) {
+    async fn execute(
+        &self,
+        spec: &QuerySpec,
+        journal: Option<String>,
+        ts: Timestamp,
+    ) -> (QueryResult, Option<kiln_store::ReadToken>, bool) {
         let args = match &spec.args {
             Ok(v) => v.clone(),
             Err(e) => {
                 let failure = QueryFailure { message: e.clone(), data: None };
-                return (QueryResult { outcome: Err(failure), log_lines: Vec::new() }, None, false);
+                return (QueryResult { outcome: Err(failure), log_lines: Vec::new(), journal }, None, false);
             }
         };
         let mut req = CallRequest::new(FunctionKind::Query, &spec.path, args);
@@ -246,6 +263,7 @@ impl Hub {
         req.internal = spec.caller.is_admin();
         req.snapshot = Some(ts);
         req.cacheable = true;
+        req.journal = journal;
         let out = self.runtime.call(&self.deployment, req).await;
         (self.observer)(FunctionKind::Query, &spec.path, &out);
         let snapshot_lost = matches!(&out.result, Err(e) if e.code == "SnapshotTooOld" || e.code == "SnapshotInFuture");
@@ -253,7 +271,8 @@ impl Hub {
             Ok(v) => Ok(raw_json(v)),
             Err(e) => Err(QueryFailure { message: e.message.clone(), data: e.data.as_ref().map(raw_json) }),
         };
-        (QueryResult { outcome, log_lines: crate::logs::log_lines(&out) }, out.read_token, snapshot_lost)
+        let result = QueryResult { outcome, log_lines: crate::logs::log_lines(&out), journal: out.journal };
+        (result, out.read_token, snapshot_lost)
     }
 
     /// One round: re-run what commits up to the newest timestamp invalidated, run new
@@ -261,7 +280,7 @@ impl Hub {
     async fn round(&self) {
         let ts = self.store.published_ts();
         let rerun_all = self.rerun_all.swap(false, Ordering::AcqRel);
-        let todo: Vec<(QueryKey, Arc<QuerySpec>)> = self
+        let todo: Vec<(QueryKey, Arc<QuerySpec>, Option<String>)> = self
             .entries
             .lock()
             .iter()
@@ -270,7 +289,7 @@ impl Hub {
                     || e.result.is_none()
                     || e.sub.as_ref().is_some_and(|s| s.invalidated_at().is_some_and(|at| at <= ts))
             })
-            .map(|(k, e)| (k.clone(), e.spec.clone()))
+            .map(|(k, e)| (k.clone(), e.spec.clone(), e.journal.clone()))
             .collect();
         let current = self.view();
         if todo.is_empty() {
@@ -283,7 +302,7 @@ impl Hub {
             return;
         }
         let runs: Vec<_> = futures::stream::iter(todo)
-            .map(|(key, spec)| async move { (key, self.execute(&spec, ts).await) })
+            .map(|(key, spec, journal)| async move { (key, self.execute(&spec, journal, ts).await) })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
@@ -301,6 +320,9 @@ impl Hub {
                     continue;
                 }
                 entry.sub = token.map(|t| self.store.subscribe(&t));
+                if result.journal.is_some() {
+                    entry.journal = result.journal.clone();
+                }
                 if entry.result.as_deref() != Some(&result) {
                     entry.result = Some(Arc::new(result));
                     woken.extend(entry.watchers.values().cloned());

@@ -62,7 +62,8 @@ enum Done {
 struct SocketQuery {
     path: String,
     args: Result<Value, String>,
-    journal: Option<JsonValue>,
+    /// The journal the client sent with the query.
+    journal: Option<String>,
     key: QueryKey,
     last_sent: Option<Arc<QueryResult>>,
 }
@@ -124,8 +125,8 @@ impl Session {
         }
     }
 
-    fn spec(&self, path: &str, args: &Result<Value, String>) -> QuerySpec {
-        QuerySpec { path: path.to_owned(), args: args.clone(), caller: self.caller.clone() }
+    fn spec(&self, path: &str, args: &Result<Value, String>, journal: Option<String>) -> QuerySpec {
+        QuerySpec { path: path.to_owned(), args: args.clone(), caller: self.caller.clone(), journal }
     }
 
     async fn handle(&mut self, text: &str) -> Result<(), End> {
@@ -172,8 +173,8 @@ impl Session {
                                 )));
                             }
                             let args = args_of(&args);
-                            let key =
-                                self.dep.hub.subscribe(self.spec(&udf_path, &args), self.watcher, self.notify.clone());
+                            let spec = self.spec(&udf_path, &args, journal.clone());
+                            let key = self.dep.hub.subscribe(spec, self.watcher, self.notify.clone());
                             self.removed.retain(|id| *id != query_id);
                             self.queries
                                 .insert(query_id, SocketQuery { path: udf_path, args, journal, key, last_sent: None });
@@ -198,7 +199,7 @@ impl Session {
                 let caller = match token_type.as_str() {
                     "None" => Ok(Caller::Anonymous),
                     "User" => {
-                        let config = self.dep.auth.read().clone();
+                        let config = self.dep.auth_config();
                         self.dep.verifier.verify(&config, value.as_deref().unwrap_or_default()).await.map(Caller::User)
                     }
                     "Admin" => {
@@ -264,7 +265,9 @@ impl Session {
         let ids: Vec<u32> = self.queries.keys().copied().collect();
         for id in ids {
             let Some(q) = self.queries.get(&id) else { continue };
-            let spec = self.spec(&q.path, &q.args);
+            // The pages keep the bounds the client has seen.
+            let journal = q.last_sent.as_ref().and_then(|r| r.journal.clone()).or_else(|| q.journal.clone());
+            let spec = self.spec(&q.path, &q.args, journal);
             let old = q.key.clone();
             let key = self.dep.hub.subscribe(spec, self.watcher, self.notify.clone());
             if key != old {
@@ -422,7 +425,7 @@ impl Session {
         }
         let mut modifications = Vec::with_capacity(changed.len() + self.removed.len());
         for (id, r) in &changed {
-            let journal = self.queries.get(id).and_then(|q| q.journal.as_ref());
+            let journal = r.journal.as_deref();
             modifications.push(match &r.outcome {
                 Ok(value) => StateModification::QueryUpdated { query_id: *id, value, log_lines: &r.log_lines, journal },
                 Err(f) => StateModification::QueryFailed {

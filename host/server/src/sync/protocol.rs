@@ -107,9 +107,9 @@ pub enum QuerySetModification {
         udf_path: String,
         /// `[argsObject]`.
         args: Vec<Json>,
-        /// The pagination journal from an earlier result.
+        /// The query journal from an earlier result (opaque; `null` for none).
         #[serde(default)]
-        journal: Option<Json>,
+        journal: Option<String>,
     },
     /// Unsubscribes.
     #[serde(rename_all = "camelCase")]
@@ -144,8 +144,8 @@ pub enum StateModification<'a> {
         value: &'a RawValue,
         /// Log lines of the run.
         log_lines: &'a [String],
-        /// The pagination journal.
-        journal: Option<&'a Json>,
+        /// The query journal: where the query's pages end.
+        journal: Option<&'a str>,
     },
     /// The query failed.
     #[serde(rename_all = "camelCase")]
@@ -159,8 +159,8 @@ pub enum StateModification<'a> {
         /// `ConvexError` data.
         #[serde(skip_serializing_if = "Option::is_none")]
         error_data: Option<&'a RawValue>,
-        /// The pagination journal.
-        journal: Option<&'a Json>,
+        /// The query journal: where the query's pages end.
+        journal: Option<&'a str>,
     },
     /// The query is gone.
     #[serde(rename_all = "camelCase")]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kiln_store::query::Query;
-use kiln_store::{PageRequest, Store};
+use kiln_store::{PageRequest, PageStatus, Store};
 use kiln_value::{DocumentId, Value};
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
@@ -182,6 +182,103 @@ async fn rerunning_a_page_with_its_end_cursor_keeps_its_bounds() {
         .await
         .unwrap();
     assert!(done.documents.is_empty() && done.is_done);
+}
+
+fn ks(page: &kiln_store::Page) -> Vec<f64> {
+    page.documents
+        .iter()
+        .map(|d| match d.value["k"] {
+            Value::Float64(k) => k,
+            _ => panic!("k is not a number"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grown_page_splits_into_two_pages_that_cover_it_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config()).await;
+    store.add_index("p", "by_k", &["k"]).await.unwrap();
+    retry!(store, |tx| {
+        for k in 0..20 {
+            tx.insert("p", obj(&format!(r#"{{"k": {k}}}"#))).await?;
+        }
+        Ok(())
+    });
+    let q = Query::from_json(&json!({"source": {"type": "IndexRange", "indexName": "p.by_k", "range": []}})).unwrap();
+    let mut tx = store.begin_read_only();
+    let first = tx.query_page(q.clone(), PageRequest { page_size: 3, ..Default::default() }).await.unwrap();
+    let rest = tx
+        .query_page(
+            q.clone(),
+            PageRequest { cursor: Some(first.continue_cursor.clone()), page_size: 3, ..Default::default() },
+        )
+        .await
+        .unwrap();
+    assert_eq!((ks(&first), ks(&rest)), (vec![0.0, 1.0, 2.0], vec![3.0, 4.0, 5.0]));
+    // The first page grows to 3 + 6 documents; the split cursor falls in its middle.
+    retry!(store, |tx| {
+        for k in [0.5, 0.6, 1.5, 1.6, 1.7, 1.8] {
+            tx.insert("p", obj(&format!(r#"{{"k": {k}}}"#))).await?;
+        }
+        Ok(())
+    });
+    let mut tx = store.begin_read_only();
+    let end = Some(first.continue_cursor.clone());
+    let grown = tx
+        .query_page(q.clone(), PageRequest { end_cursor: end.clone(), page_size: 3, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(ks(&grown), vec![0.0, 0.5, 0.6, 1.0, 1.5, 1.6, 1.7, 1.8, 2.0]);
+    assert_eq!(grown.page_status, None, "no read limits were given");
+    let split = grown.split_cursor.clone().expect("a page of nine documents has a split cursor");
+    let left = tx
+        .query_page(q.clone(), PageRequest { end_cursor: Some(split.clone()), page_size: 3, ..Default::default() })
+        .await
+        .unwrap();
+    let right = tx
+        .query_page(
+            q.clone(),
+            PageRequest { cursor: Some(split), end_cursor: end.clone(), page_size: 3, ..Default::default() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ks(&left), vec![0.0, 0.5, 0.6, 1.0, 1.5]);
+    assert_eq!(ks(&right), vec![1.6, 1.7, 1.8, 2.0]);
+    assert_eq!(right.continue_cursor, first.continue_cursor, "the halves end where the page ended");
+
+    // Read limits: more than half of them read recommends a split; reaching them before the
+    // end cursor requires one, and the page keeps its end so that the halves still cover it.
+    let limited =
+        |rows| PageRequest { end_cursor: end.clone(), page_size: 3, max_rows_read: Some(rows), ..Default::default() };
+    let recommended = tx.query_page(q.clone(), limited(16)).await.unwrap();
+    assert_eq!((recommended.documents.len(), recommended.page_status), (9, Some(PageStatus::SplitRecommended)));
+    let required = tx.query_page(q.clone(), limited(4)).await.unwrap();
+    assert_eq!(ks(&required), vec![0.0, 0.5, 0.6, 1.0]);
+    assert_eq!(required.page_status, Some(PageStatus::SplitRequired));
+    assert_eq!(required.continue_cursor, first.continue_cursor);
+    let tail = tx
+        .query_page(
+            q.clone(),
+            PageRequest { cursor: required.split_cursor.clone(), end_cursor: end, page_size: 3, ..Default::default() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ks(&tail), vec![1.5, 1.6, 1.7, 1.8, 2.0]);
+    // Without an end cursor a page cut short by its limits is complete: it ends where it stopped
+    // (having read all it may, it is worth splitting as it grows).
+    let short = tx
+        .query_page(q.clone(), PageRequest { page_size: 5, max_rows_read: Some(2), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(
+        (ks(&short), short.page_status, short.is_done),
+        (vec![0.0, 0.5], Some(PageStatus::SplitRecommended), false)
+    );
+    // The byte limit cuts pages short the same way.
+    let bytes =
+        tx.query_page(q, PageRequest { page_size: 5, max_bytes_read: Some(1), ..Default::default() }).await.unwrap();
+    assert_eq!(ks(&bytes), vec![0.0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,22 @@ import assert from "node:assert/strict";
 import { ConvexClient, ConvexHttpClient } from "convex/browser";
 import { anyApi } from "convex/server";
 import WebSocket from "ws";
-import { admin, deploy, jwt, kiln, now, rsaKeys, startServer, testApp, waitFor } from "./helpers.mjs";
+import { createPublicKey } from "node:crypto";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  admin,
+  createDeployment,
+  deploy,
+  jwt,
+  kiln,
+  now,
+  rsaKeys,
+  startServer,
+  testApp,
+  waitFor,
+} from "./helpers.mjs";
 
 const api = anyApi;
 const ISSUER = "https://auth.kiln.test";
@@ -163,4 +178,64 @@ test("a wrong admin key cannot deploy or administer", async () => {
   const adminClient = new ConvexHttpClient(server.url, { logger: false });
   adminClient.setAdminAuth(server.adminKey, { subject: "acted", issuer: "https://admin" });
   assert.equal((await adminClient.query(api.auth.whoami, {})).subject, "acted");
+});
+
+/** A small app in the ignored `.work/` folder (the `convex` package resolves from here). */
+function writeApp(name, authConfig) {
+  const dir = join(dirname(fileURLToPath(import.meta.url)), "../.work", `${name}-${process.pid}`);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(join(dir, "convex"), { recursive: true });
+  writeFileSync(
+    join(dir, "convex/me.ts"),
+    'import { queryGeneric } from "convex/server";\n' +
+      "export const whoami = queryGeneric({ args: {}, handler: async (ctx) => await ctx.auth.getUserIdentity() });\n",
+  );
+  writeFileSync(join(dir, "convex/auth.config.ts"), authConfig);
+  return dir;
+}
+
+test("an app's auth.config.ts is its identity configuration: its provider's tokens are accepted", async () => {
+  const appKeys = rsaKeys();
+  const jwks = { keys: [{ ...createPublicKey(appKeys.publicKey).export({ format: "jwk" }), alg: "RS256", use: "sig" }] };
+  const uri = `data:text/plain;charset=utf-8;base64,${Buffer.from(JSON.stringify(jwks)).toString("base64")}`;
+  const issuer = "https://issuer.app.kiln.test";
+  const app = writeApp(
+    "auth-config",
+    `export default {\n  providers: [\n    { type: "customJwt", applicationID: "my-app", issuer: ${JSON.stringify(issuer)}, jwks: ${JSON.stringify(uri)}, algorithm: "RS256" },\n  ],\n};\n`,
+  );
+  // A fresh deployment: nothing configured but the app.
+  const key = await createDeployment(server, "withauthconfig");
+  const url = `${server.url}/d/withauthconfig`;
+  deploy(url, key, app);
+  const token = jwt(claims({ iss: issuer, aud: "my-app" }), { privateKey: appKeys.privateKey });
+  const http = new ConvexHttpClient(url, { logger: false });
+  http.setAuth(token);
+  const identity = await http.query(anyApi.me.whoami, {});
+  assert.equal(identity.tokenIdentifier, `${issuer}|user-42`);
+
+  // Over WebSocket too, and a token for another audience is still refused.
+  const ws = new ConvexClient(url, { logger: false });
+  try {
+    const seen = [];
+    ws.setAuth(async () => token);
+    ws.onUpdate(anyApi.me.whoami, {}, (v) => seen.push(v));
+    await waitFor(() => seen.some((v) => v?.issuer === issuer), 10_000, "the identity over WebSocket");
+  } finally {
+    await ws.close();
+  }
+  const other = new ConvexHttpClient(url, { logger: false });
+  other.setAuth(jwt(claims({ iss: issuer, aud: "another-app" }), { privateKey: appKeys.privateKey }));
+  await assert.rejects(other.query(anyApi.me.whoami, {}), /audience|aud/i);
+  rmSync(app, { recursive: true, force: true });
+});
+
+test("an auth.config.ts Kiln cannot apply is refused by name at build", () => {
+  const app = writeApp(
+    "auth-config-env",
+    "export default { providers: [{ domain: process.env.CLERK_DOMAIN, applicationID: \"convex\" }] };\n",
+  );
+  const r = kiln("build", app);
+  assert.notEqual(r.status, 0, "the build fails");
+  assert.match(r.stderr + r.stdout, /convex\/auth\.config\.ts: provider 0: `domain` is missing \(environment variables/);
+  rmSync(app, { recursive: true, force: true });
 });

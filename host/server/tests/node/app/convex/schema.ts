@@ -5,4 +5,5 @@ export default defineSchema({
   counters: defineTable({ name: v.string(), value: v.number() }).index("by_name", ["name"]),
   values: defineTable({ label: v.string(), value: v.any() }),
   items: defineTable({ name: v.string(), rank: v.number() }),
+  entries: defineTable({ n: v.number() }).index("by_n", ["n"]),
 });
