@@ -150,6 +150,12 @@ pub enum PersistenceError {
     /// The underlying storage failed (I/O, database error).
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The disk is full: nothing was written; writes may succeed once space is freed.
+    #[error("the disk is full: {0}")]
+    Full(String),
+    /// The storage cannot be written (a read-only file or directory); reads still work.
+    #[error("the storage is read-only: {0}")]
+    ReadOnly(String),
     /// The stored data is inconsistent.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -166,10 +172,19 @@ impl PersistenceError {
     pub fn code(&self) -> &'static str {
         match self {
             PersistenceError::Storage(_) => "StorageFailure",
+            PersistenceError::Full(_) => "StorageFull",
+            PersistenceError::ReadOnly(_) => "StorageReadOnly",
             PersistenceError::Corrupt(_) => "StorageCorrupt",
             PersistenceError::Locked(_) => "StorageLocked",
             PersistenceError::Closed => "StorageClosed",
         }
+    }
+
+    /// Whether a commit that failed with this error left the storage as it was, so that later
+    /// commits may be tried (a full disk, read-only storage, a failed write); not after
+    /// corruption, a lock held elsewhere or a closed backend.
+    pub fn leaves_storage_intact(&self) -> bool {
+        matches!(self, PersistenceError::Storage(_) | PersistenceError::Full(_) | PersistenceError::ReadOnly(_))
     }
 }
 

@@ -82,6 +82,16 @@ impl CommitLog {
         }
     }
 
+    /// Forgets the commits after `ts` (they failed to persist). Their documents stay marked as
+    /// written, so that no read fills the cache with a revision it cannot prove newest.
+    pub fn truncate_after(&mut self, ts: Timestamp) {
+        while self.entries.back().is_some_and(|e| e.ts > ts) {
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= e.bytes;
+            }
+        }
+    }
+
     /// Checks `reads` (normalized) against every commit after `since`.
     pub fn check(&self, since: Timestamp, reads: &ReadSet) -> Check {
         self.check_range(since, Timestamp(u64::MAX), reads)

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -95,6 +95,12 @@ pub(crate) struct Inner {
     next_index_id: AtomicU32,
     prune_floor: AtomicU64,
     failed: Mutex<Option<String>>,
+    /// Whether the failure left the storage intact: once the commits in flight have drained,
+    /// the store drops what the failed commits validated and accepts commits again.
+    recoverable: AtomicBool,
+    /// Timestamps of commits validated but lost to a storage failure (first, last): a
+    /// transaction whose snapshot includes one read writes that never happened.
+    lost: Mutex<Vec<(Timestamp, Timestamp)>>,
     commits: AtomicU64,
     conflicts: AtomicU64,
     published: watch::Sender<Timestamp>,
@@ -178,9 +184,18 @@ impl Inner {
         self.log.lock().check_range(published, ts, &reads) != Check::Clean
     }
 
+    /// Whether a snapshot at `ts` includes commits lost to a storage failure.
+    pub(crate) fn saw_lost_commits(&self, ts: Timestamp) -> bool {
+        self.lost.lock().iter().any(|(first, last)| (*first..=*last).contains(&ts))
+    }
+
     /// Waits until the commit at `ts` is published (so durable); fails if the store failed
-    /// or closed first.
+    /// or closed first, or if that commit was lost.
     pub(crate) async fn wait_published(&self, ts: Timestamp) -> Result<()> {
+        let lost = || StoreError::Failed("a commit this transaction read was lost to a storage failure".into());
+        if self.saw_lost_commits(ts) {
+            return Err(lost());
+        }
         let mut rx = self.published.subscribe();
         if *rx.borrow() >= ts {
             return Ok(());
@@ -200,6 +215,9 @@ impl Inner {
             }
             if let Some(msg) = self.failed.lock().clone() {
                 return Err(StoreError::Failed(msg));
+            }
+            if self.saw_lost_commits(ts) {
+                return Err(lost());
             }
             rx.changed().await.map_err(|_| StoreError::Closed)?;
         }
@@ -248,10 +266,23 @@ async fn run_committer(
     mut last_ts: Timestamp,
 ) {
     let mut inflight: FuturesOrdered<Inflight> = FuturesOrdered::new();
+    // Replies to commits that failed, sent once the store has recovered (or cannot): a caller
+    // that hears of its failure and tries again then finds the store accepting commits.
+    let mut failed_replies = Vec::new();
     let mut open = true;
     while open || !inflight.is_empty() {
         tokio::select! {
-            Some(done) = inflight.next(), if !inflight.is_empty() => publish(&inner, done),
+            Some(done) = inflight.next(), if !inflight.is_empty() => {
+                if let Some(failure) = publish(&inner, done) {
+                    failed_replies.push(failure);
+                }
+                if inflight.is_empty() {
+                    recover(&inner, &mut catalog, last_ts);
+                    for (reply, e) in failed_replies.drain(..) {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
             envelope = rx.recv(), if open => match envelope {
                 Some(e) => {
                     if let Some(f) = validate(&inner, &mut catalog, &mut last_ts, e) {
@@ -273,6 +304,12 @@ fn validate(
     let Envelope { request, reply } = envelope;
     if let Some(msg) = inner.failed.lock().clone() {
         let _ = reply.send(Err(StoreError::Failed(msg)));
+        return None;
+    }
+    if inner.saw_lost_commits(request.begin_ts) {
+        // Its snapshot held writes that were never made durable: retry on a fresh one.
+        inner.conflicts.fetch_add(1, Ordering::Relaxed);
+        let _ = reply.send(Err(StoreError::Conflict { table: String::new(), conflicting_ts: request.begin_ts }));
         return None;
     }
     let check = inner.log.lock().check(request.begin_ts, &request.reads);
@@ -347,20 +384,28 @@ fn validate(
     }))
 }
 
-fn publish(inner: &Inner, done: Completed) {
+/// Publishes a completed commit, or returns its reply and error when it failed.
+fn publish(inner: &Inner, done: Completed) -> Option<(oneshot::Sender<Result<Timestamp>>, StoreError)> {
     let Completed { ts, result, reply, docs, keys, catalog } = done;
     if let Err(e) = result {
-        tracing::error!(error = %e, ts = ts.0, "commit failed; the store stops accepting commits");
-        inner.failed.lock().get_or_insert_with(|| e.to_string());
+        tracing::error!(error = %e, ts = ts.0, "commit failed; the commits validated after it fail too");
+        let mut failed = inner.failed.lock();
+        if failed.is_none() {
+            *failed = Some(e.to_string());
+            inner.recoverable.store(e.leaves_storage_intact(), Ordering::Release);
+        }
+        drop(failed);
         // Wake transactions waiting for a commit that will never be published.
         inner.published.send_modify(|_| {});
-        let _ = reply.send(Err(StoreError::Persistence(e)));
-        return;
+        return Some((reply, StoreError::Persistence(e)));
     }
     if let Some(msg) = inner.failed.lock().clone() {
-        // An earlier commit failed; later ones were validated assuming it succeeded.
-        let _ = reply.send(Err(StoreError::Failed(msg)));
-        return;
+        // An earlier commit failed; later ones were validated assuming it succeeded. This one
+        // is durable all the same, so memory can no longer be brought back in line with the
+        // storage: the store stays failed (a restart reads what the storage holds).
+        tracing::error!(ts = ts.0, "a commit validated after a failed one was made durable; restart to recover");
+        inner.recoverable.store(false, Ordering::Release);
+        return Some((reply, StoreError::Failed(msg)));
     }
     let ids: Vec<DocumentId> = docs.iter().map(|(id, _)| *id).collect();
     {
@@ -400,6 +445,33 @@ fn publish(inner: &Inner, done: Completed) {
     inner.log.lock().evict(ts);
     inner.commits.fetch_add(1, Ordering::Relaxed);
     let _ = reply.send(Ok(ts));
+    None
+}
+
+/// After a failed commit, once no commit is in flight: if the storage is intact, forgets what
+/// the failed commits (and those validated after them) wrote, so that the store is back at its
+/// last published state, and accepts commits again. A full disk thus refuses writes only while
+/// it is full.
+fn recover(inner: &Inner, catalog: &mut Arc<Catalog>, last_ts: Timestamp) {
+    if !inner.recoverable.load(Ordering::Acquire) {
+        return;
+    }
+    let Some(msg) = inner.failed.lock().clone() else { return };
+    let published = inner.snapshot();
+    if last_ts > published.ts {
+        let mut lost = inner.lost.lock();
+        lost.push((Timestamp(published.ts.0 + 1), last_ts));
+        // Old ranges only matter to transactions older than the commit log covers.
+        let excess = lost.len().saturating_sub(256);
+        lost.drain(..excess);
+    }
+    inner.log.lock().truncate_after(published.ts);
+    inner.pending.lock().clear();
+    *catalog = published.catalog.clone();
+    *inner.validated.write() = published;
+    inner.recoverable.store(false, Ordering::Release);
+    *inner.failed.lock() = None;
+    tracing::warn!(error = %msg, "the store accepts commits again after a storage failure");
 }
 
 /// A deployment's document store. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -441,6 +513,8 @@ impl Store {
             next_index_id: AtomicU32::new(catalog.next_index_id),
             prune_floor: AtomicU64::new(state.pruned_up_to.0),
             failed: Mutex::new(None),
+            recoverable: AtomicBool::new(false),
+            lost: Mutex::new(Vec::new()),
             commits: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             published: watch::channel(ts).0,
@@ -521,7 +595,9 @@ impl Store {
     /// [`Transaction::settle`]), and its conflict window then no longer includes the time
     /// the commits before it take to become durable.
     pub fn begin_with(&self, read_only: bool, limits: TransactionLimits) -> Transaction {
-        let snap = if read_only { self.inner.snapshot() } else { self.inner.validated.read().clone() };
+        // After a failed commit the validated state holds commits that will never be published.
+        let failing = self.inner.failed.lock().is_some();
+        let snap = if read_only || failing { self.inner.snapshot() } else { self.inner.validated.read().clone() };
         Transaction::new(self.inner.clone(), snap.ts, snap.catalog, read_only, limits)
     }
 

@@ -36,7 +36,7 @@ mod commit_log;
 mod materialize;
 pub use checkpoint::CheckpointStats;
 use checkpoint::Checkpointing;
-use materialize::{Gathering, Materializer, MaterializerMsg};
+use materialize::{Gathering, Materializer, MaterializerMsg, ScanSource, ScanView};
 
 /// Where deployments' files live unless configured otherwise.
 pub const DEFAULT_DATA_DIR: &str = "kiln-data";
@@ -187,8 +187,15 @@ pub struct SqlitePersistence {
     _lock: File,
 }
 
-pub(crate) fn storage(e: impl std::fmt::Display) -> PersistenceError {
-    PersistenceError::Storage(e.to_string())
+/// A storage error; SQLite's full-disk and read-only errors get codes of their own.
+pub(crate) fn storage(e: impl std::fmt::Display + 'static) -> PersistenceError {
+    let code =
+        (&e as &dyn std::any::Any).downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code);
+    match code {
+        Some(rusqlite::ErrorCode::DiskFull) => PersistenceError::Full(e.to_string()),
+        Some(rusqlite::ErrorCode::ReadOnly) => PersistenceError::ReadOnly(e.to_string()),
+        _ => PersistenceError::Storage(e.to_string()),
+    }
 }
 
 fn corrupt(what: impl Into<String>) -> PersistenceError {
@@ -331,6 +338,22 @@ impl SqlitePersistence {
             self.materialize_now().await?;
         }
         Ok(())
+    }
+
+    /// Has the materializer catch up for a scan of `range` at `ts`. When it cannot (its copy
+    /// fails: a full disk), the overlay's part of the scan instead, for the scan to merge with
+    /// what the tables hold, so that reads keep working.
+    async fn settle_or_view(&self, ts: Timestamp, source: ScanSource, range: &KeyRange) -> Result<Option<ScanView>> {
+        match self.settle(ts).await {
+            Ok(()) => Ok(None),
+            Err(e) => match &self.materializer {
+                Some(m) if m.overlay.covers(ts) && e.leaves_storage_intact() => {
+                    tracing::warn!(error = %e, "the commit log cannot be copied; scanning it beside the tables");
+                    Ok(Some(m.overlay.scan_view(source, range, ts)))
+                }
+                _ => Err(e),
+            },
+        }
     }
 
     /// Has the materializer copy every acknowledged commit into the tables.
@@ -749,34 +772,41 @@ impl Persistence for SqlitePersistence {
         order: Order,
         limit: usize,
     ) -> Result<Vec<ScanHit>> {
-        self.settle(ts).await?;
+        let view = self.settle_or_view(ts, ScanSource::Table(table), range).await?;
+        let requested = limit.saturating_add(view.as_ref().map_or(0, ScanView::len));
         let range = range.clone();
-        self.read(move |conn| {
-            let sql = range_sql(
-                "SELECT id, ts, value FROM documents WHERE table_id = ?1 AND ts <= ?2",
-                "id",
-                "id",
-                range.end.is_some(),
-                order,
-            );
-            let mut stmt = conn.prepare_cached(&sql).map_err(storage)?;
-            let ts_sql = ts_to_sql(ts)?;
-            let map =
-                |r: &rusqlite::Row| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<Vec<u8>>>(2)?));
-            let rows = match &range.end {
-                Some(end) => stmt.query_map(params![table.0, ts_sql, range.start, end], map),
-                None => stmt.query_map(params![table.0, ts_sql, range.start], map),
-            }
-            .map_err(storage)?;
-            let live = newest_per_key(rows.map(|r| r.map_err(storage)), limit)?;
-            live.into_iter()
-                .map(|(key, t, value)| {
-                    let id = doc_id_from_sql(i64::from(table.0), &key)?;
-                    Ok(ScanHit { key, revision: DocumentRevision { id, ts: ts_from_sql(t)?, value: Some(value) } })
-                })
-                .collect()
+        let hits = self
+            .read(move |conn| {
+                let sql = range_sql(
+                    "SELECT id, ts, value FROM documents WHERE table_id = ?1 AND ts <= ?2",
+                    "id",
+                    "id",
+                    range.end.is_some(),
+                    order,
+                );
+                let mut stmt = conn.prepare_cached(&sql).map_err(storage)?;
+                let ts_sql = ts_to_sql(ts)?;
+                let map = |r: &rusqlite::Row| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<Vec<u8>>>(2)?))
+                };
+                let rows = match &range.end {
+                    Some(end) => stmt.query_map(params![table.0, ts_sql, range.start, end], map),
+                    None => stmt.query_map(params![table.0, ts_sql, range.start], map),
+                }
+                .map_err(storage)?;
+                let live = newest_per_key(rows.map(|r| r.map_err(storage)), requested)?;
+                live.into_iter()
+                    .map(|(key, t, value)| {
+                        let id = doc_id_from_sql(i64::from(table.0), &key)?;
+                        Ok(ScanHit { key, revision: DocumentRevision { id, ts: ts_from_sql(t)?, value: Some(value) } })
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(match view {
+            Some(view) => view.merge(hits, requested, order, limit),
+            None => hits,
         })
-        .await
     }
 
     async fn scan_index(
@@ -787,40 +817,46 @@ impl Persistence for SqlitePersistence {
         order: Order,
         limit: usize,
     ) -> Result<Vec<ScanHit>> {
-        self.settle(ts).await?;
+        let view = self.settle_or_view(ts, ScanSource::Index(index), range).await?;
+        let requested = limit.saturating_add(view.as_ref().map_or(0, ScanView::len));
         let range = range.clone();
-        self.read(move |conn| {
-            let sql = range_sql(
-                "SELECT key, ts, doc_table, doc_id FROM index_entries WHERE index_id = ?1 AND ts <= ?2",
-                "key",
-                "key",
-                range.end.is_some(),
-                order,
-            );
-            let mut stmt = conn.prepare_cached(&sql).map_err(storage)?;
-            let ts_sql = ts_to_sql(ts)?;
-            let map = |r: &rusqlite::Row| {
-                let table: Option<i64> = r.get(2)?;
-                let doc: Option<Vec<u8>> = r.get(3)?;
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, table.zip(doc)))
-            };
-            let rows = match &range.end {
-                Some(end) => stmt.query_map(params![index.0, ts_sql, range.start, end], map),
-                None => stmt.query_map(params![index.0, ts_sql, range.start], map),
-            }
-            .map_err(storage)?;
-            let live = newest_per_key(rows.map(|r| r.map_err(storage)), limit)?;
-            let mut hits = Vec::with_capacity(live.len());
-            for (key, _, (table, doc)) in live {
-                let id = doc_id_from_sql(table, &doc)?;
-                match get_document_sync(conn, id, ts)? {
-                    Some(revision) if revision.value.is_some() => hits.push(ScanHit { key, revision }),
-                    _ => return Err(corrupt(format!("index {} points at missing document {id:?}", index.0))),
+        let hits = self
+            .read(move |conn| {
+                let sql = range_sql(
+                    "SELECT key, ts, doc_table, doc_id FROM index_entries WHERE index_id = ?1 AND ts <= ?2",
+                    "key",
+                    "key",
+                    range.end.is_some(),
+                    order,
+                );
+                let mut stmt = conn.prepare_cached(&sql).map_err(storage)?;
+                let ts_sql = ts_to_sql(ts)?;
+                let map = |r: &rusqlite::Row| {
+                    let table: Option<i64> = r.get(2)?;
+                    let doc: Option<Vec<u8>> = r.get(3)?;
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, table.zip(doc)))
+                };
+                let rows = match &range.end {
+                    Some(end) => stmt.query_map(params![index.0, ts_sql, range.start, end], map),
+                    None => stmt.query_map(params![index.0, ts_sql, range.start], map),
                 }
-            }
-            Ok(hits)
+                .map_err(storage)?;
+                let live = newest_per_key(rows.map(|r| r.map_err(storage)), requested)?;
+                let mut hits = Vec::with_capacity(live.len());
+                for (key, _, (table, doc)) in live {
+                    let id = doc_id_from_sql(table, &doc)?;
+                    match get_document_sync(conn, id, ts)? {
+                        Some(revision) if revision.value.is_some() => hits.push(ScanHit { key, revision }),
+                        _ => return Err(corrupt(format!("index {} points at missing document {id:?}", index.0))),
+                    }
+                }
+                Ok(hits)
+            })
+            .await?;
+        Ok(match view {
+            Some(view) => view.merge(hits, requested, order, limit),
+            None => hits,
         })
-        .await
     }
 
     async fn write_index_entries(

@@ -14,14 +14,14 @@
 //! Reads: a point read of a commit not yet materialized is answered from the [`Overlay`] of
 //! logged commits; a scan whose timestamp includes one has the materializer catch up first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use kiln_persistence::{CommitRecord, DocumentRevision, Result, Timestamp};
-use kiln_value::DocumentId;
+use kiln_persistence::{CommitRecord, DocumentRevision, IndexId, KeyRange, Order, Result, ScanHit, Timestamp};
+use kiln_value::{DocumentId, TableNumber};
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{Connection, params};
 
@@ -79,11 +79,24 @@ pub(crate) struct Overlay {
 /// A document's logged revisions, oldest first (`None`: deleted).
 type Revisions = Vec<(Timestamp, Option<Arc<Vec<u8>>>)>;
 
+/// An index key's logged entries, oldest first (`None`: removed).
+type Entries = Vec<(Timestamp, Option<DocumentId>)>;
+
+/// What one logged commit wrote, to forget once it is materialized.
+struct Logged {
+    ts: Timestamp,
+    docs: Vec<DocumentId>,
+    keys: Vec<(IndexId, Vec<u8>)>,
+    bytes: usize,
+}
+
 #[derive(Default)]
 struct OverlayInner {
     revisions: HashMap<DocumentId, Revisions>,
-    /// Commits in timestamp order with the documents each wrote and their size.
-    commits: VecDeque<(Timestamp, Vec<DocumentId>, usize)>,
+    /// Index entries of logged commits, for scans while the materializer cannot copy.
+    index: HashMap<IndexId, BTreeMap<Vec<u8>, Entries>>,
+    /// Commits in timestamp order with what each wrote and its size.
+    commits: VecDeque<Logged>,
     /// The size of the commits held (see [`record_bytes`]).
     bytes: usize,
 }
@@ -115,17 +128,23 @@ impl Overlay {
     fn add(&self, records: &[CommitRecord]) {
         let mut inner = self.inner.lock();
         for r in records {
-            let mut ids = Vec::with_capacity(r.documents.len());
+            let mut docs = Vec::with_capacity(r.documents.len());
             for (id, value) in &r.documents {
                 inner.revisions.entry(*id).or_default().push((r.ts, value.clone().map(Arc::new)));
-                ids.push(*id);
+                docs.push(*id);
+            }
+            let mut keys = Vec::with_capacity(r.indexes.len());
+            for w in &r.indexes {
+                let entries = inner.index.entry(w.index).or_default().entry(w.key.clone()).or_default();
+                entries.push((r.ts, w.doc));
+                keys.push((w.index, w.key.clone()));
             }
             let bytes = record_bytes(r);
             inner.bytes += bytes;
-            inner.commits.push_back((r.ts, ids, bytes));
+            inner.commits.push_back(Logged { ts: r.ts, docs, keys, bytes });
         }
-        if let Some((ts, _, _)) = inner.commits.front() {
-            self.oldest.store(ts.0, Ordering::Release);
+        if let Some(c) = inner.commits.front() {
+            self.oldest.store(c.ts.0, Ordering::Release);
         }
     }
 
@@ -148,10 +167,10 @@ impl Overlay {
     /// Drops commits up to `ts` (called once they are in the deployment's file).
     fn remove_through(&self, ts: Timestamp) {
         let mut inner = self.inner.lock();
-        while inner.commits.front().is_some_and(|(t, _, _)| *t <= ts) {
-            let Some((_, ids, bytes)) = inner.commits.pop_front() else { break };
-            inner.bytes -= bytes;
-            for id in ids {
+        while inner.commits.front().is_some_and(|c| c.ts <= ts) {
+            let Some(logged) = inner.commits.pop_front() else { break };
+            inner.bytes -= logged.bytes;
+            for id in logged.docs {
                 if let Some(revs) = inner.revisions.get_mut(&id) {
                     revs.retain(|(t, _)| *t > ts);
                     if revs.is_empty() {
@@ -159,11 +178,58 @@ impl Overlay {
                     }
                 }
             }
+            for (index, key) in logged.keys {
+                let Some(keys) = inner.index.get_mut(&index) else { continue };
+                if let Some(entries) = keys.get_mut(&key) {
+                    entries.retain(|(t, _)| *t > ts);
+                    if entries.is_empty() {
+                        keys.remove(&key);
+                    }
+                }
+                if keys.is_empty() {
+                    inner.index.remove(&index);
+                }
+            }
         }
-        let oldest = inner.commits.front().map_or(u64::MAX, |(t, _, _)| t.0);
+        let oldest = inner.commits.front().map_or(u64::MAX, |c| c.ts.0);
         self.oldest.store(oldest, Ordering::Release);
         drop(inner);
         self.drained.notify_all();
+    }
+
+    /// What logged commits at or before `ts` wrote in `range` of `source`, newest per key, and
+    /// the newest revision of every document they wrote: taken before the tables are read, a
+    /// scan that merges it with them misses no commit the materializer copies meanwhile.
+    pub(crate) fn scan_view(&self, source: ScanSource, range: &KeyRange, ts: Timestamp) -> ScanView {
+        let inner = self.inner.lock();
+        let newest = |revs: &Revisions| {
+            revs.iter().rev().find(|(t, _)| *t <= ts).map(|(t, v)| (*t, v.as_ref().map(|v| v.as_ref().clone())))
+        };
+        let docs: HashMap<DocumentId, DocumentRevision> = inner
+            .revisions
+            .iter()
+            .filter_map(|(id, revs)| newest(revs).map(|(t, value)| (*id, DocumentRevision { id: *id, ts: t, value })))
+            .collect();
+        let keys = match source {
+            ScanSource::Table(table) => docs
+                .values()
+                .filter(|r| r.id.table == table && range.contains(&r.id.internal.0))
+                .map(|r| (r.id.internal.0.to_vec(), r.value.is_some().then_some(r.id)))
+                .collect(),
+            ScanSource::Index(index) => inner
+                .index
+                .get(&index)
+                .map(|keys| {
+                    let end = range.end.clone().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+                    keys.range((std::ops::Bound::Included(range.start.clone()), end))
+                        .filter_map(|(k, entries)| {
+                            entries.iter().rev().find(|(t, _)| *t <= ts).map(|(_, doc)| (k.clone(), *doc))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        ScanView { keys, docs }
     }
 
     /// The newest revision of `id` at or before `ts` among logged commits, if any.
@@ -172,6 +238,63 @@ impl Overlay {
         let revs = inner.revisions.get(&id)?;
         let (t, value) = revs.iter().rev().find(|(t, _)| *t <= ts)?;
         Some(DocumentRevision { id, ts: *t, value: value.as_ref().map(|v| v.as_ref().clone()) })
+    }
+}
+
+/// What a scan reads.
+#[derive(Copy, Clone, Debug)]
+pub(crate) enum ScanSource {
+    /// A table by id (keys are the 16 bytes of internal ids).
+    Table(TableNumber),
+    /// An index.
+    Index(IndexId),
+}
+
+/// The overlay's part of a scan (see [`Overlay::scan_view`]).
+pub(crate) struct ScanView {
+    /// Keys in range with the document each now points to (`None`: removed).
+    keys: BTreeMap<Vec<u8>, Option<DocumentId>>,
+    /// The newest logged revision of each document.
+    docs: HashMap<DocumentId, DocumentRevision>,
+}
+
+impl ScanView {
+    /// How many keys the overlay decides; a table scan asks for this many more hits.
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Merges `table` (the tables' hits in `order`, `requested` asked for) with the overlay,
+    /// whose keys and revisions are newer: the first `limit` live hits.
+    pub(crate) fn merge(self, table: Vec<ScanHit>, requested: usize, order: Order, limit: usize) -> Vec<ScanHit> {
+        // With a full batch the tables may hold more keys past the last one; only keys up to it
+        // are known.
+        let last = (table.len() >= requested).then(|| table.last().map(|h| h.key.clone())).flatten();
+        let mut merged: BTreeMap<Vec<u8>, DocumentRevision> = BTreeMap::new();
+        for hit in table {
+            if self.keys.contains_key(&hit.key) {
+                continue;
+            }
+            let revision = self.docs.get(&hit.revision.id).cloned().unwrap_or(hit.revision);
+            if revision.value.is_some() {
+                merged.insert(hit.key, revision);
+            }
+        }
+        for (key, doc) in self.keys {
+            if let Some(revision) = doc.and_then(|d| self.docs.get(&d)).filter(|r| r.value.is_some()) {
+                merged.insert(key, revision.clone());
+            }
+        }
+        let known = |k: &Vec<u8>| match (&last, order) {
+            (None, _) => true,
+            (Some(l), Order::Asc) => k <= l,
+            (Some(l), Order::Desc) => k >= l,
+        };
+        let hits = merged.into_iter().filter(|(k, _)| known(k)).map(|(key, revision)| ScanHit { key, revision });
+        match order {
+            Order::Asc => hits.take(limit).collect(),
+            Order::Desc => hits.rev().take(limit).collect(),
+        }
     }
 }
 
@@ -530,5 +653,42 @@ mod tests {
         crate::configure(&log, &crate::SqliteOptions::default()).unwrap();
         assert!(drop_lookaside(&log));
         log.execute_batch(LOG_SCHEMA).unwrap();
+    }
+
+    #[test]
+    fn a_scan_view_overrides_the_tables_and_keeps_only_keys_the_tables_vouch_for() {
+        use kiln_persistence::IndexWrite;
+        use kiln_value::InternalId;
+        let doc = |n: u8| DocumentId::new(TableNumber(1), InternalId([n; 16]));
+        let rev = |n: u8, ts: u64| DocumentRevision { id: doc(n), ts: Timestamp(ts), value: Some(vec![n]) };
+        let hit = |k: &str, n: u8| ScanHit { key: k.as_bytes().to_vec(), revision: rev(n, 1) };
+        let overlay = Overlay::new();
+        let write =
+            |k: &str, d: Option<DocumentId>| IndexWrite { index: IndexId(7), key: k.as_bytes().to_vec(), doc: d };
+        overlay.add(&[CommitRecord {
+            ts: Timestamp(5),
+            // b is removed, c's document changes, d and bb are new.
+            documents: vec![(doc(2), None), (doc(3), Some(vec![33])), (doc(4), Some(vec![4])), (doc(9), Some(vec![9]))],
+            indexes: vec![write("b", None), write("d", Some(doc(4))), write("bb", Some(doc(9)))],
+            catalog: None,
+        }]);
+        let view = || overlay.scan_view(ScanSource::Index(IndexId(7)), &KeyRange::all(), Timestamp(6));
+        assert_eq!(view().len(), 3);
+        let keys = |hits: Vec<ScanHit>| hits.into_iter().map(|h| String::from_utf8(h.key).unwrap()).collect::<Vec<_>>();
+        // A full batch from the tables ends at c: d may not be next (the tables may hold more).
+        let table = vec![hit("a", 1), hit("b", 2), hit("c", 3)];
+        let merged = view().merge(table.clone(), 3, Order::Asc, 10);
+        assert_eq!(merged[2].revision.value, Some(vec![33]), "c has its logged revision");
+        assert_eq!(keys(merged), ["a", "bb", "c"]);
+        // The tables had nothing more: d is known to follow.
+        assert_eq!(keys(view().merge(table.clone(), 4, Order::Asc, 10)), ["a", "bb", "c", "d"]);
+        assert_eq!(keys(view().merge(table, 4, Order::Asc, 2)), ["a", "bb"]);
+        let desc = vec![hit("c", 3), hit("b", 2), hit("a", 1)];
+        assert_eq!(keys(view().merge(desc, 4, Order::Desc, 3)), ["d", "c", "bb"]);
+        // A scan before the commit sees none of it.
+        let before = overlay.scan_view(ScanSource::Index(IndexId(7)), &KeyRange::all(), Timestamp(4));
+        assert_eq!(before.len(), 0);
+        overlay.remove_through(Timestamp(5));
+        assert_eq!(view().len(), 0, "materialized commits leave the overlay");
     }
 }

@@ -31,6 +31,7 @@ macro_rules! retry {
 
 mod basics;
 mod crash;
+mod full_disk;
 mod limits;
 mod memory;
 mod model;
