@@ -67,13 +67,24 @@ pub fn load_component(engine: &Engine, bytes: &[u8], cache_dir: Option<&Path>) -
     CRANELIFT_COMPILES.fetch_add(1, Ordering::Relaxed);
     let component = Component::new(engine, bytes).map_err(ComponentError::wasm)?;
     let serialized = component.serialize().map_err(ComponentError::wasm)?;
+    // A cache that cannot be written (a read-only or full disk) only costs the next start a
+    // compile.
+    if let Err(e) = write_cache(dir, &path, &serialized) {
+        tracing::warn!(error = %e, "could not keep the compiled component");
+    }
+    Ok(component)
+}
+
+fn write_cache(dir: &Path, path: &Path, serialized: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ComponentError::io(dir, e))?;
     // Write then rename, so a concurrent reader never sees half a file.
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
     std::fs::write(&tmp, serialized).map_err(|e| ComponentError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| ComponentError::io(&path, e))?;
-    Ok(component)
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ComponentError::io(path, e)
+    })
 }
 
 fn cache_path(engine: &Engine, bytes: &[u8], dir: &Path) -> PathBuf {

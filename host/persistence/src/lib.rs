@@ -151,10 +151,10 @@ pub enum PersistenceError {
     #[error("storage failure: {0}")]
     Storage(String),
     /// The disk is full: nothing was written; writes may succeed once space is freed.
-    #[error("the disk is full: {0}")]
+    #[error("StorageFull: the disk is full: {0}")]
     Full(String),
     /// The storage cannot be written (a read-only file or directory); reads still work.
-    #[error("the storage is read-only: {0}")]
+    #[error("StorageReadOnly: the storage cannot be written: {0}")]
     ReadOnly(String),
     /// The stored data is inconsistent.
     #[error("stored data is corrupt: {0}")]

@@ -388,7 +388,11 @@ fn validate(
 fn publish(inner: &Inner, done: Completed) -> Option<(oneshot::Sender<Result<Timestamp>>, StoreError)> {
     let Completed { ts, result, reply, docs, keys, catalog } = done;
     if let Err(e) = result {
-        tracing::error!(error = %e, ts = ts.0, "commit failed; the commits validated after it fail too");
+        if e.leaves_storage_intact() {
+            tracing::warn!(error = %e, ts = ts.0, "commit failed; the commits validated after it fail too");
+        } else {
+            tracing::error!(error = %e, ts = ts.0, "commit failed; the commits validated after it fail too");
+        }
         let mut failed = inner.failed.lock();
         if failed.is_none() {
             *failed = Some(e.to_string());

@@ -34,9 +34,10 @@ use tokio::sync::oneshot;
 mod checkpoint;
 mod commit_log;
 mod materialize;
+mod reopen;
 pub use checkpoint::CheckpointStats;
 use checkpoint::Checkpointing;
-use materialize::{Gathering, Materializer, MaterializerMsg, ScanSource, ScanView};
+use materialize::{Gathering, Materializer, MaterializerMsg, Overlay, ScanSource, ScanView};
 
 /// Where deployments' files live unless configured otherwise.
 pub const DEFAULT_DATA_DIR: &str = "kiln-data";
@@ -55,9 +56,13 @@ impl kiln_persistence::PersistenceFactory for SqliteFactory {
     async fn open(&self, name: &str) -> Result<Arc<dyn Persistence>> {
         let (dir, name, options) = (self.data_dir.clone(), name.to_owned(), self.options.clone());
         // Opening replays the commit log: file I/O, off the reactor.
+        let reopen_options = options.clone();
         let opened = tokio::task::spawn_blocking(move || SqlitePersistence::open_in_dir(&dir, &name, options))
             .await
             .map_err(storage)??;
+        if opened.read_only.as_ref().is_some_and(|r| r.retry) {
+            return Ok(Arc::new(reopen::Reopening::new(opened, reopen_options)));
+        }
         Ok(Arc::new(opened))
     }
 }
@@ -170,6 +175,9 @@ pub(crate) enum WriterMsg {
 
 struct Shared {
     path: PathBuf,
+    /// How read connections open the file: normally, or (storage that cannot be written)
+    /// read-only with SQLite's `mode=ro` or, without a WAL to read, `immutable=1`.
+    reads: ReadMode,
     options: SqliteOptions,
     readers: Mutex<Vec<Connection>>,
     checkpoints: Arc<CheckpointStats>,
@@ -182,18 +190,46 @@ pub struct SqlitePersistence {
     /// The materializer, when commits go through the log: reads that need logged commits in
     /// the tables ask it directly, not behind the writer's queued commits.
     materializer: Option<Arc<Materializer>>,
+    /// Set when opened read-only (the storage cannot be written).
+    read_only: Option<ReadOnly>,
+    /// The newest commit the log held when opened that the tables lacked (a full disk kept it
+    /// from being copied), and the newest catalog among those commits.
+    log_tail: Option<(Timestamp, Option<Vec<u8>>)>,
     writer: Mutex<Option<JoinHandle<()>>>,
     // Held for the lifetime of the instance: a second opener gets `Locked`.
-    _lock: File,
+    _lock: Option<File>,
 }
 
-/// A storage error; SQLite's full-disk and read-only errors get codes of their own.
+/// A file served read-only.
+struct ReadOnly {
+    /// Why it could not be opened for writing.
+    why: String,
+    /// The logged commits the tables lack (reads merge them in).
+    overlay: Overlay,
+    /// Whether opening for writing may work later (a full disk, not a read-only one).
+    retry: bool,
+}
+
+/// How connections open a file that cannot be written.
+#[derive(Copy, Clone, Debug, PartialEq)]
+enum ReadMode {
+    Normal,
+    ReadOnly,
+    Immutable,
+}
+
+/// A storage error; full-disk and read-only errors (SQLite's or the file system's) get codes
+/// of their own.
 pub(crate) fn storage(e: impl std::fmt::Display + 'static) -> PersistenceError {
-    let code =
-        (&e as &dyn std::any::Any).downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code);
-    match code {
-        Some(rusqlite::ErrorCode::DiskFull) => PersistenceError::Full(e.to_string()),
-        Some(rusqlite::ErrorCode::ReadOnly) => PersistenceError::ReadOnly(e.to_string()),
+    let any = &e as &dyn std::any::Any;
+    let code = any.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code);
+    let io = any.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+    use std::io::ErrorKind as Io;
+    match (code, io) {
+        (Some(rusqlite::ErrorCode::DiskFull), _) | (_, Some(Io::StorageFull)) => PersistenceError::Full(e.to_string()),
+        (Some(rusqlite::ErrorCode::ReadOnly), _) | (_, Some(Io::ReadOnlyFilesystem | Io::PermissionDenied)) => {
+            PersistenceError::ReadOnly(e.to_string())
+        }
         _ => PersistenceError::Storage(e.to_string()),
     }
 }
@@ -229,8 +265,70 @@ impl SqlitePersistence {
         Self::open(&data_dir.join(format!("{name}.sqlite3")), options)
     }
 
-    /// Opens (creating if needed) the SQLite file at `path`.
+    /// Opens (creating if needed) the SQLite file at `path`. When the storage cannot be written
+    /// (a read-only or full file system) an existing file is opened read-only: reads work,
+    /// writes fail with `StorageReadOnly`.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self> {
+        let (why, retry) = match Self::open_writable(path, options.clone()) {
+            Err(PersistenceError::ReadOnly(why)) if path.exists() => (why, false),
+            // A full disk fails SQLite in several ways (creating a WAL index is an I/O error).
+            Err(PersistenceError::Full(why) | PersistenceError::Storage(why)) if path.exists() => (why, true),
+            other => return other,
+        };
+        tracing::warn!(path = %path.display(), error = %why, "the SQLite file cannot be written: serving it read-only");
+        Self::open_read_only(path, options, why, retry)
+    }
+
+    /// Whether this instance was opened read-only, and why.
+    pub fn read_only_reason(&self) -> Option<&str> {
+        self.read_only.as_ref().map(|r| r.why.as_str())
+    }
+
+    fn open_read_only(path: &Path, options: SqliteOptions, why: String, retry: bool) -> Result<Self> {
+        // A shared lock where the lock file exists (it cannot be created here). An instance
+        // that will try to open the file for writing again takes none: it reads only, and the
+        // writable instance that replaces it takes the exclusive lock.
+        let lock = if retry { None } else { File::open(path.with_extension("lock")).ok() };
+        if let Some(l) = &lock
+            && l.try_lock_shared().is_err()
+        {
+            return Err(PersistenceError::Locked(path.display().to_string()));
+        }
+        let (conn, reads) = open_unwritable(path)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(storage)?;
+        if !(1..=FORMAT_VERSION).contains(&version) {
+            return Err(corrupt(format!("unsupported file format version {version} (expected {FORMAT_VERSION})")));
+        }
+        // Commits logged but not copied into the tables yet are read from the log.
+        let overlay = Overlay::new();
+        let mut log_tail = None;
+        let log_path = materialize::log_path(path);
+        if log_path.exists() {
+            let (log, _) = open_unwritable(&log_path)?;
+            let done = meta_int(&conn, "materialized_ts")?.map(ts_from_sql).transpose()?.unwrap_or_default();
+            let records = materialize::logged_after(&log, done)?;
+            overlay.add(&records);
+            log_tail = tail_of(&records);
+        }
+        drop(conn);
+        Ok(SqlitePersistence {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                reads,
+                options,
+                readers: Mutex::new(Vec::new()),
+                checkpoints: Arc::new(CheckpointStats::default()),
+            }),
+            writer_tx: Mutex::new(None),
+            materializer: None,
+            read_only: Some(ReadOnly { why, overlay, retry }),
+            log_tail,
+            writer: Mutex::new(None),
+            _lock: lock,
+        })
+    }
+
+    pub(crate) fn open_writable(path: &Path, options: SqliteOptions) -> Result<Self> {
         let lock_path = path.with_extension("lock");
         let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(storage)?;
         // The lock can be held for a moment by a process forked elsewhere in this program
@@ -252,21 +350,31 @@ impl SqlitePersistence {
         if !fresh && !(1..=FORMAT_VERSION).contains(&version) {
             return Err(corrupt(format!("unsupported file format version {version} (expected {FORMAT_VERSION})")));
         }
-        conn.execute_batch(SCHEMA).map_err(storage)?;
-        conn.pragma_update(None, "user_version", FORMAT_VERSION).map_err(storage)?;
+        if fresh || version != FORMAT_VERSION {
+            // Writes: a file already current is opened without any (so also on a full disk).
+            conn.execute_batch(SCHEMA).map_err(storage)?;
+            conn.pragma_update(None, "user_version", FORMAT_VERSION).map_err(storage)?;
+        }
         let mut conn = conn;
         let log_path = materialize::log_path(path);
         // A log left by a run that used it is replayed even if this one does not.
         let mut log = None;
+        let mut uncopied = Vec::new();
+        let mut log_tail = None;
         if options.commit_log || log_path.exists() {
             let mut l = Connection::open(&log_path).map_err(storage)?;
             configure(&l, &log_options(&options))?;
             let _ = materialize::drop_lookaside(&l);
             l.execute_batch(materialize::LOG_SCHEMA).map_err(storage)?;
-            let replayed = materialize::replay(&mut conn, &mut l)?;
+            let (replayed, left) = materialize::replay(&mut conn, &mut l)?;
             if replayed > 0 {
                 tracing::info!(path = %path.display(), commits = replayed, "materialized the commit log");
             }
+            if !left.is_empty() && !options.commit_log {
+                return Err(PersistenceError::Full(format!("{}: the commit log cannot be copied", path.display())));
+            }
+            log_tail = tail_of(&left);
+            uncopied = left;
             log = options.commit_log.then_some(l);
         }
 
@@ -278,6 +386,11 @@ impl SqlitePersistence {
         let writer = match log {
             Some(log) => {
                 let (m, writer) = spawn_log_writer(path, &options, (conn, log), checkpoints.clone(), rx)?;
+                if !uncopied.is_empty() {
+                    // Still logged: the materializer copies them once there is room.
+                    m.overlay.add(&uncopied);
+                    m.submit(MaterializerMsg::Commits(uncopied));
+                }
                 materializer = Some(m);
                 writer
             }
@@ -298,11 +411,19 @@ impl SqlitePersistence {
             }
         };
         Ok(SqlitePersistence {
-            shared: Arc::new(Shared { path: path.to_owned(), options, readers: Mutex::new(Vec::new()), checkpoints }),
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                reads: ReadMode::Normal,
+                options,
+                readers: Mutex::new(Vec::new()),
+                checkpoints,
+            }),
             writer_tx: Mutex::new(Some(tx)),
             materializer,
+            read_only: None,
+            log_tail,
             writer: Mutex::new(Some(writer)),
-            _lock: lock,
+            _lock: Some(lock),
         })
     }
 
@@ -323,6 +444,11 @@ impl SqlitePersistence {
     }
 
     async fn send<T: Send + 'static>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriterMsg) -> Result<T> {
+        if let Some(r) = &self.read_only {
+            let why = format!("served read-only since it was opened ({})", r.why);
+            // Opened read-only for want of space (or after a failure): the disk's fault.
+            return Err(if r.retry { PersistenceError::Full(why) } else { PersistenceError::ReadOnly(why) });
+        }
         let (reply, rx) = oneshot::channel();
         {
             let guard = self.writer_tx.lock();
@@ -344,6 +470,10 @@ impl SqlitePersistence {
     /// fails: a full disk), the overlay's part of the scan instead, for the scan to merge with
     /// what the tables hold, so that reads keep working.
     async fn settle_or_view(&self, ts: Timestamp, source: ScanSource, range: &KeyRange) -> Result<Option<ScanView>> {
+        if let Some(ReadOnly { overlay, .. }) = &self.read_only {
+            // Nothing can copy the log's commits: they are always merged in.
+            return Ok(overlay.covers(ts).then(|| overlay.scan_view(source, range, ts)));
+        }
         match self.settle(ts).await {
             Ok(()) => Ok(None),
             Err(e) => match &self.materializer {
@@ -370,7 +500,7 @@ impl SqlitePersistence {
             let conn = shared.readers.lock().pop();
             let conn = match conn {
                 Some(c) => c,
-                None => open_reader(&shared.path, &shared.options)?,
+                None => open_reader(&shared.path, shared.reads, &shared.options)?,
             };
             let result = f(&conn);
             let mut pool = shared.readers.lock();
@@ -407,13 +537,61 @@ fn configure(conn: &Connection, options: &SqliteOptions) -> Result<()> {
     Ok(())
 }
 
-fn open_reader(path: &Path, options: &SqliteOptions) -> Result<Connection> {
+fn open_reader(path: &Path, mode: ReadMode, options: &SqliteOptions) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(storage)?;
+    let conn = match mode {
+        ReadMode::Normal => Connection::open_with_flags(path, flags),
+        ReadMode::ReadOnly => Connection::open_with_flags(file_uri(path, "mode=ro"), flags),
+        ReadMode::Immutable => Connection::open_with_flags(file_uri(path, "immutable=1"), flags),
+    }
+    .map_err(storage)?;
     conn.pragma_update(None, "cache_size", -i64::from(options.cache_kib)).map_err(storage)?;
     conn.pragma_update(None, "mmap_size", 0).map_err(storage)?;
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(storage)?;
     Ok(conn)
+}
+
+/// The newest of logged `records`, and the newest catalog among them.
+fn tail_of(records: &[CommitRecord]) -> Option<(Timestamp, Option<Vec<u8>>)> {
+    records.last().map(|last| (last.ts, records.iter().rev().find_map(|r| r.catalog.clone())))
+}
+
+/// A `file:` URI for `path` with `query`.
+fn file_uri(path: &Path, query: &str) -> String {
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+            c => uri.push(c),
+        }
+    }
+    format!("{uri}?{query}")
+}
+
+/// Opens a file whose storage cannot be written: read-only (SQLite reads its WAL with the
+/// `-shm` file as it is), else, when it has no WAL to read, as an immutable file.
+fn open_unwritable(path: &Path) -> Result<(Connection, ReadMode)> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let check = |conn: Connection| -> rusqlite::Result<Connection> {
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+        Ok(conn)
+    };
+    let first = Connection::open_with_flags(file_uri(path, "mode=ro"), flags).and_then(check);
+    match first {
+        Ok(conn) => Ok((conn, ReadMode::ReadOnly)),
+        Err(e) => {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            let wal_len = std::fs::metadata(std::path::PathBuf::from(wal)).map_or(0, |m| m.len());
+            if wal_len > 0 {
+                // Commits in the WAL would be missing from an immutable view.
+                return Err(storage(format!("{}: cannot read the file and its WAL read-only: {e}", path.display())));
+            }
+            let conn =
+                Connection::open_with_flags(file_uri(path, "immutable=1"), flags).and_then(check).map_err(storage)?;
+            Ok((conn, ReadMode::Immutable))
+        }
+    }
 }
 
 /// The commit log file's options: its WAL is checkpointed at SQLite's usual length, by the
@@ -736,7 +914,12 @@ fn get_document_sync(conn: &Connection, id: DocumentId, ts: Timestamp) -> Result
 #[async_trait]
 impl Persistence for SqlitePersistence {
     async fn recover(&self) -> Result<RecoveredState> {
-        self.materialize_now().await?;
+        if let Err(e) = self.materialize_now().await {
+            // A full disk: the logged commits stay in the overlay, and the tail says how far.
+            if !(e.leaves_storage_intact() && self.log_tail.is_some()) {
+                return Err(e);
+            }
+        }
         self.read(|conn| {
             let max_ts = meta_int(conn, "max_ts")?.map(ts_from_sql).transpose()?.unwrap_or_default();
             let pruned_up_to = meta_int(conn, "pruned_up_to")?.map(ts_from_sql).transpose()?.unwrap_or_default();
@@ -748,6 +931,14 @@ impl Persistence for SqlitePersistence {
             Ok(RecoveredState { max_ts, catalog, pruned_up_to })
         })
         .await
+        .map(|mut state| {
+            // Logged commits not copied into the tables are newer than what the tables say.
+            if let Some((ts, catalog)) = self.log_tail.clone() {
+                state.max_ts = state.max_ts.max(ts);
+                state.catalog = catalog.or(state.catalog);
+            }
+            state
+        })
     }
 
     async fn commit(&self, record: CommitRecord) -> Result<()> {
@@ -757,7 +948,11 @@ impl Persistence for SqlitePersistence {
     async fn get_document(&self, id: DocumentId, ts: Timestamp) -> Result<Option<DocumentRevision>> {
         // Every commit newer than a logged revision is logged too, so the overlay's newest is
         // the newest; without one there, everything up to `ts` is in the tables.
-        let overlay = self.materializer.as_ref().map(|m| &m.overlay).filter(|o| o.covers(ts));
+        let overlay = match &self.read_only {
+            Some(r) => Some(&r.overlay),
+            None => self.materializer.as_ref().map(|m| &m.overlay),
+        }
+        .filter(|o| o.covers(ts));
         if let Some(revision) = overlay.and_then(|o| o.get(id, ts)) {
             return Ok(Some(revision));
         }

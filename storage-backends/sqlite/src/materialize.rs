@@ -125,7 +125,7 @@ impl Overlay {
     }
 
     /// Adds logged `records` (called before their commits are acknowledged).
-    fn add(&self, records: &[CommitRecord]) {
+    pub(crate) fn add(&self, records: &[CommitRecord]) {
         let mut inner = self.inner.lock();
         for r in records {
             let mut docs = Vec::with_capacity(r.documents.len());
@@ -617,27 +617,46 @@ fn set_materialized(tx: &rusqlite::Transaction, ts: Timestamp) -> Result<()> {
         .map_err(storage)
 }
 
-/// Copies into the deployment's file `conn` the commits of `log` it does not have yet (a crash
-/// came first), then empties the log; returns how many commits were copied.
-pub(crate) fn replay(conn: &mut Connection, log: &mut Connection) -> Result<usize> {
-    let done = meta_int(conn, "materialized_ts")?.map(ts_from_sql).transpose()?.unwrap_or_default();
+/// The commits of `log` after `done`, oldest first.
+pub(crate) fn logged_after(log: &Connection, done: Timestamp) -> Result<Vec<CommitRecord>> {
     let mut records = Vec::new();
-    {
-        let mut stmt = log.prepare("SELECT records FROM commit_log ORDER BY ts").map_err(storage)?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(storage)?;
-        for row in rows {
-            records.extend(commit_log::decode(&row.map_err(storage)?)?.into_iter().filter(|r| r.ts > done));
+    let mut stmt = log.prepare("SELECT records FROM commit_log ORDER BY ts").map_err(storage)?;
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(storage)?;
+    for row in rows {
+        records.extend(commit_log::decode(&row.map_err(storage)?)?.into_iter().filter(|r| r.ts > done));
+    }
+    Ok(records)
+}
+
+/// Copies into the deployment's file `conn` the commits of `log` it does not have yet (a crash
+/// came first), then empties the log; returns how many commits were copied. On a full disk
+/// it copies nothing and returns the commits instead, for the materializer to copy later.
+pub(crate) fn replay(conn: &mut Connection, log: &mut Connection) -> Result<(usize, Vec<CommitRecord>)> {
+    let done = meta_int(conn, "materialized_ts")?.map(ts_from_sql).transpose()?.unwrap_or_default();
+    let records = logged_after(log, done)?;
+    if let Some(last) = records.last() {
+        let copied = (|| {
+            let tx = conn.transaction().map_err(storage)?;
+            write_records(&tx, records.iter())?;
+            set_materialized(&tx, last.ts)?;
+            tx.commit().map_err(storage)
+        })();
+        match copied {
+            Ok(()) => {}
+            Err(e @ kiln_persistence::PersistenceError::Full(_)) => {
+                tracing::warn!(error = %e, commits = records.len(), "the commit log cannot be copied yet");
+                return Ok((0, records));
+            }
+            Err(e) => return Err(e),
         }
     }
-    if let Some(last) = records.last() {
-        let tx = conn.transaction().map_err(storage)?;
-        write_records(&tx, records.iter())?;
-        set_materialized(&tx, last.ts)?;
-        tx.commit().map_err(storage)?;
+    // Only once the copy is durable may the log forget it. Rows already copied are left to the
+    // writer, which deletes them with its first append: opening writes nothing when there is
+    // nothing to copy (so it also works on a full disk).
+    if !records.is_empty() {
+        log.execute("DELETE FROM commit_log", []).map_err(storage)?;
     }
-    // Only once the copy is durable may the log forget it.
-    log.execute("DELETE FROM commit_log", []).map_err(storage)?;
-    Ok(records.len())
+    Ok((records.len(), Vec::new()))
 }
 
 #[cfg(test)]

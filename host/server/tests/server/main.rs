@@ -45,15 +45,25 @@ struct TestServer {
     addr: std::net::SocketAddr,
     admin_key: String,
     instance_key: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
     fn start(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
+        let mut t = TestServer::open(dir.path(), None, adjust);
+        t._dir = Some(dir);
+        let (status, body) = t.post("/api/kiln/deploy", deploy_body(), true);
+        assert_eq!(status, 200, "deploy: {body}");
+        t
+    }
+
+    /// A server on the data directory `data`; `keys` are the (admin, instance) keys of an earlier
+    /// server there (a new directory shows them once).
+    fn open(data: &Path, keys: Option<(String, String)>, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let mut config = ServerConfig {
             runtime: RuntimeConfig {
-                data_dir: dir.path().to_path_buf(),
+                data_dir: data.to_path_buf(),
                 cache_dir: Some(cache_dir()),
                 worker_threads: 2,
                 ..RuntimeConfig::default()
@@ -73,17 +83,9 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let serving = server.clone();
         rt.spawn(async move { serving.serve(listener).await });
-        let t = TestServer {
-            rt,
-            server,
-            addr,
-            admin_key: first.default_admin_key.unwrap(),
-            instance_key: first.instance_key.unwrap(),
-            _dir: dir,
-        };
-        let (status, body) = t.post("/api/kiln/deploy", deploy_body(), true);
-        assert_eq!(status, 200, "deploy: {body}");
-        t
+        let (admin_key, instance_key) =
+            keys.unwrap_or_else(|| (first.default_admin_key.unwrap(), first.instance_key.unwrap()));
+        TestServer { rt, server, addr, admin_key, instance_key, _dir: None }
     }
 
     fn url(&self, path: &str) -> String {
@@ -641,4 +643,89 @@ fn actions_fetch_public_addresses_and_local_ones_only_when_allowed() {
     assert!(body["errorMessage"].as_str().unwrap().contains("denied"), "{body}");
     let (status, body) = config(json!({"allowedHosts": ["http://example.com/path"]}));
     assert_eq!((status, &body["code"]), (400, &json!("BadRequest")), "{body}");
+}
+
+/// A tmpfs mounted on a temporary directory, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// Mounts one of `size`; `None` (the test reports itself skipped) where this process may not
+    /// mount, except under CI, which must be able to.
+    fn mount(size: &str, test: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Self::run(&["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"], dir.path());
+        if mounted {
+            return Some(Tmpfs(dir));
+        }
+        assert!(std::env::var_os("CI").is_none(), "{test}: CI must be able to mount a tmpfs");
+        eprintln!("SKIPPED {test}: cannot mount a tmpfs here (not root?)");
+        None
+    }
+
+    fn run(args: &[&str], dir: &Path) -> bool {
+        let status =
+            std::process::Command::new("mount").args(args).arg(dir).stderr(std::process::Stdio::null()).status();
+        status.is_ok_and(|s| s.success())
+    }
+
+    fn remount(&self, mode: &str) {
+        assert!(Self::run(&["-o", &format!("remount,{mode}")], self.0.path()), "remount {mode}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_read_only_or_full_data_directory_still_starts_and_serves_reads() {
+    let name = "a_read_only_or_full_data_directory_still_starts_and_serves_reads";
+    let Some(fs) = Tmpfs::mount("64m", name) else { return };
+    let data = fs.0.path().join("data");
+    let bump =
+        |t: &TestServer| t.post("/api/mutation", &json!({"path": "counter:increment", "args": {"name": "ro"}}), false);
+    let keys = {
+        let t = TestServer::open(&data, None, |_| {});
+        let (status, body) = t.post("/api/kiln/deploy", deploy_body(), true);
+        assert_eq!(status, 200, "deploy: {body}");
+        for _ in 0..3 {
+            assert_eq!(bump(&t).1["status"], "success");
+        }
+        (t.admin_key.clone(), t.instance_key.clone())
+    };
+
+    // Read-only: the server starts, queries answer, mutations are refused with the code.
+    fs.remount("ro");
+    let t = TestServer::open(&data, Some(keys.clone()), |_| {});
+    assert_eq!(t.call("query", "counter:get", json!({"name": "ro"})), json!(3.0));
+    let (_, refused) = bump(&t);
+    assert_eq!(refused["status"], "error");
+    assert!(refused["errorMessage"].as_str().unwrap().contains("StorageReadOnly"), "{refused}");
+    drop(t);
+
+    // Full: the same, with writes back once space is freed.
+    fs.remount("rw");
+    let mut filler = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    let t = TestServer::open(&data, Some(keys), |_| {});
+    assert_eq!(t.call("query", "counter:get", json!({"name": "ro"})), json!(3.0));
+    let (_, refused) = bump(&t);
+    let message = refused["errorMessage"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("StorageFull"), "{refused}");
+    drop(filler);
+    std::fs::remove_file(fs.0.path().join("filler")).unwrap();
+    // Writes resume by themselves (the file is opened for writing again within a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = bump(&t);
+        if body["status"] == "success" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not resume once there was space: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(t.call("query", "counter:get", json!({"name": "ro"})), json!(4.0));
 }
