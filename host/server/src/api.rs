@@ -134,13 +134,22 @@ fn encode(v: &Value, format: Format) -> JsonValue {
     }
 }
 
+/// A failed call's message as Convex words it for clients, `[Request ID: <16 hex>] Server
+/// Error` and then what went wrong (apps and tests match on this form).
+pub(crate) fn failure_message(message: &str) -> String {
+    let request_id = format!("{:016x}", rand::random::<u64>());
+    tracing::debug!(%request_id, %message, "function failed");
+    format!("[Request ID: {request_id}] Server Error\n{message}")
+}
+
 /// The response body of a call.
 fn outcome_body(out: &CallOutcome, format: Format) -> (u16, JsonValue) {
     let log_lines = crate::logs::log_lines(out);
     match &out.result {
         Ok(v) => (200, json!({"status": "success", "value": encode(v, format), "logLines": log_lines})),
         Err(e) => {
-            let mut body = json!({"status": "error", "errorMessage": e.message, "logLines": log_lines});
+            let mut body =
+                json!({"status": "error", "errorMessage": failure_message(&e.message), "logLines": log_lines});
             if let Some(data) = &e.data {
                 body["errorData"] = encode(data, format);
             }
@@ -195,7 +204,7 @@ async fn run_call(
 
 /// A call whose arguments cannot be decoded fails like a function would.
 fn args_failure(message: String) -> Response {
-    respond(STATUS_UDF_FAILED, json!({"status": "error", "errorMessage": message, "logLines": []}))
+    respond(STATUS_UDF_FAILED, json!({"status": "error", "errorMessage": failure_message(&message), "logLines": []}))
 }
 
 async fn call_endpoint(
@@ -322,7 +331,7 @@ pub async fn query_batch(
                 )
                 .1
             }
-            Err(m) => json!({"status": "error", "errorMessage": m, "logLines": []}),
+            Err(m) => json!({"status": "error", "errorMessage": failure_message(&m), "logLines": []}),
         };
         results.push(body);
     }

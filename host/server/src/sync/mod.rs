@@ -281,7 +281,7 @@ impl Session {
     }
 
     fn respond_failure(&mut self, kind: FunctionKind, request_id: u32, message: String) {
-        let result = raw(JsonValue::String(message).to_string());
+        let result = raw(JsonValue::String(crate::api::failure_message(&message)).to_string());
         let msg = match kind {
             FunctionKind::Mutation => ServerMessage::MutationResponse {
                 request_id,
@@ -360,7 +360,7 @@ impl Session {
             Ok(v) => (true, raw(kiln_value::to_convex_json(v).to_string()), None),
             Err(e) => (
                 false,
-                raw(JsonValue::String(e.message.clone()).to_string()),
+                raw(JsonValue::String(crate::api::failure_message(&e.message)).to_string()),
                 e.data.as_ref().map(|d| raw(kiln_value::to_convex_json(d).to_string())),
             ),
         };
@@ -424,13 +424,19 @@ impl Session {
             return;
         }
         let mut modifications = Vec::with_capacity(changed.len() + self.removed.len());
-        for (id, r) in &changed {
+        // Worded for the client here: the shared result keeps the bare message, so that an
+        // unchanged failure compares equal and is not sent again.
+        let failures: Vec<String> = changed
+            .iter()
+            .map(|(_, r)| r.outcome.as_ref().err().map(|f| crate::api::failure_message(&f.message)).unwrap_or_default())
+            .collect();
+        for ((id, r), failure) in changed.iter().zip(&failures) {
             let journal = r.journal.as_deref();
             modifications.push(match &r.outcome {
                 Ok(value) => StateModification::QueryUpdated { query_id: *id, value, log_lines: &r.log_lines, journal },
                 Err(f) => StateModification::QueryFailed {
                     query_id: *id,
-                    error_message: &f.message,
+                    error_message: failure,
                     log_lines: &r.log_lines,
                     error_data: f.data.as_deref(),
                     journal,
@@ -562,6 +568,11 @@ async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocke
         let waiting = session.pending_ts.is_some();
         let step: Result<(), End> = tokio::select! {
             frame = socket.next() => match frame {
+                // tungstenite's capacity error: say why before closing (1009, "message too big").
+                Some(Err(e)) if e.to_string().contains("Space limit exceeded") => Err(End::Close(
+                    1009,
+                    format!("MessageTooLarge: messages are limited to {} bytes", config.max_ws_message_bytes),
+                )),
                 None | Some(Err(_)) => Err(End::Gone),
                 Some(Ok(frame)) => {
                     last_recv = Instant::now();

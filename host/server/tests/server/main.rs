@@ -272,6 +272,26 @@ fn protocol_violations_get_a_fatal_error_and_a_close() {
 }
 
 #[test]
+fn an_oversize_message_is_closed_with_a_reason() {
+    let server = TestServer::start(|c| c.max_ws_message_bytes = 64 << 10);
+    let mut c = server.socket();
+    c.hello("big");
+    let huge = json!({"type": "Mutation", "requestId": 0, "udfPath": "counter:increment", "args": [{"name": "x".repeat(100 << 10)}]});
+    c.send(huge);
+    let close = loop {
+        match c.ws.read() {
+            Ok(Message::Close(frame)) => break frame.expect("a close frame with a code"),
+            Ok(_) => {}
+            Err(e) => panic!("the socket ended without a close frame: {e}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1009);
+    assert!(close.reason.contains("MessageTooLarge") && close.reason.contains("65536"), "{}", close.reason);
+    // The server is unharmed.
+    assert_eq!(server.call("query", "counter:get", json!({"name": "a"})), json!(0.0));
+}
+
+#[test]
 fn a_socket_may_not_exceed_its_query_limit() {
     let server = TestServer::start(|c| c.max_queries_per_socket = 3);
     let mut c = server.socket();

@@ -111,6 +111,12 @@ test("unknown functions and invalid arguments are errors", async () => {
     });
   });
   assert.match(queryError.message, /limit/);
+  // Every failure reaches the client in Convex's server-error form, over both transports.
+  const serverError = /\[Request ID: [0-9a-f]{16}\] Server Error\n/;
+  assert.match(queryError.message, serverError);
+  await assert.rejects(ws.mutation(api.messages.send, { author: 5, body: "x" }), serverError);
+  await assert.rejects(http.mutation(api.messages.send, { body: "no author" }), serverError);
+  await assert.rejects(http.query(api.nothing.here, {}), serverError);
 });
 
 test("int64, bytes and special floats survive every path", async () => {
