@@ -70,6 +70,8 @@ pub struct StoreStats {
     pub cache: CacheStats,
     /// The newest published commit.
     pub published_ts: Timestamp,
+    /// The newest validated commit (newer than `published_ts` while commits are in flight).
+    pub validated_ts: Timestamp,
     /// Transactions waiting for a commit they read to become durable (a read-write
     /// transaction's answer, a range scan over pending writes).
     pub waiting_for_durability: usize,
@@ -651,6 +653,7 @@ impl Store {
             subscriptions: self.inner.registry.lock().len(),
             cache: self.inner.cache.lock().stats(),
             published_ts: self.published_ts(),
+            validated_ts: self.inner.validated.read().ts,
             waiting_for_durability: self.inner.waiting.load(Ordering::Relaxed),
         }
     }

@@ -93,6 +93,15 @@ fn code(out: &CallOutcome) -> String {
     }
 }
 
+/// Waits (polling) until `done` holds; fails after 10 s naming `what`.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn config() -> DeploymentConfig {
     DeploymentConfig { limits: test_limits(), ..DeploymentConfig::default() }
 }
@@ -234,7 +243,12 @@ async fn a_mutation_waiting_for_its_commit_leaves_its_slot_to_other_calls() {
         )
     };
     // The mutation runs in milliseconds, then waits for its commit; the only slot is free.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let store = rt.deployment("chat").unwrap().store().clone();
+    until("the mutation's commit to be in flight", || {
+        let stats = store.stats();
+        stats.validated_ts > stats.published_ts
+    })
+    .await;
     let list = tokio::time::timeout(Duration::from_secs(3), call(&rt, "chat", Query, "messages:list", "{}")).await;
     let waiting = !send.is_finished();
     blocker.execute_batch("COMMIT").unwrap();
@@ -554,7 +568,8 @@ async fn persisting_usage_for_the_first_time_leaves_earlier_snapshots_readable()
     // The deployment's first call; its usage is persisted (every 100 ms here) only after it.
     let sent = call(&rt, "d", Mutation, "messages:send", r#"{"author": "ann", "body": "hello"}"#).await;
     ok(&sent);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let store = rt.deployment("d").unwrap().store().clone();
+    until("the usage to be persisted after the call", || store.stats().published_ts > sent.commit_ts.unwrap()).await;
     let mut at_send = CallRequest::new(Query, "messages:list", args("{}"));
     at_send.snapshot = sent.commit_ts;
     let Value::Array(messages) = ok(&rt.call("d", at_send).await) else { panic!("a list") };
