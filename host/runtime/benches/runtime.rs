@@ -6,7 +6,8 @@
 //! `accounts:move`. The bank's `accounts:transfer` also records each transfer (an insert into
 //! a second table) and is reported beside it.
 //!
-//! It also measures fairness between deployments (`--fairness` runs only that part).
+//! It also measures fairness between deployments (`--fairness` runs only that part), and
+//! with `--heap-touch` only compares the heap touch's decision with never and always touching.
 //!
 //! `cargo bench -p kiln-runtime --bench runtime` (`-- --quick` for a shorter run;
 //! `--profile-transfers`, `--profile-rust-transfers` or `--profile-queries` for one long phase
@@ -69,8 +70,12 @@ fn env_knob(name: &str) -> Option<u64> {
 }
 
 fn runtime(dir: &Path, cache: &Path, meter_fuel: bool) -> Runtime {
+    runtime_with(dir, cache, meter_fuel, |_| {})
+}
+
+fn runtime_with(dir: &Path, cache: &Path, meter_fuel: bool, adjust: impl FnOnce(&mut RuntimeConfig)) -> Runtime {
     let defaults = RuntimeConfig::default();
-    let config = RuntimeConfig {
+    let mut config = RuntimeConfig {
         data_dir: dir.to_path_buf(),
         cache_dir: Some(cache.to_path_buf()),
         meter_fuel,
@@ -78,9 +83,11 @@ fn runtime(dir: &Path, cache: &Path, meter_fuel: bool) -> Runtime {
         perf_map: env_knob("KILN_PERF_MAP").is_some_and(|n| n != 0),
         worker_threads: env_knob("KILN_WORKER_THREADS").map_or(defaults.worker_threads, |n| n as usize),
         active_wait: env_knob("KILN_ACTIVE_WAIT_US").map_or(defaults.active_wait, Duration::from_micros),
+        heap_touch_faults: env_knob("KILN_HEAP_TOUCH_FAULTS").unwrap_or(defaults.heap_touch_faults),
         store: StoreConfig { prune_interval: Duration::ZERO, ..StoreConfig::default() },
         ..defaults
     };
+    adjust(&mut config);
     let sqlite = kiln_sqlite::SqliteOptions {
         commit_log: env_knob("KILN_SQLITE_COMMIT_LOG").is_none_or(|n| n != 0),
         ..kiln_sqlite::SqliteOptions::default()
@@ -148,6 +155,48 @@ async fn query_round(rt: &Arc<Runtime>, deployment: &str, path: &str, seconds: f
     }
     let n = count.load(Ordering::Relaxed) as f64;
     (n / started.elapsed().as_secs_f64(), (minor_faults() - faults) as f64 / n.max(1.0))
+}
+
+/// The heap touch's decision (touch while calls fault) against never and always touching, in
+/// alternating rounds: trivial queries and bank moves (the examples' workloads), and the
+/// hostile app's `scatter` query (writes 120 scattered pages).
+async fn heap_touch(dir: &Path, cache: &Path, [probe, bank, hostile]: [&Vec<u8>; 3], seconds: f64, quick: bool) {
+    let modes = [("decision", 8), ("never", u64::MAX), ("always", 0)];
+    let mut runtimes = Vec::new();
+    for (name, faults) in modes {
+        let rt = Arc::new(runtime_with(&dir.join(name), cache, true, |c| c.heap_touch_faults = faults));
+        for (dep, component, concurrency) in [("probe", probe, 16), ("bank", bank, 64), ("hostile", hostile, 16)] {
+            rt.open_deployment(dep, config(concurrency)).await.unwrap();
+            rt.deploy(dep, component).await.unwrap();
+        }
+        let accounts = open_accounts(&rt, "bank").await;
+        runtimes.push((name, rt, accounts));
+    }
+    let rounds = if quick { 3 } else { 6 };
+    let round = seconds / 5.0;
+    let mut sums = vec![[0.0f64; 7]; modes.len()];
+    for r in 0..rounds {
+        for k in 0..modes.len() {
+            let i = (k + r) % modes.len();
+            let (_, rt, accounts) = &runtimes[i];
+            let (qps, qfaults) = query_round(rt, "probe", "probe:empty", round).await;
+            let moves = transfer_round(rt, "bank", MOVE, accounts, round).await;
+            let (sps, sfaults) = query_round(rt, "hostile", "hostile:scatter", round).await;
+            for (slot, v) in
+                [qps, qfaults, moves.per_s, moves.faults, moves.cpu_us, sps, sfaults].into_iter().enumerate()
+            {
+                sums[i][slot] += v / rounds as f64;
+            }
+        }
+    }
+    for (i, (name, rt, _)) in runtimes.iter().enumerate() {
+        let s = sums[i];
+        report(
+            &format!("heap touch {name}: trivial q/s (faults), moves/s (faults, us CPU), scatter q/s (faults)"),
+            format!("{:.0} ({:.2}), {:.0} ({:.2}, {:.0}), {:.0} ({:.1})", s[0], s[1], s[2], s[3], s[4], s[5], s[6]),
+        );
+        rt.shutdown().await;
+    }
 }
 
 /// The mutation of the target: two reads, two patches.
@@ -447,12 +496,17 @@ fn main() {
     let build = |app: &str| kiln_guest_sdk::build_app(&repo.join(app), &Default::default()).unwrap().component;
     let (probe, bank) = (build("guest-sdk/tests/fixtures/probe"), build("examples/bank"));
     let only_fairness = std::env::args().any(|a| a == "--fairness");
+    let only_heap_touch = std::env::args().any(|a| a == "--heap-touch");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         println!("kiln runtime benchmark ({seconds:.0} s per throughput phase, 2 cores)");
         if only_fairness {
             let hostile = build("guest-sdk/tests/fixtures/hostile");
             return fairness(&work.path().join("fairness"), &cache, &hostile, seconds).await;
+        }
+        if only_heap_touch {
+            let hostile = build("guest-sdk/tests/fixtures/hostile");
+            return heap_touch(&work.path().join("touch"), &cache, [&probe, &bank, &hostile], seconds, quick).await;
         }
         if profile_queries {
             let runtime = Arc::new(runtime(&work.path().join("profile"), &cache, true));
