@@ -361,7 +361,7 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
             execute(child(txn, now, seed), args, "", fuel)
         }
         (FunctionKind::Action, FunctionKind::Mutation) => {
-            let mut attempt = 0;
+            let (mut attempt, started) = (0, Instant::now());
             loop {
                 let (txn, now, seed) = snapshot_stamp(&dep, &path, &args, dep.store.begin());
                 let mut ex = execute(child(txn, now, seed), args.clone(), "", fuel);
@@ -381,9 +381,15 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
                 };
                 match retry {
                     None => break ex,
-                    Some(e) if e.is_retryable() && attempt < limits.mutation_retries => {
+                    Some(e)
+                        if e.is_retryable()
+                            && attempt < limits.mutation_retries
+                            && started.elapsed() < limits.mutation_retry_time =>
+                    {
                         attempt += 1;
                         ctx.nested_fuel += ex.fuel;
+                        // An action's thread may wait: it holds no query or mutation worker.
+                        std::thread::sleep(retry_backoff(attempt));
                     }
                     Some(e) => {
                         ex.outcome = Err(CallError::new(e.code(), format!("{path}: {e}")));
@@ -439,6 +445,7 @@ async fn run(
     path: &str,
     out: &mut CallOutcome,
 ) -> Result<Value, CallError> {
+    let started = Instant::now();
     let version = dep
         .version()
         .ok_or_else(|| CallError::new("NotDeployed", format!("deployment {:?} has no app deployed", dep.name)))?;
@@ -585,16 +592,30 @@ async fn run(
                 }
             },
         };
-        if failure.is_retryable() && attempt < config.limits.mutation_retries && req.kind != FunctionKind::Action {
+        let in_time = started.elapsed() < config.limits.mutation_retry_time;
+        if failure.is_retryable()
+            && attempt < config.limits.mutation_retries
+            && in_time
+            && req.kind != FunctionKind::Action
+        {
             attempt += 1;
             out.retries = attempt;
             // No need to wait for the conflicting commit to be published: a mutation's
             // snapshot includes every validated commit.
-            tokio::time::sleep(Duration::from_micros(200 << attempt.min(6))).await;
+            tokio::time::sleep(retry_backoff(attempt)).await;
             continue;
         }
         return Err(CallError::new(failure.code(), format!("{path}: {failure}")));
     }
+}
+
+/// How long to wait before retry `attempt` of a conflicting mutation: a random time up to a
+/// bound that doubles per attempt (200 µs, then up to 12.8 ms). The randomness spreads
+/// writers that conflicted on the same documents, instead of having them retry in lockstep
+/// and conflict again.
+fn retry_backoff(attempt: u32) -> Duration {
+    let bound = 200u64 << attempt.clamp(1, 7).saturating_sub(1);
+    Duration::from_micros(crate::secret::os_random_u64() % (bound + 1))
 }
 
 /// `e`, once everything the mutation's snapshot read is durable: a read-write snapshot may

@@ -123,8 +123,11 @@ pub struct Limits {
     pub max_concurrent_actions: usize,
     /// Depth of nested `runQuery`/`runMutation`/`runAction` calls.
     pub max_nesting: u32,
-    /// Times a mutation is retried after an optimistic concurrency conflict.
+    /// Times a mutation is retried after an optimistic concurrency conflict (default 1,000).
     pub mutation_retries: u32,
+    /// How long a mutation keeps being retried after conflicts before the conflict reaches its
+    /// caller (default 10 s): under contention a mutation commits, late, rather than fail.
+    pub mutation_retry_time: Duration,
     /// Log lines kept per call.
     pub log_lines: usize,
     /// Bytes kept per log line.
@@ -144,7 +147,8 @@ impl Default for Limits {
             max_concurrency: 4,
             max_concurrent_actions: 16,
             max_nesting: 8,
-            mutation_retries: 8,
+            mutation_retries: 1000,
+            mutation_retry_time: Duration::from_secs(10),
             log_lines: 256,
             log_line_bytes: 4096,
             max_value_bytes: kiln_value::limits::MAX_VALUE_SIZE,
