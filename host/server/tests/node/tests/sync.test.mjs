@@ -225,3 +225,16 @@ test("a query right after a mutation resolved sees its write (read-your-writes)"
     assert.equal(await ws.query(api.counter.get, { name: "ryw" }), viaHttp, `WebSocket after HTTP, round ${i}`);
   }
 });
+
+test("sequential WebSocket mutations do not wait on delayed ACKs", async () => {
+  // A regression guard, not a benchmark: with Nagle's algorithm meeting delayed ACKs each
+  // round trip of the official client took ~40 ms, so 200 took ~8 s.
+  const ws = client(server.url);
+  await ws.mutation(api.counter.increment, { name: "nagle" });
+  const started = performance.now();
+  for (let i = 0; i < 200; i++) await ws.mutation(api.counter.increment, { name: "nagle" });
+  const ms = performance.now() - started;
+  console.log(`200 sequential mutations: ${ms.toFixed(0)} ms`);
+  assert.ok(ms < 4000, `200 sequential mutations took ${ms.toFixed(0)} ms`);
+  assert.equal(await ws.query(api.counter.get, { name: "nagle" }), 201);
+});
