@@ -43,7 +43,10 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Result<Response, crate::ServerError> {
     let dep = state.deployment(&d)?;
-    let max = state.config.max_ws_message_bytes;
+    // The reader accepts up to twice the limit, so that a message just over it is read whole
+    // and refused with a close frame: refused while unread bytes wait in the socket, the close
+    // would be followed by a reset that can destroy it before the client reads it.
+    let max = state.config.max_ws_message_bytes.saturating_mul(2);
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
@@ -528,6 +531,11 @@ async fn run(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocket)
     span.in_scope(|| tracing::debug!(reason = end, "socket closed"));
 }
 
+/// The close of a socket whose client sent a message over the limit (1009: message too big).
+fn too_large(config: &crate::ServerConfig) -> End {
+    End::Close(1009, format!("MessageTooLarge: messages are limited to {} bytes", config.max_ws_message_bytes))
+}
+
 /// Runs a socket to its end; returns why it ended.
 async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocket) -> &'static str {
     // Not split into halves: reads happen only inside `select!` and writes only after it, so
@@ -569,14 +577,12 @@ async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocke
         let step: Result<(), End> = tokio::select! {
             frame = socket.next() => match frame {
                 // tungstenite's capacity error: say why before closing (1009, "message too big").
-                Some(Err(e)) if e.to_string().contains("Space limit exceeded") => Err(End::Close(
-                    1009,
-                    format!("MessageTooLarge: messages are limited to {} bytes", config.max_ws_message_bytes),
-                )),
+                Some(Err(e)) if e.to_string().contains("Space limit exceeded") => Err(too_large(&config)),
                 None | Some(Err(_)) => Err(End::Gone),
                 Some(Ok(frame)) => {
                     last_recv = Instant::now();
                     match frame {
+                        Message::Text(text) if text.len() > config.max_ws_message_bytes => Err(too_large(&config)),
                         Message::Text(text) => session.handle(text.as_str()).await,
                         Message::Binary(_) => Err(End::Fatal("InvalidMessage: binary messages are not part of the protocol".into())),
                         Message::Close(_) => Err(End::Gone),

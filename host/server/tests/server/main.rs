@@ -688,8 +688,14 @@ impl Tmpfs {
         status.is_ok_and(|s| s.success())
     }
 
+    /// Remounts; a file system with a file still open for writing is busy, and the server
+    /// that had it open may still be closing its files.
     fn remount(&self, mode: &str) {
-        assert!(Self::run(&["-o", &format!("remount,{mode}")], self.0.path()), "remount {mode}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !Self::run(&["-o", &format!("remount,{mode}")], self.0.path()) {
+            assert!(Instant::now() < deadline, "remount {mode}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
