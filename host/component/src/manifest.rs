@@ -230,24 +230,9 @@ fn data_uri_json(uri: &str) -> std::result::Result<Json, String> {
     let bytes = if meta.ends_with(";base64") {
         base64::engine::general_purpose::STANDARD.decode(data.trim()).map_err(|_| "the jwks data: URI is not base64")?
     } else {
-        percent_decode(data)?
+        percent_encoding::percent_decode_str(data).collect()
     };
     serde_json::from_slice(&bytes).map_err(|e| format!("the jwks data: URI is not JSON: {e}"))
-}
-
-fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex: Vec<u8> = bytes.by_ref().take(2).collect();
-            let pair = std::str::from_utf8(&hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-            out.push(pair.ok_or("the jwks data: URI has a bad %-escape")?);
-        } else {
-            out.push(b);
-        }
-    }
-    Ok(out)
 }
 
 /// [`ComponentError::Unsupported`] listing `found`, or nothing when it is empty.
