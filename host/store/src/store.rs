@@ -602,8 +602,11 @@ impl Store {
     /// the commits before it take to become durable.
     pub fn begin_with(&self, read_only: bool, limits: TransactionLimits) -> Transaction {
         // After a failed commit the validated state holds commits that will never be published.
-        let failing = self.inner.failed.lock().is_some();
-        let snap = if read_only || failing { self.inner.snapshot() } else { self.inner.validated.read().clone() };
+        let snap = if read_only || self.inner.failed.lock().is_some() {
+            self.inner.snapshot()
+        } else {
+            self.inner.validated.read().clone()
+        };
         Transaction::new(self.inner.clone(), snap.ts, snap.catalog, read_only, limits)
     }
 
