@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use kiln_persistence::{CommitRecord, DocumentRevision, IndexId, KeyRange, Order, Result, ScanHit, Timestamp};
+use kiln_persistence::{
+    CommitRecord, DocumentRevision, IndexId, IndexWrite, KeyRange, Order, Result, ScanHit, Timestamp,
+};
 use kiln_value::{DocumentId, TableNumber};
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{Connection, params};
@@ -79,22 +81,19 @@ pub(crate) struct Overlay {
 /// A document's logged revisions, oldest first (`None`: deleted).
 type Revisions = Vec<(Timestamp, Option<Arc<Vec<u8>>>)>;
 
-/// An index key's logged entries, oldest first (`None`: removed).
-type Entries = Vec<(Timestamp, Option<DocumentId>)>;
-
 /// What one logged commit wrote, to forget once it is materialized.
 struct Logged {
     ts: Timestamp,
     docs: Vec<DocumentId>,
-    keys: Vec<(IndexId, Vec<u8>)>,
+    /// Its index entries, read only by scans while the materializer cannot copy (kept as they
+    /// came, so that commits pay no indexing for that rare case).
+    indexes: Vec<IndexWrite>,
     bytes: usize,
 }
 
 #[derive(Default)]
 struct OverlayInner {
     revisions: HashMap<DocumentId, Revisions>,
-    /// Index entries of logged commits, for scans while the materializer cannot copy.
-    index: HashMap<IndexId, BTreeMap<Vec<u8>, Entries>>,
     /// Commits in timestamp order with what each wrote and its size.
     commits: VecDeque<Logged>,
     /// The size of the commits held (see [`record_bytes`]).
@@ -133,15 +132,9 @@ impl Overlay {
                 inner.revisions.entry(*id).or_default().push((r.ts, value.clone().map(Arc::new)));
                 docs.push(*id);
             }
-            let mut keys = Vec::with_capacity(r.indexes.len());
-            for w in &r.indexes {
-                let entries = inner.index.entry(w.index).or_default().entry(w.key.clone()).or_default();
-                entries.push((r.ts, w.doc));
-                keys.push((w.index, w.key.clone()));
-            }
             let bytes = record_bytes(r);
             inner.bytes += bytes;
-            inner.commits.push_back(Logged { ts: r.ts, docs, keys, bytes });
+            inner.commits.push_back(Logged { ts: r.ts, docs, indexes: r.indexes.clone(), bytes });
         }
         if let Some(c) = inner.commits.front() {
             self.oldest.store(c.ts.0, Ordering::Release);
@@ -178,18 +171,6 @@ impl Overlay {
                     }
                 }
             }
-            for (index, key) in logged.keys {
-                let Some(keys) = inner.index.get_mut(&index) else { continue };
-                if let Some(entries) = keys.get_mut(&key) {
-                    entries.retain(|(t, _)| *t > ts);
-                    if entries.is_empty() {
-                        keys.remove(&key);
-                    }
-                }
-                if keys.is_empty() {
-                    inner.index.remove(&index);
-                }
-            }
         }
         let oldest = inner.commits.front().map_or(u64::MAX, |c| c.ts.0);
         self.oldest.store(oldest, Ordering::Release);
@@ -216,18 +197,15 @@ impl Overlay {
                 .filter(|r| r.id.table == table && range.contains(&r.id.internal.0))
                 .map(|r| (r.id.internal.0.to_vec(), r.value.is_some().then_some(r.id)))
                 .collect(),
+            // Oldest commit first, so that a key's newest entry is the one kept.
             ScanSource::Index(index) => inner
-                .index
-                .get(&index)
-                .map(|keys| {
-                    let end = range.end.clone().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-                    keys.range((std::ops::Bound::Included(range.start.clone()), end))
-                        .filter_map(|(k, entries)| {
-                            entries.iter().rev().find(|(t, _)| *t <= ts).map(|(_, doc)| (k.clone(), *doc))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+                .commits
+                .iter()
+                .take_while(|c| c.ts <= ts)
+                .flat_map(|c| &c.indexes)
+                .filter(|w| w.index == index && range.contains(&w.key))
+                .map(|w| (w.key.clone(), w.doc))
+                .collect(),
         };
         ScanView { keys, docs }
     }
@@ -676,7 +654,6 @@ mod tests {
 
     #[test]
     fn a_scan_view_overrides_the_tables_and_keeps_only_keys_the_tables_vouch_for() {
-        use kiln_persistence::IndexWrite;
         use kiln_value::InternalId;
         let doc = |n: u8| DocumentId::new(TableNumber(1), InternalId([n; 16]));
         let rev = |n: u8, ts: u64| DocumentRevision { id: doc(n), ts: Timestamp(ts), value: Some(vec![n]) };
