@@ -5,6 +5,7 @@
 //! before `ts`. Backends know nothing of values, schemas or transactions: documents and the
 //! catalog are opaque bytes, index keys are ordered byte strings.
 
+use std::cell::Cell;
 use std::fmt;
 
 #[cfg(feature = "conformance")]
@@ -13,6 +14,22 @@ pub mod conformance;
 use async_trait::async_trait;
 use kiln_value::{DocumentId, TableNumber};
 use thiserror::Error;
+
+thread_local! {
+    static BLOCKING_READS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as one that may block on storage (a worker that runs calls and waits for
+/// their reads anyway, not an async runtime's thread): backends then serve its reads on it
+/// directly instead of handing each to a blocking pool and waking it when done.
+pub fn allow_blocking_reads() {
+    BLOCKING_READS.with(|b| b.set(true));
+}
+
+/// Whether this thread may block on storage reads (see [`allow_blocking_reads`]).
+pub fn blocking_reads_allowed() -> bool {
+    BLOCKING_READS.with(Cell::get)
+}
 
 /// A commit timestamp: nanoseconds since the Unix epoch, strictly increasing per deployment.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -289,6 +289,7 @@ fn spawn_worker(shared: &Arc<Shared>, me: usize) -> std::io::Result<JoinHandle<(
     let shared = shared.clone();
     std::thread::Builder::new().name(format!("{}-{me}", shared.name)).stack_size(shared.stack_bytes).spawn(move || {
         lower_priority(shared.priority);
+        kiln_persistence::allow_blocking_reads();
         CURRENT.with(|c| *c.borrow_mut() = Some(Current { shared: shared.clone(), me, demoted: false }));
         work(&shared, me);
         CURRENT.with(|c| c.borrow_mut().take());

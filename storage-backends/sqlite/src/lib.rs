@@ -496,7 +496,7 @@ impl SqlitePersistence {
 
     async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
+        let read = move || {
             let conn = shared.readers.lock().pop();
             let conn = match conn {
                 Some(c) => c,
@@ -508,9 +508,12 @@ impl SqlitePersistence {
                 pool.push(conn);
             }
             result
-        })
-        .await
-        .map_err(|e| storage(format!("read task failed: {e}")))?
+        };
+        // A call's worker waits for the read either way: two thread hand-offs saved per read.
+        if kiln_persistence::blocking_reads_allowed() {
+            return read();
+        }
+        tokio::task::spawn_blocking(read).await.map_err(|e| storage(format!("read task failed: {e}")))?
     }
 }
 

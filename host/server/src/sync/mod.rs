@@ -22,7 +22,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use kiln_runtime::{CallOutcome, CallRequest, FunctionKind};
 use kiln_store::Timestamp;
 use kiln_value::Value;
@@ -626,14 +626,20 @@ async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocke
         if let Some(End::Fatal(error)) = &stop {
             session.push(&ServerMessage::FatalError { error: error.clone() });
         }
-        // Send what is queued (also the FatalError/AuthError before closing).
-        for text in std::mem::take(&mut session.outbox) {
-            match tokio::time::timeout(config.send_timeout, socket.send(Message::Text(text.into()))).await {
-                Ok(Ok(())) => last_send = Instant::now(),
-                _ => {
-                    stop = Some(End::Gone);
-                    break;
+        // Send what is queued (also the FatalError/AuthError before closing), buffered and
+        // flushed once: a MutationResponse and the Transition that covers it, or a burst of
+        // Transition chunks, leave in one write instead of one each.
+        let outbox = std::mem::take(&mut session.outbox);
+        if !outbox.is_empty() {
+            let sent = tokio::time::timeout(config.send_timeout, async {
+                for text in outbox {
+                    socket.feed(Message::Text(text.into())).await?;
                 }
+                socket.flush().await
+            });
+            match sent.await {
+                Ok(Ok(())) => last_send = Instant::now(),
+                _ => stop = Some(End::Gone),
             }
         }
         if let Some(end) = stop {
