@@ -492,12 +492,13 @@ async fn run(
             .map_err(|_| CallError::new("ShuttingDown", "the deployment is closing"))?;
         // A transaction normally begins on the worker, right before its instance runs, so that
         // a mutation's conflict window does not include its wait for a worker. A query at a
-        // given snapshot and a mutation with an idempotency key (replayed here) begin now.
+        // given snapshot and a mutation with an idempotency key that may have been used
+        // (replayed here) begin now.
         let early = match (req.kind, req.snapshot, &req.idempotency_key) {
             (FunctionKind::Query, Some(ts), _) => {
                 Some(dep.store.begin_read_only_at(ts).map_err(|e| CallError::new(e.code(), format!("{path}: {e}")))?)
             }
-            (FunctionKind::Mutation, _, Some(key)) => {
+            (FunctionKind::Mutation, _, Some(key)) if !req.idempotency_fresh => {
                 let mut txn = dep.store.begin();
                 let replayed = match idempotency::replay(&mut txn, key).await {
                     Ok(replayed) => replayed,

@@ -102,6 +102,10 @@ pub struct CallRequest {
     /// records its result in the same transaction; a later call with the same key returns
     /// that result without running again.
     pub idempotency_key: Option<String>,
+    /// With `idempotency_key`: no earlier call can have used the key (it names a request of a
+    /// client session's first connection), so the result is recorded without first looking
+    /// for an earlier one.
+    pub idempotency_fresh: bool,
     /// Queries only: the result may come from (and goes into) the deployment's query cache,
     /// when nothing the cached run read has changed at the requested snapshot.
     pub cacheable: bool,
@@ -122,6 +126,7 @@ impl CallRequest {
             request_id: String::new(),
             snapshot: None,
             idempotency_key: None,
+            idempotency_fresh: false,
             cacheable: false,
             journal: None,
         }

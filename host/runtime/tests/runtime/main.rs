@@ -621,7 +621,6 @@ async fn mutations_with_one_idempotency_key_apply_once_and_queries_run_at_a_give
     assert!(again.commit_ts.unwrap() >= first_ts);
     let counter = || async { ok(&call(&rt, "d", Query, "hostile:counter", r#"{"name": "k"}"#).await) };
     assert_eq!(counter().await, Value::Float64(1.0));
-
     // Concurrent resends of one new request: exactly one applies.
     let tasks: Vec<_> = (0..12)
         .map(|_| {
@@ -648,6 +647,17 @@ async fn mutations_with_one_idempotency_key_apply_once_and_queries_run_at_a_give
     let mut future = CallRequest::new(Query, "hostile:counter", args(r#"{"name": "k"}"#));
     future.snapshot = Some(kiln_store::Timestamp(u64::MAX));
     assert_eq!(code(&rt.call("d", future).await), "SnapshotInFuture");
+
+    // A key of a session's first connection is not looked up, but still recorded: the resend
+    // after a reconnect is replayed.
+    let mut fresh = keyed("session-2/1");
+    fresh.idempotency_fresh = true;
+    let first = rt.call("d", fresh).await;
+    assert!(!first.replayed);
+    let again = rt.call("d", keyed("session-2/1")).await;
+    assert!(again.replayed, "the resend after a reconnect is not run again");
+    assert_eq!(ok(&again), ok(&first));
+    assert_eq!(counter().await, Value::Float64(3.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,8 @@ struct Session {
     watcher: u64,
     notify: Arc<Notify>,
     session_id: Option<String>,
+    /// Whether Connect said this is the session's first connection (`connectionCount` 0).
+    first_connection: bool,
     caller: Caller,
     identity_version: u32,
     query_set_version: u32,
@@ -151,6 +153,8 @@ impl Session {
                 }
                 tracing::debug!(%session_id, connection_count, ?last_close_reason, "client connected");
                 self.session_id = Some(session_id);
+                // A session's first connection has sent no mutation before: nothing to replay.
+                self.first_connection = connection_count == 0;
                 self.clock_skew = client_ts.map(|c| now_ms() - c);
                 if let Some(seen) = max_observed_timestamp.as_deref().and_then(protocol::decode_ts) {
                     self.check_observed(seen).await?;
@@ -307,7 +311,7 @@ impl Session {
 
     fn spawn_call(&self, kind: FunctionKind, request_id: u32, path: String, args: Vec<JsonValue>) {
         let (state, dep, tx) = (self.state.clone(), self.dep.clone(), self.done_tx.clone());
-        let caller = self.caller.clone();
+        let (caller, first_connection) = (self.caller.clone(), self.first_connection);
         let key = self.session_id.as_ref().map(|s| format!("{s}/{request_id}"));
         tokio::spawn(async move {
             let out = match (args_of(&args), dep.inflight.clone().try_acquire_owned()) {
@@ -327,7 +331,10 @@ impl Session {
                     req.identity = caller.identity();
                     req.internal = caller.is_admin();
                     match kind {
-                        FunctionKind::Mutation => req.idempotency_key = key,
+                        FunctionKind::Mutation => {
+                            req.idempotency_key = key;
+                            req.idempotency_fresh = first_connection;
+                        }
                         _ => req.request_id = key.unwrap_or_default(),
                     }
                     let out = state.runtime.call(&dep.name, req).await;
@@ -548,6 +555,7 @@ async fn serve(state: Arc<AppState>, dep: Arc<DeploymentState>, socket: WebSocke
         state: state.clone(),
         dep: dep.clone(),
         session_id: None,
+        first_connection: false,
         caller: Caller::Anonymous,
         identity_version: 0,
         query_set_version: 0,
