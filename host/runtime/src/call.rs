@@ -371,6 +371,7 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
                         let retry = ex.ctx.fatal.as_ref().filter(|f| f.retryable).map(|f| StoreError::Conflict {
                             table: String::new(),
                             conflicting_ts: f.retry_after.unwrap_or_default(),
+                            key: 0,
                         });
                         // The error goes back to the action: first let what it read become durable.
                         if let (None, Some(txn), Err(e)) = (&retry, txn, &ex.outcome) {
@@ -479,7 +480,31 @@ async fn run(
     // A failed query hands back the journal it was given: the client keeps it.
     out.journal = req.journal.clone();
     let mut attempt = 0;
+    // The turns (stripes of `Deployment::turns`) of the keys earlier attempts conflicted on.
+    let mut stripes: Vec<usize> = Vec::new();
     loop {
+        // A retry after a conflict on a known key takes its turn among the retries of writers
+        // of that key (FIFO), held until its commit is validated: they then run one after the
+        // other, each reading what the one before wrote, instead of all at once conflicting
+        // again. A retry that conflicted on several keys (two accounts of a transfer) holds
+        // all their turns: it waits for one, and takes the others only if they are free
+        // (otherwise it lets go and waits for the busy one), so that it never holds a turn
+        // while waiting for another. Taken before a worker permit, so that waiting holds none.
+        let mut turns = Vec::with_capacity(stripes.len());
+        let mut wait_for = stripes.first().copied();
+        while let Some(first) = wait_for.take() {
+            turns.clear();
+            turns.push(dep.turns[first].clone().lock_owned().await);
+            for &stripe in stripes.iter().filter(|&&s| s != first) {
+                match dep.turns[stripe].clone().try_lock_owned() {
+                    Ok(turn) => turns.push(turn),
+                    Err(_) => {
+                        wait_for = Some(stripe);
+                        break;
+                    }
+                }
+            }
+        }
         // A permit bounds the deployment's calls in progress on workers (taken per attempt, so
         // a conflict's backoff holds none), not its mutations waiting for their group commit:
         // that takes a millisecond or more, and with the default of 4 permits held through it
@@ -557,6 +582,9 @@ async fn run(
                 {
                     return Err(settled(&txn, e).await);
                 }
+                if !turns.is_empty() {
+                    txn.hold_until_validated(Box::new(std::mem::take(&mut turns)));
+                }
                 match txn.commit().await {
                     Ok(ts) => {
                         out.commit_ts = Some(ts);
@@ -577,9 +605,11 @@ async fn run(
                 return Ok(value);
             }
             (Err(e), txn) => match ex.ctx.fatal.take() {
-                Some(f) if f.retryable => {
-                    StoreError::Conflict { table: String::new(), conflicting_ts: f.retry_after.unwrap_or_default() }
-                }
+                Some(f) if f.retryable => StoreError::Conflict {
+                    table: String::new(),
+                    conflicting_ts: f.retry_after.unwrap_or_default(),
+                    key: 0,
+                },
                 _ => {
                     return Err(match (req.kind, txn) {
                         // A failed query's result depends on what it read, like a successful one.
@@ -601,9 +631,18 @@ async fn run(
         {
             attempt += 1;
             out.retries = attempt;
-            // No need to wait for the conflicting commit to be published: a mutation's
-            // snapshot includes every validated commit.
-            tokio::time::sleep(retry_backoff(attempt)).await;
+            let key = failure.conflict_key();
+            if key != 0 {
+                let stripe = (key % crate::deployment::TURNS as u64) as usize;
+                if let Err(at) = stripes.binary_search(&stripe) {
+                    stripes.insert(at, stripe);
+                }
+            } else {
+                // No known key: spread the retries by a random wait instead. (A mutation's
+                // snapshot includes every validated commit: no need to wait for the
+                // conflicting commit to be published.)
+                tokio::time::sleep(retry_backoff(attempt)).await;
+            }
             continue;
         }
         return Err(CallError::new(failure.code(), format!("{path}: {failure}")));

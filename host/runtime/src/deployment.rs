@@ -68,6 +68,9 @@ impl Version {
     }
 }
 
+/// Stripes of [`Deployment::turns`].
+pub(crate) const TURNS: usize = 64;
+
 /// A named tenant.
 pub struct Deployment {
     pub(crate) name: String,
@@ -90,6 +93,10 @@ pub struct Deployment {
     pub(crate) generation: AtomicU64,
     /// Held by a deploy from preparing the version to switching to it.
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
+    /// Turns of retried mutations, by the hash of the key they conflicted on (striped): a
+    /// retry waits for the retries before it on the same documents to be validated instead of
+    /// running beside them and conflicting again.
+    pub(crate) turns: Box<[Arc<tokio::sync::Mutex<()>>]>,
 }
 
 impl Deployment {

@@ -297,6 +297,7 @@ impl Runtime {
             tenant: self.shared.next_tenant.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             permits: Arc::new(Semaphore::new(config.limits.max_concurrency.max(1))),
             action_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_actions.max(1))),
+            turns: (0..deployment::TURNS).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect(),
             config: RwLock::new(Arc::new(config)),
             version: RwLock::new(None),
             metering,

@@ -42,6 +42,10 @@ pub enum StoreError {
         /// The commit that changed it; a retry should read at or after it
         /// (see [`crate::Store::wait_for`]).
         conflicting_ts: Timestamp,
+        /// A hash of the index key whose change caused the conflict (0 when unknown): writers
+        /// that conflict on the same key can take turns (see
+        /// [`crate::Transaction::hold_until_validated`]).
+        key: u64,
     },
     /// The transaction's snapshot is older than the store retains. Retryable.
     #[error("transaction snapshot at {ts} is too old; retry it")]
@@ -172,6 +176,14 @@ impl StoreError {
         match self {
             StoreError::Conflict { conflicting_ts, .. } => Some(*conflicting_ts),
             _ => None,
+        }
+    }
+
+    /// For a conflict, the hash of the key it happened on (0 when unknown).
+    pub fn conflict_key(&self) -> u64 {
+        match self {
+            StoreError::Conflict { key, .. } => *key,
+            _ => 0,
         }
     }
 

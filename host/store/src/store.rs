@@ -42,6 +42,9 @@ pub(crate) struct CommitRequest {
     pub index_writes: Vec<IndexWrite>,
     pub keys: WrittenKeys,
     pub catalog_edit: Option<CatalogEdit>,
+    /// Dropped once the commit is validated (its writes visible to transactions that begin
+    /// then) or refused.
+    pub until_validated: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 struct Envelope {
@@ -297,13 +300,24 @@ async fn run_committer(
     }
 }
 
+/// The hash of an index key that [`StoreError::Conflict`] reports (never 0).
+fn conflict_key(index: IndexId, key: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    index.0.hash(&mut h);
+    key.hash(&mut h);
+    h.finish().max(1)
+}
+
 fn validate(
     inner: &Arc<Inner>,
     catalog: &mut Arc<Catalog>,
     last_ts: &mut Timestamp,
     envelope: Envelope,
 ) -> Option<Inflight> {
-    let Envelope { request, reply } = envelope;
+    let Envelope { mut request, reply } = envelope;
+    // Released on every return below, and after validation on success.
+    let held = request.until_validated.take();
     if let Some(msg) = inner.failed.lock().clone() {
         let _ = reply.send(Err(StoreError::Failed(msg)));
         return None;
@@ -311,7 +325,8 @@ fn validate(
     if inner.saw_lost_commits(request.begin_ts) {
         // Its snapshot held writes that were never made durable: retry on a fresh one.
         inner.conflicts.fetch_add(1, Ordering::Relaxed);
-        let _ = reply.send(Err(StoreError::Conflict { table: String::new(), conflicting_ts: request.begin_ts }));
+        let _ =
+            reply.send(Err(StoreError::Conflict { table: String::new(), conflicting_ts: request.begin_ts, key: 0 }));
         return None;
     }
     let check = inner.log.lock().check(request.begin_ts, &request.reads);
@@ -325,7 +340,8 @@ fn validate(
             inner.conflicts.fetch_add(1, Ordering::Relaxed);
             let table = Inner::table_of_index(catalog, index, &key);
             tracing::debug!(%table, "commit conflict");
-            let _ = reply.send(Err(StoreError::Conflict { table, conflicting_ts }));
+            let key = conflict_key(index, &key);
+            let _ = reply.send(Err(StoreError::Conflict { table, conflicting_ts, key }));
             return None;
         }
     }
@@ -366,6 +382,7 @@ fn validate(
             validated.catalog_ts = ts;
         }
     }
+    drop(held);
     let mut documents = Vec::with_capacity(request.docs.len());
     let mut docs = Vec::with_capacity(request.docs.len());
     for (id, doc, encoded) in request.docs {
@@ -955,6 +972,7 @@ async fn backfill(inner: &Arc<Inner>, table: &str, id: u32) -> Result<()> {
             index_writes: Vec::new(),
             keys,
             catalog_edit: Some(edit),
+            until_validated: None,
         })
         .await?;
     tracing::info!(documents = total, "index ready");
@@ -985,6 +1003,7 @@ async fn clean_dropped_indexes(inner: &Arc<Inner>) -> Result<()> {
                 index_writes: Vec::new(),
                 keys: WrittenKeys::default(),
                 catalog_edit: Some(edit),
+                until_validated: None,
             })
             .await?;
     }

@@ -194,6 +194,7 @@ pub struct Transaction {
     streams: HashMap<StreamId, Stream>,
     next_stream: StreamId,
     usage: Usage,
+    until_validated: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Transaction {
@@ -221,7 +222,15 @@ impl Transaction {
             streams: HashMap::new(),
             next_stream: 0,
             usage: Usage::default(),
+            until_validated: None,
         }
+    }
+
+    /// Keeps `guard` until this transaction's commit is validated (its writes visible to any
+    /// transaction that begins afterwards) or refused, or until the transaction is dropped:
+    /// a turn among writers of the same documents ends there, not when the commit is durable.
+    pub fn hold_until_validated(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
+        self.until_validated = Some(guard);
     }
 
     pub(crate) fn set_system(&mut self) {
@@ -956,7 +965,11 @@ impl Transaction {
             Some(Box::new(move |c: &mut Catalog| {
                 for t in new_tables {
                     if c.table(&t.name).is_some() {
-                        return Err(StoreError::Conflict { table: t.name.clone(), conflicting_ts: Timestamp::ZERO });
+                        return Err(StoreError::Conflict {
+                            table: t.name.clone(),
+                            conflicting_ts: Timestamp::ZERO,
+                            key: 0,
+                        });
                     }
                     c.add_table((*t).clone());
                 }
@@ -966,8 +979,15 @@ impl Transaction {
                 }
             }))
         };
-        let request =
-            CommitRequest { begin_ts: self.ts, reads, docs, index_writes, keys: WrittenKeys::new(keys), catalog_edit };
+        let request = CommitRequest {
+            begin_ts: self.ts,
+            reads,
+            docs,
+            index_writes,
+            keys: WrittenKeys::new(keys),
+            catalog_edit,
+            until_validated: self.until_validated.take(),
+        };
         self.inner.submit(request).await
     }
 }

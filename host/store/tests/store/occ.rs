@@ -24,11 +24,26 @@ async fn read_write_on_one_document_conflicts() {
         };
         tx.patch(id, [("n".to_string(), Some(Value::Float64(n + 1.0)))].into()).await.unwrap();
     }
+    // What a transaction holds until validation is released when it commits or is refused.
+    let turn = Arc::new(());
+    a.hold_until_validated(Box::new(turn.clone()));
+    b.hold_until_validated(Box::new(turn.clone()));
     a.commit().await.unwrap();
     let err = b.commit().await.unwrap_err();
+    assert_eq!(Arc::strong_count(&turn), 1, "both released");
     assert_eq!(err.code(), "Conflict");
     assert!(err.is_retryable());
     assert!(err.to_string().contains("\"c\""), "{err}");
+    // The conflict names the key it happened on: the same for another conflict on it.
+    assert_ne!(err.conflict_key(), 0);
+    let mut c = store.begin();
+    let mut d = store.begin();
+    for tx in [&mut c, &mut d] {
+        tx.get(id).await.unwrap();
+        tx.patch(id, [("n".to_string(), Some(Value::Float64(9.0)))].into()).await.unwrap();
+    }
+    c.commit().await.unwrap();
+    assert_eq!(d.commit().await.unwrap_err().conflict_key(), err.conflict_key());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
