@@ -30,6 +30,13 @@ async fn read_write_on_one_document_conflicts() {
     b.hold_until_validated(Box::new(turn.clone()));
     a.commit().await.unwrap();
     let err = b.commit().await.unwrap_err();
+    // (The committer lets go of a refused commit's guard right after replying.)
+    for _ in 0..200 {
+        if Arc::strong_count(&turn) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     assert_eq!(Arc::strong_count(&turn), 1, "both released");
     assert_eq!(err.code(), "Conflict");
     assert!(err.is_retryable());
