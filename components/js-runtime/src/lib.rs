@@ -291,6 +291,7 @@ fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
     native.set("dbGet", Func::from(syscall::db_get))?;
     native.set("dbInsert", Func::from(syscall::db_insert))?;
     native.set("dbPatch", Func::from(syscall::db_patch))?;
+    native.set("queryTake", Func::from(syscall::query_take))?;
     native.set("syscall", Func::from(|op: String, args: String| syscall::call(&op, &args)))?;
     native.set("args", Func::from(args_value))?;
     native.set("argsJson", Func::from(args_json))?;

@@ -212,6 +212,9 @@
       syscall: native.syscallValue,
       reader,
       writer,
+      // The results of a query in one native call (the package's `jsonToConvex` decodes
+      // what the native leaves to it).
+      take: (query, n) => native.queryTake(query, n, decodeJson),
       invoke: invokeDirect,
       args: takeArgs,
       context,

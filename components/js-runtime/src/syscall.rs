@@ -164,6 +164,77 @@ pub(crate) fn db_patch<'js>(ctx: Ctx<'js>, id: JsValue<'js>, value: JsValue<'js>
     }
 }
 
+/// `__kiln_fast.take(query, n, decode)`: the results of a `QueryImpl` that is still being
+/// prepared, `n` at most (-1: all), as the package's `take(n)` (or `collect()`) answers them,
+/// read in one native call: the query opened once and drained here, where the package takes a
+/// `queryStream`, a `queryStreamNext` per document plus one, and a `queryCleanup`, each behind
+/// an `await`. The query's state ends as the package leaves it (`closed` after `take`,
+/// `consumed` after `collect`). `decode` is the package's `jsonToConvex`, for a document the
+/// native decoder leaves to it. `undefined`, before anything is read, for whatever it does not
+/// take (another state, an argument the package would refuse), so the package's code runs on.
+pub(crate) fn query_take<'js>(
+    ctx: Ctx<'js>,
+    query: JsValue<'js>,
+    n: JsValue<'js>,
+    decode: JsValue<'js>,
+) -> quickjs::Result<JsValue<'js>> {
+    let defer = JsValue::new_undefined(ctx.clone());
+    let Some(decode) = decode.as_function() else { return Ok(defer) };
+    let limit = match n.as_number() {
+        Some(-1.0) => None,
+        Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= f64::from(u32::MAX) => Some(n as u32),
+        _ => return Ok(defer),
+    };
+    let Some(query) = query.as_object() else { return Ok(defer) };
+    let Ok(state) = query.get::<_, Object>("state") else { return Ok(defer) };
+    if state.get::<_, Option<String>>("type").ok().flatten().as_deref() != Some("preparing") {
+        return Ok(defer);
+    }
+    let Some(mut json) = values::json_of_js(&state.get::<_, JsValue>("query")?)? else { return Ok(defer) };
+    let ended = |how: &str| -> quickjs::Result<()> {
+        let next = Object::new(ctx.clone())?;
+        next.set("type", how)?;
+        query.set("state", next)
+    };
+    if let Some(n) = limit {
+        // What `limit(n)` does: the operator added, this query closed to further chaining.
+        let Some(operators) = json.get_mut("operators").and_then(Json::as_array_mut) else { return Ok(defer) };
+        operators.push(json!({ "limit": n }));
+        ended("closed")?;
+    }
+    let stream = match in_call("1.0/queryStream").and_then(|()| db::open_query(&json.to_string())) {
+        Ok(stream) => stream,
+        Err(e) => return Err(throw(&ctx, &e)?),
+    };
+    if limit.is_none() {
+        ended("consumed")?;
+    }
+    let out = quickjs::Array::new(ctx.clone())?;
+    let mut count = 0;
+    loop {
+        let doc = match stream.next() {
+            Ok(Some(doc)) => doc,
+            Ok(None) => break,
+            // As the package's `performAsyncSyscall` rethrows a failed `queryStreamNext` (the
+            // host's database errors carry no `data`).
+            Err(e) if e.data.is_none() => {
+                return Err(ctx.throw(Exception::from_message(ctx.clone(), &e.message)?.into_value()));
+            }
+            Err(e) => return Err(throw(&ctx, &e)?),
+        };
+        let value = match values::js_of_msgpack(&ctx, &doc)? {
+            Some(value) => value,
+            None => {
+                let json = json_of(&doc).map_err(|e| throw(&ctx, &e).unwrap_or(quickjs::Error::Exception))?;
+                decode.call((values::js_of_json(&ctx, &json)?,))?
+            }
+        };
+        out.set(count, value)?;
+        count += 1;
+    }
+    Ok(out.into_value())
+}
+
 /// `1.0/get`: a document by id (and table, if given).
 fn get_document(id: &str, table: Option<&str>) -> Result<Option<Value>, Error> {
     db::get(id, table)?.map(|doc| value_of(&doc)).transpose()

@@ -551,8 +551,9 @@ fn bundling_errors_name_the_file_and_line() {
     assert_eq!(err.code(), "NotAnApp");
 }
 
-/// The fuel of an empty query, of the bank's transfer (two reads, two patches, an insert) and of
-/// its move (two reads, two patches) are regression baselines: a change of more than 5% to the
+/// The fuel of an empty query, of the bank's transfer (two reads, two patches, an insert), of
+/// its move (two reads, two patches), of a read by id and of an indexed point query
+/// (`withIndex(...).first()`) are regression baselines: a change of more than 5% to the
 /// runtime's per-call or per-access cost fails here. `KILN_UPDATE_BASELINES=1` records new
 /// baselines.
 #[test]
@@ -571,7 +572,11 @@ fn fuel_of_an_empty_query_and_a_transfer_matches_the_baseline() {
     let transfer = args(&format!(r#"{{"from": "{a}", "to": "{b}", "amount": {}}}"#, int(1)));
     let recorded = bank.fuel_of(Mutation, "accounts:transfer", &transfer);
     let moved = bank.fuel_of(Mutation, "accounts:move", &transfer);
-    let measured = serde_json::json!({ "probe:empty": empty, "bank:transfer": recorded, "bank:move": moved });
+    let got = bank.fuel_of(Query, "accounts:get", &args(&format!(r#"{{"id": "{a}"}}"#)));
+    let of_owner = bank.fuel_of(Query, "accounts:ofOwner", &args(r#"{"owner": "bob"}"#));
+    let measured = serde_json::json!({
+        "probe:empty": empty, "bank:transfer": recorded, "bank:move": moved, "bank:get": got, "bank:ofOwner": of_owner,
+    });
     let path = repo().join("guest-sdk/tests/fuel-baseline.json");
     if std::env::var_os("KILN_UPDATE_BASELINES").is_some() {
         std::fs::write(&path, format!("{measured}\n")).unwrap();
@@ -732,6 +737,10 @@ fn the_fast_paths_reach_every_function_of_the_convex_package_they_name() {
     assert_eq!(
         installed,
         vec![
+            "QueryImpl.collect",
+            "QueryImpl.first",
+            "QueryImpl.take",
+            "QueryImpl.unique",
             "convexToJson",
             "internalMutationGeneric",
             "internalQueryGeneric",
