@@ -106,6 +106,8 @@ pub(crate) struct Executed {
     pub fuel: u64,
     /// Minor page faults the worker took instantiating and running it.
     pub faults: u64,
+    /// Whether the mutation's idempotency record is already written into its transaction.
+    pub recorded: bool,
 }
 
 /// A spent call's store: dropping it resets its instance slot (copying back the pages the
@@ -178,7 +180,7 @@ pub(crate) fn execute_keeping_store(
         }
     }
     let outcome = classify(result, &ctx, &path, fuel, deadline);
-    (Executed { ctx, outcome, fuel: used, faults }, SpentStore { _store: store })
+    (Executed { ctx, outcome, fuel: used, faults, recorded: false }, SpentStore { _store: store })
 }
 
 /// The signature of the guest's `invoke` export.
@@ -544,6 +546,7 @@ async fn run(
             let (shared, dep, version, path) = (shared.clone(), dep.clone(), version.clone(), path.to_owned());
             let (kind, identity, args, request_id) =
                 (req.kind, req.identity.clone(), args.clone(), req.request_id.clone());
+            let idempotency_key = req.idempotency_key.clone();
             let journal = match kind {
                 FunctionKind::Query => Journal::for_query(req.journal.as_deref())?,
                 _ => Journal::default(),
@@ -558,7 +561,21 @@ async fn run(
                 };
                 let mut ctx = new_ctx(&shared, &dep, &version, kind, &path, txn, identity, seed, now_ms, 0);
                 ctx.journal = journal;
-                execute_keeping_store(ctx, args, &request_id, fuel)
+                let (mut ex, spent) = execute_keeping_store(ctx, args, &request_id, fuel);
+                // A mutation's idempotency record is written here, on the worker, where the
+                // read it begins with runs inline instead of through tokio's blocking pool (a
+                // hand-off to another thread and back). It holds the value the result check
+                // below decodes from the same bytes, and commits only if that check passes.
+                if let (Some(key), Ok(bytes), Some(txn)) = (&idempotency_key, &ex.outcome, ex.ctx.txn.as_mut())
+                    && kind == FunctionKind::Mutation
+                    && let Ok(value) = from_msgpack(bytes)
+                {
+                    match shared.handle.block_on(idempotency::record(txn, key, &value)) {
+                        Ok(()) => ex.recorded = true,
+                        Err(e) => ex.outcome = Err(e),
+                    }
+                }
+                (ex, spent)
             }
         };
         let pool = if req.kind == FunctionKind::Action { &shared.action_pool } else { &shared.pool };
@@ -578,6 +595,7 @@ async fn run(
                     Err(e) => return Err(settled(&txn, e).await),
                 };
                 if let Some(key) = &req.idempotency_key
+                    && !ex.recorded
                     && let Err(e) = idempotency::record(&mut txn, key, &value).await
                 {
                     return Err(settled(&txn, e).await);

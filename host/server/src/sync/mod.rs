@@ -50,9 +50,11 @@ pub async fn upgrade(
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
-        // Small buffers keep idle connections cheap; they grow when a message needs it.
+        // A small read buffer keeps idle connections cheap; it grows when a message needs it.
+        // Frames fed together (a MutationResponse and its Transition) leave in one write at
+        // the flush that follows them: with no write buffer each frame was its own `send`.
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .write_buffer_size(64 << 10)
         .on_upgrade(move |socket| run(state, dep, socket)))
 }
 
