@@ -482,8 +482,10 @@ async fn run(
     // A failed query hands back the journal it was given: the client keeps it.
     out.journal = req.journal.clone();
     let mut attempt = 0;
-    // The turns (stripes of `Deployment::turns`) of the keys earlier attempts conflicted on.
+    // The turns (stripes of `Deployment::turns`) of the keys earlier attempts conflicted on,
+    // and those a refused commit handed back (see `Turns`).
     let mut stripes: Vec<usize> = Vec::new();
+    let kept: Arc<parking_lot::Mutex<Vec<Turn>>> = Arc::default();
     loop {
         // A retry after a conflict on a known key takes its turn among the retries of writers
         // of that key (FIFO), held until its commit is validated: they then run one after the
@@ -492,14 +494,28 @@ async fn run(
         // all their turns: it waits for one, and takes the others only if they are free
         // (otherwise it lets go and waits for the busy one), so that it never holds a turn
         // while waiting for another. Taken before a worker permit, so that waiting holds none.
-        let mut turns = Vec::with_capacity(stripes.len());
-        let mut wait_for = stripes.first().copied();
+        // A retry whose commit was refused again keeps the turns it held (it stays at the
+        // front instead of queueing behind the writers that waited meanwhile).
+        let mut turns = std::mem::take(&mut *kept.lock());
+        let mut wait_for = None;
+        for &stripe in &stripes {
+            if turns.iter().any(|(held, _)| *held == stripe) {
+                continue;
+            }
+            match dep.turns[stripe].clone().try_lock_owned() {
+                Ok(turn) => turns.push((stripe, turn)),
+                Err(_) => {
+                    wait_for = Some(stripe);
+                    break;
+                }
+            }
+        }
         while let Some(first) = wait_for.take() {
             turns.clear();
-            turns.push(dep.turns[first].clone().lock_owned().await);
+            turns.push((first, dep.turns[first].clone().lock_owned().await));
             for &stripe in stripes.iter().filter(|&&s| s != first) {
                 match dep.turns[stripe].clone().try_lock_owned() {
-                    Ok(turn) => turns.push(turn),
+                    Ok(turn) => turns.push((stripe, turn)),
                     Err(_) => {
                         wait_for = Some(stripe);
                         break;
@@ -511,12 +527,14 @@ async fn run(
         // a conflict's backoff holds none), not its mutations waiting for their group commit:
         // that takes a millisecond or more, and with the default of 4 permits held through it
         // a deployment committed at most a few thousand mutations a second on idle workers.
-        let permits = if req.kind == FunctionKind::Action { &dep.action_permits } else { &dep.permits };
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| CallError::new("ShuttingDown", "the deployment is closing"))?;
+        // A retry holding turns takes the permits' priority lane: the writers behind its turns
+        // wait for it, so it must not queue behind every first attempt (see `permits.rs`).
+        let closing = || CallError::new("ShuttingDown", "the deployment is closing");
+        let permit = if req.kind == FunctionKind::Action {
+            Permit::Action { _held: dep.action_permits.clone().acquire_owned().await.map_err(|_| closing())? }
+        } else {
+            Permit::Call { _held: dep.permits.acquire(!turns.is_empty()).await.ok_or_else(closing)? }
+        };
         // A transaction normally begins on the worker, right before its instance runs, so that
         // a mutation's conflict window does not include its wait for a worker. A query at a
         // given snapshot and a mutation with an idempotency key that may have been used
@@ -601,7 +619,7 @@ async fn run(
                     return Err(settled(&txn, e).await);
                 }
                 if !turns.is_empty() {
-                    txn.hold_until_validated(Box::new(std::mem::take(&mut turns)));
+                    txn.hold_until_validated(Box::new(Turns { held: std::mem::take(&mut turns), back: kept.clone() }));
                 }
                 match txn.commit().await {
                     Ok(ts) => {
@@ -656,14 +674,38 @@ async fn run(
                     stripes.insert(at, stripe);
                 }
             } else {
-                // No known key: spread the retries by a random wait instead. (A mutation's
-                // snapshot includes every validated commit: no need to wait for the
-                // conflicting commit to be published.)
+                // No known key: spread the retries by a random wait instead (holding no
+                // turn). (A mutation's snapshot includes every validated commit: no need to
+                // wait for the conflicting commit to be published.)
+                kept.lock().clear();
                 tokio::time::sleep(retry_backoff(attempt)).await;
             }
             continue;
         }
         return Err(CallError::new(failure.code(), format!("{path}: {failure}")));
+    }
+}
+
+/// A permit of an action or of a query or mutation, held while the call is on a worker.
+enum Permit {
+    Action { _held: tokio::sync::OwnedSemaphorePermit },
+    Call { _held: crate::permits::Permit },
+}
+
+/// One turn among conflicting writers: its stripe of `Deployment::turns` and the guard.
+type Turn = (usize, tokio::sync::OwnedMutexGuard<()>);
+
+/// The turns a mutation's commit holds until it is validated: released then, or handed back
+/// to the call when the commit is refused, for its retry.
+struct Turns {
+    held: Vec<Turn>,
+    back: Arc<parking_lot::Mutex<Vec<Turn>>>,
+}
+
+impl kiln_store::Hold for Turns {
+    fn refused(self: Box<Self>) {
+        let Turns { held, back } = *self;
+        *back.lock() = held;
     }
 }
 

@@ -81,7 +81,7 @@ pub struct Deployment {
     /// Its number in the worker pools' fair queues.
     pub(crate) tenant: u64,
     /// Bound its queries and mutations in progress on workers.
-    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) permits: Arc<crate::permits::Permits>,
     /// Bound its actions in progress.
     pub(crate) action_permits: Arc<Semaphore>,
     pub(crate) metering: Metering,

@@ -18,6 +18,7 @@ mod idempotency;
 mod journal;
 pub mod knobs;
 mod metering;
+mod permits;
 mod pool;
 mod query_cache;
 mod secret;
@@ -295,7 +296,7 @@ impl Runtime {
             name: name.to_owned(),
             store,
             tenant: self.shared.next_tenant.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            permits: Arc::new(Semaphore::new(config.limits.max_concurrency.max(1))),
+            permits: permits::Permits::new(config.limits.max_concurrency.max(1)),
             action_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_actions.max(1))),
             turns: (0..deployment::TURNS).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect(),
             config: RwLock::new(Arc::new(config)),
@@ -337,17 +338,19 @@ impl Runtime {
     /// Replaces a deployment's configuration (limits, quotas, environment, fetch policy).
     pub fn configure(&self, name: &str, config: DeploymentConfig) -> Result<()> {
         let dep = self.deployment(name).ok_or_else(|| RuntimeError::DeploymentNotFound(name.to_owned()))?;
-        let resize = |permits: &Semaphore, old: usize, new: usize| {
-            let (old, new) = (old.max(1), new.max(1));
-            if new > old {
-                permits.add_permits(new - old);
-            } else {
-                permits.forget_permits(old - new);
-            }
-        };
         let old = dep.config.read().limits.clone();
-        resize(&dep.permits, old.max_concurrency, config.limits.max_concurrency);
-        resize(&dep.action_permits, old.max_concurrent_actions, config.limits.max_concurrent_actions);
+        let (was, now) = (old.max_concurrency.max(1), config.limits.max_concurrency.max(1));
+        if now > was {
+            dep.permits.add(now - was);
+        } else {
+            dep.permits.forget(was - now);
+        }
+        let (was, now) = (old.max_concurrent_actions.max(1), config.limits.max_concurrent_actions.max(1));
+        if now > was {
+            dep.action_permits.add_permits(now - was);
+        } else {
+            dep.action_permits.forget_permits(was - now);
+        }
         *dep.config.write() = Arc::new(config);
         dep.invalidate_cache();
         Ok(())

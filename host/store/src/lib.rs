@@ -32,6 +32,6 @@ pub use kiln_persistence::{Order, Timestamp};
 pub use knobs::{StoreConfig, TransactionLimits};
 pub use query::Query;
 pub use read_set::{ReadSet, ReadToken};
-pub use store::{Store, StoreStats};
+pub use store::{Hold, Store, StoreStats};
 pub use subscription::Subscription;
 pub use transaction::{Page, PageRequest, PageStatus, Savepoint, StreamId, Transaction, Usage, compile_range};

@@ -43,8 +43,24 @@ pub(crate) struct CommitRequest {
     pub keys: WrittenKeys,
     pub catalog_edit: Option<CatalogEdit>,
     /// Dropped once the commit is validated (its writes visible to transactions that begin
-    /// then) or refused.
-    pub until_validated: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// then), handed back through [`Hold::refused`] if it is refused.
+    pub until_validated: Option<Box<dyn Hold>>,
+}
+
+/// What a transaction keeps until its commit is validated ([`crate::Transaction::hold_until_validated`]):
+/// dropped then, or handed back through [`Hold::refused`] when the commit is refused.
+pub trait Hold: Send + Sync {
+    /// The commit was refused; called before the committer replies, so that whoever waits
+    /// for the reply finds what this did.
+    fn refused(self: Box<Self>);
+}
+
+/// Replies to a refused commit, handing its hold back first.
+fn refuse(held: Option<Box<dyn Hold>>, reply: oneshot::Sender<Result<Timestamp>>, error: StoreError) {
+    if let Some(held) = held {
+        held.refused();
+    }
+    let _ = reply.send(Err(error));
 }
 
 struct Envelope {
@@ -316,24 +332,23 @@ fn validate(
     envelope: Envelope,
 ) -> Option<Inflight> {
     let Envelope { mut request, reply } = envelope;
-    // Released on every return below, and after validation on success.
+    // Handed back on every refusal below, dropped after validation on success.
     let held = request.until_validated.take();
     if let Some(msg) = inner.failed.lock().clone() {
-        let _ = reply.send(Err(StoreError::Failed(msg)));
+        refuse(held, reply, StoreError::Failed(msg));
         return None;
     }
     if inner.saw_lost_commits(request.begin_ts) {
         // Its snapshot held writes that were never made durable: retry on a fresh one.
         inner.conflicts.fetch_add(1, Ordering::Relaxed);
-        let _ =
-            reply.send(Err(StoreError::Conflict { table: String::new(), conflicting_ts: request.begin_ts, key: 0 }));
+        refuse(held, reply, StoreError::Conflict { table: String::new(), conflicting_ts: request.begin_ts, key: 0 });
         return None;
     }
     let check = inner.log.lock().check(request.begin_ts, &request.reads);
     match check {
         Check::Clean => {}
         Check::TooOld => {
-            let _ = reply.send(Err(StoreError::SnapshotTooOld { ts: request.begin_ts }));
+            refuse(held, reply, StoreError::SnapshotTooOld { ts: request.begin_ts });
             return None;
         }
         Check::Conflict(conflicting_ts, index, key) => {
@@ -341,7 +356,7 @@ fn validate(
             let table = Inner::table_of_index(catalog, index, &key);
             tracing::debug!(%table, "commit conflict");
             let key = conflict_key(index, &key);
-            let _ = reply.send(Err(StoreError::Conflict { table, conflicting_ts, key }));
+            refuse(held, reply, StoreError::Conflict { table, conflicting_ts, key });
             return None;
         }
     }
@@ -349,13 +364,13 @@ fn validate(
     if let Some(edit) = request.catalog_edit {
         let mut next = (**catalog).clone();
         if let Err(e) = edit(&mut next) {
-            let _ = reply.send(Err(e));
+            refuse(held, reply, e);
             return None;
         }
         let blob = match next.encode() {
             Ok(b) => b,
             Err(e) => {
-                let _ = reply.send(Err(e));
+                refuse(held, reply, e);
                 return None;
             }
         };

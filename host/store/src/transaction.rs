@@ -194,7 +194,7 @@ pub struct Transaction {
     streams: HashMap<StreamId, Stream>,
     next_stream: StreamId,
     usage: Usage,
-    until_validated: Option<Box<dyn std::any::Any + Send + Sync>>,
+    until_validated: Option<Box<dyn crate::store::Hold>>,
 }
 
 impl Transaction {
@@ -227,9 +227,10 @@ impl Transaction {
     }
 
     /// Keeps `guard` until this transaction's commit is validated (its writes visible to any
-    /// transaction that begins afterwards) or refused, or until the transaction is dropped:
-    /// a turn among writers of the same documents ends there, not when the commit is durable.
-    pub fn hold_until_validated(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
+    /// transaction that begins afterwards; then it is dropped) or refused (then it is handed
+    /// back through [`crate::Hold::refused`]), or until the transaction is dropped: a turn
+    /// among writers of the same documents ends there, not when the commit is durable.
+    pub fn hold_until_validated(&mut self, guard: Box<dyn crate::Hold>) {
         self.until_validated = Some(guard);
     }
 

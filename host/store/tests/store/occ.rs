@@ -24,20 +24,25 @@ async fn read_write_on_one_document_conflicts() {
         };
         tx.patch(id, [("n".to_string(), Some(Value::Float64(n + 1.0)))].into()).await.unwrap();
     }
-    // What a transaction holds until validation is released when it commits or is refused.
-    let turn = Arc::new(());
-    a.hold_until_validated(Box::new(turn.clone()));
-    b.hold_until_validated(Box::new(turn.clone()));
-    a.commit().await.unwrap();
-    let err = b.commit().await.unwrap_err();
-    // (The committer lets go of a refused commit's guard right after replying.)
-    for _ in 0..200 {
-        if Arc::strong_count(&turn) == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // What a transaction holds until validation is dropped when it commits, and handed back
+    // (before the reply) when it is refused.
+    struct Probe {
+        turn: Arc<()>,
+        refused: Arc<std::sync::Mutex<Vec<Arc<()>>>>,
     }
-    assert_eq!(Arc::strong_count(&turn), 1, "both released");
+    impl kiln_store::Hold for Probe {
+        fn refused(self: Box<Self>) {
+            self.refused.lock().unwrap().push(self.turn.clone());
+        }
+    }
+    let (turn, refused) = (Arc::new(()), Arc::new(std::sync::Mutex::new(Vec::new())));
+    a.hold_until_validated(Box::new(Probe { turn: turn.clone(), refused: refused.clone() }));
+    b.hold_until_validated(Box::new(Probe { turn: turn.clone(), refused: refused.clone() }));
+    a.commit().await.unwrap();
+    assert_eq!(Arc::strong_count(&turn), 2, "the committed one let go");
+    let err = b.commit().await.unwrap_err();
+    assert_eq!(refused.lock().unwrap().len(), 1, "the refused one came back before the reply");
+    assert_eq!(Arc::strong_count(&turn), 2, "and holds only what it handed back");
     assert_eq!(err.code(), "Conflict");
     assert!(err.is_retryable());
     assert!(err.to_string().contains("\"c\""), "{err}");
