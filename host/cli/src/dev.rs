@@ -74,6 +74,7 @@ async fn start_local(opts: &ServeOptions) -> Result<Local, CliError> {
     }
     if let Some(key) = &first.default_admin_key {
         println!("admin key of the default deployment (shown once):\n  {key}");
+        println!("for the official convex CLI, set:\n{}", crate::self_hosted_lines(&url, key));
     }
     let instance_key = crate::client::admin_key(first.instance_key.clone(), &opts.data)?;
     let serving = server.clone();

@@ -317,7 +317,10 @@ fn run(command: Command) -> Result<(), CliError> {
                 let reply = instance_target(&remote)?.create_deployment(&name)?;
                 println!("created deployment {name}");
                 println!("  url: {}/d/{name}", remote.url.trim_end_matches('/'));
-                println!("  admin key (shown once): {}", reply.get("adminKey").and_then(Value::as_str).unwrap_or("?"));
+                let key = reply.get("adminKey").and_then(Value::as_str).unwrap_or("?");
+                println!("  admin key (shown once): {key}");
+                let url = format!("{}/d/{name}", remote.url.trim_end_matches('/'));
+                println!("for the official convex CLI, set:\n{}", self_hosted_lines(&url, key));
                 Ok(())
             }
             DeploymentsAction::List { remote } => {
@@ -357,4 +360,9 @@ fn build(app: &std::path::Path) -> Result<(), CliError> {
     );
     println!("manifest: {}", out.manifest_path.display());
     Ok(())
+}
+
+/// The two lines that point the official `convex` CLI at a deployment.
+fn self_hosted_lines(url: &str, admin_key: &str) -> String {
+    format!("  CONVEX_SELF_HOSTED_URL={url}\n  CONVEX_SELF_HOSTED_ADMIN_KEY={admin_key}")
 }

@@ -182,6 +182,9 @@ pub async fn set_config(
     if let Some(fetch) = &body.fetch {
         fetch.validate()?;
     }
+    if let Some(env) = &body.env {
+        crate::environment::check(env)?;
+    }
     state.registry.lock().update(&d, body.auth.clone(), body.env.clone(), body.fetch.clone())?;
     if let Some(auth) = body.auth {
         *dep.auth.write() = auth;
@@ -204,6 +207,42 @@ pub async fn set_config(
         }
     }
     Ok(Json(json!({ "ok": true })).into_response())
+}
+
+/// The body of `POST /api/update_environment_variables`.
+#[derive(Deserialize)]
+pub struct EnvironmentChanges {
+    /// Applied in order, all or none.
+    pub changes: Vec<crate::environment::Change>,
+}
+
+/// `POST /api/update_environment_variables` (`npx convex env set|remove`): changes some of the
+/// deployment's environment variables; the next call of a function sees them.
+pub async fn update_environment_variables(
+    State(state): State<Arc<AppState>>,
+    Extension(Deployment(d)): Extension<Deployment>,
+    headers: HeaderMap,
+    RequestBody(body): RequestBody,
+) -> Result<Response> {
+    require_admin(&state, &d, &headers)?;
+    let body: EnvironmentChanges = json_body(&body)?;
+    let dep = state.deployment(&d)?;
+    {
+        // Read, changed and written under the registry's lock: concurrent changes do not
+        // lose each other's variables.
+        let mut registry = state.registry.lock();
+        let current = registry.get(&d).map(|r| r.env.clone()).unwrap_or_default();
+        let next = crate::environment::changed(&current, &body.changes)?;
+        registry.update(&d, None, Some(next.clone()), None)?;
+        if let Some(rdep) = state.runtime.deployment(&d) {
+            let mut config = (*rdep.config()).clone();
+            config.env = next;
+            state.runtime.configure(&d, config)?;
+        }
+    }
+    // Functions read `process.env`: their results may change.
+    dep.hub.invalidate_all();
+    Ok(Json(json!({})).into_response())
 }
 
 /// Query of the logs endpoint.

@@ -189,6 +189,11 @@ async fn run_call(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ServerError::TooManyConcurrentRequests(dep.name.clone()))?;
+    if kind == FunctionKind::Query && crate::system::is_system(path) {
+        let env = state.runtime.deployment(&dep.name).map(|d| d.config().env.clone()).unwrap_or_default();
+        let result = crate::system::query(&env, caller.is_admin(), path, &args);
+        return Ok(CallOutcome { result, ..CallOutcome::default() });
+    }
     let mut req = CallRequest::new(kind, path, args);
     req.identity = caller.identity();
     req.internal = caller.is_admin();

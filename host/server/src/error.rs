@@ -40,6 +40,9 @@ pub enum ServerError {
         /// What went wrong.
         message: String,
     },
+    /// Environment variables that break Convex's rules (names, sizes, counts).
+    #[error("{0}")]
+    InvalidEnvironmentVariables(String),
     /// Something not supported by this server.
     #[error("{0}")]
     Unsupported(String),
@@ -61,6 +64,7 @@ impl ServerError {
             ServerError::BodyTooLarge(_) => "BodyTooLarge",
             ServerError::RequestTimeout(_) => "RequestTimeout",
             ServerError::DeployFailed { code, .. } => code,
+            ServerError::InvalidEnvironmentVariables(_) => "InvalidEnvironmentVariables",
             ServerError::Unsupported(_) => "Unsupported",
             ServerError::Internal(_) => "InternalServerError",
         }
@@ -69,7 +73,9 @@ impl ServerError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ServerError::BadRequest(_) | ServerError::DeployFailed { .. } => StatusCode::BAD_REQUEST,
+            ServerError::BadRequest(_)
+            | ServerError::DeployFailed { .. }
+            | ServerError::InvalidEnvironmentVariables(_) => StatusCode::BAD_REQUEST,
             ServerError::DeploymentNotFound(_) => StatusCode::NOT_FOUND,
             ServerError::DeploymentExists(_) => StatusCode::CONFLICT,
             ServerError::Unauthorized(_) | ServerError::InvalidAuthToken(_) => StatusCode::UNAUTHORIZED,

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod environment;
 pub mod error;
 pub mod knobs;
 pub mod logs;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod registry;
 pub mod routing;
 pub mod sync;
+pub mod system;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -171,6 +173,10 @@ impl AppState {
             return Err(ServerError::BadRequest(format!(
                 "invalid deployment name {name:?}: use 1-64 of [A-Za-z0-9_-]"
             )));
+        }
+        if name == registry::INSTANCE_KEY_NAME {
+            // The instance admin key begins with it; requests are routed by admin keys' names.
+            return Err(ServerError::BadRequest(format!("{name:?} is reserved; choose another deployment name")));
         }
         let key = self.registry.lock().create(name)?;
         self.open_deployment(name).await?;

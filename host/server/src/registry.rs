@@ -87,6 +87,9 @@ pub(crate) fn hash(key: &str) -> String {
     Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the instance admin key begins with (`instance|<secret>`): no deployment has this name.
+pub const INSTANCE_KEY_NAME: &str = "instance";
+
 fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
@@ -133,7 +136,7 @@ impl Registry {
                 Ok((Registry { path, file }, None))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = format!("instance|{}", new_secret());
+                let key = format!("{INSTANCE_KEY_NAME}|{}", new_secret());
                 write_atomic(&data_dir.join("admin_key"), format!("{key}\n").as_bytes(), true)?;
                 let mut registry =
                     Registry { path, file: RegistryFile { instance_key_sha256: hash(&key), ..Default::default() } };

@@ -1,6 +1,9 @@
 //! Routes, and the deployment prefix: `/d/<name>/rest` is routed as `/rest` for deployment
-//! `name`; any other path belongs to the default deployment. The prefix is stripped before
-//! routing, so one set of routes serves every deployment.
+//! `name`; any other path belongs to the default deployment, except a request carrying an
+//! admin key of another deployment (`Authorization: Convex <name>|…`), which belongs to that
+//! one: the `convex` CLI resolves its admin endpoints against the origin of the deployment URL
+//! it is given (`new URL("/api/…", url)`), so `/d/<name>` never reaches the server from it.
+//! The prefix is stripped before routing, so one set of routes serves every deployment.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +36,16 @@ fn split_prefix(path: &str) -> Option<(&str, &str)> {
     (!name.is_empty()).then_some((name, tail))
 }
 
-fn rewrite(default: &str, mut req: Request) -> Request {
+/// The deployment whose admin key (`<name>|<secret>`, in `Authorization: Convex …`) a request
+/// carries, if `exists` says there is one of that name (the instance key's `instance|…` names
+/// none). Whether the key is right is checked where it is used.
+fn admin_key_deployment(req: &Request, exists: impl Fn(&str) -> bool) -> Option<String> {
+    let value = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (name, _) = value.strip_prefix("Convex ")?.split_once('|')?;
+    (name != crate::registry::INSTANCE_KEY_NAME && exists(name)).then(|| name.to_owned())
+}
+
+fn rewrite(default: &str, exists: impl Fn(&str) -> bool, mut req: Request) -> Request {
     let path = req.uri().path().to_owned();
     let deployment = match split_prefix(&path) {
         Some((name, tail)) => {
@@ -43,7 +55,7 @@ fn rewrite(default: &str, mut req: Request) -> Request {
             }
             name.to_owned()
         }
-        None => default.to_owned(),
+        None => admin_key_deployment(&req, exists).unwrap_or_else(|| default.to_owned()),
     };
     req.extensions_mut().insert(Deployment(deployment));
     req
@@ -82,6 +94,7 @@ pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -
         .layer(Extension(BodyLimit(state.config.max_deploy_bytes)))
         .route("/api/kiln/deployments", get(admin::list_deployments).post(admin::create_deployment))
         .route("/api/kiln/config", get(admin::get_config).post(admin::set_config))
+        .route("/api/update_environment_variables", post(admin::update_environment_variables))
         .route("/api/kiln/logs", get(admin::logs))
         .route("/api/kiln/usage", get(admin::usage))
         .route("/api/kiln/drop_connections", post(admin::drop_connections));
@@ -103,7 +116,7 @@ pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -
         .with_state(state.clone());
     let default = state.config.default_deployment.clone();
     let default: Arc<str> = default.into();
-    MapRequest::new(router, move |req| rewrite(&default, req))
+    MapRequest::new(router, move |req| rewrite(&default, |name| state.registry.lock().get(name).is_some(), req))
 }
 
 #[cfg(test)]
@@ -116,9 +129,36 @@ mod tests {
         assert_eq!(split_prefix("/d/chat"), Some(("chat", "/")));
         assert_eq!(split_prefix("/d//api"), None);
         assert_eq!(split_prefix("/api/query"), None);
-        let req =
-            rewrite("default", Request::builder().uri("/d/x/api/1.48.0/sync?a=b").body(Default::default()).unwrap());
+        let exists = |name: &str| name == "x" || name == "shop";
+        let req = rewrite(
+            "default",
+            exists,
+            Request::builder().uri("/d/x/api/1.48.0/sync?a=b").body(Default::default()).unwrap(),
+        );
         assert_eq!(req.uri().to_string(), "/api/1.48.0/sync?a=b");
         assert_eq!(req.extensions().get::<Deployment>().unwrap().0, "x");
+    }
+
+    #[test]
+    fn a_root_request_with_another_deployments_admin_key_is_that_deployments() {
+        let exists = |name: &str| name == "shop";
+        let at = |uri: &str, auth: Option<&str>| {
+            let mut b = Request::builder().uri(uri);
+            if let Some(auth) = auth {
+                b = b.header("Authorization", auth);
+            }
+            rewrite("default", exists, b.body(Default::default()).unwrap())
+                .extensions()
+                .get::<Deployment>()
+                .unwrap()
+                .0
+                .clone()
+        };
+        assert_eq!(at("/api/update_environment_variables", Some("Convex shop|abc")), "shop");
+        assert_eq!(at("/api/update_environment_variables", Some("Convex instance|abc")), "default");
+        assert_eq!(at("/api/query", Some("Convex nowhere|abc")), "default", "no such deployment");
+        assert_eq!(at("/api/query", Some("Bearer shop|abc")), "default", "a user token");
+        assert_eq!(at("/api/query", None), "default");
+        assert_eq!(at("/d/x/api/query", Some("Convex shop|abc")), "x", "the prefix decides");
     }
 }

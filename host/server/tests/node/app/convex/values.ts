@@ -38,3 +38,9 @@ export const failingQuery = query({
     throw new ConvexError({ code: "QUERY_BROKEN" });
   },
 });
+
+/** An environment variable of the deployment, or null. */
+export const environment = query({
+  args: { name: v.string() },
+  handler: async (_ctx, { name }) => process.env[name] ?? null,
+});

@@ -1,0 +1,103 @@
+// The official `convex` CLI (the pinned 1.48 package, run with CI=1 so that it reports nothing
+// to a hosted error tracker) against a real `kiln serve`: what works of it so far.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { ConvexHttpClient } from "convex/browser";
+import { deploy, kiln, startServer, testApp } from "./helpers.mjs";
+
+const modules = join(dirname(fileURLToPath(import.meta.url)), "../node_modules");
+
+/** A project folder the CLI accepts (it wants `convex` among the dependencies). */
+function project() {
+  const dir = mkdtempSync(join(tmpdir(), "kiln-cli-"));
+  writeFileSync(join(dir, "package.json"), JSON.stringify({ private: true, dependencies: { convex: "1.48.0" } }));
+  symlinkSync(modules, join(dir, "node_modules"));
+  return dir;
+}
+
+/** Runs `npx convex …` against a deployment; returns {status, stdout, stderr}. */
+function convex(dir, url, adminKey, ...args) {
+  const env = { ...process.env, CI: "1", CONVEX_SELF_HOSTED_URL: url, CONVEX_SELF_HOSTED_ADMIN_KEY: adminKey };
+  // Anything pointing the CLI at a hosted deployment instead.
+  for (const name of ["CONVEX_DEPLOYMENT", "CONVEX_DEPLOY_KEY", "CONVEX_URL"]) delete env[name];
+  const r = spawnSync(process.execPath, [join(modules, "convex/bin/main.js"), ...args], {
+    cwd: dir,
+    encoding: "utf8",
+    timeout: 120_000,
+    env,
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** The `CONVEX_SELF_HOSTED_URL`/`_ADMIN_KEY` lines `kiln` printed, as [url, key]. */
+function selfHosted(output) {
+  const url = /CONVEX_SELF_HOSTED_URL=(\S+)/.exec(output);
+  const key = /CONVEX_SELF_HOSTED_ADMIN_KEY=(\S+)/.exec(output);
+  assert.ok(url && key, `no lines for the convex CLI in:\n${output}`);
+  return [url[1], key[1]];
+}
+
+function ok(r, what) {
+  assert.equal(r.status, 0, `${what}:\n${r.stdout}\n${r.stderr}`);
+  return r.stdout;
+}
+
+test("convex env set, get, list and remove, at the root and under /d/<name>; functions see the values", async () => {
+  const server = await startServer();
+  const dir = project();
+  try {
+    // The lines `kiln serve` (first start) and `kiln deployments create` print to paste.
+    const root = selfHosted(server.output());
+    assert.deepEqual(root[0], server.url);
+    const created = kiln("deployments", "create", "shop", "--url", server.url, "--admin-key", server.adminKey);
+    assert.equal(created.status, 0, created.stderr);
+    const shop = selfHosted(created.stdout);
+    assert.deepEqual(shop[0], `${server.url}/d/shop`);
+    const named = shop[1];
+    for (const [url, key] of [root, shop]) {
+      deploy(url, key, testApp);
+      const client = new ConvexHttpClient(url);
+      ok(convex(dir, url, key, "env", "set", "GREETING", "hello world"), "env set");
+      ok(convex(dir, url, key, "env", "set", "OTHER=2"), "env set NAME=value");
+      assert.equal(await client.query("values:environment", { name: "GREETING" }), "hello world");
+      assert.equal(ok(convex(dir, url, key, "env", "get", "GREETING"), "env get").trim(), "hello world");
+      assert.deepEqual(ok(convex(dir, url, key, "env", "list"), "env list").trim().split("\n"), [
+        "GREETING=hello world",
+        "OTHER=2",
+      ]);
+      ok(convex(dir, url, key, "env", "remove", "GREETING"), "env remove");
+      assert.equal(await client.query("values:environment", { name: "GREETING" }), null);
+      // (The CLI reports a missing variable and exits with 0.)
+      const missing = convex(dir, url, key, "env", "get", "GREETING");
+      assert.equal(missing.stdout, "");
+      assert.match(missing.stderr, /GREETING.*not found/);
+      // Convex's rules, refused with the server's reason.
+      const bad = convex(dir, url, key, "env", "set", "1BAD", "x");
+      assert.notEqual(bad.status, 0);
+      assert.match(bad.stderr, /InvalidEnvironmentVariables: environment variable name "1BAD" is invalid/);
+      assert.equal(await client.query("values:environment", { name: "OTHER" }), "2");
+    }
+    // One deployment's variables are not the other's.
+    ok(convex(dir, ...root, "env", "set", "ONLY_ROOT", "1"), "env set");
+    assert.deepEqual(ok(convex(dir, `${server.url}/d/shop`, named, "env", "list"), "env list").trim(), "OTHER=2");
+    // The CLI sends its admin requests to the URL's origin (`/d/shop` left out): the key's
+    // deployment name routes them, so the root URL with shop's key is shop.
+    ok(convex(dir, server.url, named, "env", "set", "VIA_ROOT", "1"), "env set");
+    assert.deepEqual(ok(convex(dir, `${server.url}/d/shop`, named, "env", "list"), "env list").trim().split("\n"), [
+      "OTHER=2",
+      "VIA_ROOT=1",
+    ]);
+    // A wrong key is refused and changes nothing.
+    const wrong = convex(dir, `${server.url}/d/shop`, "shop|0000", "env", "set", "X", "1");
+    assert.notEqual(wrong.status, 0);
+    assert.match(wrong.stderr, /401 Unauthorized/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await server.stop();
+  }
+});
