@@ -245,6 +245,58 @@ pub async fn update_environment_variables(
     Ok(Json(json!({})).into_response())
 }
 
+/// Query of `GET /api/stream_function_logs`.
+#[derive(Deserialize)]
+pub struct StreamLogsQuery {
+    /// Where the previous answer ended (`newCursor`); 0 at first.
+    #[serde(default)]
+    pub cursor: f64,
+}
+
+/// `GET /api/stream_function_logs?cursor=` (`npx convex logs`): the calls from `cursor` on, as
+/// the CLI's `FunctionExecution`s, and the new cursor (the log position of the next call, never
+/// 0). At cursor 0 it answers the history at once; otherwise it waits up to
+/// [`crate::logs::LONG_POLL`] for a call. A cursor beyond the log (the server restarted since)
+/// starts over.
+pub async fn stream_function_logs(
+    State(state): State<Arc<AppState>>,
+    Extension(Deployment(d)): Extension<Deployment>,
+    headers: HeaderMap,
+    Query(q): Query<StreamLogsQuery>,
+) -> Result<Response> {
+    require_admin(&state, &d, &headers)?;
+    let dep = state.deployment(&d)?;
+    let mut first = !(q.cursor.is_finite() && q.cursor >= 1.0);
+    let mut after = if first { 0 } else { q.cursor as u64 - 1 };
+    if after > dep.log.last_seq() {
+        (first, after) = (true, 0);
+    }
+    let (mut entries, mut rx) = dep.log.follow(after);
+    if entries.is_empty() && !first {
+        let deadline = tokio::time::Instant::now() + crate::logs::LONG_POLL;
+        while entries.is_empty() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Ok(entry)) if entry.seq > after => entries.push(entry),
+                Ok(Ok(_)) => {}
+                // Fell behind the broadcast: take what the history still holds.
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    (entries, rx) = dep.log.follow(after);
+                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => break,
+            }
+        }
+        // And whatever else arrived with it.
+        while let Ok(entry) = rx.try_recv() {
+            if entry.seq > entries.last().map_or(after, |e| e.seq) {
+                entries.push(entry);
+            }
+        }
+    }
+    let cursor = entries.last().map_or(after, |e| e.seq) + 1;
+    let entries: Vec<JsonValue> = entries.iter().map(crate::logs::LogEntry::execution_json).collect();
+    Ok(Json(json!({ "entries": entries, "newCursor": cursor })).into_response())
+}
+
 /// Query of the logs endpoint.
 #[derive(Deserialize)]
 pub struct LogsQuery {

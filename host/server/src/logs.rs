@@ -103,11 +103,104 @@ impl FunctionLog {
         let _ = self.tx.send(entry);
     }
 
+    /// The position of the newest entry (0 for none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.history.lock().0
+    }
+
     /// Entries after `seq`, and a receiver for later ones (subscribed before the history is
     /// read, so nothing falls between them; duplicates are filtered by `seq`).
     pub fn follow(&self, after: u64) -> (Vec<LogEntry>, broadcast::Receiver<LogEntry>) {
         let rx = self.tx.subscribe();
         let entries = self.history.lock().1.iter().filter(|e| e.seq > after).cloned().collect();
         (entries, rx)
+    }
+}
+
+/// How long `GET /api/stream_function_logs` waits for a new entry before answering none.
+pub const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(20);
+
+impl LogEntry {
+    /// The entry as the `convex` CLI's `FunctionExecution` (a `Completion`), for
+    /// `npx convex logs`.
+    pub fn execution_json(&self) -> serde_json::Value {
+        let seconds = self.ts_ms as f64 / 1000.0;
+        let lines: Vec<serde_json::Value> = self
+            .lines
+            .iter()
+            .map(|line| {
+                // Lines are kept as `[LEVEL] text` (see `log_lines`).
+                let (level, text) =
+                    line.strip_prefix('[').and_then(|rest| rest.split_once("] ")).unwrap_or(("LOG", line.as_str()));
+                serde_json::json!({
+                    "messages": [text],
+                    "isTruncated": false,
+                    "timestamp": self.ts_ms,
+                    "level": level,
+                })
+            })
+            .collect();
+        let udf_type = match self.kind {
+            "query" => "Query",
+            "mutation" => "Mutation",
+            _ => "Action",
+        };
+        let zero_usage = serde_json::json!({
+            "databaseReadBytes": 0, "databaseWriteBytes": 0, "databaseIoReadBytes": 0,
+            "databaseIoWriteBytes": 0, "databaseReadDocuments": 0, "databaseWriteDocuments": 0,
+            "databaseWriteIndexRows": 0, "storageReadBytes": 0, "storageWriteBytes": 0,
+            "vectorIndexReadBytes": 0, "vectorIndexWriteBytes": 0, "memoryUsedMb": 0,
+        });
+        serde_json::json!({
+            "kind": "Completion",
+            "udfType": udf_type,
+            "identifier": self.path,
+            "logLines": lines,
+            "timestamp": seconds,
+            "executionTimestamp": seconds,
+            "cachedResult": self.cached,
+            "caller": "",
+            "executionTime": self.wall_us as f64 / 1e6,
+            "success": null,
+            "error": self.error,
+            "requestId": format!("{:016x}", self.seq),
+            "executionId": format!("{:016x}", self.seq),
+            "usageStats": zero_usage,
+            "willRetry": false,
+            "identityType": "",
+            "environment": "isolate",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_reads_as_the_clis_function_execution() {
+        let entry = LogEntry {
+            seq: 7,
+            ts_ms: 1_700_000_000_500,
+            kind: "mutation",
+            path: "values:shout".into(),
+            outcome: "ConvexError".into(),
+            error: Some("Uncaught ConvexError: boom".into()),
+            fuel: 1,
+            wall_us: 2_500,
+            replayed: false,
+            cached: false,
+            lines: vec!["[WARN] careful: 5".into(), "[LOG] a [b] c".into()],
+        };
+        let json = entry.execution_json();
+        assert_eq!(json["kind"], "Completion");
+        assert_eq!(json["udfType"], "Mutation");
+        assert_eq!(json["identifier"], "values:shout");
+        assert_eq!(json["timestamp"], 1_700_000_000.5);
+        assert_eq!(json["executionTime"], 0.0025);
+        assert_eq!(json["error"], "Uncaught ConvexError: boom");
+        assert_eq!(json["logLines"][0]["level"], "WARN");
+        assert_eq!(json["logLines"][0]["messages"][0], "careful: 5");
+        assert_eq!(json["logLines"][1]["messages"][0], "a [b] c");
     }
 }

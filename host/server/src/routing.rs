@@ -95,6 +95,7 @@ pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -
         .route("/api/kiln/deployments", get(admin::list_deployments).post(admin::create_deployment))
         .route("/api/kiln/config", get(admin::get_config).post(admin::set_config))
         .route("/api/update_environment_variables", post(admin::update_environment_variables))
+        .route("/api/stream_function_logs", get(admin::stream_function_logs))
         .route("/api/kiln/logs", get(admin::logs))
         .route("/api/kiln/usage", get(admin::usage))
         .route("/api/kiln/drop_connections", post(admin::drop_connections));

@@ -2,13 +2,13 @@
 // to a hosted error tracker) against a real `kiln serve`: what works of it so far.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ConvexHttpClient } from "convex/browser";
-import { deploy, kiln, startServer, testApp } from "./helpers.mjs";
+import { deploy, kiln, startServer, testApp, waitFor } from "./helpers.mjs";
 
 const modules = join(dirname(fileURLToPath(import.meta.url)), "../node_modules");
 
@@ -20,16 +20,23 @@ function project() {
   return dir;
 }
 
-/** Runs `npx convex …` against a deployment; returns {status, stdout, stderr}. */
-function convex(dir, url, adminKey, ...args) {
+/** The CLI's environment for a deployment. */
+function cliEnv(url, adminKey) {
   const env = { ...process.env, CI: "1", CONVEX_SELF_HOSTED_URL: url, CONVEX_SELF_HOSTED_ADMIN_KEY: adminKey };
   // Anything pointing the CLI at a hosted deployment instead.
   for (const name of ["CONVEX_DEPLOYMENT", "CONVEX_DEPLOY_KEY", "CONVEX_URL"]) delete env[name];
-  const r = spawnSync(process.execPath, [join(modules, "convex/bin/main.js"), ...args], {
+  return env;
+}
+
+const cli = join(modules, "convex/bin/main.js");
+
+/** Runs `npx convex …` against a deployment; returns {status, stdout, stderr}. */
+function convex(dir, url, adminKey, ...args) {
+  const r = spawnSync(process.execPath, [cli, ...args], {
     cwd: dir,
     encoding: "utf8",
     timeout: 120_000,
-    env,
+    env: cliEnv(url, adminKey),
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
@@ -97,6 +104,39 @@ test("convex env set, get, list and remove, at the root and under /d/<name>; fun
     assert.notEqual(wrong.status, 0);
     assert.match(wrong.stderr, /401 Unauthorized/);
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await server.stop();
+  }
+});
+
+test("convex logs streams every call's console lines and errors", async () => {
+  const server = await startServer();
+  const dir = project();
+  const [url, key] = selfHosted(server.output());
+  const watcher = spawn(process.execPath, [cli, "logs"], { cwd: dir, env: cliEnv(url, key) });
+  let out = "";
+  watcher.stdout.on("data", (c) => (out += c));
+  watcher.stderr.on("data", (c) => (out += c));
+  try {
+    deploy(url, key, testApp);
+    const client = new ConvexHttpClient(url);
+    await waitFor(() => out.includes("Watching logs"), 60_000, "the CLI watching");
+    // Calls before the watcher's first poll are history, which `logs` leaves out by default:
+    // keep calling until one shows.
+    await waitFor(
+      async () => {
+        await client.mutation("values:shout", { text: "hello" });
+        await new Promise((r) => setTimeout(r, 200));
+        return out.includes("shout: hello");
+      },
+      60_000,
+      "a call's console.log in `convex logs`",
+    );
+    assert.match(out, /\[WARN\] careful: 5|careful: 5/);
+    await assert.rejects(client.mutation("values:fail", {}));
+    await waitFor(() => /values:fail/.test(out) && /BROKEN|ConvexError/.test(out), 30_000, "the failure in `convex logs`");
+  } finally {
+    watcher.kill("SIGKILL");
     rmSync(dir, { recursive: true, force: true });
     await server.stop();
   }

@@ -44,3 +44,13 @@ export const environment = query({
   args: { name: v.string() },
   handler: async (_ctx, { name }) => process.env[name] ?? null,
 });
+
+/** Logs its text (for `npx convex logs`) and returns it. */
+export const shout = mutation({
+  args: { text: v.string() },
+  handler: async (_ctx, { text }) => {
+    console.log("shout:", text);
+    console.warn("careful:", text.length);
+    return text;
+  },
+});
