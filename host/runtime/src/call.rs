@@ -455,7 +455,7 @@ async fn run(
     let entry = version
         .function(path)
         .filter(|e| e.public || req.internal)
-        .ok_or_else(|| CallError::new("FunctionNotFound", not_found_message(path, true)))?;
+        .ok_or_else(|| CallError::new("FunctionNotFound", not_found_message(path, !req.internal)))?;
     if entry.kind != req.kind {
         return Err(CallError::new(
             "WrongFunctionKind",

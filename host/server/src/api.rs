@@ -190,8 +190,7 @@ async fn run_call(
         .try_acquire_owned()
         .map_err(|_| ServerError::TooManyConcurrentRequests(dep.name.clone()))?;
     if kind == FunctionKind::Query && crate::system::is_system(path) {
-        let env = state.runtime.deployment(&dep.name).map(|d| d.config().env.clone()).unwrap_or_default();
-        let result = crate::system::query(&env, caller.is_admin(), path, &args);
+        let result = crate::system::query_deployment(&state.runtime, &dep.name, caller.is_admin(), path, &args);
         return Ok(CallOutcome { result, ..CallOutcome::default() });
     }
     let mut req = CallRequest::new(kind, path, args);

@@ -5,16 +5,80 @@
 
 use std::collections::BTreeMap;
 
-use kiln_runtime::CallError;
+use kiln_runtime::{CallError, Manifest, Runtime};
 use kiln_value::{Object, Value};
+
+/// What system queries read of a deployment.
+pub struct Facts<'a> {
+    /// Its environment variables.
+    pub env: &'a BTreeMap<String, String>,
+    /// What its deployed app defines, if one is deployed.
+    pub manifest: Option<&'a Manifest>,
+}
+
+/// [`query`] for deployment `name` of `runtime`.
+pub fn query_deployment(
+    runtime: &Runtime,
+    name: &str,
+    admin: bool,
+    path: &str,
+    args: &Value,
+) -> Result<Value, CallError> {
+    let deployment = runtime.deployment(name);
+    let config = deployment.as_ref().map(|d| d.config());
+    let version = deployment.as_ref().and_then(|d| d.version());
+    let none = BTreeMap::new();
+    let facts =
+        Facts { env: config.as_ref().map_or(&none, |c| &c.env), manifest: version.as_ref().map(|v| &v.manifest) };
+    query(&facts, admin, path, args)
+}
+
+/// `_system/cli/modules:apiSpec`: the deployed app's functions, as `npx convex function-spec`
+/// prints them (and `npx convex run` lists them when a name is wrong).
+fn api_spec(manifest: Option<&Manifest>) -> Value {
+    let json = |j: &Option<serde_json::Value>| {
+        j.as_ref().and_then(|j| kiln_value::from_convex_json(j).ok()).unwrap_or(Value::Null)
+    };
+    let text = |s: &str| Value::String(s.to_owned());
+    let mut out = Vec::new();
+    for f in manifest.map(|m| m.functions.as_slice()).unwrap_or_default() {
+        let kind = match f.kind.as_str() {
+            "query" => "Query",
+            "mutation" => "Mutation",
+            "action" => "Action",
+            _ => continue,
+        };
+        // Convex names modules by their file: `dir/module.js:export`.
+        let identifier = match f.path.rsplit_once(':') {
+            Some((module, export)) => format!("{module}.js:{export}"),
+            None => f.path.clone(),
+        };
+        out.push(Value::Object(Object::from([
+            ("functionType".to_owned(), text(kind)),
+            ("identifier".to_owned(), Value::String(identifier)),
+            ("visibility".to_owned(), Value::Object(Object::from([("kind".to_owned(), text(&f.visibility))]))),
+            ("args".to_owned(), json(&f.args)),
+            ("returns".to_owned(), json(&f.returns)),
+        ])));
+    }
+    for r in manifest.map(|m| m.http_routes.as_slice()).unwrap_or_default() {
+        out.push(Value::Object(Object::from([
+            ("functionType".to_owned(), text("HttpAction")),
+            ("method".to_owned(), text(&r.method)),
+            ("path".to_owned(), text(&r.path)),
+        ])));
+    }
+    Value::Array(out)
+}
 
 /// Whether `path` names a system function.
 pub fn is_system(path: &str) -> bool {
     path.trim_start_matches('/').starts_with("_system/")
 }
 
-/// What a system query answers, for a deployment whose environment is `env`.
-pub fn query(env: &BTreeMap<String, String>, admin: bool, path: &str, args: &Value) -> Result<Value, CallError> {
+/// What a system query answers about a deployment.
+pub fn query(facts: &Facts<'_>, admin: bool, path: &str, args: &Value) -> Result<Value, CallError> {
+    let env = facts.env;
     let path = kiln_runtime::normalize_path(path);
     if !admin {
         return Err(CallError::new("Unauthorized", format!("{path} is a system function: it needs an admin key")));
@@ -39,6 +103,7 @@ pub fn query(env: &BTreeMap<String, String>, admin: bool, path: &str, args: &Val
             };
             Ok(env.get(name).map_or(Value::Null, |value| variable(name, value)))
         }
+        "_system/cli/modules:apiSpec" => Ok(api_spec(facts.manifest)),
         _ => Err(CallError::new(
             "UnsupportedSystemFunction",
             format!("the system function {path} is not supported by this version of Kiln"),
@@ -53,8 +118,9 @@ mod tests {
     #[test]
     fn environment_queries_answer_admins_only_and_unknown_ones_are_refused_by_name() {
         let env = BTreeMap::from([("B".to_owned(), "2".to_owned()), ("A".to_owned(), "1".to_owned())]);
+        let env = &Facts { env: &env, manifest: None };
         let none = Value::Object(Object::new());
-        let list = query(&env, true, "_system/cli/queryEnvironmentVariables", &none).unwrap();
+        let list = query(env, true, "_system/cli/queryEnvironmentVariables", &none).unwrap();
         let Value::Array(items) = list else { panic!("{list:?}") };
         let names: Vec<_> = items
             .iter()
@@ -65,20 +131,43 @@ mod tests {
             .collect();
         assert_eq!(names, ["A", "B"]);
         let arg = |name: &str| Value::Object(Object::from([("name".to_owned(), Value::from(name))]));
-        let got = query(&env, true, "_system/cli/queryEnvironmentVariables.js:get", &arg("B")).unwrap();
+        let got = query(env, true, "_system/cli/queryEnvironmentVariables.js:get", &arg("B")).unwrap();
         assert!(matches!(&got, Value::Object(o) if o["value"].as_str() == Some("2")), "{got:?}");
-        assert_eq!(query(&env, true, "_system/cli/queryEnvironmentVariables:get", &arg("C")).unwrap(), Value::Null);
+        assert_eq!(query(env, true, "_system/cli/queryEnvironmentVariables:get", &arg("C")).unwrap(), Value::Null);
         assert_eq!(
-            query(&env, true, "_system/cli/queryEnvironmentVariables:get", &none).unwrap_err().code,
+            query(env, true, "_system/cli/queryEnvironmentVariables:get", &none).unwrap_err().code,
             "InvalidArgs"
         );
-        assert_eq!(
-            query(&env, false, "_system/cli/queryEnvironmentVariables", &none).unwrap_err().code,
-            "Unauthorized"
-        );
-        let e = query(&env, true, "_system/cli/tables", &none).unwrap_err();
+        assert_eq!(query(env, false, "_system/cli/queryEnvironmentVariables", &none).unwrap_err().code, "Unauthorized");
+        let e = query(env, true, "_system/cli/tables", &none).unwrap_err();
         assert_eq!(e.code, "UnsupportedSystemFunction");
         assert!(e.message.contains("_system/cli/tables:default"), "{}", e.message);
         assert!(is_system("/_system/x") && !is_system("messages:list"));
+    }
+
+    #[test]
+    fn the_api_spec_lists_the_deployed_functions() {
+        let none = Value::Object(Object::new());
+        let empty = query(&Facts { env: &BTreeMap::new(), manifest: None }, true, "_system/cli/modules:apiSpec", &none);
+        assert_eq!(empty.unwrap(), Value::Array(Vec::new()), "nothing deployed");
+        let manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "functions": [
+                {"path": "dir/messages:list", "kind": "query", "visibility": "public",
+                 "args": {"type": "object", "value": {}}, "returns": null},
+                {"path": "messages:send", "kind": "mutation", "visibility": "internal", "args": null, "returns": null},
+            ],
+            "schema": null, "crons": null,
+            "httpRoutes": [{"path": "/hook", "method": "POST"}],
+        }))
+        .unwrap();
+        let facts = Facts { env: &BTreeMap::new(), manifest: Some(&manifest) };
+        let spec = kiln_value::to_convex_json(&query(&facts, true, "_system/cli/modules:apiSpec", &none).unwrap());
+        assert_eq!(spec[0]["functionType"], "Query");
+        assert_eq!(spec[0]["identifier"], "dir/messages.js:list");
+        assert_eq!(spec[0]["visibility"]["kind"], "public");
+        assert_eq!(spec[0]["args"]["type"], "object");
+        assert_eq!(spec[1]["visibility"]["kind"], "internal");
+        assert_eq!(spec[2]["functionType"], "HttpAction");
+        assert_eq!(spec[2]["path"], "/hook");
     }
 }

@@ -260,10 +260,15 @@ impl Hub {
         };
         if crate::system::is_system(&spec.path) {
             // Answered by the host; re-run when the environment changes (`invalidate_all`).
-            let env = self.runtime.deployment(&self.deployment).map(|d| d.config().env.clone()).unwrap_or_default();
-            let outcome = crate::system::query(&env, spec.caller.is_admin(), &spec.path, &args)
-                .map(|v| raw_json(&v))
-                .map_err(|e| QueryFailure { message: e.message, data: None });
+            let outcome = crate::system::query_deployment(
+                &self.runtime,
+                &self.deployment,
+                spec.caller.is_admin(),
+                &spec.path,
+                &args,
+            )
+            .map(|v| raw_json(&v))
+            .map_err(|e| QueryFailure { message: e.message, data: None });
             return (QueryResult { outcome, log_lines: Vec::new(), journal }, None, false);
         }
         let mut req = CallRequest::new(FunctionKind::Query, &spec.path, args);

@@ -141,3 +141,39 @@ test("convex logs streams every call's console lines and errors", async () => {
     await server.stop();
   }
 });
+
+test("convex run: mutations, queries, --watch, and the functions listed for a wrong name", async () => {
+  const server = await startServer();
+  const dir = project();
+  const [url, key] = selfHosted(server.output());
+  try {
+    deploy(url, key, testApp);
+    const stored = ok(convex(dir, url, key, "run", "values:store", JSON.stringify({ label: "a", value: 5 })), "run");
+    assert.match(stored, /5/);
+    const echoed = JSON.parse(ok(convex(dir, url, key, "run", "values:echo", '{"value": {"n": [1, "two"]}}'), "run"));
+    assert.deepEqual(echoed, { n: [1, "two"] });
+    // As an admin it may run internal functions too; a wrong name lists what exists.
+    const wrong = convex(dir, url, key, "run", "values:nope");
+    assert.notEqual(wrong.status, 0);
+    assert.match(wrong.stderr, /Could not find function for 'values:nope'/);
+    assert.match(wrong.stderr, /values:echo/);
+    // `--watch` prints the query's result, then again when it changes.
+    const watcher = spawn(process.execPath, [cli, "run", "--watch", "values:environment", '{"name": "WATCHED"}'], {
+      cwd: dir,
+      env: cliEnv(url, key),
+    });
+    let out = "";
+    watcher.stdout.on("data", (c) => (out += c));
+    watcher.stderr.on("data", (c) => (out += c));
+    try {
+      await waitFor(() => out.includes("null"), 60_000, "the first result");
+      ok(convex(dir, url, key, "env", "set", "WATCHED", "now"), "env set");
+      await waitFor(() => out.includes('"now"'), 30_000, "the changed result");
+    } finally {
+      watcher.kill("SIGKILL");
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await server.stop();
+  }
+});
