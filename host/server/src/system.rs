@@ -16,8 +16,8 @@ pub struct Facts<'a> {
     pub manifest: Option<&'a Manifest>,
 }
 
-/// [`query`] for deployment `name` of `runtime`.
-pub fn query_deployment(
+/// [`query`] for deployment `name` of `runtime`, and the system queries that read its tables.
+pub async fn query_deployment(
     runtime: &Runtime,
     name: &str,
     admin: bool,
@@ -25,12 +25,75 @@ pub fn query_deployment(
     args: &Value,
 ) -> Result<Value, CallError> {
     let deployment = runtime.deployment(name);
+    if admin && let Some(d) = &deployment {
+        match kiln_runtime::normalize_path(path).as_str() {
+            "_system/cli/tables:default" => return Ok(tables(d.store())),
+            "_system/cli/tableData:default" => return table_data(d.store(), args).await,
+            _ => {}
+        }
+    }
     let config = deployment.as_ref().map(|d| d.config());
     let version = deployment.as_ref().and_then(|d| d.version());
     let none = BTreeMap::new();
     let facts =
         Facts { env: config.as_ref().map_or(&none, |c| &c.env), manifest: version.as_ref().map(|v| &v.manifest) };
     query(&facts, admin, path, args)
+}
+
+/// A page of Convex's pagination result.
+fn page(items: Vec<Value>, is_done: bool, cursor: String) -> Value {
+    Value::Object(Object::from([
+        ("page".to_owned(), Value::Array(items)),
+        ("isDone".to_owned(), Value::Boolean(is_done)),
+        ("continueCursor".to_owned(), Value::String(cursor)),
+    ]))
+}
+
+/// `_system/cli/tables` (`npx convex data`): the app's tables, in one page.
+fn tables(store: &kiln_store::Store) -> Value {
+    let names = store.catalog().tables.keys().filter(|t| !t.starts_with('_')).cloned().collect::<Vec<_>>();
+    let items =
+        names.into_iter().map(|name| Value::Object(Object::from([("name".to_owned(), Value::String(name))]))).collect();
+    page(items, true, String::new())
+}
+
+/// `_system/cli/tableData` (`npx convex data <table>`): a page of a table's documents in
+/// creation order (`order`: `asc` or `desc`), with `paginationOpts` as for any paginated query.
+async fn table_data(store: &kiln_store::Store, args: &Value) -> Result<Value, CallError> {
+    let bad = |what: &str| CallError::new("InvalidArgs", format!("_system/cli/tableData: {what}"));
+    let Value::Object(args) = args else { return Err(bad("arguments must be an object")) };
+    let table = args.get("table").and_then(Value::as_str).ok_or_else(|| bad("`table` must be a string"))?;
+    if table.starts_with('_') {
+        return Err(bad("system tables are not listed"));
+    }
+    let order = match args.get("order").and_then(Value::as_str) {
+        None | Some("asc") => kiln_store::Order::Asc,
+        Some("desc") => kiln_store::Order::Desc,
+        Some(other) => return Err(bad(&format!("`order` must be \"asc\" or \"desc\", not {other:?}"))),
+    };
+    let opts = match args.get("paginationOpts") {
+        Some(Value::Object(o)) => o,
+        _ => return Err(bad("`paginationOpts` must be an object")),
+    };
+    let cursor = opts.get("cursor").and_then(Value::as_str).map(str::to_owned);
+    let size = match opts.get("numItems") {
+        Some(Value::Float64(n)) if *n >= 1.0 => n.min(10_000.0) as usize,
+        Some(Value::Int64(n)) if *n >= 1 => (*n).min(10_000) as usize,
+        _ => return Err(bad("`paginationOpts.numItems` must be a positive number")),
+    };
+    let mut query = kiln_store::Query::full_table_scan(table);
+    query.order = order;
+    let request = kiln_store::PageRequest {
+        cursor,
+        end_cursor: None,
+        page_size: size,
+        max_rows_read: None,
+        max_bytes_read: None,
+    };
+    let mut txn = store.begin_read_only();
+    let found = txn.query_page(query, request).await.map_err(|e| CallError::new(e.code(), e.to_string()))?;
+    let items = found.documents.iter().map(|d| Value::Object(d.value.clone())).collect();
+    Ok(page(items, found.is_done, found.continue_cursor))
 }
 
 /// `_system/cli/modules:apiSpec`: the deployed app's functions, as `npx convex function-spec`

@@ -267,6 +267,7 @@ impl Hub {
                 &spec.path,
                 &args,
             )
+            .await
             .map(|v| raw_json(&v))
             .map_err(|e| QueryFailure { message: e.message, data: None });
             return (QueryResult { outcome, log_lines: Vec::new(), journal }, None, false);

@@ -142,7 +142,7 @@ test("convex logs streams every call's console lines and errors", async () => {
   }
 });
 
-test("convex run: mutations, queries, --watch, and the functions listed for a wrong name", async () => {
+test("convex run (mutations, queries, --watch, the functions listed for a wrong name) and convex data", async () => {
   const server = await startServer();
   const dir = project();
   const [url, key] = selfHosted(server.output());
@@ -150,6 +150,19 @@ test("convex run: mutations, queries, --watch, and the functions listed for a wr
     deploy(url, key, testApp);
     const stored = ok(convex(dir, url, key, "run", "values:store", JSON.stringify({ label: "a", value: 5 })), "run");
     assert.match(stored, /5/);
+    ok(convex(dir, url, key, "run", "values:store", JSON.stringify({ label: "b", value: { $integer: "BwAAAAAAAAA=" } })), "run");
+    // `data` lists the tables, and a table's documents (newest first, as Convex prints them).
+    const tables = ok(convex(dir, url, key, "data"), "data").trim().split("\n");
+    assert.ok(tables.includes("values"), `tables: ${tables}`);
+    assert.ok(!tables.some((t) => t.startsWith("_")), "no system tables");
+    // (The CLI prints Convex values in its own notation: int64 as `7n`.)
+    const docs = ok(convex(dir, url, key, "data", "values", "--format", "jsonl"), "data values").trim().split("\n");
+    assert.equal(docs.length, 2, docs.join("\n"));
+    assert.match(docs[0], /"_id": "[0-9a-z]+", "label": "b", "value": 7n \}$/);
+    assert.match(docs[1], /"_creationTime": [0-9.]+, .*"label": "a", "value": 5 \}$/);
+    const oldest = ok(convex(dir, url, key, "data", "values", "--order", "asc", "--limit", "1", "--format", "jsonl"), "data");
+    assert.match(oldest.trim(), /"label": "a"/);
+    assert.equal(oldest.trim().split("\n").length, 1);
     const echoed = JSON.parse(ok(convex(dir, url, key, "run", "values:echo", '{"value": {"n": [1, "two"]}}'), "run"));
     assert.deepEqual(echoed, { n: [1, "two"] });
     // As an admin it may run internal functions too; a wrong name lists what exists.
