@@ -185,26 +185,31 @@ pub async fn set_config(
     if let Some(env) = &body.env {
         crate::environment::check(env)?;
     }
-    state.registry.lock().update(&d, body.auth.clone(), body.env.clone(), body.fetch.clone())?;
-    if let Some(auth) = body.auth {
-        *dep.auth.write() = auth;
-    }
-    if (body.env.is_some() || body.fetch.is_some())
-        && let Some(rdep) = state.runtime.deployment(&d)
+    let env_changed = body.env.is_some();
     {
-        let mut config = (*rdep.config()).clone();
-        if let Some(fetch) = &body.fetch {
-            config.fetch = state.fetch_policy(fetch);
+        // The registry's lock is held until the runtime has the new configuration, as in
+        // `update_environment_variables`: concurrent changes leave both with the same one.
+        let mut registry = state.registry.lock();
+        registry.update(&d, body.auth.clone(), body.env.clone(), body.fetch.clone())?;
+        if let Some(auth) = body.auth {
+            *dep.auth.write() = auth;
         }
-        let env_changed = body.env.is_some();
-        if let Some(env) = body.env {
-            config.env = env;
+        if (body.env.is_some() || body.fetch.is_some())
+            && let Some(rdep) = state.runtime.deployment(&d)
+        {
+            let mut config = (*rdep.config()).clone();
+            if let Some(fetch) = &body.fetch {
+                config.fetch = state.fetch_policy(fetch);
+            }
+            if let Some(env) = body.env {
+                config.env = env;
+            }
+            state.runtime.configure(&d, config)?;
         }
-        state.runtime.configure(&d, config)?;
-        if env_changed {
-            // Functions read `process.env`: their results may change.
-            dep.hub.invalidate_all();
-        }
+    }
+    if env_changed {
+        // Functions read `process.env`: their results may change.
+        dep.hub.invalidate_all();
     }
     Ok(Json(json!({ "ok": true })).into_response())
 }
