@@ -49,6 +49,15 @@ function selfHosted(output) {
   return [url[1], key[1]];
 }
 
+/** Starts a long-running `npx convex …` (`logs`, `run --watch`); `out()` is what it printed. */
+function watch(dir, url, adminKey, ...args) {
+  const child = spawn(process.execPath, [cli, ...args], { cwd: dir, env: cliEnv(url, adminKey) });
+  let out = "";
+  child.stdout.on("data", (c) => (out += c));
+  child.stderr.on("data", (c) => (out += c));
+  return { out: () => out, kill: () => child.kill("SIGKILL") };
+}
+
 function ok(r, what) {
   assert.equal(r.status, 0, `${what}:\n${r.stdout}\n${r.stderr}`);
   return r.stdout;
@@ -103,6 +112,11 @@ test("convex env set, get, list and remove, at the root and under /d/<name>; fun
     const wrong = convex(dir, `${server.url}/d/shop`, "shop|0000", "env", "set", "X", "1");
     assert.notEqual(wrong.status, 0);
     assert.match(wrong.stderr, /401 Unauthorized/);
+    assert.doesNotMatch(ok(convex(dir, `${server.url}/d/shop`, named, "env", "list"), "env list"), /^X=/m);
+    // Admin keys' names route requests, so no deployment may take the instance key's.
+    const reserved = kiln("deployments", "create", "instance", "--url", server.url, "--admin-key", server.adminKey);
+    assert.notEqual(reserved.status, 0);
+    assert.match(reserved.stderr + reserved.stdout, /"instance" is reserved/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
     await server.stop();
@@ -113,30 +127,28 @@ test("convex logs streams every call's console lines and errors", async () => {
   const server = await startServer();
   const dir = project();
   const [url, key] = selfHosted(server.output());
-  const watcher = spawn(process.execPath, [cli, "logs"], { cwd: dir, env: cliEnv(url, key) });
-  let out = "";
-  watcher.stdout.on("data", (c) => (out += c));
-  watcher.stderr.on("data", (c) => (out += c));
+  const watcher = watch(dir, url, key, "logs");
+  const out = watcher.out;
   try {
     deploy(url, key, testApp);
     const client = new ConvexHttpClient(url);
-    await waitFor(() => out.includes("Watching logs"), 60_000, "the CLI watching");
+    await waitFor(() => out().includes("Watching logs"), 60_000, "the CLI watching");
     // Calls before the watcher's first poll are history, which `logs` leaves out by default:
     // keep calling until one shows.
     await waitFor(
       async () => {
         await client.mutation("values:shout", { text: "hello" });
         await new Promise((r) => setTimeout(r, 200));
-        return out.includes("shout: hello");
+        return out().includes("shout: hello");
       },
       60_000,
       "a call's console.log in `convex logs`",
     );
-    assert.match(out, /\[WARN\] careful: 5|careful: 5/);
+    assert.match(out(), /\[WARN\] careful: 5|careful: 5/);
     await assert.rejects(client.mutation("values:fail", {}));
-    await waitFor(() => /values:fail/.test(out) && /BROKEN|ConvexError/.test(out), 30_000, "the failure in `convex logs`");
+    await waitFor(() => /values:fail/.test(out()) && /BROKEN|ConvexError/.test(out()), 30_000, "the failure in `convex logs`");
   } finally {
-    watcher.kill("SIGKILL");
+    watcher.kill();
     rmSync(dir, { recursive: true, force: true });
     await server.stop();
   }
@@ -171,19 +183,13 @@ test("convex run (mutations, queries, --watch, the functions listed for a wrong 
     assert.match(wrong.stderr, /Could not find function for 'values:nope'/);
     assert.match(wrong.stderr, /values:echo/);
     // `--watch` prints the query's result, then again when it changes.
-    const watcher = spawn(process.execPath, [cli, "run", "--watch", "values:environment", '{"name": "WATCHED"}'], {
-      cwd: dir,
-      env: cliEnv(url, key),
-    });
-    let out = "";
-    watcher.stdout.on("data", (c) => (out += c));
-    watcher.stderr.on("data", (c) => (out += c));
+    const watcher = watch(dir, url, key, "run", "--watch", "values:environment", '{"name": "WATCHED"}');
     try {
-      await waitFor(() => out.includes("null"), 60_000, "the first result");
+      await waitFor(() => watcher.out().includes("null"), 60_000, "the first result");
       ok(convex(dir, url, key, "env", "set", "WATCHED", "now"), "env set");
-      await waitFor(() => out.includes('"now"'), 30_000, "the changed result");
+      await waitFor(() => watcher.out().includes('"now"'), 30_000, "the changed result");
     } finally {
-      watcher.kill("SIGKILL");
+      watcher.kill();
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
