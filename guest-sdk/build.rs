@@ -13,6 +13,8 @@ use std::process::Command;
 
 const MODULES: [&str; 2] = ["kiln_js_runtime", "kiln_rust_guest"];
 
+include!("src/esbuild_flags.rs");
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("guest-sdk lives in the repository root").to_path_buf();
@@ -40,6 +42,7 @@ fn main() {
             root.join("target/guest/wasm32-wasip1/release")
         }
     };
+    bundle_convex_package(&manifest_dir);
     for module in MODULES {
         let path = dir.join(format!("{module}.wasm"));
         if !path.exists() {
@@ -47,6 +50,60 @@ fn main() {
         }
         println!("cargo:rustc-env={}_WASM={}", module.to_uppercase(), path.display());
     }
+}
+
+/// Bundles the function factories of the guest SDK's own `convex` package (its
+/// `node_modules`, installed by `npm ci`) with esbuild, as `kiln build` bundles an app, into
+/// `$OUT_DIR/convex-package.js`: pushed apps run their functions through this copy, to which
+/// the fast paths apply (see `module_set.rs`).
+fn bundle_convex_package(manifest_dir: &Path) {
+    let modules = manifest_dir.join("node_modules");
+    let package = modules.join("convex/package.json");
+    println!("cargo:rerun-if-changed={}", package.display());
+    println!("cargo:rerun-if-changed={}", manifest_dir.join("src/esbuild_flags.rs").display());
+    let esbuild = modules.join(".bin/esbuild");
+    if !package.exists() || !esbuild.exists() {
+        panic!(
+            "{} has no `convex` package or esbuild: run `npm ci` in {} (the README's commands do)",
+            modules.display(),
+            manifest_dir.display()
+        );
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let entry = out.join("convex-package-entry.mjs");
+    std::fs::write(
+        &entry,
+        // As an app's `_generated/server.js` does: esbuild then renames the package's locals
+        // named `query`, `mutation`, ... as in an app's bundle, which the reviewed digests of
+        // the fast paths' functions are of.
+        "import { queryGeneric, internalQueryGeneric, mutationGeneric, internalMutationGeneric, \
+         actionGeneric, internalActionGeneric, httpActionGeneric } from \"convex/server\";\n\
+         export const query = queryGeneric;\n\
+         export const internalQuery = internalQueryGeneric;\n\
+         export const mutation = mutationGeneric;\n\
+         export const internalMutation = internalMutationGeneric;\n\
+         export const action = actionGeneric;\n\
+         export const internalAction = internalActionGeneric;\n\
+         export const httpAction = httpActionGeneric;\n\
+         export { queryGeneric, internalQueryGeneric, mutationGeneric, internalMutationGeneric, \
+         actionGeneric, internalActionGeneric };\n\
+         export { ConvexError } from \"convex/values\";\n",
+    )
+    .expect("writing the package's entry");
+    let bundle = out.join("convex-package.js");
+    let status = Command::new(&esbuild)
+        .current_dir(manifest_dir)
+        .arg(&entry)
+        .args(ESBUILD_FLAGS)
+        .arg(format!("--outfile={}", bundle.display()))
+        // The entry lives outside the SDK: resolve `convex` from the SDK's node_modules.
+        .env("NODE_PATH", &modules)
+        .status()
+        .expect("running esbuild");
+    if !status.success() {
+        panic!("esbuild could not bundle the convex package");
+    }
+    println!("cargo:rustc-env=KILN_CONVEX_PACKAGE_JS={}", bundle.display());
 }
 
 /// Runs cargo on the components workspace. The parent cargo's per-build variables are removed

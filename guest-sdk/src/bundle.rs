@@ -154,18 +154,9 @@ pub fn bundle(app_dir: &Path, fast_paths: bool, esbuild: Option<&Path>) -> Resul
     let bundle_path = out_dir.join("bundle.js");
     let output = Command::new(&esbuild)
         .current_dir(app_dir)
-        .args([
-            ".kiln/entry.mjs",
-            "--bundle",
-            "--format=esm",
-            "--platform=browser",
-            "--target=es2022",
-            "--charset=utf8",
-            "--legal-comments=none",
-            "--log-level=error",
-            "--color=false",
-            "--outfile=.kiln/bundle.js",
-        ])
+        .arg(".kiln/entry.mjs")
+        .args(crate::esbuild_flags::ESBUILD_FLAGS)
+        .arg("--outfile=.kiln/bundle.js")
         .output()
         .map_err(|e| SdkError::ToolMissing(format!("could not run {}: {e}", esbuild.display())))?;
     if !output.status.success() {

@@ -15,7 +15,10 @@ pub mod bundle;
 pub mod codegen;
 pub mod component;
 pub mod error;
+/// The flags esbuild bundles with (shared with `build.rs`).
+pub mod esbuild_flags;
 pub mod fast_paths;
+pub mod module_set;
 pub mod preinit;
 pub mod wasi;
 
@@ -25,13 +28,18 @@ use std::time::{Duration, Instant};
 
 pub use error::{Result, SdkError};
 pub use kiln_component::Manifest;
-use wasmtime::Engine;
+/// The engine type the toolchain's functions take.
+pub use wasmtime::Engine;
 
 /// The host side of world `app` (bindings, loading, the manifest) is `kiln-component`'s.
 pub use kiln_component::{bindings, manifest};
 
 /// The QuickJS runtime module as built (before its WASI imports are replaced).
 pub const JS_RUNTIME_MODULE: &[u8] = include_bytes!(env!("KILN_JS_RUNTIME_WASM"));
+
+/// The function factories of the `convex` package the SDK was built with, bundled by esbuild
+/// (see `build.rs`; [`module_set::fast_package`] applies the fast paths).
+pub const CONVEX_PACKAGE: &str = include_str!(env!("KILN_CONVEX_PACKAGE_JS"));
 
 /// The Rust example guest module as built.
 pub const RUST_GUEST_MODULE: &[u8] = include_bytes!(env!("KILN_RUST_GUEST_WASM"));
@@ -90,6 +98,26 @@ pub struct BuildOptions {
 /// The engine configuration the toolchain uses to pre-initialize and analyze.
 pub fn engine() -> Result<Engine> {
     Engine::new(&wasmtime::Config::new()).map_err(SdkError::wasm)
+}
+
+/// An engine for pre-initializing code the host did not build ([`preinit::Bounds::time`]
+/// needs its epoch interruption).
+pub fn bounded_engine() -> Result<Engine> {
+    Engine::new(wasmtime::Config::new().epoch_interruption(true)).map_err(SdkError::wasm)
+}
+
+/// The QuickJS runtime ready to pre-initialize apps with `engine` (see [`bounded_engine`]).
+pub fn preinitializer(engine: &Engine) -> Result<preinit::Preinitializer> {
+    preinit::Preinitializer::new(engine, virtualized_runtime()?)
+}
+
+/// Builds the component of a module set (from [`module_set::module_set`]) within `bounds`.
+pub fn module_set_component(
+    preinitializer: &preinit::Preinitializer,
+    set: &[u8],
+    bounds: preinit::Bounds,
+) -> Result<Vec<u8>> {
+    component::componentize(&preinitializer.run(set, bounds)?)
 }
 
 /// Builds the component of a JavaScript bundle.

@@ -51,6 +51,10 @@ thread_local! {
     static RESULT: RefCell<Option<Value>> = const { RefCell::new(None) };
     /// The path of the running call, for the dispatcher's messages (`__kiln_native.path`).
     static CALL_PATH: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The deployment's environment variables (JSON) while a pushed app loads: Convex runs a
+    /// push's module-level code with them (`auth.config.ts` reads its providers from them).
+    /// Cleared before the snapshot is taken.
+    static INIT_ENV: RefCell<Option<String>> = const { RefCell::new(None) };
     /// The app's exported functions, found at initialization (in the snapshot).
     static FUNCTIONS: RefCell<Functions> = const { RefCell::new(BTreeMap::new()) };
 }
@@ -235,8 +239,56 @@ pub extern "C" fn init_error() -> *const u8 {
     INIT_ERROR.with(|e| e.borrow().as_ptr())
 }
 
+/// How a set of ES modules starts (instead of one bundle): the `convex` CLI pushes its own
+/// esbuild output, entry points and shared chunks that import each other by relative path.
+const MODULE_SET: &[u8] = b"\0kiln-module-set\n";
+
+/// The modules of a set: (name, source) pairs, each a little-endian u32 length and the bytes;
+/// the last is the entry point.
+fn module_set(mut rest: &[u8]) -> Result<Vec<(&str, &str)>, String> {
+    fn take<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a str, String> {
+        let (len, tail) =
+            rest.split_first_chunk::<4>().ok_or_else(|| format!("the module set ends inside a {what}"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(format!("the module set ends inside a {what}"));
+        }
+        let (bytes, tail) = tail.split_at(len);
+        *rest = tail;
+        std::str::from_utf8(bytes).map_err(|e| format!("a {what} of the module set is not UTF-8: {e}"))
+    }
+    let mut modules = Vec::new();
+    loop {
+        let name = take(&mut rest, "module name")?;
+        let source = take(&mut rest, "module source")?;
+        modules.push((name, source));
+        if rest.is_empty() {
+            return Ok(modules);
+        }
+    }
+}
+
 fn initialize(source: &[u8]) -> Result<(), String> {
-    let source = std::str::from_utf8(source).map_err(|e| format!("the bundle is not UTF-8: {e}"))?;
+    // A set's modules are declared under their names before its entry point is evaluated:
+    // QuickJS resolves an import (`./_deps/x.js` from `dir/m.js` is `_deps/x.js`) to a module
+    // it already holds, and there is no loader to reach anything else.
+    let mut modules = match source.strip_prefix(MODULE_SET) {
+        Some(rest) => module_set(rest)?,
+        None => vec![("app.js", std::str::from_utf8(source).map_err(|e| format!("the bundle is not UTF-8: {e}"))?)],
+    };
+    if let Some(at) = modules.iter().position(|(name, _)| *name == ENV_ENTRY) {
+        let (_, env) = modules.remove(at);
+        INIT_ENV.with(|e| *e.borrow_mut() = Some(env.to_owned()));
+    }
+    let loaded = load_modules(&modules);
+    INIT_ENV.with(|e| *e.borrow_mut() = None);
+    loaded
+}
+
+/// The entry of a module set that holds the environment variables (no module can be named so).
+const ENV_ENTRY: &str = "\0env";
+
+fn load_modules(modules: &[(&str, &str)]) -> Result<(), String> {
     let mut config = javy::Config::default();
     // QuickJS's own stack check does not work on wasm32: unbounded recursion ends with the
     // engine's stack-overflow trap, which the host reports (the instance is discarded).
@@ -245,9 +297,9 @@ fn initialize(source: &[u8]) -> Result<(), String> {
     runtime.context().with(|ctx| {
         let js = |e: quickjs::Error| javy::from_js_error(ctx.clone(), e).to_string();
         install_natives(&ctx).map_err(js)?;
-        let (_, promise) = load_stripped(&ctx, "kiln:prelude", PRELUDE)?.eval().map_err(js)?;
+        let (_, promise) = load_stripped(&ctx, &[("kiln:prelude", PRELUDE)])?.eval().map_err(js)?;
         promise.finish::<()>().map_err(js)?;
-        let (module, promise) = load_stripped(&ctx, "app.js", source)?.eval().map_err(js)?;
+        let (module, promise) = load_stripped(&ctx, modules)?.eval().map_err(js)?;
         promise.finish::<()>().map_err(js)?;
         let modules: Object = module.get("modules").map_err(js)?;
         let functions = functions_of(&ctx, &modules).map_err(js)?;
@@ -261,24 +313,73 @@ fn initialize(source: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Declares module `name` without the source texts QuickJS keeps for every function (for
+/// Declares `modules` without the source texts QuickJS keeps for every function (for
 /// `Function.prototype.toString`): each function holds a copy of its own text, nested ones
 /// again inside their parents', about 1.5 times the bundle in all. Every page of the snapshot's
 /// heap is copied back after each call, so they cost every call. Compiled in a throwaway
-/// QuickJS runtime, freed before the snapshot with the parsed module and its sources; line
+/// QuickJS runtime, freed before the snapshot with the parsed modules and their sources; line
 /// numbers stay. (javy's `compile_to_bytecode` would do, but a javy runtime is never freed.)
-fn load_stripped<'js>(ctx: &Ctx<'js>, name: &str, source: &str) -> Result<Module<'js>, String> {
+/// Returns the last module, which no other imports (a set's entry point).
+fn load_stripped<'js>(ctx: &Ctx<'js>, modules: &[(&str, &str)]) -> Result<Module<'js>, String> {
     let bytecode = {
         let rt = quickjs::Runtime::new().map_err(|e| e.to_string())?;
         let scratch = quickjs::Context::full(&rt).map_err(|e| e.to_string())?;
-        scratch.with(|c| {
-            let js = |e| javy::from_js_error(c.clone(), e).to_string();
-            let module = Module::declare(c.clone(), name, source).map_err(js)?;
-            module.write(quickjs::module::WriteOptions { strip_source: true, ..Default::default() }).map_err(js)
-        })?
+        scratch.with(|c| compile_in_order(&c, modules))?
     };
-    // SAFETY: the bytecode was written just now by this build of QuickJS.
-    unsafe { Module::load(ctx.clone(), &bytecode) }.map_err(|e| javy::from_js_error(ctx.clone(), e).to_string())
+    let mut last = None;
+    for bytes in &bytecode {
+        // SAFETY: the bytecode was written just now by this build of QuickJS. Reading a module
+        // resolves its imports among the modules read before it.
+        last = Some(
+            unsafe { Module::load(ctx.clone(), bytes) }.map_err(|e| javy::from_js_error(ctx.clone(), e).to_string())?,
+        );
+    }
+    last.ok_or_else(|| "no modules".to_owned())
+}
+
+/// Compiles `modules` in `c`, each after the modules it imports: compiling a module resolves
+/// its imports, so one that names a module of the set not compiled yet fails with "could not
+/// load module", and that module is compiled first. Returns the bytecode of each, in the
+/// order compiled (the last given module last, as none imports it).
+fn compile_in_order(c: &Ctx<'_>, modules: &[(&str, &str)]) -> Result<Vec<Vec<u8>>, String> {
+    let position: BTreeMap<&str, usize> = modules.iter().enumerate().map(|(i, (name, _))| (*name, i)).collect();
+    let mut done = vec![false; modules.len()];
+    let mut out = Vec::with_capacity(modules.len());
+    for start in 0..modules.len() {
+        let mut stack = vec![start];
+        while let Some(&i) = stack.last() {
+            if done[i] {
+                stack.pop();
+                continue;
+            }
+            let (name, source) = modules[i];
+            let js = |e| javy::from_js_error(c.clone(), e).to_string();
+            match Module::declare(c.clone(), name, source) {
+                Ok(module) => {
+                    let options = quickjs::module::WriteOptions { strip_source: true, ..Default::default() };
+                    out.push(module.write(options).map_err(js)?);
+                    done[i] = true;
+                    stack.pop();
+                }
+                Err(e) => {
+                    let message = js(e);
+                    let missing = message
+                        .split_once("could not load module '")
+                        .and_then(|(_, rest)| rest.split_once('\''))
+                        .and_then(|(m, _)| position.get(m).copied());
+                    match missing {
+                        Some(j) if !done[j] && !stack.contains(&j) => stack.push(j),
+                        Some(j) if stack.contains(&j) => {
+                            return Err(format!("{name}: modules import each other in a cycle ({})", modules[j].0));
+                        }
+                        _ if modules.len() > 1 => return Err(format!("{name}: {message}")),
+                        _ => return Err(message),
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
@@ -318,7 +419,10 @@ fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
     native.set(
         "env",
         Func::from(|| {
-            let vars = if call_kind().is_some() { env::variables() } else { Vec::new() };
+            if call_kind().is_none() {
+                return INIT_ENV.with(|e| e.borrow().clone()).unwrap_or_else(|| "{}".to_owned());
+            }
+            let vars = env::variables();
             serde_json::Value::Object(vars.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect())
                 .to_string()
         }),

@@ -54,6 +54,7 @@ fn runtime_config() -> RuntimeConfig {
     let mut c = RuntimeConfig { store: store_config(), ..RuntimeConfig::default() };
     set_secs("KILN_MUTATION_RECORD_RETENTION_SECS", &mut c.mutation_record_retention);
     set_usize("KILN_QUERY_CACHE_BYTES", &mut c.query_cache_bytes);
+    set_usize("KILN_COMPILE_CACHE_BYTES", &mut c.compile_cache_bytes);
     if let Some(n) = env_u64("KILN_HEAP_TOUCH_FAULTS") {
         c.heap_touch_faults = n;
     }
@@ -98,7 +99,9 @@ pub fn sqlite_options() -> SqliteOptions {
 }
 
 /// The server's knobs: `KILN_MAX_QUERIES_PER_SOCKET`, `KILN_MAX_INFLIGHT_PER_DEPLOYMENT`,
-/// `KILN_MAX_BODY_BYTES`, `KILN_CLIENT_TIMEOUT_SECS`, `KILN_METRICS_TOKEN`, and the
+/// `KILN_MAX_BODY_BYTES`, `KILN_CLIENT_TIMEOUT_SECS`, `KILN_METRICS_TOKEN`, the push limits
+/// (`KILN_PUSH_MAX_SOURCE_BYTES`, `KILN_PUSH_LOAD_TIME_MS`, `KILN_PUSH_LOAD_MEMORY_BYTES`,
+/// `KILN_PUSH_CONCURRENT_COMPILES`), and the
 /// runtime's and store's (the listen address and data directory come from the command line,
 /// which also reads `KILN_LISTEN` and `KILN_DATA_DIR`).
 pub fn server_config() -> ServerConfig {
@@ -111,6 +114,12 @@ pub fn server_config() -> ServerConfig {
         c.client_timeout = Duration::from_secs(n.max(1));
     }
     c.metrics_token = std::env::var("KILN_METRICS_TOKEN").ok().filter(|t| !t.is_empty());
+    set_usize("KILN_PUSH_MAX_SOURCE_BYTES", &mut c.push.max_source_bytes);
+    if let Some(n) = env_u64("KILN_PUSH_LOAD_TIME_MS") {
+        c.push.load_time = Duration::from_millis(n.max(1));
+    }
+    set_usize("KILN_PUSH_LOAD_MEMORY_BYTES", &mut c.push.load_memory);
+    set_usize("KILN_PUSH_CONCURRENT_COMPILES", &mut c.push.concurrent_compiles);
     c
 }
 

@@ -12,6 +12,41 @@ use crate::knobs::RuntimeConfig;
 /// Instances one call may hold at once (itself and nested calls).
 pub(crate) const INSTANCES_PER_WORKER: u32 = 10;
 
+/// Cranelift's results per function, kept in memory up to a byte budget: components built
+/// from the same QuickJS runtime share nearly all their code (an app is data in the runtime's
+/// memory), so a new app's component compiles mostly from here.
+#[derive(Debug)]
+struct CompileCache {
+    entries: parking_lot::Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>,
+    bytes: std::sync::atomic::AtomicUsize,
+    budget: usize,
+}
+
+impl CompileCache {
+    fn new(budget: usize) -> CompileCache {
+        CompileCache { entries: Default::default(), bytes: Default::default(), budget }
+    }
+}
+
+impl wasmtime::CacheStore for CompileCache {
+    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+        self.entries.lock().get(key).map(|v| std::borrow::Cow::Owned(v.clone()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let size = key.len() + value.len();
+        // Full: later functions compile as usual (the runtime's own are cached first).
+        if self.bytes.fetch_add(size, Ordering::Relaxed) + size > self.budget {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
+        if let Some(old) = self.entries.lock().insert(key.to_vec(), value) {
+            self.bytes.fetch_sub(key.len() + old.len(), Ordering::Relaxed);
+        }
+        true
+    }
+}
+
 /// The engine plus the thread advancing its epoch.
 pub struct EngineHandle {
     engine: Engine,
@@ -47,6 +82,10 @@ impl EngineHandle {
             .async_stack_size(config.max_wasm_stack + (512 << 10));
         if config.perf_map {
             c.profiler(ProfilingStrategy::PerfMap);
+        }
+        if config.compile_cache_bytes > 0 {
+            c.enable_incremental_compilation(Arc::new(CompileCache::new(config.compile_cache_bytes)))
+                .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         }
         let engine = Engine::new(&c).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let stop = Arc::new(AtomicBool::new(false));

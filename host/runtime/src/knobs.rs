@@ -69,6 +69,9 @@ pub struct RuntimeConfig {
     /// Whether compiled guest code is announced in `/tmp/perf-<pid>.map` so that `perf`
     /// can name guest functions (`KILN_PERF_MAP=1`; for profiling only).
     pub perf_map: bool,
+    /// Memory for cranelift's per-function results, reused when a new component shares
+    /// functions with one compiled before (every JavaScript app shares the runtime's); 0 off.
+    pub compile_cache_bytes: usize,
     /// The configuration of every deployment's store.
     pub store: StoreConfig,
 }
@@ -98,6 +101,7 @@ impl Default for RuntimeConfig {
             meter_fuel: true,
             query_cache_bytes: 32 << 20,
             perf_map: false,
+            compile_cache_bytes: 64 << 20,
             store: StoreConfig::default(),
         }
     }

@@ -356,9 +356,10 @@ impl Runtime {
         Ok(())
     }
 
-    /// Compiles (or loads from the cache), checks and analyzes a component; a component some
-    /// deployment already runs is shared, not prepared again.
-    async fn prepare(&self, bytes: &[u8]) -> Result<Arc<Version>> {
+    /// Compiles (or loads from the cache), checks and analyzes a component without deploying
+    /// it; a component some deployment already runs (or a holder of an earlier result keeps)
+    /// is shared, not prepared again.
+    pub async fn prepare(&self, bytes: &[u8]) -> Result<Arc<Version>> {
         let digest = Sha256::digest(bytes);
         let key: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         if let Some(version) = self.versions.lock().get(&key).and_then(std::sync::Weak::upgrade) {

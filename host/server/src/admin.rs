@@ -97,15 +97,24 @@ pub async fn deploy(
             }
         })
         .await?;
-    let dep = state.deployment(&d)?;
-    *dep.app_auth.write() = crate::app_auth(&version.manifest);
-    dep.hub.invalidate_all();
+    // The pushed modules no longer describe what runs: the CLI's next push sends them all.
+    crate::push::record_pushed(&state, &d, None)?;
+    deployed(&state, &d, &version)?;
     tracing::info!(deployment = %d, version = %version.id, "deploy finished");
     Ok(Json(json!({
         "version": version.id,
         "functions": version.manifest.functions.len(),
     }))
     .into_response())
+}
+
+/// What every deploy (`kiln deploy`, a push) ends with once the version serves: the app's
+/// identity providers take effect and subscribed queries re-run on the new version.
+pub fn deployed(state: &AppState, deployment: &str, version: &kiln_runtime::Version) -> Result<()> {
+    let dep = state.deployment(deployment)?;
+    *dep.app_auth.write() = crate::app_auth(&version.manifest);
+    dep.hub.invalidate_all();
+    Ok(())
 }
 
 /// `GET /api/kiln/deployments` (instance key): the deployments.
@@ -219,6 +228,31 @@ pub async fn set_config(
 pub struct EnvironmentChanges {
     /// Applied in order, all or none.
     pub changes: Vec<crate::environment::Change>,
+}
+
+/// `GET /api/v1/get_canonical_urls` (`npx convex dev`): where clients reach the deployment
+/// (`convexCloudUrl`) and its HTTP actions (`convexSiteUrl`), as this request reached the
+/// server.
+pub async fn canonical_urls(
+    State(state): State<Arc<AppState>>,
+    Extension(Deployment(d)): Extension<Deployment>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    require_admin(&state, &d, &headers)?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c)))
+        .ok_or_else(|| ServerError::BadRequest("the request has no valid Host header".into()))?;
+    let scheme = match headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+        Some("https") => "https",
+        _ => "http",
+    };
+    let mut cloud = format!("{scheme}://{host}");
+    if d != state.config.default_deployment {
+        cloud.push_str(&format!("/d/{d}"));
+    }
+    Ok(Json(json!({ "convexCloudUrl": cloud, "convexSiteUrl": format!("{cloud}/http") })).into_response())
 }
 
 /// `POST /api/update_environment_variables` (`npx convex env set|remove`): changes some of the

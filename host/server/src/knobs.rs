@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub metrics_token: Option<String>,
     /// Where every deployment's actions may fetch, before each deployment's own lists.
     pub fetch: FetchLists,
+    /// Bounds on compiling what the `convex` CLI pushes.
+    pub push: PushLimits,
     /// The function runner's configuration (data directory included).
     pub runtime: RuntimeConfig,
 }
@@ -67,6 +69,33 @@ pub struct FetchLists {
     pub allowed_hosts: Vec<String>,
     /// Hosts actions may never fetch.
     pub denied_hosts: Vec<String>,
+}
+
+/// Bounds on compiling pushed modules, so a push cannot exhaust the host.
+#[derive(Clone, Debug)]
+pub struct PushLimits {
+    /// The most source (all modules, source maps not counted) one push may have.
+    pub max_source_bytes: usize,
+    /// How long loading the modules (their top-level code) may take.
+    pub load_time: Duration,
+    /// The most memory the app may grow while it loads.
+    pub load_memory: usize,
+    /// Pushes compiled at once on this host (each deployment compiles one at a time).
+    pub concurrent_compiles: usize,
+    /// A push not finished within this time is forgotten.
+    pub pending_for: Duration,
+}
+
+impl Default for PushLimits {
+    fn default() -> Self {
+        PushLimits {
+            max_source_bytes: 32 << 20,
+            load_time: Duration::from_secs(30),
+            load_memory: 1 << 30,
+            concurrent_compiles: 1,
+            pending_for: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -94,6 +123,7 @@ impl Default for ServerConfig {
             log_history: 1000,
             metrics_token: None,
             fetch: FetchLists::default(),
+            push: PushLimits::default(),
             runtime,
         }
     }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod knobs;
 pub mod logs;
 pub mod metrics;
+pub mod push;
 pub mod registry;
 pub mod routing;
 pub mod sync;
@@ -56,6 +57,8 @@ pub struct DeploymentState {
     pub drop_sockets: watch::Sender<u64>,
     /// Open sockets.
     pub connections: AtomicUsize,
+    /// Pushes of the `convex` CLI.
+    pub pushes: push::Pushes,
 }
 
 impl DeploymentState {
@@ -90,12 +93,22 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Turns true when the server stops.
     pub shutdown: watch::Sender<bool>,
+    /// Pushes compiled at once (`PushLimits::concurrent_compiles`).
+    pub compiles: Semaphore,
 }
 
 impl AppState {
     /// A deployment by name.
     pub fn deployment(&self, name: &str) -> Result<Arc<DeploymentState>> {
         self.deployments.read().get(name).cloned().ok_or_else(|| ServerError::DeploymentNotFound(name.to_owned()))
+    }
+
+    /// A deployment's store.
+    pub fn deployment_store(&self, name: &str) -> Result<Arc<kiln_store::Store>> {
+        self.runtime
+            .deployment(name)
+            .map(|d| d.store().clone())
+            .ok_or_else(|| ServerError::DeploymentNotFound(name.to_owned()))
     }
 
     /// Records a finished call in the deployment's log and the metrics.
@@ -159,6 +172,7 @@ impl AppState {
             verifier: auth::Verifier::default(),
             drop_sockets: watch::channel(0).0,
             connections: AtomicUsize::new(0),
+            pushes: push::Pushes::default(),
         });
         self.deployments.write().insert(name.to_owned(), state.clone());
         Ok(state)
@@ -231,6 +245,7 @@ impl Server {
             deployments: RwLock::default(),
             metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
+            compiles: Semaphore::new(config.push.concurrent_compiles.max(1)),
             config,
         });
         let names = state.registry.lock().names();

@@ -20,7 +20,7 @@ use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
 use crate::error::{BodyLimit, BodyTimeout};
-use crate::{AppState, admin, api, sync};
+use crate::{AppState, admin, api, push, sync};
 
 /// The deployment a request addresses.
 #[derive(Clone, Debug)]
@@ -90,11 +90,19 @@ pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -
         .layer(Extension(BodyLimit(body_limit)));
     let admin = Router::new()
         .route("/api/kiln/deploy", post(admin::deploy))
+        .route("/api/deploy2/evaluate_schema", post(push::evaluate_schema))
+        .route("/api/deploy2/evaluate_push", post(push::evaluate_push))
+        .route("/api/deploy2/start_push", post(push::start_push))
+        .route("/api/deploy2/finish_push", post(push::finish_push))
         .layer(DefaultBodyLimit::max(state.config.max_deploy_bytes))
         .layer(Extension(BodyLimit(state.config.max_deploy_bytes)))
         .route("/api/kiln/deployments", get(admin::list_deployments).post(admin::create_deployment))
         .route("/api/kiln/config", get(admin::get_config).post(admin::set_config))
         .route("/api/update_environment_variables", post(admin::update_environment_variables))
+        .route("/api/get_config_hashes", post(push::get_config_hashes))
+        .route("/api/v1/get_canonical_urls", get(admin::canonical_urls))
+        .route("/api/deploy2/wait_for_schema", post(push::wait_for_schema))
+        .route("/api/deploy2/report_push_completed", post(push::report_push_completed))
         .route("/api/stream_function_logs", get(admin::stream_function_logs))
         .route("/api/kiln/logs", get(admin::logs))
         .route("/api/kiln/usage", get(admin::usage))

@@ -820,26 +820,34 @@ impl Store {
         Ok(())
     }
 
+    /// Checks that every document at the newest snapshot satisfies `schema` (the check
+    /// [`Store::set_schema`] makes), without changing anything; `progress` learns each table
+    /// checked.
+    pub async fn check_schema(&self, schema: &Schema, mut progress: impl FnMut(&str) + Send) -> Result<()> {
+        let mut tx = self.begin_with(true, TransactionLimits::unlimited());
+        let catalog = Arc::new(tx.catalog().clone());
+        check_documents(&mut tx, &catalog, schema, &mut progress).await
+    }
+
+    /// The number of documents in `table` at the newest snapshot (a scan).
+    pub async fn count_documents(&self, table: &str) -> Result<u64> {
+        let mut tx = self.begin_with(true, TransactionLimits::unlimited());
+        if tx.catalog().table(table).is_none() {
+            return Ok(0);
+        }
+        let stream = tx.open_query(Query::full_table_scan(table))?;
+        let mut n = 0;
+        while tx.next(stream).await?.is_some() {
+            n += 1;
+        }
+        tx.close_query(stream)?;
+        Ok(n)
+    }
+
     async fn try_set_schema(&self, schema: &Schema) -> Result<(Timestamp, Vec<(String, u32)>)> {
         let mut tx = self.begin_with(false, TransactionLimits::unlimited());
         let catalog = Arc::new(tx.catalog().clone());
-        if schema.schema_validation {
-            for (name, def) in &schema.tables {
-                let Some(validator) = &def.document_type else { continue };
-                let stream = tx.open_query(Query::full_table_scan(name))?;
-                while let Some(doc) = tx.next(stream).await? {
-                    validator.check_document(&doc.value, &SchemaIds(&catalog, schema)).map_err(|e| match e {
-                        kiln_value::ValueError::ValidationFailed { path, message } => StoreError::SchemaViolation {
-                            table: name.clone(),
-                            path,
-                            message: format!("existing document {} breaks the new schema: {message}", doc.id),
-                        },
-                        other => other.into(),
-                    })?;
-                }
-                tx.close_query(stream)?;
-            }
-        }
+        check_documents(&mut tx, &catalog, schema, &mut |_| {}).await?;
         let mut added = Vec::new();
         let mut new_tables = Vec::new();
         for (name, def) in &schema.tables {
@@ -910,6 +918,35 @@ impl Drop for Store {
             t.abort();
         }
     }
+}
+
+/// Fails with the first document of `tx`'s snapshot that breaks `schema` (when it is enforced).
+async fn check_documents(
+    tx: &mut Transaction,
+    catalog: &Catalog,
+    schema: &Schema,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<()> {
+    if !schema.schema_validation {
+        return Ok(());
+    }
+    for (name, def) in &schema.tables {
+        let Some(validator) = &def.document_type else { continue };
+        let stream = tx.open_query(Query::full_table_scan(name))?;
+        while let Some(doc) = tx.next(stream).await? {
+            validator.check_document(&doc.value, &SchemaIds(catalog, schema)).map_err(|e| match e {
+                kiln_value::ValueError::ValidationFailed { path, message } => StoreError::SchemaViolation {
+                    table: name.clone(),
+                    path,
+                    message: format!("existing document {} breaks the new schema: {message}", doc.id),
+                },
+                other => other.into(),
+            })?;
+        }
+        tx.close_query(stream)?;
+        progress(name);
+    }
+    Ok(())
 }
 
 /// Ids in a schema check: tables existing or declared by the schema being applied.

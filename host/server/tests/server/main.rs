@@ -755,3 +755,67 @@ fn a_read_only_or_full_data_directory_still_starts_and_serves_reads() {
     }
     assert_eq!(t.call("query", "counter:get", json!({"name": "ro"})), json!(4.0));
 }
+
+/// A push request as the `convex` CLI sends it (here uncompressed), of these modules.
+fn push_request(modules: &[(&str, &str, &str)], components: Value) -> Value {
+    let changed: Vec<Value> =
+        modules.iter().map(|(path, source, env)| json!({"path": path, "source": source, "environment": env})).collect();
+    json!({
+        "adminKey": "", "dryRun": false, "functions": "convex/",
+        "appDefinition": {
+            "definition": null, "dependencies": [], "schema": null,
+            "changedModules": changed, "unchangedModuleHashes": [], "udfServerVersion": "1.48.0",
+        },
+        "componentDefinitions": components, "nodeDependencies": [],
+    })
+}
+
+#[test]
+fn pushes_are_bounded_and_what_kiln_does_not_run_is_refused_by_name() {
+    let server = TestServer::start(|c| {
+        c.push.load_time = Duration::from_millis(500);
+        c.push.max_source_bytes = 64 << 10;
+    });
+    let fine = "export const x = 1;";
+    let refused = |body: Value| {
+        let (status, body) = server.post("/api/deploy2/start_push", &body, true);
+        assert_eq!(status, 400, "{body}");
+        (body["code"].as_str().unwrap_or_default().to_owned(), body["message"].as_str().unwrap_or_default().to_owned())
+    };
+    // Module-level code that never finishes is stopped at the load time limit.
+    let (code, message) =
+        refused(push_request(&[("spin.js", "while (true) {}\nexport const y = 1;", "isolate")], json!([])));
+    assert_eq!(code, "AppLoadFailed", "{message}");
+    assert!(message.contains("took longer than"), "{message}");
+    // Too much source.
+    let big = format!("export const s = \"{}\";", "x".repeat(70 << 10));
+    let (code, message) = refused(push_request(&[("big.js", &big, "isolate")], json!([])));
+    assert_eq!(code, "PushTooLarge", "{message}");
+    // Node.js modules and components, each named.
+    let (code, message) = refused(push_request(&[("a.js", fine, "isolate"), ("n.js", fine, "node")], json!([])));
+    assert_eq!(code, "Unsupported");
+    assert!(message.contains("\"use node\" in convex/n"), "{message}");
+    let component = json!([{"definitionPath": "node_modules/@convex-dev/ratelimiter/dist/component"}]);
+    let (code, message) = refused(push_request(&[("a.js", fine, "isolate")], component));
+    assert_eq!(code, "Unsupported");
+    assert!(message.contains("@convex-dev/ratelimiter"), "{message}");
+    // Paths a module may not have, and a hash the server never saw.
+    let (code, _) = refused(push_request(&[("../up.js", fine, "isolate")], json!([])));
+    assert_eq!(code, "NotAnApp");
+    let mut unknown = push_request(&[("a.js", fine, "isolate")], json!([]));
+    unknown["appDefinition"]["unchangedModuleHashes"] =
+        json!([{"path": "b.js", "environment": "isolate", "sha256": "00"}]);
+    let (code, message) = refused(unknown);
+    assert_eq!(code, "UnknownModuleHash", "{message}");
+    // A module that throws while loading names its error.
+    let (code, message) =
+        refused(push_request(&[("boom.js", "throw new Error(\"boom at load\");", "isolate")], json!([])));
+    assert_eq!(code, "AppLoadFailed");
+    assert!(message.contains("boom at load"), "{message}");
+    // Without the admin key nothing is compiled.
+    let (status, _) =
+        server.post("/api/deploy2/start_push", &push_request(&[("a.js", fine, "isolate")], json!([])), false);
+    assert_eq!(status, 401);
+    // None of it changed what serves.
+    assert_eq!(server.call("query", "counter:get", json!({"name": "a"})), json!(0.0));
+}

@@ -2,66 +2,10 @@
 // to a hosted error tracker) against a real `kiln serve`: what works of it so far.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { rmSync } from "node:fs";
 import { ConvexHttpClient } from "convex/browser";
+import { convex, ok, project, selfHosted, watch } from "./cli.mjs";
 import { deploy, kiln, startServer, testApp, waitFor } from "./helpers.mjs";
-
-const modules = join(dirname(fileURLToPath(import.meta.url)), "../node_modules");
-
-/** A project folder the CLI accepts (it wants `convex` among the dependencies). */
-function project() {
-  const dir = mkdtempSync(join(tmpdir(), "kiln-cli-"));
-  writeFileSync(join(dir, "package.json"), JSON.stringify({ private: true, dependencies: { convex: "1.48.0" } }));
-  symlinkSync(modules, join(dir, "node_modules"));
-  return dir;
-}
-
-/** The CLI's environment for a deployment. */
-function cliEnv(url, adminKey) {
-  const env = { ...process.env, CI: "1", CONVEX_SELF_HOSTED_URL: url, CONVEX_SELF_HOSTED_ADMIN_KEY: adminKey };
-  // Anything pointing the CLI at a hosted deployment instead.
-  for (const name of ["CONVEX_DEPLOYMENT", "CONVEX_DEPLOY_KEY", "CONVEX_URL"]) delete env[name];
-  return env;
-}
-
-const cli = join(modules, "convex/bin/main.js");
-
-/** Runs `npx convex …` against a deployment; returns {status, stdout, stderr}. */
-function convex(dir, url, adminKey, ...args) {
-  const r = spawnSync(process.execPath, [cli, ...args], {
-    cwd: dir,
-    encoding: "utf8",
-    timeout: 120_000,
-    env: cliEnv(url, adminKey),
-  });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-/** The `CONVEX_SELF_HOSTED_URL`/`_ADMIN_KEY` lines `kiln` printed, as [url, key]. */
-function selfHosted(output) {
-  const url = /CONVEX_SELF_HOSTED_URL=(\S+)/.exec(output);
-  const key = /CONVEX_SELF_HOSTED_ADMIN_KEY=(\S+)/.exec(output);
-  assert.ok(url && key, `no lines for the convex CLI in:\n${output}`);
-  return [url[1], key[1]];
-}
-
-/** Starts a long-running `npx convex …` (`logs`, `run --watch`); `out()` is what it printed. */
-function watch(dir, url, adminKey, ...args) {
-  const child = spawn(process.execPath, [cli, ...args], { cwd: dir, env: cliEnv(url, adminKey) });
-  let out = "";
-  child.stdout.on("data", (c) => (out += c));
-  child.stderr.on("data", (c) => (out += c));
-  return { out: () => out, kill: () => child.kill("SIGKILL") };
-}
-
-function ok(r, what) {
-  assert.equal(r.status, 0, `${what}:\n${r.stdout}\n${r.stderr}`);
-  return r.stdout;
-}
 
 test("convex env set, get, list and remove, at the root and under /d/<name>; functions see the values", async () => {
   const server = await startServer();

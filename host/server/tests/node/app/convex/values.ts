@@ -1,5 +1,6 @@
 import { ConvexError, v } from "convex/values";
-import { mutation, query } from "./_generated/server";
+import { api } from "./_generated/api";
+import { action, mutation, query } from "./_generated/server";
 
 /** Returns its arguments: int64, bytes, special floats and nesting must survive both ways. */
 export const echo = query({
@@ -52,5 +53,18 @@ export const shout = mutation({
     console.log("shout:", text);
     console.warn("careful:", text.length);
     return text;
+  },
+});
+
+/** Calls a mutation that throws a ConvexError and reports what it caught. */
+export const catchNested = action({
+  args: {},
+  handler: async (ctx) => {
+    try {
+      await ctx.runMutation(api.values.fail, {});
+      return null;
+    } catch (e) {
+      return { isConvexError: e instanceof ConvexError, data: e instanceof Error ? (e as ConvexError<any>).data : null };
+    }
   },
 });
