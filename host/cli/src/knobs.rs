@@ -101,7 +101,7 @@ pub fn sqlite_options() -> SqliteOptions {
 /// The server's knobs: `KILN_MAX_QUERIES_PER_SOCKET`, `KILN_MAX_INFLIGHT_PER_DEPLOYMENT`,
 /// `KILN_MAX_BODY_BYTES`, `KILN_CLIENT_TIMEOUT_SECS`, `KILN_METRICS_TOKEN`, the push limits
 /// (`KILN_PUSH_MAX_SOURCE_BYTES`, `KILN_PUSH_LOAD_TIME_MS`, `KILN_PUSH_LOAD_MEMORY_BYTES`,
-/// `KILN_PUSH_CONCURRENT_COMPILES`), and the
+/// `KILN_PUSH_CONCURRENT_COMPILES`), `KILN_MAX_IMPORT_BYTES`, and the
 /// runtime's and store's (the listen address and data directory come from the command line,
 /// which also reads `KILN_LISTEN` and `KILN_DATA_DIR`).
 pub fn server_config() -> ServerConfig {
@@ -114,6 +114,9 @@ pub fn server_config() -> ServerConfig {
         c.client_timeout = Duration::from_secs(n.max(1));
     }
     c.metrics_token = std::env::var("KILN_METRICS_TOKEN").ok().filter(|t| !t.is_empty());
+    if let Some(n) = env_u64("KILN_MAX_IMPORT_BYTES") {
+        c.max_import_bytes = n;
+    }
     set_usize("KILN_PUSH_MAX_SOURCE_BYTES", &mut c.push.max_source_bytes);
     if let Some(n) = env_u64("KILN_PUSH_LOAD_TIME_MS") {
         c.push.load_time = Duration::from_millis(n.max(1));

@@ -55,7 +55,7 @@ fn require_instance(state: &AppState, headers: &HeaderMap) -> Result<()> {
 }
 
 /// A JSON body (read by [`RequestBody`], so within the size and time limits).
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| ServerError::BadRequest(format!("invalid JSON body: {e}")))
 }
 

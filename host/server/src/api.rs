@@ -190,7 +190,9 @@ async fn run_call(
         .try_acquire_owned()
         .map_err(|_| ServerError::TooManyConcurrentRequests(dep.name.clone()))?;
     if kind == FunctionKind::Query && crate::system::is_system(path) {
-        let result = crate::system::query_deployment(&state.runtime, &dep.name, caller.is_admin(), path, &args).await;
+        let result =
+            crate::system::query_deployment(&state.runtime, &dep.name, &dep.snapshots, caller.is_admin(), path, &args)
+                .await;
         return Ok(CallOutcome { result, ..CallOutcome::default() });
     }
     let mut req = CallRequest::new(kind, path, args);

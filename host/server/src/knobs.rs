@@ -18,8 +18,10 @@ pub struct ServerConfig {
     pub default_deployment: String,
     /// Largest HTTP request body (function calls).
     pub max_body_bytes: usize,
-    /// Largest deploy upload.
+    /// Largest deploy upload (also a push, and one part of an import's upload).
     pub max_deploy_bytes: usize,
+    /// Largest snapshot an import may upload in all.
+    pub max_import_bytes: u64,
     /// Largest WebSocket message from a client.
     pub max_ws_message_bytes: usize,
     /// Queries one socket may subscribe to.
@@ -107,6 +109,7 @@ impl Default for ServerConfig {
             default_deployment: "default".to_owned(),
             max_body_bytes: 40 << 20,
             max_deploy_bytes: 128 << 20,
+            max_import_bytes: 16 << 30,
             max_ws_message_bytes: 40 << 20,
             max_queries_per_socket: 2048,
             max_queued_mutations_per_socket: 1024,

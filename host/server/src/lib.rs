@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod push;
 pub mod registry;
 pub mod routing;
+pub mod snapshots;
 pub mod sync;
 pub mod system;
 
@@ -59,6 +60,8 @@ pub struct DeploymentState {
     pub connections: AtomicUsize,
     /// Pushes of the `convex` CLI.
     pub pushes: push::Pushes,
+    /// Snapshot exports and imports.
+    pub snapshots: Arc<snapshots::Snapshots>,
 }
 
 impl DeploymentState {
@@ -154,12 +157,14 @@ impl AppState {
                 state.observe(&d, kind, path, out);
             }
         });
+        let snapshots = Arc::new(snapshots::Snapshots::default());
         let hub = Arc::new(Hub::new(
             name,
             self.runtime.clone(),
             dep.store().clone(),
             self.config.rerun_concurrency,
             observer,
+            snapshots.clone(),
         ));
         tokio::spawn(hub.clone().run(self.shutdown.subscribe()));
         let state = Arc::new(DeploymentState {
@@ -173,6 +178,7 @@ impl AppState {
             drop_sockets: watch::channel(0).0,
             connections: AtomicUsize::new(0),
             pushes: push::Pushes::default(),
+            snapshots,
         });
         self.deployments.write().insert(name.to_owned(), state.clone());
         Ok(state)

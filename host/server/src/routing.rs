@@ -20,7 +20,7 @@ use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
 use crate::error::{BodyLimit, BodyTimeout};
-use crate::{AppState, admin, api, push, sync};
+use crate::{AppState, admin, api, push, snapshots, sync};
 
 /// The deployment a request addresses.
 #[derive(Clone, Debug)]
@@ -94,6 +94,7 @@ pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -
         .route("/api/deploy2/evaluate_push", post(push::evaluate_push))
         .route("/api/deploy2/start_push", post(push::start_push))
         .route("/api/deploy2/finish_push", post(push::finish_push))
+        .route("/api/import/upload_part", post(snapshots::upload_part))
         .layer(DefaultBodyLimit::max(state.config.max_deploy_bytes))
         .layer(Extension(BodyLimit(state.config.max_deploy_bytes)))
         .route("/api/kiln/deployments", get(admin::list_deployments).post(admin::create_deployment))
@@ -101,6 +102,11 @@ pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -
         .route("/api/update_environment_variables", post(admin::update_environment_variables))
         .route("/api/get_config_hashes", post(push::get_config_hashes))
         .route("/api/v1/get_canonical_urls", get(admin::canonical_urls))
+        .route("/api/export/request/zip", post(snapshots::request_export))
+        .route("/api/export/zip/{ts}", get(snapshots::download_export))
+        .route("/api/import/start_upload", post(snapshots::start_upload))
+        .route("/api/import/finish_upload", post(snapshots::finish_upload))
+        .route("/api/perform_import", post(snapshots::perform_import))
         .route("/api/deploy2/wait_for_schema", post(push::wait_for_schema))
         .route("/api/deploy2/report_push_completed", post(push::report_push_completed))
         .route("/api/stream_function_logs", get(admin::stream_function_logs))

@@ -20,6 +20,7 @@ pub struct Facts<'a> {
 pub async fn query_deployment(
     runtime: &Runtime,
     name: &str,
+    snapshots: &crate::snapshots::Snapshots,
     admin: bool,
     path: &str,
     args: &Value,
@@ -29,6 +30,18 @@ pub async fn query_deployment(
         match kiln_runtime::normalize_path(path).as_str() {
             "_system/cli/tables:default" => return Ok(tables(d.store())),
             "_system/cli/tableData:default" => return table_data(d.store(), args).await,
+            "_system/cli/exports:getLatest" => return Ok(snapshots.latest_export()),
+            "_system/cli/queryImport:list" => return Ok(snapshots.imports()),
+            "_system/cli/queryImport:default" => {
+                let id = match args {
+                    Value::Object(o) => o.get("importId").and_then(Value::as_str),
+                    _ => None,
+                };
+                let Some(id) = id else {
+                    return Err(CallError::new("InvalidArgs", "_system/cli/queryImport takes { importId: string }"));
+                };
+                return Ok(snapshots.import(id));
+            }
             _ => {}
         }
     }

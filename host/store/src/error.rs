@@ -99,6 +99,9 @@ pub enum StoreError {
     /// An attempt to change `_id` or `_creationTime`.
     #[error("system field {0:?} cannot be modified")]
     SystemFieldModified(String),
+    /// A document with its own id (a snapshot import) that this deployment cannot take.
+    #[error("{0}")]
+    ImportConflict(String),
     /// A write that breaks the deployment's schema.
     #[error("document in table {table:?} does not match the schema: {message} (at `{path}`)")]
     SchemaViolation {
@@ -154,6 +157,7 @@ impl StoreError {
             StoreError::InvalidCursor(_) => "InvalidCursor",
             StoreError::DocumentNotFound(_) => "DocumentNotFound",
             StoreError::SystemFieldModified(_) => "SystemFieldModified",
+            StoreError::ImportConflict(_) => "ImportConflict",
             StoreError::SchemaViolation { .. } => "SchemaViolation",
             StoreError::InvalidSchema(_) => "InvalidSchema",
             StoreError::LimitExceeded { kind, .. } => match kind {

@@ -148,6 +148,14 @@ impl Inner {
         self.next_table_number.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Reserves table number `n` if no number at or above it was handed out yet (a lower one
+    /// may belong to a transaction still running).
+    pub(crate) fn reserve_table_number_exactly(&self, n: u32) -> bool {
+        self.next_table_number
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| (next <= n).then_some(n + 1))
+            .is_ok()
+    }
+
     pub(crate) fn reserve_index_id(&self) -> u32 {
         self.next_index_id.fetch_add(1, Ordering::Relaxed)
     }

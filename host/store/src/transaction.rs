@@ -446,6 +446,69 @@ impl Transaction {
         Ok(id)
     }
 
+    /// Inserts a document under its own id and creation time (a snapshot import, which keeps
+    /// both so that references between documents hold). The table is created with the id's
+    /// table number when it does not exist; refused with `ImportConflict` when the table has
+    /// another number, the number belongs to another table (or may), or the id exists.
+    pub async fn import_document(
+        &mut self,
+        table: &str,
+        id: DocumentId,
+        creation_time: f64,
+        fields: Object,
+    ) -> Result<()> {
+        self.check_writable()?;
+        check_table_name(table)?;
+        validate_user_fields(&fields)?;
+        if !(creation_time.is_finite() && creation_time > 0.0) {
+            return Err(StoreError::ImportConflict(format!(
+                "document {} has an invalid _creationTime {creation_time}",
+                id.encode()
+            )));
+        }
+        let meta = match self.table(table) {
+            Some(meta) if meta.number == id.table => meta,
+            Some(meta) => {
+                return Err(StoreError::ImportConflict(format!(
+                    "table {table:?} has number {} here and {} in the snapshot (document {}): import into a deployment where the table does not exist yet, or has the snapshot's number",
+                    meta.number.0,
+                    id.table.0,
+                    id.encode()
+                )));
+            }
+            None => {
+                let taken = self
+                    .catalog
+                    .table_by_number(id.table)
+                    .map(|t| t.name.clone())
+                    .or_else(|| self.new_tables.values().find(|t| t.number == id.table).map(|t| t.name.clone()));
+                if taken.is_some() || !self.inner.reserve_table_number_exactly(id.table.0) {
+                    return Err(StoreError::ImportConflict(format!(
+                        "table number {} of {table:?} is taken{} in this deployment",
+                        id.table.0,
+                        taken.map(|t| format!(" by {t:?}")).unwrap_or_default()
+                    )));
+                }
+                let meta = Arc::new(TableMeta::new(
+                    table,
+                    id.table,
+                    self.inner.reserve_index_id(),
+                    self.inner.reserve_index_id(),
+                ));
+                self.note_table_read(table);
+                self.new_tables.insert(table.to_owned(), meta.clone());
+                meta
+            }
+        };
+        if self.read_by_id(&meta, id).await?.is_some() {
+            return Err(StoreError::ImportConflict(format!("document {} exists already", id.encode())));
+        }
+        let doc = Document::new(id, creation_time, fields);
+        validate_document(&doc.value)?;
+        self.check_schema(&meta, &doc)?;
+        self.record_write(&meta, id, None, Some(Arc::new(doc)))
+    }
+
     /// Applies a patch (set fields, or remove them with `None`); returns the new document.
     pub async fn patch(&mut self, id: DocumentId, patch: Patch) -> Result<Arc<Document>> {
         self.check_writable()?;

@@ -129,6 +129,7 @@ pub struct Hub {
     next_watcher: AtomicU64,
     concurrency: usize,
     observer: Observer,
+    snapshots: Arc<crate::snapshots::Snapshots>,
 }
 
 impl Hub {
@@ -139,6 +140,7 @@ impl Hub {
         store: Arc<Store>,
         concurrency: usize,
         observer: Observer,
+        snapshots: Arc<crate::snapshots::Snapshots>,
     ) -> Hub {
         Hub {
             deployment: deployment.to_owned(),
@@ -152,6 +154,7 @@ impl Hub {
             next_watcher: AtomicU64::new(1),
             concurrency: concurrency.max(1),
             observer,
+            snapshots,
         }
     }
 
@@ -263,6 +266,7 @@ impl Hub {
             let outcome = crate::system::query_deployment(
                 &self.runtime,
                 &self.deployment,
+                &self.snapshots,
                 spec.caller.is_admin(),
                 &spec.path,
                 &args,

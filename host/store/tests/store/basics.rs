@@ -191,3 +191,48 @@ async fn system_tables_are_invisible_to_user_transactions() {
     let mut sys = store.begin_system();
     assert_eq!(sys.collect(Query::full_table_scan("_usage")).await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_documents_keep_their_ids_and_creation_times_or_are_refused_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config()).await;
+    let mut tx = store.begin();
+    let existing = tx.insert("people", obj(r#"{"name": "ada"}"#)).await.unwrap();
+    tx.commit().await.unwrap();
+    // A table the deployment does not have takes the snapshot's number; ids and times stay.
+    let id = DocumentId::new(kiln_value::TableNumber(40), kiln_value::InternalId::fresh());
+    let mut tx = store.begin();
+    tx.import_document("things", id, 1_600_000_000_000.25, obj(r#"{"n": {"$integer": "BwAAAAAAAAA="}}"#))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin();
+    let doc = tx.get(id).await.unwrap().unwrap();
+    assert_eq!(doc.value["_id"], Value::String(id.encode()));
+    assert_eq!(doc.value["_creationTime"], Value::Float64(1_600_000_000_000.25));
+    assert_eq!(doc.value["n"], Value::Int64(7));
+    // A new table after it gets a higher number than the imported one.
+    let later = tx.insert("later", obj(r#"{}"#)).await.unwrap();
+    assert!(later.table.0 > 40);
+    tx.commit().await.unwrap();
+
+    let refused = |e: kiln_store::StoreError| {
+        assert_eq!(e.code(), "ImportConflict", "{e}");
+        e.to_string()
+    };
+    let mut tx = store.begin();
+    // The same id again.
+    let e = tx.import_document("things", id, 1.0, obj("{}")).await.unwrap_err();
+    assert!(refused(e).contains("exists already"));
+    // A table that exists under another number.
+    let other = DocumentId::new(kiln_value::TableNumber(41), kiln_value::InternalId::fresh());
+    let e = tx.import_document("people", other, 1.0, obj("{}")).await.unwrap_err();
+    assert!(refused(e).contains("has number"));
+    // A number another table has.
+    let taken = DocumentId::new(existing.table, kiln_value::InternalId::fresh());
+    let e = tx.import_document("fresh", taken, 1.0, obj("{}")).await.unwrap_err();
+    assert!(refused(e).contains("taken by \"people\""));
+    // A creation time that is not one.
+    let e = tx.import_document("things", other, f64::NAN, obj("{}")).await.unwrap_err();
+    assert!(refused(e).contains("_creationTime"));
+}

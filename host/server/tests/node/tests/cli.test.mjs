@@ -2,7 +2,8 @@
 // to a hosted error tracker) against a real `kiln serve`: what works of it so far.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { ConvexHttpClient } from "convex/browser";
 import { convex, ok, project, selfHosted, watch } from "./cli.mjs";
 import { deploy, kiln, startServer, testApp, waitFor } from "./helpers.mjs";
@@ -135,6 +136,71 @@ test("convex run (mutations, queries, --watch, the functions listed for a wrong 
     } finally {
       watcher.kill();
     }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await server.stop();
+  }
+});
+
+test("convex export then convex import into a fresh deployment yields identical documents", async () => {
+  const server = await startServer();
+  const [url, key] = selfHosted(server.output());
+  const created = kiln("deployments", "create", "restored", "--url", server.url, "--admin-key", server.adminKey);
+  assert.equal(created.status, 0, created.stderr);
+  const [copyUrl, copyKey] = selfHosted(created.stdout);
+  const dir = project();
+  const zip = join(dir, "snapshot.zip");
+  try {
+    deploy(url, key, testApp);
+    deploy(copyUrl, copyKey, testApp);
+    const client = new ConvexHttpClient(url);
+    const values = [
+      { label: "int", value: 2n ** 62n + 1n },
+      { label: "bytes", value: new Uint8Array([0, 1, 254, 255]).buffer },
+      { label: "numeric string", value: "12345" },
+      { label: "specials", value: [Number.POSITIVE_INFINITY, -0, Number.NaN, -5n] },
+      { label: "nested", value: { a: { b: [1.5, "x", null, true] }, n: 7n } },
+    ];
+    for (const v of values) await client.mutation("values:store", v);
+    await client.mutation("counter:increment", { name: "c" });
+
+    ok(convex(dir, url, key, "export", "--path", zip), "export");
+    const imported = convex(dir, copyUrl, copyKey, "import", zip, "-y");
+    ok(imported, "import");
+    assert.match(imported.stderr, /Added 6 documents/);
+
+    // Every document, with its _id and _creationTime, as the CLI prints them.
+    for (const table of ["values", "counters"]) {
+      const dump = (u, k) => ok(convex(dir, u, k, "data", table, "--format", "jsonl", "--limit", "100"), "data");
+      assert.equal(dump(copyUrl, copyKey), dump(url, key), table);
+    }
+    // And as values through the official client (int64, bytes, -0 and NaN kept).
+    const copy = new ConvexHttpClient(copyUrl);
+    const [int] = await copy.query("values:byLabel", { label: "int" });
+    assert.equal(int, 2n ** 62n + 1n);
+    const [bytes] = await copy.query("values:byLabel", { label: "bytes" });
+    assert.deepEqual([...new Uint8Array(bytes)], [0, 1, 254, 255]);
+    assert.equal((await copy.query("values:byLabel", { label: "numeric string" }))[0], "12345");
+    const [specials] = await copy.query("values:byLabel", { label: "specials" });
+    assert.equal(specials[0], Number.POSITIVE_INFINITY);
+    assert.ok(Object.is(specials[1], -0));
+    assert.ok(Number.isNaN(specials[2]));
+    assert.equal(specials[3], -5n);
+
+    // Into a deployment that has the documents: refused, unless --replace.
+    const again = convex(dir, copyUrl, copyKey, "import", zip, "-y");
+    assert.notEqual(again.status, 0);
+    assert.match(again.stderr, /ImportConflict: table "(counters|values)" has \d+ documents/);
+    await copy.mutation("values:store", { label: "extra", value: 1 });
+    ok(convex(dir, copyUrl, copyKey, "import", zip, "-y", "--replace"), "import --replace");
+    assert.deepEqual(await copy.query("values:byLabel", { label: "extra" }), []);
+    assert.equal((await copy.query("values:byLabel", { label: "int" }))[0], 2n ** 62n + 1n);
+    // What Kiln does not import yet is refused by name.
+    const csv = join(dir, "rows.csv");
+    writeFileSync(csv, "a,b\n1,2\n");
+    const table = convex(dir, copyUrl, copyKey, "import", "--table", "rows", csv, "-y");
+    assert.notEqual(table.status, 0);
+    assert.match(table.stderr, /importing csv files is not supported yet/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
     await server.stop();
