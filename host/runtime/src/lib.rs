@@ -356,6 +356,17 @@ impl Runtime {
         Ok(())
     }
 
+    /// Compiles `component` and discards the result, past the compiled-component cache: what
+    /// it fills is cranelift's per-function cache (`RuntimeConfig::compile_cache_bytes`), so
+    /// that a component sharing its functions (any JavaScript app) compiles mostly from there.
+    pub async fn warm_compiler(&self, component: Vec<u8>) -> Result<()> {
+        let engine = self.engine().clone();
+        tokio::task::spawn_blocking(move || wasmtime::component::Component::new(&engine, &component).map(drop))
+            .await
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+    }
+
     /// Compiles (or loads from the cache), checks and analyzes a component without deploying
     /// it; a component some deployment already runs (or a holder of an earlier result keeps)
     /// is shared, not prepared again.

@@ -275,6 +275,40 @@ fn preinitializer() -> Result<&'static kiln_guest_sdk::preinit::Preinitializer> 
         .map_err(|e| ServerError::Internal(e.clone()))
 }
 
+/// Prepares this process for pushes, once: compiles the runtime for pre-initializing, then
+/// an empty app's component, whose functions (nearly all of any JavaScript app's) fill
+/// cranelift's cache (see `Runtime::warm_compiler`). `get_config_hashes` starts it while the
+/// CLI bundles; a push's compile waits for it rather than compiling the same functions beside it.
+async fn warm_up(runtime: Arc<kiln_runtime::Runtime>) {
+    static WARM: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    WARM.get_or_init(|| async move {
+        let started = Instant::now();
+        let empty = tokio::task::spawn_blocking(|| {
+            let set = module_set::module_set(
+                &[SetModule { path: "warm_up.js", source: "export {};" }],
+                None,
+                &BTreeMap::new(),
+            )?;
+            Ok::<_, ServerError>(kiln_guest_sdk::module_set_component(
+                preinitializer()?,
+                &set.bytes,
+                kiln_guest_sdk::preinit::Bounds::default(),
+            )?)
+        })
+        .await;
+        let warmed = match empty {
+            Ok(Ok(component)) => runtime.warm_compiler(component).await.map_err(ServerError::from),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(ServerError::Internal(e.to_string())),
+        };
+        match warmed {
+            Ok(()) => tracing::info!(ms = started.elapsed().as_millis() as u64, "ready for pushes"),
+            Err(e) => tracing::warn!(error = %e, "preparing for pushes failed"),
+        }
+    })
+    .await;
+}
+
 /// The push's modules, with the unchanged ones taken from the last push; refuses what Kiln
 /// does not run (components, Node.js modules) by name.
 fn modules_of(state: &AppState, deployment: &str, request: &PushRequest) -> Result<Vec<ModuleConfig>> {
@@ -364,6 +398,7 @@ async fn build(state: &Arc<AppState>, deployment: &str, request: &PushRequest) -
     if let Some(build) = reuse(&dep) {
         return Ok(build);
     }
+    warm_up(state.runtime.clone()).await;
     let _permit = state.compiles.acquire().await.map_err(|_| ServerError::Internal("the server is stopping".into()))?;
     let span = tracing::info_span!("push_compile", deployment, modules = modules.len(), bytes = size);
     let started = Instant::now();
@@ -494,13 +529,8 @@ pub async fn get_config_hashes(
     headers: HeaderMap,
 ) -> Result<Response> {
     require_admin(&state, &d, &headers)?;
-    // A push follows (the CLI bundles meanwhile): compile the runtime for it now if this
-    // process has not yet.
-    tokio::task::spawn_blocking(|| {
-        if let Err(e) = preinitializer() {
-            tracing::warn!(error = %e, "preparing the runtime for pushes failed");
-        }
-    });
+    // A push follows (the CLI bundles meanwhile): the first in this process prepares for it.
+    tokio::spawn(warm_up(state.runtime.clone()));
     let last = pushed(&state, &d);
     let hashes: Vec<Json> = last
         .modules

@@ -11,14 +11,15 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const repoRoot = resolve(here, "../../../../..");
 export const testApp = resolve(here, "../app");
 export const chatApp = join(repoRoot, "examples/chat");
-export const kilnBin = process.env.KILN_BIN ?? join(repoRoot, "target/debug/kiln");
+/** The `kiln` binary: KILN_BIN (read when used), or the debug build. */
+export const kilnBin = () => process.env.KILN_BIN ?? join(repoRoot, "target/debug/kiln");
 
 /** Starts `kiln serve` on a free port with a fresh data directory. */
 export async function startServer({ staticDir, env = {} } = {}) {
   const data = mkdtempSync(join(tmpdir(), "kiln-e2e-"));
   const args = ["serve", "--data", data, "--listen", "127.0.0.1:0"];
   if (staticDir) args.push("--static", staticDir);
-  const child = spawn(kilnBin, args, {
+  const child = spawn(kilnBin(), args, {
     env: { ...process.env, KILN_LOG: process.env.KILN_LOG ?? "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -42,6 +43,7 @@ export async function startServer({ staticDir, env = {} } = {}) {
     url,
     adminKey,
     data,
+    pid: child.pid,
     output: () => output,
     async stop() {
       if (child.exitCode === null) {
@@ -58,7 +60,7 @@ export async function startServer({ staticDir, env = {} } = {}) {
 
 /** Runs the kiln CLI; returns {status, stdout, stderr}. */
 export function kiln(...args) {
-  const r = spawnSync(kilnBin, args, { encoding: "utf8", timeout: 300_000 });
+  const r = spawnSync(kilnBin(), args, { encoding: "utf8", timeout: 300_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
