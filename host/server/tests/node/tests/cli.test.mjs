@@ -68,32 +68,41 @@ test("convex env set, get, list and remove, at the root and under /d/<name>; fun
   }
 });
 
-test("convex logs streams every call's console lines and errors", async () => {
+test("convex logs streams every call's console lines and errors, at the root and under /d/<name>", async () => {
   const server = await startServer();
   const dir = project();
-  const [url, key] = selfHosted(server.output());
-  const watcher = watch(dir, url, key, "logs");
-  const out = watcher.out;
+  const created = kiln("deployments", "create", "noisy", "--url", server.url, "--admin-key", server.adminKey);
+  assert.equal(created.status, 0, created.stderr);
+  const watchers = [];
   try {
-    deploy(url, key, testApp);
-    const client = new ConvexHttpClient(url);
-    await waitFor(() => out().includes("Watching logs"), 60_000, "the CLI watching");
-    // Calls before the watcher's first poll are history, which `logs` leaves out by default:
-    // keep calling until one shows.
-    await waitFor(
-      async () => {
-        await client.mutation("values:shout", { text: "hello" });
-        await new Promise((r) => setTimeout(r, 200));
-        return out().includes("shout: hello");
-      },
-      60_000,
-      "a call's console.log in `convex logs`",
-    );
-    assert.match(out(), /\[WARN\] careful: 5|careful: 5/);
-    await assert.rejects(client.mutation("values:fail", {}));
-    await waitFor(() => /values:fail/.test(out()) && /BROKEN|ConvexError/.test(out()), 30_000, "the failure in `convex logs`");
+    for (const [url, key] of [selfHosted(server.output()), selfHosted(created.stdout)]) {
+      const watcher = watch(dir, url, key, "logs");
+      watchers.push(watcher);
+      const out = watcher.out;
+      deploy(url, key, testApp);
+      const client = new ConvexHttpClient(url);
+      await waitFor(() => out().includes("Watching logs"), 60_000, "the CLI watching");
+      // Calls before the watcher's first poll are history, which `logs` leaves out by default:
+      // keep calling until one shows.
+      const text = `hello ${url}`;
+      await waitFor(
+        async () => {
+          await client.mutation("values:shout", { text });
+          await new Promise((r) => setTimeout(r, 200));
+          return out().includes(`shout: ${text}`);
+        },
+        60_000,
+        "a call's console.log in `convex logs`",
+      );
+      assert.match(out(), /\[WARN\] careful: \d+|careful: \d+/);
+      await assert.rejects(client.mutation("values:fail", {}));
+      await waitFor(() => /values:fail/.test(out()) && /BROKEN|ConvexError/.test(out()), 30_000, "the failure in `convex logs`");
+    }
+    // Each watcher saw its own deployment's calls only.
+    assert.doesNotMatch(watchers[0].out(), /\/d\/noisy/);
+    assert.doesNotMatch(watchers[1].out(), new RegExp(`shout: hello ${server.url}\\b(?!/d)`));
   } finally {
-    watcher.kill();
+    for (const w of watchers) w.kill();
     rmSync(dir, { recursive: true, force: true });
     await server.stop();
   }
