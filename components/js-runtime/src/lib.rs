@@ -11,6 +11,7 @@
 //! the world only through the WIT imports (`syscall.rs`); WASI calls made by libc are served by
 //! `kiln-wasi-stubs` from the same per-call state.
 
+mod crypto;
 mod heap_pages;
 mod syscall;
 mod values;
@@ -393,6 +394,8 @@ fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
     native.set("dbInsert", Func::from(syscall::db_insert))?;
     native.set("dbPatch", Func::from(syscall::db_patch))?;
     native.set("queryTake", Func::from(syscall::query_take))?;
+    native.set("digest", Func::from(crypto::digest))?;
+    native.set("hmac", Func::from(crypto::hmac))?;
     native.set("syscall", Func::from(|op: String, args: String| syscall::call(&op, &args)))?;
     native.set("args", Func::from(args_value))?;
     native.set("argsJson", Func::from(args_json))?;

@@ -317,6 +317,120 @@
     },
   });
 
+  // ---- crypto.subtle: digests and HMAC (natives in crypto.rs) -------------------------------
+  class DOMException extends Error {
+    constructor(message = "", name = "Error") {
+      super(message);
+      this.name = name;
+    }
+  }
+  if (typeof globalThis.DOMException === "undefined") define("DOMException", DOMException);
+  const notSupported = (what) => new DOMException(`${what} is not supported yet`, "NotSupportedError");
+  const HASHES = ["SHA-1", "SHA-256", "SHA-384", "SHA-512"];
+  const algorithmName = (algorithm) => String(typeof algorithm === "string" ? algorithm : algorithm?.name);
+  const hashOf = (algorithm) => {
+    const name = algorithmName(algorithm).toUpperCase();
+    if (!HASHES.includes(name)) throw notSupported(`the hash ${algorithmName(algorithm)}`);
+    return name;
+  };
+  // A copy of a BufferSource's bytes as an ArrayBuffer.
+  const bufferOf = (data, what) => {
+    if (data instanceof ArrayBuffer) return data.slice(0);
+    if (ArrayBuffer.isView(data)) return data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
+    throw new TypeError(`${what} must be an ArrayBuffer or a view of one`);
+  };
+  const base64url = {
+    decode: (s) => Uint8Array.from(atob(String(s).replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(String(s).length / 4) * 4, "=")), (c) => c.charCodeAt(0)).buffer,
+    encode: (buffer) => btoa(String.fromCharCode(...new Uint8Array(buffer))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, ""),
+  };
+  const secrets = new WeakMap();
+  class CryptoKey {
+    constructor(secret, algorithm, extractable, usages) {
+      secrets.set(this, secret);
+      this.type = "secret";
+      this.extractable = extractable;
+      this.algorithm = algorithm;
+      this.usages = usages;
+      Object.freeze(this);
+    }
+  }
+  define("CryptoKey", CryptoKey);
+  const hmacKey = (algorithm, secret, extractable, usages) => {
+    const hash = hashOf(algorithm.hash);
+    for (const u of usages) {
+      if (u !== "sign" && u !== "verify") throw new SyntaxError(`an HMAC key cannot be used to ${u}`);
+    }
+    return new CryptoKey(secret, { name: "HMAC", hash: { name: hash }, length: secret.byteLength * 8 }, !!extractable, [...usages]);
+  };
+  const keySecret = (key, usage) => {
+    const secret = secrets.get(key);
+    if (secret === undefined) throw new TypeError("not a CryptoKey");
+    if (!key.usages.includes(usage)) throw new DOMException(`the key may not be used to ${usage}`, "InvalidAccessError");
+    return secret;
+  };
+  const isHmac = (algorithm, what) => {
+    if (algorithmName(algorithm).toUpperCase() !== "HMAC") throw notSupported(`${what} with ${algorithmName(algorithm)}`);
+  };
+  // Each method answers with a promise, rejected on bad input, as Web Crypto does.
+  const promised = (f) => (...args) => {
+    try {
+      return resolved(f(...args));
+    } catch (e) {
+      return rejected(e);
+    }
+  };
+  const subtle = {
+    digest: promised((algorithm, data) => native.digest(hashOf(algorithm), bufferOf(data, "data"))),
+    importKey: promised((format, keyData, algorithm, extractable, usages) => {
+      isHmac(algorithm, "crypto.subtle.importKey");
+      if (format === "raw") return hmacKey(algorithm, bufferOf(keyData, "keyData"), extractable, usages);
+      if (format === "jwk") {
+        if (keyData?.kty !== "oct" || typeof keyData.k !== "string") throw new DataError("an HMAC JWK needs kty \"oct\" and k");
+        return hmacKey(algorithm, base64url.decode(keyData.k), extractable, usages);
+      }
+      throw notSupported(`crypto.subtle.importKey of format ${format}`);
+    }),
+    exportKey: promised((format, key) => {
+      const secret = secrets.get(key);
+      if (secret === undefined) throw new TypeError("not a CryptoKey");
+      if (!key.extractable) throw new DOMException("the key is not extractable", "InvalidAccessError");
+      if (format === "raw") return secret.slice(0);
+      if (format === "jwk") {
+        const bits = key.algorithm.hash.name.slice(4);
+        return { kty: "oct", k: base64url.encode(secret), alg: `HS${bits}`, ext: true, key_ops: [...key.usages] };
+      }
+      throw notSupported(`crypto.subtle.exportKey of format ${format}`);
+    }),
+    generateKey: promised((algorithm, extractable, usages) => {
+      isHmac(algorithm, "crypto.subtle.generateKey");
+      const hash = hashOf(algorithm.hash);
+      const bits = algorithm.length ?? (hash === "SHA-384" || hash === "SHA-512" ? 1024 : 512);
+      return hmacKey(algorithm, randomBytes(Math.ceil(bits / 8)).buffer, extractable, usages);
+    }),
+    sign: promised((algorithm, key, data) => {
+      isHmac(algorithm, "crypto.subtle.sign");
+      return native.hmac(key.algorithm.hash.name, keySecret(key, "sign"), bufferOf(data, "data"));
+    }),
+    verify: promised((algorithm, key, signature, data) => {
+      isHmac(algorithm, "crypto.subtle.verify");
+      const expected = new Uint8Array(native.hmac(key.algorithm.hash.name, keySecret(key, "verify"), bufferOf(data, "data")));
+      const given = new Uint8Array(bufferOf(signature, "signature"));
+      // Every byte is compared, whatever differs first.
+      let diff = expected.length ^ given.length;
+      for (let i = 0; i < expected.length; i++) diff |= expected[i] ^ (given[i] ?? 0);
+      return diff === 0;
+    }),
+  };
+  class DataError extends DOMException {
+    constructor(message) {
+      super(message, "DataError");
+    }
+  }
+  for (const name of ["encrypt", "decrypt", "deriveBits", "deriveKey", "wrapKey", "unwrapKey"]) {
+    subtle[name] = () => rejected(notSupported(`crypto.subtle.${name}`));
+  }
+  Object.defineProperty(globalThis.crypto, "subtle", { value: Object.freeze(subtle), enumerable: true });
+
   // ---- structuredClone -------------------------------------------------------------------
   define("structuredClone", function structuredClone(value) {
     const seen = new Map();

@@ -404,6 +404,44 @@ fn web_globals_and_timers() {
 }
 
 #[test]
+fn crypto_subtle_digests_and_hmac_match_published_vectors() {
+    let h = harness("fixtures/probe");
+    let v = h.call(Query, "probe:subtle", &args("{}")).value();
+    let o = v.as_object().unwrap();
+    let text = |v: &Value| v.as_str().unwrap().to_owned();
+    let digests = o["digests"].as_object().unwrap();
+    // FIPS 180 examples: the digests of "abc".
+    assert_eq!(text(&digests["SHA-1"]), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    assert_eq!(text(&digests["SHA-256"]), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        text(&digests["SHA-384"]),
+        "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7"
+    );
+    assert_eq!(
+        text(&digests["SHA-512"]),
+        "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
+    );
+    // RFC 4231, test case 2.
+    assert_eq!(text(&o["hmac256"]), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    assert_eq!(
+        text(&o["hmac512"]),
+        "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
+    );
+    assert_eq!(o["verifies"], Value::Boolean(true));
+    assert_eq!(o["tamperedVerifies"], Value::Boolean(false));
+    let jwk = o["jwk"].as_object().unwrap();
+    assert_eq!(
+        (text(&jwk["kty"]), text(&jwk["k"]), text(&jwk["alg"])),
+        ("oct".into(), "SmVmZQ".into(), "HS256".into())
+    );
+    assert!(text(&o["md5"]).starts_with("NotSupportedError: the hash MD5"), "{:?}", o["md5"]);
+    assert!(text(&o["ecdsa"]).starts_with("NotSupportedError: crypto.subtle.importKey with ECDSA"), "{:?}", o["ecdsa"]);
+    assert!(text(&o["encrypt"]).starts_with("NotSupportedError: crypto.subtle.encrypt"), "{:?}", o["encrypt"]);
+    assert!(text(&o["wrongUse"]).starts_with("InvalidAccessError"), "{:?}", o["wrongUse"]);
+    assert!(text(&o["notExtractable"]).starts_with("InvalidAccessError"), "{:?}", o["notExtractable"]);
+}
+
+#[test]
 fn components_import_only_world_app() {
     for app in ["chat", "bank"] {
         let compiled = load_component(engine(), &built(app).component, Some(&cache_dir())).unwrap();
