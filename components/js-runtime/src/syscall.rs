@@ -283,18 +283,11 @@ fn function_name(op: &str, args: &Json) -> Result<String, Error> {
 
 fn dispatch(op: &str, args: &Json) -> Result<Json, Error> {
     Ok(match op {
-        "1.0/get" => {
-            if args.get("isSystem").and_then(Json::as_bool) == Some(true) {
-                return Err(error(
-                    "UnsupportedSyscall",
-                    format!("{op}: system tables are not supported by this version of Kiln"),
-                ));
-            }
-            match get_document(str_arg(op, args, "id")?, opt_str_arg(args, "table").as_deref())? {
-                Some(doc) => to_convex_json(&doc),
-                None => Json::Null,
-            }
-        }
+        // `db.system.get`: the host lets apps read the system tables Convex exposes.
+        "1.0/get" => match get_document(str_arg(op, args, "id")?, opt_str_arg(args, "table").as_deref())? {
+            Some(doc) => to_convex_json(&doc),
+            None => Json::Null,
+        },
         "1.0/insert" => {
             let id = db::insert(str_arg(op, args, "table")?, &value_arg(op, args, "value")?)?;
             json!({ "_id": id })

@@ -268,13 +268,6 @@ import { internalMutation, query } from "./_generated/server";
 export const list = query({ args: {}, handler: async () => [] });
 export const tick = internalMutation({ args: {}, handler: async () => null });
 "#;
-    const CRONS: &str = r#"
-import { cronJobs } from "convex/server";
-import { internal } from "./_generated/api";
-const crons = cronJobs();
-crons.interval("tick", { minutes: 5 }, internal.messages.tick, {});
-export default crons;
-"#;
     const HTTP: &str = r#"
 import { httpRouter } from "convex/server";
 import { httpAction } from "./_generated/server";
@@ -303,7 +296,6 @@ export default defineApp();
 "#;
     const NODE: &str = "// Runs in Node.js on Convex.\n\"use node\";\nimport { action } from \"./_generated/server\";\nexport const go = action({ args: {}, handler: async () => 1 });\n";
     let cases = [
-        ("crons.ts", CRONS, "cron jobs (convex/crons.ts)"),
         ("http.ts", HTTP, "HTTP actions (the routes of convex/http.ts)"),
         ("schema.ts", SEARCH, "search index messages.search_body (convex/schema.ts)"),
         ("schema.ts", VECTOR, "vector index messages.by_embedding (convex/schema.ts)"),
@@ -318,11 +310,20 @@ export default defineApp();
         assert_eq!(err.code(), "UnsupportedFeature", "{file}: {err}");
         assert!(err.to_string().contains(named), "{file}: {err}");
     }
-    // The same app without them builds; an empty cron table declares nothing.
-    let empty_crons = "import { cronJobs } from \"convex/server\";\nexport default cronJobs();\n";
-    let app = temp_app(&[("messages.ts", FUNCTIONS), ("crons.ts", empty_crons)]);
+    // The same app without them builds, cron jobs included (Kiln runs them).
+    const CRONS: &str = r#"
+import { cronJobs } from "convex/server";
+import { internal } from "./_generated/api";
+const crons = cronJobs();
+crons.interval("tick", { minutes: 5 }, internal.messages.tick, {});
+export default crons;
+"#;
+    let app = temp_app(&[("messages.ts", FUNCTIONS), ("crons.ts", CRONS)]);
     let out = build_app(app.path(), &BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() }).unwrap();
     assert!(out.manifest.function("messages:list").is_some());
+    let tick = &out.manifest.crons.as_ref().expect("the manifest holds the cron jobs")["tick"];
+    assert_eq!(tick["name"], "messages:tick");
+    assert_eq!(tick["schedule"], serde_json::json!({"type": "interval", "minutes": 5}));
 }
 
 #[test]

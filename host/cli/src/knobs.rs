@@ -53,6 +53,7 @@ fn store_config() -> StoreConfig {
 fn runtime_config() -> RuntimeConfig {
     let mut c = RuntimeConfig { store: store_config(), ..RuntimeConfig::default() };
     set_secs("KILN_MUTATION_RECORD_RETENTION_SECS", &mut c.mutation_record_retention);
+    set_secs("KILN_SCHEDULED_RETENTION_SECS", &mut c.scheduled_retention);
     set_usize("KILN_QUERY_CACHE_BYTES", &mut c.query_cache_bytes);
     set_usize("KILN_COMPILE_CACHE_BYTES", &mut c.compile_cache_bytes);
     if let Some(n) = env_u64("KILN_HEAP_TOUCH_FAULTS") {

@@ -120,11 +120,6 @@ impl Manifest {
     /// or indexes would silently never run.
     pub fn unsupported(&self) -> Vec<String> {
         let mut found = Vec::new();
-        if let Some(crons) = &self.crons
-            && crons.as_object().is_none_or(|jobs| !jobs.is_empty())
-        {
-            found.push("cron jobs (convex/crons.ts) are not supported yet".to_owned());
-        }
         if !self.http_routes.is_empty() {
             found.push("HTTP actions (the routes of convex/http.ts) are not supported yet".to_owned());
         } else if let Some(f) = self.functions.iter().find(|f| f.kind == "httpAction") {

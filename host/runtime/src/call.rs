@@ -302,6 +302,7 @@ fn new_ctx(
         depth,
         nested_fuel: 0,
         journal: Journal::default(),
+        scheduled: Default::default(),
     }
 }
 
@@ -350,7 +351,9 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
             // A query's pages read by the queries it calls are part of its journal.
             let mut callee = child(ctx.txn.take(), ctx.now_ms, seed);
             callee.journal = std::mem::take(&mut ctx.journal);
+            callee.scheduled = ctx.scheduled;
             let mut ex = execute(callee, args, "", fuel);
+            ctx.scheduled = ex.ctx.scheduled;
             ctx.txn = ex.ctx.txn.take();
             ctx.journal = std::mem::take(&mut ex.ctx.journal);
             if ctx.fatal.is_none() {
@@ -366,7 +369,9 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
             let (mut attempt, started) = (0, Instant::now());
             loop {
                 let (txn, now, seed) = snapshot_stamp(&dep, &path, &args, dep.store.begin());
-                let mut ex = execute(child(txn, now, seed), args.clone(), "", fuel);
+                let mut callee = child(txn, now, seed);
+                callee.scheduled = ctx.scheduled;
+                let mut ex = execute(callee, args.clone(), "", fuel);
                 let retry = match (&ex.outcome, ex.ctx.txn.take()) {
                     (Ok(_), Some(txn)) => shared.handle.block_on(txn.commit()).err(),
                     (_, txn) => {
@@ -383,7 +388,12 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
                     }
                 };
                 match retry {
-                    None => break ex,
+                    None => {
+                        if ex.outcome.is_ok() {
+                            ctx.scheduled = ex.ctx.scheduled;
+                        }
+                        break ex;
+                    }
                     Some(e)
                         if e.is_retryable()
                             && attempt < limits.mutation_retries
@@ -402,7 +412,11 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
             }
         }
         (FunctionKind::Action, FunctionKind::Action) => {
-            execute(child(None, wall_clock_ms(), crate::secret::os_random_u64()), args, "", fuel)
+            let mut callee = child(None, wall_clock_ms(), crate::secret::os_random_u64());
+            callee.scheduled = ctx.scheduled;
+            let ex = execute(callee, args, "", fuel);
+            ctx.scheduled = ex.ctx.scheduled;
+            ex
         }
         (caller, callee) => {
             return Err(wit_error("NotAllowed", format!("{}: a {caller:?} cannot call a {callee:?}", ctx.path)));
@@ -565,6 +579,7 @@ async fn run(
             let (kind, identity, args, request_id) =
                 (req.kind, req.identity.clone(), args.clone(), req.request_id.clone());
             let idempotency_key = req.idempotency_key.clone();
+            let scheduled_job = req.scheduled_job;
             let journal = match kind {
                 FunctionKind::Query => Journal::for_query(req.journal.as_deref())?,
                 _ => Journal::default(),
@@ -592,6 +607,14 @@ async fn run(
                         Ok(()) => ex.recorded = true,
                         Err(e) => ex.outcome = Err(e),
                     }
+                }
+                // A scheduled mutation's job is marked done in its own transaction, which then
+                // commits only while the job is still pending: it runs exactly once.
+                if let (Some(job), Ok(_), Some(txn)) = (scheduled_job, &ex.outcome, ex.ctx.txn.as_mut())
+                    && kind == FunctionKind::Mutation
+                    && let Err(e) = shared.handle.block_on(crate::scheduler::complete(txn, job))
+                {
+                    ex.outcome = Err(e);
                 }
                 (ex, spent)
             }

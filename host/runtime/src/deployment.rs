@@ -97,6 +97,8 @@ pub struct Deployment {
     /// retry waits for the retries before it on the same documents to be validated instead of
     /// running beside them and conflicting again.
     pub(crate) turns: Box<[Arc<tokio::sync::Mutex<()>>]>,
+    /// The scheduler's executor task (see `scheduler.rs`), aborted when the runtime stops.
+    pub(crate) executor: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Deployment {

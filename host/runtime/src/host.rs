@@ -124,6 +124,8 @@ pub(crate) struct HostCtx {
     pub nested_fuel: u64,
     /// Where this query's pages ended before, and end now.
     pub journal: Journal,
+    /// What this call (with the calls it made) has scheduled, for the scheduler's limits.
+    pub scheduled: crate::scheduler::Scheduled,
 }
 
 pub(crate) fn wit_error(code: &str, message: impl Into<String>) -> WitError {
@@ -156,6 +158,7 @@ impl HostCtx {
             depth: self.depth,
             nested_fuel: 0,
             journal: Journal::default(),
+            scheduled: Default::default(),
         };
         std::mem::replace(self, empty)
     }
@@ -349,13 +352,48 @@ impl auth::Host for HostCtx {
     }
 }
 
+fn call_error(e: CallError) -> WitError {
+    WitError { code: e.code, message: e.message, data: e.data.as_ref().map(to_msgpack) }
+}
+
 impl scheduler::Host for HostCtx {
-    fn schedule(&mut self, _name: String, _args: Vec<u8>, _ts_ms: f64) -> Result<String, WitError> {
-        Err(not_supported("scheduling functions"))
+    fn schedule(&mut self, name: String, args: Vec<u8>, ts_ms: f64) -> Result<String, WitError> {
+        if self.kind == FunctionKind::Query {
+            return Err(wit_error("NotAllowed", format!("{}: queries cannot schedule functions", self.path)));
+        }
+        let path = crate::normalize_path(&name);
+        let args = from_msgpack(&args).map_err(|e| wit_error(e.code(), format!("{}: {e}", self.path)))?;
+        let mut so_far = self.scheduled;
+        crate::scheduler::check(&self.deployment, &self.version, &mut so_far, &path, &args, ts_ms)
+            .map_err(call_error)?;
+        let handle = self.shared.handle.clone();
+        let id = match self.txn.as_mut() {
+            Some(txn) => {
+                let result = handle.block_on(crate::scheduler::schedule(txn, &path, args, ts_ms));
+                result.map_err(|e| self.store_error(e))?
+            }
+            None => {
+                let store = self.deployment.store.clone();
+                handle.block_on(crate::scheduler::schedule_now(&store, &path, args, ts_ms)).map_err(call_error)?
+            }
+        };
+        self.scheduled = so_far;
+        Ok(id.encode())
     }
 
-    fn cancel(&mut self, _id: String) -> Result<(), WitError> {
-        Err(not_supported("scheduling functions"))
+    fn cancel(&mut self, id: String) -> Result<(), WitError> {
+        if self.kind == FunctionKind::Query {
+            return Err(wit_error("NotAllowed", format!("{}: queries cannot cancel scheduled functions", self.path)));
+        }
+        let id = DocumentId::decode(&id).map_err(|e| wit_error(e.code(), format!("{}: {e}", self.path)))?;
+        let handle = self.shared.handle.clone();
+        match self.txn.as_mut() {
+            Some(txn) => handle.block_on(crate::scheduler::cancel(txn, id)).map_err(call_error),
+            None => {
+                let store = self.deployment.store.clone();
+                handle.block_on(crate::scheduler::cancel_now(&store, id)).map_err(call_error)
+            }
+        }
     }
 }
 

@@ -60,6 +60,9 @@ pub struct RuntimeConfig {
     /// How long idempotency records of mutations are kept (`KILN_MUTATION_RECORD_RETENTION_SECS`,
     /// default one hour): a client resending a mutation later than this may apply it twice.
     pub mutation_record_retention: Duration,
+    /// How long finished scheduled functions stay in `_scheduled_functions`
+    /// (`KILN_SCHEDULED_RETENTION_SECS`, default 7 days, as Convex keeps them).
+    pub scheduled_retention: Duration,
     /// Whether guests are metered in fuel (fuel limits and usage need it; turning it off
     /// exists to measure its cost).
     pub meter_fuel: bool,
@@ -98,6 +101,7 @@ impl Default for RuntimeConfig {
             heap_touch_faults: 8,
             usage_flush_interval: Duration::from_secs(2),
             mutation_record_retention: Duration::from_secs(3600),
+            scheduled_retention: Duration::from_secs(7 * 24 * 3600),
             meter_fuel: true,
             query_cache_bytes: 32 << 20,
             perf_map: false,
@@ -138,6 +142,12 @@ pub struct Limits {
     pub log_line_bytes: usize,
     /// Largest argument or result, in accounted bytes.
     pub max_value_bytes: usize,
+    /// Functions one call (with the calls it makes) may schedule (Convex: 1,000).
+    pub max_scheduled_per_call: usize,
+    /// Bytes of arguments one call may pass to the functions it schedules (Convex: 8 MiB).
+    pub max_scheduled_args_bytes: usize,
+    /// Scheduled functions of this deployment the scheduler runs at once.
+    pub scheduler_concurrency: usize,
 }
 
 impl Default for Limits {
@@ -156,6 +166,9 @@ impl Default for Limits {
             log_lines: 256,
             log_line_bytes: 4096,
             max_value_bytes: kiln_value::limits::MAX_VALUE_SIZE,
+            max_scheduled_per_call: 1000,
+            max_scheduled_args_bytes: 8 << 20,
+            scheduler_concurrency: 32,
         }
     }
 }

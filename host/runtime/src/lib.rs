@@ -8,6 +8,7 @@
 //! actions). Every call is metered.
 
 mod call;
+mod crons;
 mod deployment;
 mod engine;
 pub mod error;
@@ -21,6 +22,7 @@ mod metering;
 mod permits;
 mod pool;
 mod query_cache;
+mod scheduler;
 mod secret;
 
 use std::collections::HashMap;
@@ -113,6 +115,9 @@ pub struct CallRequest {
     /// Queries only: the journal of an earlier run of this query (see [`CallOutcome::journal`]);
     /// its pages end where they ended then.
     pub journal: Option<String>,
+    /// Mutations only: the scheduled job this call runs; it is marked done in the mutation's
+    /// own transaction, which commits only while the job is still pending.
+    pub scheduled_job: Option<kiln_value::DocumentId>,
 }
 
 impl CallRequest {
@@ -130,8 +135,52 @@ impl CallRequest {
             idempotency_fresh: false,
             cacheable: false,
             journal: None,
+            scheduled_job: None,
         }
     }
+}
+
+/// A call the runtime made on its own (a scheduled function), reported to whoever listens
+/// ([`Runtime::background_calls`]) since no client receives its outcome.
+#[derive(Clone, Debug)]
+pub struct BackgroundCall {
+    /// The deployment.
+    pub deployment: String,
+    /// `module:export`.
+    pub path: String,
+    /// Its kind.
+    pub kind: FunctionKind,
+    /// Its outcome (result, logs, fuel, time).
+    pub outcome: Arc<CallOutcome>,
+}
+
+/// Announces a background call's outcome.
+pub(crate) fn report_background(
+    shared: &Shared,
+    dep: &Deployment,
+    path: &str,
+    kind: FunctionKind,
+    outcome: &CallOutcome,
+) {
+    if shared.background.receiver_count() == 0 {
+        return;
+    }
+    let copy = CallOutcome {
+        result: outcome.result.clone(),
+        logs: outcome.logs.clone(),
+        fuel: outcome.fuel,
+        wall: outcome.wall,
+        commit_ts: outcome.commit_ts,
+        retries: outcome.retries,
+        ..CallOutcome::default()
+    };
+    // A listener that went away is fine: nobody asked any more.
+    let _ = shared.background.send(BackgroundCall {
+        deployment: dep.name.clone(),
+        path: path.to_owned(),
+        kind,
+        outcome: Arc::new(copy),
+    });
 }
 
 /// What a call produced.
@@ -195,6 +244,8 @@ pub(crate) struct Shared {
     pub next_tenant: AtomicU64,
     pub linker: Linker<HostCtx>,
     pub handle: Handle,
+    /// Outcomes of calls the runtime makes on its own.
+    pub background: tokio::sync::broadcast::Sender<BackgroundCall>,
 }
 
 /// The function runner of a process.
@@ -249,6 +300,7 @@ impl Runtime {
             next_tenant: AtomicU64::new(1),
             linker,
             handle: Handle::current(),
+            background: tokio::sync::broadcast::channel(1024).0,
         });
         let runtime = Runtime {
             shared,
@@ -289,7 +341,11 @@ impl Runtime {
         tx.create_system_table(metering::USAGE_TABLE)?;
         tx.create_system_table(idempotency::TABLE)?;
         tx.create_system_table(secret::TABLE)?;
+        tx.create_system_table(scheduler::TABLE)?;
+        tx.create_system_table(crons::TABLE)?;
         tx.commit().await?;
+        store.ensure_system_index(scheduler::TABLE, scheduler::BY_STATE, &scheduler::BY_STATE_FIELDS).await?;
+        store.ensure_system_index(crons::TABLE, crons::BY_NEXT, &crons::BY_NEXT_FIELDS).await?;
         let metering = Metering::load(&store).await?;
         let seed_key = secret::SeedKey::load(&store).await?;
         let deployment = Arc::new(Deployment {
@@ -306,6 +362,7 @@ impl Runtime {
             query_cache: QueryCache::new(self.shared.config.query_cache_bytes),
             deploy_lock: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
+            executor: Mutex::new(None),
         });
         let path = self.component_path(name);
         if path.exists() {
@@ -319,6 +376,8 @@ impl Runtime {
         }
         deployments.insert(name.to_owned(), deployment.clone());
         drop(deployments);
+        let executor = tokio::spawn(scheduler::execute(self.shared.clone(), deployment.clone()));
+        *deployment.executor.lock() = Some(executor);
         self.start_flusher();
         Ok(deployment)
     }
@@ -459,6 +518,7 @@ impl Runtime {
             // A prebuilt component is held to what `kiln build` refuses.
             version.manifest.check_supported()?;
             check(&version).map_err(RuntimeError::Rejected)?;
+            let crons = crons::parse(version.manifest.crons.as_ref(), &version).map_err(RuntimeError::Rejected)?;
             if let Some(schema) = &version.manifest.schema {
                 let schema = Schema::parse(&schema.to_string())?;
                 dep.store.set_schema(&schema).await?;
@@ -470,6 +530,8 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Engine(format!("{}: {e}", path.display())))?;
             *dep.version.write() = Some(version.clone());
             dep.invalidate_cache();
+            // The new version's cron jobs replace the old one's.
+            crons::register(&dep.store, &crons).await?;
             tracing::info!(version = %version.id, functions = version.functions.len(), "deployed");
             Ok(version)
         };
@@ -485,6 +547,11 @@ impl Runtime {
                 ..CallOutcome::default()
             },
         }
+    }
+
+    /// The outcomes of calls the runtime makes on its own (scheduled functions), from now on.
+    pub fn background_calls(&self) -> tokio::sync::broadcast::Receiver<BackgroundCall> {
+        self.shared.background.subscribe()
     }
 
     /// A deployment's usage totals.
@@ -514,6 +581,7 @@ impl Runtime {
         }
         let interval = self.shared.config.usage_flush_interval;
         let retention = self.shared.config.mutation_record_retention;
+        let job_retention = self.shared.config.scheduled_retention;
         // Weak references: the flusher ends with the runtime.
         let (shared, targets) = (Arc::downgrade(&self.shared), Arc::downgrade(&self.deployments));
         *flusher = Some(tokio::spawn(async move {
@@ -537,6 +605,17 @@ impl Runtime {
                             }
                         }
                     }
+                    // And finished scheduled functions.
+                    for _ in 0..16 {
+                        match scheduler::prune(&d.store, job_retention, 2000).await {
+                            Ok(2000) => continue,
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::warn!(deployment = %d.name, error = %e, "expiring scheduled functions failed");
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         }));
@@ -546,6 +625,12 @@ impl Runtime {
     pub async fn shutdown(&self) {
         if let Some(f) = self.flusher.lock().take() {
             f.abort();
+        }
+        let deployments: Vec<_> = self.deployments.read().values().cloned().collect();
+        for d in deployments {
+            if let Some(executor) = d.executor.lock().take() {
+                executor.abort();
+            }
         }
         self.flush_usage().await;
         self.deployments.write().clear();

@@ -254,6 +254,26 @@ impl Server {
             compiles: Semaphore::new(config.push.concurrent_compiles.max(1)),
             config,
         });
+        // Scheduled functions' calls reach the function log and the metrics like clients' do.
+        let mut background = state.runtime.background_calls();
+        let weak = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            loop {
+                let call = match background.recv().await {
+                    Ok(call) => call,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "the function log missed scheduled calls");
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(state) = weak.upgrade() else { return };
+                let dep = state.deployments.read().get(&call.deployment).cloned();
+                if let Some(dep) = dep {
+                    state.observe(&dep, call.kind, &call.path, &call.outcome);
+                }
+            }
+        });
         let names = state.registry.lock().names();
         for name in &names {
             state.open_deployment(name).await?;

@@ -265,6 +265,9 @@ fn parse_validator_text(text: &str) -> Result<Validator> {
     Ok(Validator::from_json(&json)?)
 }
 
+/// The system tables apps may read (through `ctx.db.system`), but not write.
+pub const READABLE_SYSTEM_TABLES: &[&str] = &["_scheduled_functions", "_storage", "_cron_jobs"];
+
 /// Checks a table name: an identifier not starting with `_` (reserved for system tables).
 pub fn check_table_name(name: &str) -> Result<()> {
     check_identifier(name)

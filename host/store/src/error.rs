@@ -99,6 +99,9 @@ pub enum StoreError {
     /// An attempt to change `_id` or `_creationTime`.
     #[error("system field {0:?} cannot be modified")]
     SystemFieldModified(String),
+    /// A write by an app to a system table it may only read.
+    #[error("system table {0} is read-only: only Kiln writes it")]
+    SystemTableReadOnly(String),
     /// A document with its own id (a snapshot import) that this deployment cannot take.
     #[error("{0}")]
     ImportConflict(String),
@@ -157,6 +160,7 @@ impl StoreError {
             StoreError::InvalidCursor(_) => "InvalidCursor",
             StoreError::DocumentNotFound(_) => "DocumentNotFound",
             StoreError::SystemFieldModified(_) => "SystemFieldModified",
+            StoreError::SystemTableReadOnly(_) => "SystemTableReadOnly",
             StoreError::ImportConflict(_) => "ImportConflict",
             StoreError::SchemaViolation { .. } => "SchemaViolation",
             StoreError::InvalidSchema(_) => "InvalidSchema",

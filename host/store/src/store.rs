@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::cache::{CacheStats, DocumentCache};
-use crate::catalog::{CATALOG_INDEX, Catalog, Schema, check_index_definition, check_table_name};
+use crate::catalog::{CATALOG_INDEX, Catalog, Schema, check_index_definition, check_system_table, check_table_name};
 use crate::commit_log::{Check, CommitLog, WrittenKeys};
 use crate::document::{Document, ordered_index_key};
 use crate::error::{Result, StoreError};
@@ -756,6 +756,40 @@ impl Store {
         })
         .await?;
         backfill(&self.inner, table, id).await
+    }
+
+    /// Adds an index to the host's system table `table` (created if needed) unless it already
+    /// exists with these fields, and waits until it is backfilled.
+    pub async fn ensure_system_index(&self, table: &str, name: &str, fields: &[&str]) -> Result<()> {
+        check_system_table(table)?;
+        let fields = fields.iter().map(|f| FieldPath::parse(f)).collect::<kiln_value::Result<Vec<_>>>()?;
+        if let Some(index) = self.catalog().table(table).and_then(|t| t.indexes.get(name)) {
+            if index.fields == fields {
+                return Ok(());
+            }
+            return Err(StoreError::InvalidIndex {
+                index: format!("{table}.{name}"),
+                reason: "exists with other fields".into(),
+            });
+        }
+        let id = self.inner.reserve_index_id();
+        let (t, n) = (table.to_owned(), name.to_owned());
+        self.catalog_change(table, move |tx| {
+            let (t, n, fields) = (t.clone(), n.clone(), fields.clone());
+            tx.set_system();
+            tx.ensure_table(&t);
+            Box::new(move |c: &mut Catalog| c.add_index(&t, &n, fields, id))
+        })
+        .await?;
+        backfill(&self.inner, table, id).await
+    }
+
+    /// Begins a read-only system transaction at the newest published snapshot (the host
+    /// reading its own tables).
+    pub fn begin_system_read_only(&self) -> Transaction {
+        let mut tx = self.begin_with(true, TransactionLimits::unlimited());
+        tx.set_system();
+        tx
     }
 
     /// Drops a user index; its entries are deleted in the background.

@@ -239,7 +239,7 @@ impl Transaction {
     }
 
     fn visible_table(&self, name: &str) -> bool {
-        self.system || !name.starts_with('_')
+        self.system || !name.starts_with('_') || crate::catalog::READABLE_SYSTEM_TABLES.contains(&name)
     }
 
     /// Marks the transaction's writes so far, for [`Transaction::rollback_to`].
@@ -580,6 +580,23 @@ impl Transaction {
         result
     }
 
+    /// Inserts a new record into the host's system table `table`; returns its id.
+    pub async fn insert_record(&mut self, table: &str, fields: Object) -> Result<DocumentId> {
+        self.check_writable()?;
+        check_system_table(table)?;
+        validate_user_fields(&fields)?;
+        let was = std::mem::replace(&mut self.system, true);
+        let meta = self.ensure_table(table);
+        let id = DocumentId::new(meta.number, InternalId::fresh());
+        let doc = Document::new(id, now_ms(), fields);
+        let result = match validate_document(&doc.value) {
+            Ok(()) => self.record_write(&meta, id, None, Some(Arc::new(doc))),
+            Err(e) => Err(e.into()),
+        };
+        self.system = was;
+        result.map(|()| id)
+    }
+
     /// Creates the host's system table `table` if it does not exist yet. Created up front, a
     /// first write to it later does not change the catalog, which would fail reads at
     /// earlier snapshots.
@@ -612,9 +629,14 @@ impl Transaction {
         result
     }
 
+    /// The table and current revision of a document about to be written.
     async fn existing(&mut self, id: DocumentId) -> Result<(Arc<TableMeta>, Arc<Document>)> {
         let not_found = || StoreError::DocumentNotFound(id.encode());
         let meta = self.table_of(&id).ok_or_else(not_found)?;
+        // Apps may read some system tables (`ctx.db.system`); only the host writes them.
+        if meta.name.starts_with('_') && !self.system {
+            return Err(StoreError::SystemTableReadOnly(meta.name.clone()));
+        }
         let doc = self.read_by_id(&meta, id).await?.ok_or_else(not_found)?;
         Ok((meta, doc))
     }

@@ -193,6 +193,42 @@ async fn system_tables_are_invisible_to_user_transactions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readable_system_tables_are_read_by_apps_through_their_indexes_but_written_only_by_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config()).await;
+    store.ensure_system_index("_scheduled_functions", "by_state", &["state.kind", "scheduledTime"]).await.unwrap();
+    // Ensuring it again is a no-op; other fields under the same name are refused.
+    store.ensure_system_index("_scheduled_functions", "by_state", &["state.kind", "scheduledTime"]).await.unwrap();
+    let err = store.ensure_system_index("_scheduled_functions", "by_state", &["name"]).await.unwrap_err();
+    assert_eq!(err.code(), "InvalidIndex");
+    let mut sys = store.begin_system();
+    let late = sys.insert_record("_scheduled_functions", obj(r#"{"state": {"kind": "pending"}, "scheduledTime": 20}"#));
+    let late = late.await.unwrap();
+    let early =
+        sys.insert_record("_scheduled_functions", obj(r#"{"state": {"kind": "pending"}, "scheduledTime": 10}"#));
+    let early = early.await.unwrap();
+    sys.insert_record("_scheduled_functions", obj(r#"{"state": {"kind": "success"}, "scheduledTime": 5}"#))
+        .await
+        .unwrap();
+    sys.commit().await.unwrap();
+
+    let mut user = store.begin_read_only();
+    assert!(user.get(late).await.unwrap().is_some(), "apps read `_scheduled_functions` by id");
+    let pending: serde_json::Value = serde_json::json!({
+        "source": {"type": "IndexRange", "indexName": "_scheduled_functions.by_state",
+                   "range": [{"type": "Eq", "fieldPath": "state.kind", "value": "pending"}], "order": "asc"},
+        "operators": []
+    });
+    let docs = user.collect(Query::from_json(&pending).unwrap()).await.unwrap();
+    assert_eq!(docs.iter().map(|d| d.id).collect::<Vec<_>>(), vec![early, late], "pending, earliest first");
+    let mut tx = store.begin();
+    let err = tx.patch(late, [("scheduledTime".to_string(), Some(Value::Float64(1.0)))].into()).await.unwrap_err();
+    assert_eq!(err.code(), "SystemTableReadOnly");
+    assert_eq!(tx.delete(early).await.unwrap_err().code(), "SystemTableReadOnly");
+    assert_eq!(tx.insert("_scheduled_functions", obj("{}")).await.unwrap_err().code(), "InvalidTableName");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_documents_keep_their_ids_and_creation_times_or_are_refused_by_reason() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), config()).await;

@@ -14,9 +14,12 @@ export const chatApp = join(repoRoot, "examples/chat");
 /** The `kiln` binary: KILN_BIN (read when used), or the debug build. */
 export const kilnBin = () => process.env.KILN_BIN ?? join(repoRoot, "target/debug/kiln");
 
-/** Starts `kiln serve` on a free port with a fresh data directory. */
-export async function startServer({ staticDir, env = {} } = {}) {
-  const data = mkdtempSync(join(tmpdir(), "kiln-e2e-"));
+/**
+ * Starts `kiln serve` on a free port with a fresh data directory (or `data`, which `stop`
+ * then keeps).
+ */
+export async function startServer({ staticDir, env = {}, data: reuse } = {}) {
+  const data = reuse ?? mkdtempSync(join(tmpdir(), "kiln-e2e-"));
   const args = ["serve", "--data", data, "--listen", "127.0.0.1:0"];
   if (staticDir) args.push("--static", staticDir);
   const child = spawn(kilnBin(), args, {
@@ -45,6 +48,14 @@ export async function startServer({ staticDir, env = {} } = {}) {
     data,
     pid: child.pid,
     output: () => output,
+    /** Kills the server with SIGKILL (its data directory stays). */
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((r) => child.on("exit", r));
+        child.kill("SIGKILL");
+        await exited;
+      }
+    },
     async stop() {
       if (child.exitCode === null) {
         const exited = new Promise((r) => child.on("exit", r));
@@ -53,7 +64,7 @@ export async function startServer({ staticDir, env = {} } = {}) {
         await exited;
         clearTimeout(timer);
       }
-      rmSync(data, { recursive: true, force: true });
+      if (!reuse) rmSync(data, { recursive: true, force: true });
     },
   };
 }

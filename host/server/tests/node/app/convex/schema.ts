@@ -6,4 +6,5 @@ export default defineSchema({
   values: defineTable({ label: v.string(), value: v.any() }),
   items: defineTable({ name: v.string(), rank: v.number() }),
   entries: defineTable({ n: v.number() }).index("by_n", ["n"]),
+  runs: defineTable({ key: v.string(), by: v.string() }).index("by_key", ["key"]),
 });
