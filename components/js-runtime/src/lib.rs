@@ -419,6 +419,15 @@ fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
     native.set("random", Func::from(|| (next_random() >> 11) as f64 / (1u64 << 53) as f64))?;
     native.set("randomU32", Func::from(|| (next_random() >> 32) as f64))?;
     native.set("now", Func::from(now_ms))?;
+    // An action's timers wait in real time (the host ignores it elsewhere).
+    native.set(
+        "sleep",
+        Func::from(|ms: f64| {
+            if call_kind().is_some() {
+                env::sleep(ms);
+            }
+        }),
+    )?;
     native.set(
         "env",
         Func::from(|| {

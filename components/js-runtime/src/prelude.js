@@ -757,21 +757,43 @@
       return this.entries();
     }
   }
-  const toBytes = (body) => {
-    if (body === undefined || body === null) return new Uint8Array(0);
-    if (typeof body === "string") return new TextEncoder().encode(body);
-    if (body instanceof ArrayBuffer) return new Uint8Array(body);
-    if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
-    if (body instanceof URLSearchParams) return new TextEncoder().encode(body.toString());
-    throw new TypeError("unsupported body type");
-  };
-  class Body {
+  // ---- Blob, File, FormData, ReadableStream, bodies ------------------------------------------
+  const encoder = new TextEncoder();
+  const viewBytes = (v) => new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  // A blob's bytes, read synchronously by bodies and streams.
+  const blobBytes = new WeakMap();
+  class Blob {
     #bytes;
-    constructor(body) {
-      this.#bytes = toBytes(body);
+    #type;
+    constructor(parts = [], options = {}) {
+      const chunks = [];
+      for (const part of parts) {
+        if (part instanceof Blob) chunks.push(part.#bytes);
+        else if (part instanceof ArrayBuffer) chunks.push(new Uint8Array(part));
+        else if (ArrayBuffer.isView(part)) chunks.push(viewBytes(part));
+        else chunks.push(encoder.encode(String(part)));
+      }
+      const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+      let at = 0;
+      for (const c of chunks) {
+        out.set(c, at);
+        at += c.length;
+      }
+      this.#bytes = out;
+      blobBytes.set(this, out);
+      const type = String(options.type ?? "");
+      this.#type = /^[\x20-\x7e]*$/.test(type) ? type.toLowerCase() : "";
     }
-    get bodyUsed() {
-      return false;
+    get size() {
+      return this.#bytes.length;
+    }
+    get type() {
+      return this.#type;
+    }
+    slice(start = 0, end = this.#bytes.length, type = "") {
+      const n = this.#bytes.length;
+      const clamp = (i) => (i < 0 ? Math.max(n + i, 0) : Math.min(i, n));
+      return new Blob([this.#bytes.slice(clamp(start), clamp(end))], { type });
     }
     async arrayBuffer() {
       return this.#bytes.slice().buffer;
@@ -782,35 +804,413 @@
     async text() {
       return new TextDecoder().decode(this.#bytes);
     }
+    stream() {
+      const bytes = this.#bytes.slice();
+      return new ReadableStream({
+        start(controller) {
+          if (bytes.length) controller.enqueue(bytes);
+          controller.close();
+        },
+      });
+    }
+    get [Symbol.toStringTag]() {
+      return "Blob";
+    }
+  }
+  class File extends Blob {
+    constructor(parts, name, options = {}) {
+      super(parts, options);
+      this.name = String(name);
+      this.lastModified = options.lastModified ?? Date.now();
+    }
+    get [Symbol.toStringTag]() {
+      return "File";
+    }
+  }
+  // A stream whose source enqueues synchronously (bodies, blobs) or from async pulls.
+  class ReadableStream {
+    #queue = [];
+    #closed = false;
+    #error;
+    #pull;
+    #controller;
+    #locked = false;
+    constructor(source = {}) {
+      const self = this;
+      this.#controller = {
+        enqueue: (chunk) => self.#queue.push(chunk),
+        close: () => (self.#closed = true),
+        error: (e) => (self.#error = e ?? new TypeError("the stream errored")),
+        get desiredSize() {
+          return 1;
+        },
+      };
+      this.#pull = source.pull?.bind(source);
+      source.start?.(this.#controller);
+    }
+    get locked() {
+      return this.#locked;
+    }
+    getReader() {
+      if (this.#locked) throw new TypeError("ReadableStream is locked");
+      this.#locked = true;
+      const next = async () => {
+        while (this.#queue.length === 0 && !this.#closed && this.#error === undefined && this.#pull) {
+          await this.#pull(this.#controller);
+          if (this.#queue.length === 0 && !this.#closed && this.#error === undefined) break;
+        }
+        if (this.#error !== undefined) throw this.#error;
+        if (this.#queue.length) return { value: this.#queue.shift(), done: false };
+        return { value: undefined, done: true };
+      };
+      return {
+        read: next,
+        releaseLock: () => (this.#locked = false),
+        cancel: async () => {
+          this.#queue = [];
+          this.#closed = true;
+        },
+        closed: NativePromise.resolve(undefined),
+      };
+    }
+    async cancel() {
+      this.#queue = [];
+      this.#closed = true;
+    }
+    async *[Symbol.asyncIterator]() {
+      const reader = this.getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        yield value;
+      }
+    }
+  }
+  class FormData {
+    #entries = [];
+    static #value(value, filename) {
+      if (value instanceof Blob) {
+        if (value instanceof File && filename === undefined) return value;
+        return new File([value], filename ?? (value instanceof File ? value.name : "blob"), { type: value.type });
+      }
+      return String(value);
+    }
+    append(name, value, filename) {
+      this.#entries.push([String(name), FormData.#value(value, filename)]);
+    }
+    set(name, value, filename) {
+      const key = String(name);
+      const entry = [key, FormData.#value(value, filename)];
+      const i = this.#entries.findIndex(([k]) => k === key);
+      this.#entries = this.#entries.filter(([k], j) => k !== key || j === i);
+      if (i < 0) this.#entries.push(entry);
+      else this.#entries[this.#entries.findIndex(([k]) => k === key)] = entry;
+    }
+    get(name) {
+      const found = this.#entries.find(([k]) => k === String(name));
+      return found ? found[1] : null;
+    }
+    getAll(name) {
+      return this.#entries.filter(([k]) => k === String(name)).map(([, v]) => v);
+    }
+    has(name) {
+      return this.#entries.some(([k]) => k === String(name));
+    }
+    delete(name) {
+      this.#entries = this.#entries.filter(([k]) => k !== String(name));
+    }
+    forEach(f, self) {
+      for (const [k, v] of this.#entries) f.call(self, v, k, this);
+    }
+    entries() {
+      return this.#entries.map((e) => [...e])[Symbol.iterator]();
+    }
+    keys() {
+      return this.#entries.map(([k]) => k)[Symbol.iterator]();
+    }
+    values() {
+      return this.#entries.map(([, v]) => v)[Symbol.iterator]();
+    }
+    [Symbol.iterator]() {
+      return this.entries();
+    }
+  }
+  const quoted = (s) => String(s).replace(/\r/g, "%0D").replace(/\n/g, "%0A").replace(/"/g, "%22");
+  // multipart/form-data with a fresh boundary: [bytes, content type].
+  const multipart = (form) => {
+    const boundary = `----kiln${crypto.randomUUID().replace(/-/g, "")}`;
+    const parts = [];
+    for (const [name, value] of form) {
+      let head = `--${boundary}\r\nContent-Disposition: form-data; name="${quoted(name)}"`;
+      if (value instanceof File) {
+        head += `; filename="${quoted(value.name)}"\r\nContent-Type: ${value.type || "application/octet-stream"}`;
+        parts.push(`${head}\r\n\r\n`, value, "\r\n");
+      } else {
+        parts.push(`${head}\r\n\r\n${value}\r\n`);
+      }
+    }
+    parts.push(`--${boundary}--\r\n`);
+    return [new Blob(parts), `multipart/form-data; boundary=${boundary}`];
+  };
+  const indexOf = (bytes, pattern, from) => {
+    outer: for (let i = from; i <= bytes.length - pattern.length; i++) {
+      for (let j = 0; j < pattern.length; j++) if (bytes[i + j] !== pattern[j]) continue outer;
+      return i;
+    }
+    return -1;
+  };
+  const parseMultipart = (bytes, boundary) => {
+    const form = new FormData();
+    const decoder = new TextDecoder();
+    const delimiter = encoder.encode(`--${boundary}`);
+    let at = indexOf(bytes, delimiter, 0);
+    if (at < 0) throw new TypeError("the body is not multipart/form-data with this boundary");
+    for (;;) {
+      at += delimiter.length;
+      if (bytes[at] === 45 && bytes[at + 1] === 45) return form; // "--": the end
+      at += 2; // CRLF
+      const headEnd = indexOf(bytes, encoder.encode("\r\n\r\n"), at);
+      if (headEnd < 0) throw new TypeError("a multipart part has no end of headers");
+      const head = decoder.decode(bytes.subarray(at, headEnd));
+      const next = indexOf(bytes, encoder.encode(`\r\n--${boundary}`), headEnd + 4);
+      if (next < 0) throw new TypeError("a multipart part is not terminated");
+      const content = bytes.slice(headEnd + 4, next);
+      const disposition = /content-disposition:[^\r\n]*/i.exec(head)?.[0] ?? "";
+      const name = /\bname="([^"]*)"/i.exec(disposition)?.[1];
+      const filename = /\bfilename="([^"]*)"/i.exec(disposition)?.[1];
+      const type = /content-type:\s*([^\r\n]*)/i.exec(head)?.[1] ?? "";
+      if (name !== undefined) {
+        if (filename !== undefined) form.append(name, new File([content], filename, { type }));
+        else form.append(name, decoder.decode(content));
+      }
+      at = next + 2;
+    }
+  };
+  // A body's bytes and the content type it implies.
+  const extract = (body) => {
+    if (body === undefined || body === null) return [null, null];
+    if (typeof body === "string") return [encoder.encode(body), "text/plain;charset=UTF-8"];
+    if (body instanceof ArrayBuffer) return [new Uint8Array(body.slice(0)), null];
+    if (ArrayBuffer.isView(body)) return [viewBytes(body).slice(), null];
+    if (body instanceof URLSearchParams) return [encoder.encode(body.toString()), "application/x-www-form-urlencoded;charset=UTF-8"];
+    if (body instanceof Blob) return [body, body.type || null];
+    if (body instanceof FormData) return multipart(body);
+    if (body instanceof ReadableStream) return [body, null];
+    return [encoder.encode(String(body)), "text/plain;charset=UTF-8"];
+  };
+  const bytesOf = async (source) => {
+    if (source === null) return new Uint8Array(0);
+    if (source instanceof Uint8Array) return source;
+    if (source instanceof Blob) return blobBytes.get(source);
+    const chunks = [];
+    for await (const chunk of source) chunks.push(typeof chunk === "string" ? encoder.encode(chunk) : viewBytes(chunk));
+    return blobBytes.get(new Blob(chunks));
+  };
+  class Body {
+    #source;
+    #used = false;
+    constructor(body, headers) {
+      const [source, type] = extract(body);
+      this.#source = source;
+      if (type !== null && headers && !headers.has("content-type")) headers.set("content-type", type);
+    }
+    get bodyUsed() {
+      return this.#used;
+    }
+    get body() {
+      if (this.#source === null) return null;
+      if (this.#source instanceof ReadableStream) return this.#source;
+      const source = this.#source;
+      this.#source = new ReadableStream({
+        start(controller) {
+          const bytes = source instanceof Blob ? blobBytes.get(source) : source;
+          if (bytes.length) controller.enqueue(bytes.slice());
+          controller.close();
+        },
+      });
+      return this.#source;
+    }
+    async #consume() {
+      if (this.#used) throw new TypeError("Body is unusable: Body has already been read");
+      this.#used = true;
+      return bytesOf(this.#source);
+    }
+    // The source, for clones and for fetch (which reads it whole).
+    __source() {
+      return this.#source;
+    }
+    async arrayBuffer() {
+      return (await this.#consume()).slice().buffer;
+    }
+    async bytes() {
+      return (await this.#consume()).slice();
+    }
+    async text() {
+      return new TextDecoder().decode(await this.#consume());
+    }
     async json() {
       return JSON.parse(await this.text());
     }
+    async blob() {
+      return new Blob([await this.#consume()], { type: this.headers?.get("content-type") ?? "" });
+    }
+    async formData() {
+      const type = this.headers?.get("content-type") ?? "";
+      const bytes = await this.#consume();
+      const boundary = /multipart\/form-data;.*boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(type);
+      if (boundary) return parseMultipart(bytes, boundary[1] ?? boundary[2]);
+      if (/^application\/x-www-form-urlencoded/i.test(type)) {
+        const form = new FormData();
+        for (const [k, v] of new URLSearchParams(new TextDecoder().decode(bytes))) form.append(k, v);
+        return form;
+      }
+      throw new TypeError(`formData(): the body's content type is ${JSON.stringify(type)}, not multipart/form-data or application/x-www-form-urlencoded`);
+    }
   }
+  const STATUS_TEXT = { 200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found", 303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error" };
   class Response extends Body {
     constructor(body, init = {}) {
-      super(body);
-      this.status = init.status ?? 200;
+      const headers = new Headers(init.headers);
+      super(body, headers);
+      const status = init.status ?? 200;
+      if (!Number.isInteger(status) || status < 200 || status > 599) {
+        throw new RangeError(`Response status ${status} is not in the range 200 to 599`);
+      }
+      this.status = status;
       this.statusText = init.statusText ?? "";
-      this.headers = new Headers(init.headers);
+      this.headers = headers;
       this.url = init.url ?? "";
+      this.type = init.type ?? "default";
+      this.redirected = false;
     }
     get ok() {
       return this.status >= 200 && this.status < 300;
+    }
+    clone() {
+      if (this.bodyUsed) throw new TypeError("Response.clone: Body has already been consumed");
+      return new Response(this.__source(), { status: this.status, statusText: this.statusText, headers: this.headers, url: this.url });
     }
     static json(data, init = {}) {
       const headers = new Headers(init.headers);
       if (!headers.has("content-type")) headers.set("content-type", "application/json");
       return new Response(JSON.stringify(data), { ...init, headers });
     }
+    static redirect(url, status = 302) {
+      if (![301, 302, 303, 307, 308].includes(status)) throw new RangeError(`${status} is not a redirect status`);
+      return new Response(null, { status, headers: { location: String(new URL(url)) } });
+    }
+    static error() {
+      const r = new Response(null, { status: 200 });
+      r.status = 0;
+      r.type = "error";
+      return r;
+    }
   }
   class Request extends Body {
     constructor(input, init = {}) {
-      super(init.body);
-      this.url = input instanceof Request ? input.url : String(input);
-      this.method = (init.method ?? (input instanceof Request ? input.method : "GET")).toUpperCase();
-      this.headers = new Headers(init.headers ?? (input instanceof Request ? input.headers : undefined));
+      const from = input instanceof Request ? input : null;
+      const headers = new Headers(init.headers ?? from?.headers);
+      const method = String(init.method ?? from?.method ?? "GET").toUpperCase();
+      const body = init.body !== undefined ? init.body : from && !from.bodyUsed ? from.__source() : undefined;
+      if ((method === "GET" || method === "HEAD") && body !== undefined && body !== null) {
+        throw new TypeError("Request with GET/HEAD method cannot have body.");
+      }
+      super(body, headers);
+      this.url = from ? from.url : String(new URL(String(input)));
+      this.method = method;
+      this.headers = headers;
+      this.signal = init.signal ?? from?.signal ?? new AbortController().signal;
+      this.redirect = init.redirect ?? from?.redirect ?? "follow";
+    }
+    clone() {
+      if (this.bodyUsed) throw new TypeError("Request.clone: Body has already been consumed");
+      return new Request(this);
     }
   }
+
+  // ---- AbortController, AbortSignal, Event, EventTarget ------------------------------------
+  class Event {
+    constructor(type, init = {}) {
+      this.type = String(type);
+      this.bubbles = !!init.bubbles;
+      this.cancelable = !!init.cancelable;
+      this.defaultPrevented = false;
+      this.target = null;
+      this.timeStamp = Date.now();
+    }
+    preventDefault() {
+      if (this.cancelable) this.defaultPrevented = true;
+    }
+  }
+  class EventTarget {
+    #listeners = new Map();
+    addEventListener(type, listener, options) {
+      if (!listener) return;
+      const list = this.#listeners.get(type) ?? [];
+      if (!list.some((l) => l.listener === listener)) list.push({ listener, once: !!options?.once });
+      this.#listeners.set(type, list);
+    }
+    removeEventListener(type, listener) {
+      const list = this.#listeners.get(type);
+      if (list) this.#listeners.set(type, list.filter((l) => l.listener !== listener));
+    }
+    dispatchEvent(event) {
+      event.target = this;
+      const handler = this[`on${event.type}`];
+      if (typeof handler === "function") handler.call(this, event);
+      for (const l of [...(this.#listeners.get(event.type) ?? [])]) {
+        if (l.once) this.removeEventListener(event.type, l.listener);
+        if (typeof l.listener === "function") l.listener.call(this, event);
+        else l.listener.handleEvent(event);
+      }
+      return !event.defaultPrevented;
+    }
+  }
+  class AbortSignal extends EventTarget {
+    aborted = false;
+    reason = undefined;
+    onabort = null;
+    throwIfAborted() {
+      if (this.aborted) throw this.reason;
+    }
+    static abort(reason) {
+      const c = new AbortController();
+      c.abort(reason);
+      return c.signal;
+    }
+    static any(signals) {
+      const c = new AbortController();
+      for (const s of signals) {
+        if (s.aborted) {
+          c.abort(s.reason);
+          break;
+        }
+        s.addEventListener("abort", () => c.abort(s.reason), { once: true });
+      }
+      return c.signal;
+    }
+  }
+  class AbortController {
+    #signal = new AbortSignal();
+    get signal() {
+      return this.#signal;
+    }
+    abort(reason = new DOMException("This operation was aborted", "AbortError")) {
+      const s = this.#signal;
+      if (s.aborted) return;
+      s.aborted = true;
+      s.reason = reason;
+      s.dispatchEvent(new Event("abort"));
+    }
+  }
+  define("Blob", Blob);
+  define("File", File);
+  define("FormData", FormData);
+  define("ReadableStream", ReadableStream);
+  define("Event", Event);
+  define("EventTarget", EventTarget);
+  define("AbortSignal", AbortSignal);
+  define("AbortController", AbortController);
   define("Headers", Headers);
   define("Response", Response);
   define("Request", Request);
@@ -823,19 +1223,20 @@
   define("fetch", async function fetch(input, init = {}) {
     inAction();
     const req = input instanceof Request && Object.keys(init).length === 0 ? input : new Request(input, init);
+    req.signal?.throwIfAborted();
     const body = await req.bytes();
     const reply = JSON.parse(hostCall("kiln/fetch", JSON.stringify({ method: req.method, url: req.url, headers: [...req.headers], body: hex(body) })));
     return new Response(unhex(reply.body), { status: reply.status, headers: reply.headers, url: req.url });
   });
 
-  // Timers run on virtual time: when no promise job is left, the dispatcher runs the earliest.
+  // Timers of actions wait in real time: when no promise job is left, the dispatcher runs the
+  // earliest, the host sleeping until it is due.
   const queue = [];
   let nextTimer = 1;
-  let virtualNow = 0;
   define("setTimeout", (f, ms = 0, ...args) => {
     inAction();
     const id = nextTimer++;
-    queue.push({ id, at: virtualNow + Math.max(0, Number(ms) || 0), f, args });
+    queue.push({ id, at: Date.now() + Math.max(0, Number(ms) || 0), f, args });
     return id;
   });
   define("clearTimeout", (id) => {
@@ -846,7 +1247,8 @@
     if (queue.length === 0) return false;
     queue.sort((a, b) => a.at - b.at || a.id - b.id);
     const t = queue.shift();
-    virtualNow = t.at;
+    const wait = t.at - Date.now();
+    if (wait > 0) native.sleep(wait);
     t.f(...t.args);
     return true;
   });

@@ -392,6 +392,12 @@ impl env::Host for Host {
     fn variables(&mut self) -> Vec<(String, String)> {
         self.variables.clone()
     }
+    fn sleep(&mut self, ms: f64) {
+        // The harness's clock is virtual: an action's wait moves it on.
+        if matches!(self.kind, Some(FunctionKind::Action)) && ms > 0.0 {
+            self.now_ms += ms;
+        }
+    }
 }
 
 /// A compiled component with its linker and database, ready to be called.

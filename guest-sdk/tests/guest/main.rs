@@ -401,7 +401,36 @@ fn web_globals_and_timers() {
     assert_eq!(o["env"], Value::from("hello"));
 
     let timers = h.call(Action, "probe:timers", &args("{}"));
-    assert_eq!(timers.value(), Value::Array(vec![Value::from("early"), Value::from("late")]));
+    let order = vec![Value::from("early"), Value::from("late"), Value::from("waited")];
+    assert_eq!(timers.value(), Value::Array(order));
+}
+
+#[test]
+fn blobs_forms_streams_bodies_and_abort_signals_behave_as_on_the_web() {
+    let h = harness("fixtures/probe");
+    let v = h.call(Query, "probe:webApis", &args("{}")).value();
+    let expected = parse_convex_json(
+        r#"{
+        "blob": {"size": 12, "type": "text/plain", "text": "héllo world", "slice": "wor"},
+        "file": {"name": "greeting.txt", "size": 12, "lastModified": 7, "isBlob": true},
+        "form": {"contentType": "multipart/form-data", "name": "grace", "tags": ["a", "b"],
+                 "keys": ["name", "upload", "tag", "tag"],
+                 "upload": {"name": "greeting.txt", "type": "text/plain", "text": "héllo world"}},
+        "urlencoded": ["1", "3", "two words"],
+        "streamed": "chunk one, chunk two",
+        "chunks": ["abc"],
+        "textBodyType": "text/plain;charset=UTF-8",
+        "reread": "TypeError: Body is unusable: Body has already been read",
+        "clone": {"status": 201, "json": {"n": 1}},
+        "getWithBody": "TypeError: Request with GET/HEAD method cannot have body.",
+        "badStatus": "RangeError: Response status 99 is not in the range 200 to 599",
+        "redirect": "https://example.com/next",
+        "aborted": {"aborted": true, "reason": "AbortError", "seen": ["onabort", "listener"]},
+        "throwIfAborted": "thrown why"
+    }"#,
+    )
+    .unwrap();
+    assert_eq!(v, expected);
 }
 
 #[test]

@@ -470,6 +470,17 @@ impl env::Host for HostCtx {
         }
     }
 
+    fn sleep(&mut self, ms: f64) {
+        // NaN and non-positive waits are no waits.
+        if self.kind != FunctionKind::Action || ms.is_nan() || ms <= 0.0 {
+            return;
+        }
+        // Never past the action's deadline: its epoch deadline ends the call when it resumes.
+        let deadline = self.deployment.config.read().limits.action_deadline;
+        let wait = std::time::Duration::from_secs_f64((ms / 1000.0).min(deadline.as_secs_f64()));
+        std::thread::sleep(wait);
+    }
+
     fn variables(&mut self) -> Vec<(String, String)> {
         self.deployment.config.read().env.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }

@@ -16,11 +16,11 @@ let server;
 let http;
 // App variants live under this package so that `convex` resolves from its node_modules.
 const workDir = resolve(dirname(fileURLToPath(import.meta.url)), "../.work");
+let scratch;
 
 /** A copy of the test app with `crons.ts` (none when `crons` is null). */
 function withCrons(name, crons) {
-  mkdirSync(workDir, { recursive: true });
-  const dir = join(mkdtempSync(join(workDir, "crons-")), name);
+  const dir = join(scratch, name);
   cpSync(join(testApp, "convex"), join(dir, "convex"), { recursive: true, filter: (src) => !src.includes("_generated") });
   cpSync(join(testApp, "tsconfig.json"), join(dir, "tsconfig.json"));
   if (crons !== null) {
@@ -38,6 +38,8 @@ export default crons;
 }
 
 before(async () => {
+  mkdirSync(workDir, { recursive: true });
+  scratch = mkdtempSync(join(workDir, "scheduler-"));
   server = await startServer();
   deploy(server.url, server.adminKey, testApp);
   http = new ConvexHttpClient(server.url, { logger: false });
@@ -45,6 +47,7 @@ before(async () => {
 
 after(async () => {
   await server?.stop();
+  rmSync(scratch, { recursive: true, force: true });
 });
 
 test("a mutation scheduled 1 s ahead runs once, when due, and its job ends in success", async () => {
