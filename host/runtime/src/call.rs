@@ -751,12 +751,17 @@ async fn settled(txn: &Transaction, e: CallError) -> CallError {
 }
 
 /// A query's or mutation's transaction with the time and seed its snapshot fixes: the same
-/// function, arguments and snapshot draw the same random numbers and see the same clock (the
-/// seed keyed by the deployment's secret, so it cannot be computed from outside).
+/// function, arguments and snapshot draw the same random numbers (the seed keyed by the
+/// deployment's secret, so it cannot be computed from outside). A query sees its snapshot's
+/// time; a mutation the time it starts (frozen for the call), as in Convex: its snapshot is the
+/// newest commit, which may be long past on an idle deployment, and `runAfter` and the app's
+/// own timestamps count from `Date.now()`.
 fn snapshot_stamp(dep: &Deployment, path: &str, args: &[u8], txn: Transaction) -> (Option<Transaction>, f64, u64) {
     let ts = txn.begin_ts();
     let seed = dep.seed_key.snapshot_seed(path, args, ts);
-    (Some(txn), ts.0 as f64 / 1e6, seed)
+    let snapshot_ms = ts.0 as f64 / 1e6;
+    let now = if txn.is_read_only() { snapshot_ms } else { wall_clock_ms().max(snapshot_ms) };
+    (Some(txn), now, seed)
 }
 
 #[cfg(test)]

@@ -77,6 +77,19 @@ test("a mutation scheduled 1 s ahead runs once, when due, and its job ends in su
   assert.deepEqual(await http.query(api.jobs.runs, { key: "ahead" }), ["mutation"], "ran exactly once");
 });
 
+test("runAfter counts from the time the mutation runs, also after the deployment was idle", async () => {
+  await new Promise((r) => setTimeout(r, 3000)); // no commits meanwhile
+  const before = Date.now();
+  const id = await http.mutation(api.jobs.later, { key: "after-idle", delayMs: 60_000 });
+  const after = Date.now();
+  const { scheduledTime } = await http.query(api.jobs.job, { id });
+  assert.ok(
+    scheduledTime >= before + 60_000 - 5 && scheduledTime <= after + 60_000 + 5,
+    `scheduled ${scheduledTime - before - 60_000} ms off the mutation's time`,
+  );
+  await http.mutation(api.jobs.cancel, { id });
+});
+
 test("cancel before the run prevents it; a mutation that throws schedules nothing", async () => {
   const id = await http.mutation(api.jobs.later, { key: "canceled", delayMs: 700 });
   await http.mutation(api.jobs.cancel, { id });
