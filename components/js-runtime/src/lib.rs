@@ -11,6 +11,7 @@
 //! the world only through the WIT imports (`syscall.rs`); WASI calls made by libc are served by
 //! `kiln-wasi-stubs` from the same per-call state.
 
+mod asym;
 mod crypto;
 mod heap_pages;
 mod syscall;
@@ -27,7 +28,7 @@ use kiln_value::{Value, from_msgpack, to_convex_json};
 wit_bindgen::generate!({ world: "app", path: "../../wit" });
 
 use exports::kiln::platform::guest::{Call, FunctionInfo, Guest, HttpRoute, Manifest};
-use kiln::platform::types::{Error, FunctionKind, Visibility};
+use kiln::platform::types::{Error, FunctionKind, HttpRequest, Visibility};
 use kiln::platform::{env, log};
 
 const PRELUDE: &str = include_str!("prelude.js");
@@ -58,6 +59,27 @@ thread_local! {
     static INIT_ENV: RefCell<Option<String>> = const { RefCell::new(None) };
     /// The app's exported functions, found at initialization (in the snapshot).
     static FUNCTIONS: RefCell<Functions> = const { RefCell::new(BTreeMap::new()) };
+    /// The request of the running HTTP action, for `__kiln_native.httpRequest`.
+    static HTTP_REQUEST: RefCell<Option<HttpRequest>> = const { RefCell::new(None) };
+}
+
+/// `__kiln_native.httpRequest()`: the running HTTP action's request as `[method, url,
+/// [[name, value], …], body]` (the body an `ArrayBuffer`), taken once; `null` after.
+fn http_request<'js>(ctx: Ctx<'js>) -> quickjs::Result<quickjs::Value<'js>> {
+    let Some(request) = HTTP_REQUEST.with(|r| r.borrow_mut().take()) else { return Ok(quickjs::Value::new_null(ctx)) };
+    let out = quickjs::Array::new(ctx.clone())?;
+    out.set(0, request.method)?;
+    out.set(1, request.url)?;
+    let headers = quickjs::Array::new(ctx.clone())?;
+    for (i, header) in request.headers.into_iter().enumerate() {
+        let pair = quickjs::Array::new(ctx.clone())?;
+        pair.set(0, header.name)?;
+        pair.set(1, header.value)?;
+        headers.set(i, pair)?;
+    }
+    out.set(2, headers)?;
+    out.set(3, quickjs::ArrayBuffer::new(ctx.clone(), request.body)?)?;
+    Ok(out.into_value())
 }
 
 /// Exported functions by module and export name. A call hands its function to the dispatcher
@@ -395,11 +417,19 @@ fn install_natives(ctx: &Ctx<'_>) -> quickjs::Result<()> {
     native.set("dbPatch", Func::from(syscall::db_patch))?;
     native.set("queryTake", Func::from(syscall::query_take))?;
     native.set("digest", Func::from(crypto::digest))?;
+    native.set("storageStore", Func::from(syscall::storage_store))?;
+    native.set("storageGet", Func::from(syscall::storage_get))?;
     native.set("hmac", Func::from(crypto::hmac))?;
+    native.set("asymImport", Func::from(asym::import))?;
+    native.set("asymSign", Func::from(asym::sign))?;
+    native.set("asymVerify", Func::from(asym::verify))?;
+    native.set("asymExport", Func::from(asym::export))?;
+    native.set("asymGenerate", Func::from(asym::generate))?;
     native.set("syscall", Func::from(|op: String, args: String| syscall::call(&op, &args)))?;
     native.set("args", Func::from(args_value))?;
     native.set("argsJson", Func::from(args_json))?;
     native.set("result", Func::from(take_result))?;
+    native.set("httpRequest", Func::from(http_request))?;
     native.set(
         "log",
         Func::from(|level: i32, line: String| {
@@ -483,6 +513,7 @@ fn end_call() {
     ARGS_JS.with(|a| a.borrow_mut().take());
     ARGS_TREE.with(|t| t.borrow_mut().take());
     ARGS.with(|a| a.borrow_mut().clear());
+    HTTP_REQUEST.with(|r| r.borrow_mut().take());
     syscall::close_streams();
     kiln_wasi_stubs::reset();
     IN_CALL.with(|c| c.set(None));
@@ -511,7 +542,8 @@ fn split_path(path: &str) -> (&str, &str) {
 }
 
 fn run(rt: &Runtime, call: Call) -> Result<String, Error> {
-    let Call { path, args, request_id, kind, .. } = call;
+    let Call { path, args, request_id, kind, http, .. } = call;
+    HTTP_REQUEST.with(|r| *r.borrow_mut() = http);
     // The arguments of a query or mutation (whose invokers take `__kiln_native.args`), if a
     // MessagePack map, are built into JavaScript values at once, without a `Value` tree.
     let wants_object = matches!(kind, FunctionKind::Query | FunctionKind::Mutation);

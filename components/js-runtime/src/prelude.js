@@ -37,7 +37,25 @@
           return rejected(e);
         }
       },
-      jsSyscall: (op) => {
+      // What the package's action storage writer asks for (`ctx.storage.store/get`).
+      jsSyscall: (op, args) => {
+        try {
+          if (op === "storage/storeBlob") {
+            const blob = args?.blob;
+            const bytes = blob instanceof Blob ? blobBytes.get(blob) : undefined;
+            if (bytes === undefined) {
+              throw new TypeError("store() expects a Blob; for a Request, `await request.blob()` gives one");
+            }
+            const sha256 = args.options?.sha256;
+            return resolved(native.storageStore(bytes, blob.type, sha256 === undefined ? undefined : String(sha256)));
+          }
+          if (op === "storage/getBlob") {
+            const found = native.storageGet(String(args?.storageId));
+            return resolved(found === null ? null : new Blob([found[0]], { type: found[1] ?? "" }));
+          }
+        } catch (e) {
+          return rejected(e);
+        }
         throw new Error(`The operation ${op} is not supported by this version of Kiln`);
       },
     }),
@@ -317,7 +335,8 @@
     },
   });
 
-  // ---- crypto.subtle: digests and HMAC (natives in crypto.rs) -------------------------------
+  // ---- crypto.subtle: digests and HMAC (natives in crypto.rs), RSA and ECDSA signatures
+  // (natives in asym.rs) ----------------------------------------------------------------------
   class DOMException extends Error {
     constructor(message = "", name = "Error") {
       super(message);
@@ -344,10 +363,12 @@
     encode: (buffer) => btoa(String.fromCharCode(...new Uint8Array(buffer))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, ""),
   };
   const secrets = new WeakMap();
+  // A key's material: an HMAC key's secret (an ArrayBuffer), or an asymmetric key's
+  // `{kind, der}` (`RSA`, `P-256` or `P-384`; SPKI or PKCS #8).
   class CryptoKey {
-    constructor(secret, algorithm, extractable, usages) {
+    constructor(secret, algorithm, extractable, usages, type = "secret") {
       secrets.set(this, secret);
-      this.type = "secret";
+      this.type = type;
       this.extractable = extractable;
       this.algorithm = algorithm;
       this.usages = usages;
@@ -371,6 +392,48 @@
   const isHmac = (algorithm, what) => {
     if (algorithmName(algorithm).toUpperCase() !== "HMAC") throw notSupported(`${what} with ${algorithmName(algorithm)}`);
   };
+  // Web Crypto's names of the signature algorithms, by their upper-case form.
+  const SIGNATURES = { "RSASSA-PKCS1-V1_5": "RSASSA-PKCS1-v1_5", "RSA-PSS": "RSA-PSS", ECDSA: "ECDSA" };
+  const signatureName = (algorithm) => SIGNATURES[algorithmName(algorithm).toUpperCase()];
+  const curveOf = (algorithm) => {
+    const curve = String(algorithm?.namedCurve);
+    if (curve !== "P-256" && curve !== "P-384") throw notSupported(`the curve ${curve}`);
+    return curve;
+  };
+  const jwkAlg = (a) =>
+    a.name === "ECDSA" ? (a.namedCurve === "P-256" ? "ES256" : "ES384") : `${a.name === "RSA-PSS" ? "PS" : "RS"}${a.hash.name.slice(4)}`;
+  const asymmetricKey = (name, format, keyData, algorithm, extractable, usages) => {
+    const kind = name === "ECDSA" ? curveOf(algorithm) : "RSA";
+    const hash = name === "ECDSA" ? null : hashOf(algorithm?.hash);
+    let imported;
+    try {
+      if (format === "jwk") {
+        if (keyData === null || typeof keyData !== "object") throw new TypeError("keyData must be a JWK object");
+        imported = native.asymImport(kind, format, undefined, JSON.stringify(keyData));
+      } else {
+        imported = native.asymImport(kind, format, bufferOf(keyData, "keyData"), undefined);
+      }
+    } catch (e) {
+      throw new DataError(e.message);
+    }
+    const [isPrivate, der, bits] = imported;
+    const allowed = isPrivate ? "sign" : "verify";
+    for (const u of usages) {
+      if (u !== allowed) throw new SyntaxError(`a ${isPrivate ? "private" : "public"} ${name} key cannot be used to ${u}`);
+    }
+    const alg = name === "ECDSA" ? { name, namedCurve: kind } : { name, hash: { name: hash }, modulusLength: bits };
+    return new CryptoKey({ kind, der }, alg, !!extractable, [...usages], isPrivate ? "private" : "public");
+  };
+  // The scheme asym.rs signs with, after checking that `key` is a key of `algorithm`.
+  const schemeOf = (algorithm, key) => {
+    const name = signatureName(algorithm);
+    if (name === undefined || key?.algorithm?.name !== name) {
+      throw new DOMException(`the key is not a ${algorithmName(algorithm)} key`, "InvalidAccessError");
+    }
+    return name === "ECDSA" ? key.algorithm.namedCurve : name;
+  };
+  const signatureHash = (algorithm, key) => (key.algorithm.name === "ECDSA" ? hashOf(algorithm.hash) : key.algorithm.hash.name);
+  const saltOf = (algorithm) => (algorithm?.saltLength === undefined ? undefined : Number(algorithm.saltLength));
   // Each method answers with a promise, rejected on bad input, as Web Crypto does.
   const promised = (f) => (...args) => {
     try {
@@ -382,6 +445,8 @@
   const subtle = {
     digest: promised((algorithm, data) => native.digest(hashOf(algorithm), bufferOf(data, "data"))),
     importKey: promised((format, keyData, algorithm, extractable, usages) => {
+      const signature = signatureName(algorithm);
+      if (signature !== undefined) return asymmetricKey(signature, format, keyData, algorithm, extractable, usages);
       isHmac(algorithm, "crypto.subtle.importKey");
       if (format === "raw") return hmacKey(algorithm, bufferOf(keyData, "keyData"), extractable, usages);
       if (format === "jwk") {
@@ -394,6 +459,16 @@
       const secret = secrets.get(key);
       if (secret === undefined) throw new TypeError("not a CryptoKey");
       if (!key.extractable) throw new DOMException("the key is not extractable", "InvalidAccessError");
+      if (key.type !== "secret") {
+        let out;
+        try {
+          out = native.asymExport(secret.kind, String(format), secret.der, key.type === "private");
+        } catch (e) {
+          throw new DOMException(e.message, "NotSupportedError");
+        }
+        if (format !== "jwk") return out;
+        return { ...JSON.parse(new TextDecoder().decode(out)), alg: jwkAlg(key.algorithm), ext: true, key_ops: [...key.usages] };
+      }
       if (format === "raw") return secret.slice(0);
       if (format === "jwk") {
         const bits = key.algorithm.hash.name.slice(4);
@@ -402,16 +477,43 @@
       throw notSupported(`crypto.subtle.exportKey of format ${format}`);
     }),
     generateKey: promised((algorithm, extractable, usages) => {
+      const signature = signatureName(algorithm);
+      if (signature === "ECDSA") {
+        const curve = curveOf(algorithm);
+        const [pkcs8, spki] = native.asymGenerate(curve);
+        const alg = { name: "ECDSA", namedCurve: curve };
+        return {
+          privateKey: new CryptoKey({ kind: curve, der: pkcs8 }, alg, !!extractable, usages.filter((u) => u === "sign"), "private"),
+          publicKey: new CryptoKey({ kind: curve, der: spki }, alg, true, usages.filter((u) => u === "verify"), "public"),
+        };
+      }
+      // Finding RSA primes in the guest would take seconds of a call's fuel: import a key.
+      if (signature !== undefined) throw notSupported(`crypto.subtle.generateKey of ${signature} keys (import one instead)`);
       isHmac(algorithm, "crypto.subtle.generateKey");
       const hash = hashOf(algorithm.hash);
       const bits = algorithm.length ?? (hash === "SHA-384" || hash === "SHA-512" ? 1024 : 512);
       return hmacKey(algorithm, randomBytes(Math.ceil(bits / 8)).buffer, extractable, usages);
     }),
     sign: promised((algorithm, key, data) => {
+      if (signatureName(algorithm) !== undefined) {
+        const scheme = schemeOf(algorithm, key);
+        const { der } = keySecret(key, "sign");
+        try {
+          return native.asymSign(scheme, signatureHash(algorithm, key), der, bufferOf(data, "data"), saltOf(algorithm));
+        } catch (e) {
+          throw new DOMException(e.message, "OperationError");
+        }
+      }
       isHmac(algorithm, "crypto.subtle.sign");
       return native.hmac(key.algorithm.hash.name, keySecret(key, "sign"), bufferOf(data, "data"));
     }),
     verify: promised((algorithm, key, signature, data) => {
+      if (signatureName(algorithm) !== undefined) {
+        const scheme = schemeOf(algorithm, key);
+        const { der } = keySecret(key, "verify");
+        const hash = signatureHash(algorithm, key);
+        return native.asymVerify(scheme, hash, der, bufferOf(signature, "signature"), bufferOf(data, "data"), saltOf(algorithm));
+      }
       isHmac(algorithm, "crypto.subtle.verify");
       const expected = new Uint8Array(native.hmac(key.algorithm.hash.name, keySecret(key, "verify"), bufferOf(data, "data")));
       const given = new Uint8Array(bufferOf(signature, "signature"));
@@ -1288,6 +1390,7 @@
   // package's `invokeFunction`, which rejects at once with the error the package reports;
   // the runtime drives that promise and comes back here.
   function failed(e) {
+    httpCall = 0;
     if (direct) {
       direct = false;
       return invokeThrowing(() => {
@@ -1308,8 +1411,33 @@
   // (`native.path()`): a string made from Rust costs ~700 fuel. `requestId` comes with
   // actions only.
   const KIND_NAMES = ["query", "mutation", "action", "http-action"];
+  // An HTTP action's progress: 1 while its handler's `Response` is awaited, 2 while the
+  // response's body is read (see `__kiln_settled`).
+  let httpCall = 0;
+  const HTTP_METHODS = ["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "HEAD"];
+  // An HTTP action: the request routed by the app's `http.js` router (its route path is the
+  // call's path), as the package's `HttpRouter.runRequest` routes it.
+  function dispatchHttp() {
+    const router = modules().http?.default;
+    if (!router || typeof router.lookup !== "function") {
+      return fail("NoHttpRouter", "the app has no HTTP router (convex/http.ts exporting httpRouter() by default)");
+    }
+    const [method, url, headers, body] = native.httpRequest();
+    const route = native.path();
+    httpCall = 1;
+    const match = HTTP_METHODS.includes(method) ? router.lookup(route, method) : null;
+    if (!match) return resolved(new Response(`No HttpAction routed for ${route}`, { status: 404 }));
+    const request = new Request(url, {
+      method,
+      headers,
+      body: method === "GET" || method === "HEAD" || body.byteLength === 0 ? undefined : body,
+    });
+    return match[0].invokeHttpAction(request);
+  }
+
   define("__kiln_dispatch", function dispatch(kind, fn, requestId) {
     try {
+      if (kind === 3) return dispatchHttp();
       let m, ctx;
       const actual = fn ? kindOf(fn) : null;
       if (!actual) return fail("FunctionNotFound", `Could not find function for '${native.path()}'`);
@@ -1353,6 +1481,27 @@
   });
 
   define("__kiln_settled", function settled(result) {
+    if (httpCall === 1) {
+      if (!(result instanceof Response)) {
+        httpCall = 0;
+        return fail("InvalidHttpResponse", `the HTTP action for ${native.path()} returned ${inspect(result, 1, [])}, not a Response`);
+      }
+      httpCall = 2;
+      const response = result;
+      return response.arrayBuffer().then((body) => ({ status: response.status, headers: [...response.headers], body }));
+    }
+    if (httpCall === 2) {
+      httpCall = 0;
+      try {
+        const size = native.result(result);
+        if (size === undefined || size > MAX_RESULT_BYTES) {
+          return fail("HttpResponseTooLarge", `the response of the HTTP action for ${native.path()} is over the limit of 16 MiB`);
+        }
+        return "2";
+      } catch (e) {
+        return describe(e);
+      }
+    }
     if (direct) {
       direct = false;
       try {

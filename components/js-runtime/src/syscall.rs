@@ -8,7 +8,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use javy_plugin_api::javy::quickjs::{self, Ctx, Exception, Function, Object, Value as JsValue, qjs};
+use javy_plugin_api::javy::quickjs::{
+    self, ArrayBuffer, Ctx, Exception, Function, Object, TypedArray, Value as JsValue, qjs,
+};
 
 use kiln_value::{Value, from_convex_json, from_msgpack, json::patch_from_convex_json, to_convex_json, to_msgpack};
 use serde_json::{Value as Json, json};
@@ -485,4 +487,38 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// `__kiln_native.storageStore(bytes, contentType, sha256?)`: stores the bytes (a
+/// `Uint8Array`) as a new file and returns its storage id (`ctx.storage.store` in actions).
+pub(crate) fn storage_store<'js>(
+    ctx: Ctx<'js>,
+    bytes: TypedArray<'js, u8>,
+    content_type: String,
+    sha256: Option<String>,
+) -> quickjs::Result<String> {
+    let data = bytes.as_bytes().unwrap_or_default();
+    let content_type = (!content_type.is_empty()).then_some(content_type);
+    match in_call("storage/storeBlob").and_then(|()| storage::store(data, content_type.as_deref(), sha256.as_deref())) {
+        Ok(id) => Ok(id),
+        Err(e) => Err(throw(&ctx, &e)?),
+    }
+}
+
+/// `__kiln_native.storageGet(id)`: `[bytes, contentType]` of a stored file, or `null`
+/// (`ctx.storage.get` in actions).
+pub(crate) fn storage_get<'js>(ctx: Ctx<'js>, id: String) -> quickjs::Result<JsValue<'js>> {
+    match in_call("storage/getBlob").and_then(|()| storage::get(&id)) {
+        Ok(None) => Ok(JsValue::new_null(ctx)),
+        Ok(Some(file)) => {
+            let pair = quickjs::Array::new(ctx.clone())?;
+            pair.set(0, ArrayBuffer::new(ctx.clone(), file.bytes)?)?;
+            match file.content_type {
+                Some(t) => pair.set(1, t)?,
+                None => pair.set(1, JsValue::new_null(ctx.clone()))?,
+            }
+            Ok(pair.into_value())
+        }
+        Err(e) => Err(throw(&ctx, &e)?),
+    }
 }

@@ -2,12 +2,35 @@ import { ConvexError, v } from "convex/values";
 import { action, internalQuery, mutation, query } from "./_generated/server";
 import { api, internal } from "./_generated/api";
 
-/** The latest messages, oldest first. */
+/** The latest messages, oldest first, with their images' URLs. */
 export const list = query({
   args: { limit: v.optional(v.number()) },
   handler: async (ctx, { limit }) => {
     const latest = await ctx.db.query("messages").order("desc").take(limit ?? 50);
-    return latest.reverse();
+    return await Promise.all(
+      latest.reverse().map(async (m) => ({
+        ...m,
+        imageUrl: m.image === undefined ? null : await ctx.storage.getUrl(m.image),
+      })),
+    );
+  },
+});
+
+/** A URL the page uploads an image to (answering its storage id). */
+export const generateUploadUrl = mutation({
+  args: {},
+  handler: async (ctx) => await ctx.storage.generateUploadUrl(),
+});
+
+/** Posts an uploaded image as a message. */
+export const sendImage = mutation({
+  args: { author: v.string(), image: v.id("_storage") },
+  handler: async (ctx, { author, image }) => {
+    const file = await ctx.db.system.get(image);
+    if (file === null || !(file.contentType ?? "").startsWith("image/")) {
+      throw new ConvexError({ code: "NOT_AN_IMAGE", message: "Only images can be posted" });
+    }
+    return await ctx.db.insert("messages", { author, body: "", likes: 0, image });
   },
 });
 

@@ -6,5 +6,7 @@ export default defineSchema({
     author: v.string(),
     body: v.string(),
     likes: v.number(),
+    // An attached image (a stored file).
+    image: v.optional(v.id("_storage")),
   }).index("by_author", ["author"]),
 });

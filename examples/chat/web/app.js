@@ -24,6 +24,9 @@ function render(messages) {
       li.dataset.id = m._id;
       const author = Object.assign(document.createElement("span"), { className: "author", textContent: m.author });
       const body = Object.assign(document.createElement("span"), { className: "body", textContent: m.body });
+      if (m.imageUrl) {
+        body.append(Object.assign(document.createElement("img"), { src: m.imageUrl, alt: `image from ${m.author}` }));
+      }
       const like = Object.assign(document.createElement("button"), { type: "button", textContent: `♥ ${m.likes}` });
       like.addEventListener("click", () => client.mutation(api.messages.like, { id: m._id }).catch(showError));
       li.append(author, body, like);
@@ -51,6 +54,26 @@ form.addEventListener("submit", async (event) => {
   form.body.value = "";
   try {
     await client.mutation(api.messages.send, { author, body });
+  } catch (e) {
+    showError(e);
+  }
+});
+
+// An image goes to an upload URL (the file never passes through a function), then its storage
+// id is posted as a message.
+$("image").addEventListener("change", async (event) => {
+  const file = event.target.files?.[0];
+  event.target.value = "";
+  if (!file) return;
+  errorLine.textContent = "";
+  const author = form.author.value.trim();
+  if (!author) return showError(new Error("Enter your name first"));
+  try {
+    const uploadUrl = await client.mutation(api.messages.generateUploadUrl, {});
+    const res = await fetch(uploadUrl, { method: "POST", headers: { "Content-Type": file.type }, body: file });
+    if (!res.ok) throw new Error(`upload failed: ${(await res.json()).message}`);
+    const { storageId } = await res.json();
+    await client.mutation(api.messages.sendImage, { author, image: storageId });
   } catch (e) {
     showError(e);
   }

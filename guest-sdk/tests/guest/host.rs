@@ -337,6 +337,12 @@ impl storage::Host for Host {
     fn delete(&mut self, _id: String) -> Result<(), Error> {
         Err(err("NotSupported", "no storage in this harness"))
     }
+    fn store(&mut self, _b: Vec<u8>, _t: Option<String>, _s: Option<String>) -> Result<String, Error> {
+        Err(err("NotSupported", "no storage in this harness"))
+    }
+    fn get(&mut self, _id: String) -> Result<Option<storage::StoredFile>, Error> {
+        Err(err("NotSupported", "no storage in this harness"))
+    }
 }
 
 impl functions::Host for Host {

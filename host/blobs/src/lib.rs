@@ -63,6 +63,9 @@ pub trait BlobStore: Send + Sync {
 
     /// Deletes blob `sha256`; `false` when there was none.
     async fn delete(&self, sha256: &[u8; 32]) -> Result<bool>;
+
+    /// The digests of every stored blob (to find blobs no document names after a crash).
+    async fn list(&self) -> Result<Vec<[u8; 32]>>;
 }
 
 /// Blobs as files under a directory: `<root>/<first two hex digits>/<hex digest>`, written
@@ -86,6 +89,12 @@ impl DirBlobStore {
         }
         tokio::fs::create_dir_all(&tmp).await.map_err(|e| BlobError::io(&tmp, e))?;
         Ok(DirBlobStore { root })
+    }
+
+    /// The store under `root` as it is, not prepared for writes (for a read-only data
+    /// directory: reads work, writes fail with `StorageFailed`).
+    pub fn open_as_is(root: impl Into<PathBuf>) -> DirBlobStore {
+        DirBlobStore { root: root.into() }
     }
 
     fn path(&self, sha256: &[u8; 32]) -> PathBuf {
@@ -193,4 +202,36 @@ impl BlobStore for DirBlobStore {
             Err(e) => Err(BlobError::io(&path, e)),
         }
     }
+
+    async fn list(&self) -> Result<Vec<[u8; 32]>> {
+        let mut found = Vec::new();
+        let mut dirs = tokio::fs::read_dir(&self.root).await.map_err(|e| BlobError::io(&self.root, e))?;
+        while let Some(dir) = dirs.next_entry().await.map_err(|e| BlobError::io(&self.root, e))? {
+            let dir = dir.path();
+            // Only the two-hex-digit fan-out directories hold blobs (`tmp` holds uploads).
+            if dir.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.len() != 2) || !dir.is_dir() {
+                continue;
+            }
+            let mut files = tokio::fs::read_dir(&dir).await.map_err(|e| BlobError::io(&dir, e))?;
+            while let Some(file) = files.next_entry().await.map_err(|e| BlobError::io(&dir, e))? {
+                if let Some(sha256) = file.file_name().to_str().and_then(parse_hex) {
+                    found.push(sha256);
+                }
+            }
+        }
+        found.sort_unstable();
+        Ok(found)
+    }
+}
+
+/// A digest from its hex, if `name` is one.
+pub fn parse_hex(name: &str) -> Option<[u8; 32]> {
+    if name.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }

@@ -86,7 +86,12 @@ async fn the_same_bytes_share_one_blob_and_delete_frees_it() {
     assert_eq!(a, b);
     assert_eq!(a.hex(), "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
     assert!(store.contains(&a.sha256).await.unwrap());
+    let c = store.put(&mut &b"other"[..], 100).await.unwrap();
+    let mut both = vec![a.sha256, c.sha256];
+    both.sort_unstable();
+    assert_eq!(store.list().await.unwrap(), both, "list names every blob once");
     assert!(store.delete(&a.sha256).await.unwrap());
+    assert_eq!(store.list().await.unwrap(), vec![c.sha256]);
     assert!(!store.delete(&a.sha256).await.unwrap());
     assert!(store.open(&a.sha256, None).await.unwrap().is_none());
 }

@@ -19,6 +19,8 @@ pub struct ServeOptions {
     pub data: PathBuf,
     /// Listen address.
     pub listen: SocketAddr,
+    /// The site origin's address (`off`: none); by default the port after `listen`'s.
+    pub site_listen: Option<String>,
     /// Static files to serve at `/`.
     pub static_dir: Option<PathBuf>,
     /// Hosts every deployment's actions may fetch even at non-public addresses.
@@ -45,6 +47,25 @@ fn config(opts: &ServeOptions) -> ServerConfig {
     config
 }
 
+/// Where the site origin listens: `--site-listen`, or the port after `--listen`'s (port 0
+/// stays 0: any free port).
+fn site_address(opts: &ServeOptions) -> Result<Option<SocketAddr>, CliError> {
+    match opts.site_listen.as_deref() {
+        Some("off") => Ok(None),
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|e| CliError::Usage(format!("--site-listen {text:?}: not an address or `off`: {e}"))),
+        None => {
+            let port = match opts.listen.port() {
+                0 => 0,
+                p => p.checked_add(1).ok_or_else(|| CliError::Usage("no port after 65535 for the site".into()))?,
+            };
+            Ok(Some(SocketAddr::new(opts.listen.ip(), port)))
+        }
+    }
+}
+
 /// A started local server.
 struct Local {
     server: std::sync::Arc<Server>,
@@ -57,7 +78,22 @@ async fn start_local(opts: &ServeOptions) -> Result<Local, CliError> {
         .await
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", opts.listen)))?;
     let addr = listener.local_addr().map_err(|e| CliError::Usage(e.to_string()))?;
-    let config = config(opts);
+    let site = match site_address(opts)? {
+        Some(at) => {
+            let site = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| CliError::Usage(format!("cannot listen on {at} for HTTP actions (--site-listen): {e}")))?;
+            Some(site)
+        }
+        None => None,
+    };
+    let mut config = config(opts);
+    // Port 0 picks a port: the files' and site's URLs name the ones the listeners got.
+    config.listen = addr;
+    config.site_listen = match &site {
+        Some(l) => Some(l.local_addr().map_err(|e| CliError::Usage(e.to_string()))?),
+        None => None,
+    };
     let persistence = std::sync::Arc::new(kiln_sqlite::SqliteFactory {
         data_dir: config.runtime.data_dir.clone(),
         options: crate::knobs::sqlite_options(),
@@ -83,6 +119,14 @@ async fn start_local(opts: &ServeOptions) -> Result<Local, CliError> {
             eprintln!("server error: {e}");
         }
     });
+    if let Some(site) = site {
+        let serving = server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serving.serve_site(site).await {
+                eprintln!("site server error: {e}");
+            }
+        });
+    }
     Ok(Local { server, url, instance_key })
 }
 
@@ -97,6 +141,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), CliError> {
         }
         if opts.static_dir.is_some() {
             println!("  web page: {}/", local.url);
+        }
+        let config = &local.server.state().config;
+        if config.site_listen.is_some() {
+            println!("  HTTP actions (site): {}", config.site_url(&config.default_deployment));
         }
         let _ = tokio::signal::ctrl_c().await;
         println!("stopping");

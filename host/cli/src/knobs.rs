@@ -100,7 +100,8 @@ pub fn sqlite_options() -> SqliteOptions {
 }
 
 /// The server's knobs: `KILN_MAX_QUERIES_PER_SOCKET`, `KILN_MAX_INFLIGHT_PER_DEPLOYMENT`,
-/// `KILN_MAX_BODY_BYTES`, `KILN_CLIENT_TIMEOUT_SECS`, `KILN_METRICS_TOKEN`, the push limits
+/// `KILN_MAX_BODY_BYTES`, `KILN_CLIENT_TIMEOUT_SECS`, `KILN_METRICS_TOKEN`, `KILN_PUBLIC_URL`,
+/// `KILN_PUBLIC_SITE_URL`, `KILN_MAX_FILE_BYTES`, `KILN_MAX_HTTP_ACTION_BODY_BYTES`, the push limits
 /// (`KILN_PUSH_MAX_SOURCE_BYTES`, `KILN_PUSH_LOAD_TIME_MS`, `KILN_PUSH_LOAD_MEMORY_BYTES`,
 /// `KILN_PUSH_CONCURRENT_COMPILES`), `KILN_MAX_IMPORT_BYTES`, and the
 /// runtime's and store's (the listen address and data directory come from the command line,
@@ -115,6 +116,14 @@ pub fn server_config() -> ServerConfig {
         c.client_timeout = Duration::from_secs(n.max(1));
     }
     c.metrics_token = std::env::var("KILN_METRICS_TOKEN").ok().filter(|t| !t.is_empty());
+    c.public_url = std::env::var("KILN_PUBLIC_URL").ok().filter(|u| !u.is_empty());
+    c.public_site_url = std::env::var("KILN_PUBLIC_SITE_URL").ok().filter(|u| !u.is_empty());
+    if let Some(n) = env_u64("KILN_MAX_HTTP_ACTION_BODY_BYTES") {
+        c.max_http_action_body_bytes = n as usize;
+    }
+    if let Some(n) = env_u64("KILN_MAX_FILE_BYTES") {
+        c.limits.max_file_bytes = n;
+    }
     if let Some(n) = env_u64("KILN_MAX_IMPORT_BYTES") {
         c.max_import_bytes = n;
     }

@@ -108,6 +108,10 @@ struct Local {
     /// Where to listen.
     #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:3210")]
     listen: SocketAddr,
+    /// Where to serve HTTP actions at the root of the URL, as Convex's site origin (default:
+    /// the port after `--listen`'s, so 3211; `off` serves them only under `/http/`).
+    #[arg(long, env = "KILN_SITE_LISTEN", value_name = "ADDRESS|off")]
+    site_listen: Option<String>,
     /// A directory of static files to serve at `/` (e.g. a web page).
     #[arg(long = "static")]
     static_dir: Option<PathBuf>,
@@ -125,6 +129,7 @@ impl Local {
         dev::ServeOptions {
             data: self.data.clone(),
             listen: self.listen,
+            site_listen: self.site_listen.clone(),
             static_dir: self.static_dir.clone(),
             allow_fetch: self.allow_fetch.clone(),
             deny_fetch: self.deny_fetch.clone(),

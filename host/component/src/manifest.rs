@@ -120,11 +120,6 @@ impl Manifest {
     /// or indexes would silently never run.
     pub fn unsupported(&self) -> Vec<String> {
         let mut found = Vec::new();
-        if !self.http_routes.is_empty() {
-            found.push("HTTP actions (the routes of convex/http.ts) are not supported yet".to_owned());
-        } else if let Some(f) = self.functions.iter().find(|f| f.kind == "httpAction") {
-            found.push(format!("HTTP actions ({}) are not supported yet", f.path));
-        }
         let tables = self.schema.as_ref().and_then(|s| s.get("tables")).and_then(Json::as_array);
         for table in tables.map(Vec::as_slice).unwrap_or_default() {
             let name = table.get("tableName").and_then(Json::as_str).unwrap_or("?");

@@ -7,11 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use kiln_component::bindings::exports::kiln::platform::guest::Call;
-use kiln_component::bindings::kiln::platform::types::{Error as WitError, FunctionKind as WitKind};
+use kiln_component::bindings::kiln::platform::types::{
+    Error as WitError, FunctionKind as WitKind, Header, HttpRequest,
+};
 use kiln_store::catalog::Catalog;
 use kiln_store::{StoreError, Transaction};
 use kiln_value::validator::IdCheck;
-use kiln_value::{DocumentId, Value, from_msgpack, to_msgpack};
+use kiln_value::{DocumentId, Object, Value, from_msgpack, to_msgpack};
 use tracing::Instrument;
 use wasmtime::component::TypedFunc;
 use wasmtime::{Store, Trap};
@@ -160,12 +162,13 @@ pub(crate) fn execute_keeping_store(
         store.set_epoch_deadline(deadline_ticks);
     }
     let touch_heap = version.heap_touch.active();
+    let http = store.data_mut().http.take();
     let call = Call {
-        kind: wit_kind(kind),
+        kind: if http.is_some() { WitKind::HttpAction } else { wit_kind(kind) },
         path: path.clone(),
         args,
         request_id: request_id.to_owned(),
-        http: None,
+        http,
         touch_heap,
     };
     let faults = thread_minor_faults();
@@ -303,6 +306,8 @@ fn new_ctx(
         nested_fuel: 0,
         journal: Journal::default(),
         scheduled: Default::default(),
+        freed: Vec::new(),
+        http: None,
     }
 }
 
@@ -355,6 +360,10 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
             let mut ex = execute(callee, args, "", fuel);
             ctx.scheduled = ex.ctx.scheduled;
             ctx.txn = ex.ctx.txn.take();
+            // A failed child's writes are rolled back below: its deletions with them.
+            if ex.outcome.is_ok() {
+                ctx.freed.append(&mut ex.ctx.freed);
+            }
             ctx.journal = std::mem::take(&mut ex.ctx.journal);
             if ctx.fatal.is_none() {
                 ctx.fatal = ex.ctx.fatal.take();
@@ -373,7 +382,14 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
                 callee.scheduled = ctx.scheduled;
                 let mut ex = execute(callee, args.clone(), "", fuel);
                 let retry = match (&ex.outcome, ex.ctx.txn.take()) {
-                    (Ok(_), Some(txn)) => shared.handle.block_on(txn.commit()).err(),
+                    (Ok(_), Some(txn)) => {
+                        let failed = shared.handle.block_on(txn.commit()).err();
+                        if failed.is_none() {
+                            let _runtime = shared.handle.enter();
+                            dep.files.free(&dep.store, std::mem::take(&mut ex.ctx.freed));
+                        }
+                        failed
+                    }
                     (_, txn) => {
                         let retry = ex.ctx.fatal.as_ref().filter(|f| f.retryable).map(|f| StoreError::Conflict {
                             table: String::new(),
@@ -440,17 +456,24 @@ pub(crate) async fn call(shared: Arc<Shared>, dep: Arc<Deployment>, req: CallReq
     let mut out = CallOutcome::default();
     let path = normalize_path(&req.path);
     let result = run(&shared, &dep, &req, &path, &mut out).instrument(span).await;
+    finish(&dep, out, path, req.kind, result, started)
+}
+
+/// Meters a finished call and puts its result into its outcome.
+fn finish(
+    dep: &Deployment,
+    mut out: CallOutcome,
+    path: String,
+    kind: FunctionKind,
+    result: Result<Value, CallError>,
+    started: Instant,
+) -> CallOutcome {
     out.wall = started.elapsed();
-    dep.metering.record(CallRecord {
-        path,
-        kind: req.kind,
-        fuel: out.fuel,
-        wall: out.wall,
-        outcome: match &result {
-            Ok(_) => "ok".to_owned(),
-            Err(e) => e.code.clone(),
-        },
-    });
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.code.clone(),
+    };
+    dep.metering.record(CallRecord { path, kind, fuel: out.fuel, wall: out.wall, outcome });
     out.result = result;
     out
 }
@@ -629,6 +652,7 @@ async fn run(
         out.minor_faults += ex.faults;
         out.logs = std::mem::take(&mut ex.ctx.logs).finish();
         let txn = ex.ctx.txn.take();
+        let freed = std::mem::take(&mut ex.ctx.freed);
         let failure = match (ex.outcome, txn) {
             (Ok(bytes), Some(mut txn)) if req.kind == FunctionKind::Mutation => {
                 let value = match check_result(dep, entry, path, &bytes) {
@@ -647,6 +671,7 @@ async fn run(
                 match txn.commit().await {
                     Ok(ts) => {
                         out.commit_ts = Some(ts);
+                        dep.files.free(&dep.store, freed);
                         return Ok(value);
                     }
                     Err(e) => e,
@@ -762,6 +787,67 @@ fn snapshot_stamp(dep: &Deployment, path: &str, args: &[u8], txn: Transaction) -
     let snapshot_ms = ts.0 as f64 / 1e6;
     let now = if txn.is_read_only() { snapshot_ms } else { wall_clock_ms().max(snapshot_ms) };
     (Some(txn), now, seed)
+}
+
+/// Runs an HTTP action: `request` routed by the app's router, as an action (with its limits,
+/// its permits and its pool), answering the response value `{status, headers, body}`.
+pub(crate) async fn http_call(shared: Arc<Shared>, dep: Arc<Deployment>, request: crate::HttpCall) -> CallOutcome {
+    let started = Instant::now();
+    let label = format!("{} {}", request.method, request.route);
+    let span = tracing::info_span!("http_action", deployment = %dep.name, route = %label);
+    let mut out = CallOutcome::default();
+    let result = async {
+        let version = dep
+            .version()
+            .ok_or_else(|| CallError::new("NotDeployed", format!("deployment {:?} has no app deployed", dep.name)))?;
+        if version.manifest.http_routes.is_empty() {
+            return Err(CallError::new("NoHttpRouter", "the app has no HTTP router (convex/http.ts)"));
+        }
+        let config = dep.config();
+        let fuel = dep.metering.fuel_budget(&config.quotas, config.limits.action_fuel, &label)?;
+        let _permit = dep
+            .action_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CallError::new("ShuttingDown", "the deployment is closing"))?;
+        let job = {
+            let (shared, dep) = (shared.clone(), dep.clone());
+            move || {
+                let crate::HttpCall { method, url, route, headers, body, identity, request_id } = request;
+                let seed = crate::secret::os_random_u64();
+                let mut ctx = new_ctx(
+                    &shared,
+                    &dep,
+                    &version,
+                    FunctionKind::Action,
+                    &route,
+                    None,
+                    identity,
+                    seed,
+                    wall_clock_ms(),
+                    0,
+                );
+                let headers = headers.into_iter().map(|(name, value)| Header { name, value }).collect();
+                ctx.http = Some(HttpRequest { method, url, headers, body });
+                let args = to_msgpack(&Value::Object(Object::default()));
+                execute_keeping_store(ctx, args, &request_id, fuel)
+            }
+        };
+        let mut ex = shared
+            .action_pool
+            .run(dep.tenant, job)
+            .await
+            .ok_or_else(|| CallError::new("ShuttingDown", "the runtime is shutting down"))?;
+        out.fuel += ex.fuel + ex.ctx.nested_fuel;
+        out.minor_faults += ex.faults;
+        out.logs = std::mem::take(&mut ex.ctx.logs).finish();
+        let bytes = ex.outcome?;
+        from_msgpack(&bytes).map_err(|e| CallError::new("InvalidHttpResponse", format!("{label}: {e}")))
+    }
+    .instrument(span)
+    .await;
+    finish(&dep, out, label, FunctionKind::Action, result, started)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Deployments (tenants): a store, the current version of the app, configuration, metering.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -12,12 +13,16 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{ComponentExportIndex, InstancePre};
 
 use crate::FunctionKind;
+use crate::error::CallError;
 use crate::heap_touch::HeapTouch;
 use crate::host::HostCtx;
 use crate::knobs::DeploymentConfig;
 use crate::metering::Metering;
 use crate::query_cache::QueryCache;
 use crate::secret::SeedKey;
+use crate::storage::FileMeta;
+use kiln_blobs::OpenBlob;
+use tokio::io::AsyncRead;
 
 /// A function of a version, ready for calls.
 pub(crate) struct FunctionEntry {
@@ -97,6 +102,10 @@ pub struct Deployment {
     /// retry waits for the retries before it on the same documents to be validated instead of
     /// running beside them and conflicting again.
     pub(crate) turns: Box<[Arc<tokio::sync::Mutex<()>>]>,
+    /// Its stored files (`ctx.storage`).
+    pub(crate) files: crate::storage::Files,
+    /// Signs its upload URLs.
+    pub(crate) upload_key: crate::storage::UploadKey,
     /// The scheduler's executor task (see `scheduler.rs`), aborted when the runtime stops.
     pub(crate) executor: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -120,6 +129,39 @@ impl Deployment {
     /// The current configuration.
     pub fn config(&self) -> Arc<DeploymentConfig> {
         self.config.read().clone()
+    }
+
+    /// Checks the token of an upload URL made by `ctx.storage.generateUploadUrl`.
+    pub fn check_upload_token(&self, token: &str) -> Result<(), CallError> {
+        self.upload_key.check(token, crate::call::wall_clock_ms())
+    }
+
+    /// Stores `body` as a new file (streamed, up to the deployment's file size limit).
+    pub async fn store_file(
+        &self,
+        body: &mut (dyn AsyncRead + Send + Unpin),
+        content_type: Option<String>,
+    ) -> Result<FileMeta, CallError> {
+        let max = self.config.read().limits.max_file_bytes;
+        self.files.store(&self.store, body, content_type, None, max).await
+    }
+
+    /// The stored file `id` at the newest snapshot, if any.
+    pub async fn file(&self, id: &str) -> Result<Option<FileMeta>, CallError> {
+        let mut txn = self.store.begin_system_read_only();
+        crate::storage::metadata(&mut txn, id).await
+    }
+
+    /// Opens the bytes of a stored file, all or `range` (end exclusive); `None` if they are
+    /// gone (the file was deleted since its metadata was read).
+    pub async fn open_file(&self, meta: &FileMeta, range: Option<Range<u64>>) -> Result<Option<OpenBlob>, CallError> {
+        self.files.open(meta, range).await
+    }
+
+    /// Keeps the bytes of every file, also of files deleted meanwhile, until the guard drops
+    /// (take it before the snapshot whose files are read).
+    pub async fn keep_files(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.files.keep().await
     }
 
     /// Starts a new cache generation and drops the cached query results.

@@ -126,13 +126,17 @@ pub(crate) struct HostCtx {
     pub journal: Journal,
     /// What this call (with the calls it made) has scheduled, for the scheduler's limits.
     pub scheduled: crate::scheduler::Scheduled,
+    /// Blobs of files this call's transaction deleted, freed once it commits.
+    pub freed: Vec<[u8; 32]>,
+    /// An HTTP action's request (handed to the guest when the call starts).
+    pub http: Option<HttpRequest>,
 }
 
 pub(crate) fn wit_error(code: &str, message: impl Into<String>) -> WitError {
     WitError { code: code.to_owned(), message: message.into(), data: None }
 }
 
-fn not_supported(what: &str) -> WitError {
+pub(crate) fn not_supported(what: &str) -> WitError {
     wit_error("NotSupported", format!("{what} is not supported by this version of Kiln"))
 }
 
@@ -159,6 +163,8 @@ impl HostCtx {
             nested_fuel: 0,
             journal: Journal::default(),
             scheduled: Default::default(),
+            freed: Vec::new(),
+            http: None,
         };
         std::mem::replace(self, empty)
     }
@@ -397,18 +403,125 @@ impl scheduler::Host for HostCtx {
     }
 }
 
+impl HostCtx {
+    /// Refuses a storage operation queries may not do.
+    fn not_in_query(&self, what: &str) -> Result<(), WitError> {
+        if self.kind == FunctionKind::Query {
+            return Err(wit_error("NotAllowed", format!("{}: queries cannot {what}", self.path)));
+        }
+        Ok(())
+    }
+
+    /// Refuses a storage operation only actions may do.
+    fn only_in_action(&self, what: &str) -> Result<(), WitError> {
+        if self.kind != FunctionKind::Action {
+            return Err(wit_error(
+                "NotAllowed",
+                format!("{}: only actions can {what} (queries and mutations pass storage ids)", self.path),
+            ));
+        }
+        Ok(())
+    }
+
+    fn storage_error(&self, e: CallError) -> WitError {
+        wit_error(&e.code, format!("{}: {}", self.path, e.message))
+    }
+
+    /// The stored file `id`: read in the call's transaction (a query then depends on it), or
+    /// at the newest snapshot in an action.
+    fn file(&mut self, id: &str) -> Result<Option<crate::storage::FileMeta>, WitError> {
+        let handle = self.shared.handle.clone();
+        let result = match self.txn.as_mut() {
+            Some(txn) => handle.block_on(crate::storage::metadata(txn, id)),
+            None => handle.block_on(self.deployment.file(id)),
+        };
+        result.map_err(|e| self.storage_error(e))
+    }
+}
+
 impl storage::Host for HostCtx {
-    fn get_url(&mut self, _id: String) -> Result<Option<String>, WitError> {
-        Err(not_supported("file storage"))
+    fn get_url(&mut self, id: String) -> Result<Option<String>, WitError> {
+        let meta = self.file(&id)?;
+        let base = self.deployment.config.read().public_url.clone();
+        Ok(meta.map(|m| crate::storage::url(&base, &m.id)))
     }
-    fn get_metadata(&mut self, _id: String) -> Result<Option<Vec<u8>>, WitError> {
-        Err(not_supported("file storage"))
+
+    fn get_metadata(&mut self, id: String) -> Result<Option<Vec<u8>>, WitError> {
+        Ok(self.file(&id)?.map(|m| to_msgpack(&m.to_value())))
     }
+
     fn generate_upload_url(&mut self) -> Result<String, WitError> {
-        Err(not_supported("file storage"))
+        self.not_in_query("generate upload URLs")?;
+        let token = self.deployment.upload_key.token(crate::call::wall_clock_ms());
+        let base = self.deployment.config.read().public_url.clone();
+        Ok(format!("{}/api/storage/upload?token={token}", base.trim_end_matches('/')))
     }
-    fn delete(&mut self, _id: String) -> Result<(), WitError> {
-        Err(not_supported("file storage"))
+
+    fn delete(&mut self, id: String) -> Result<(), WitError> {
+        self.not_in_query("delete files")?;
+        let handle = self.shared.handle.clone();
+        if let Some(txn) = self.txn.as_mut() {
+            // Its blob is freed once this transaction commits (see `call.rs`).
+            let sha256 = handle.block_on(crate::storage::delete(txn, &id)).map_err(|e| self.storage_error(e))?;
+            self.freed.push(sha256);
+            return Ok(());
+        }
+        let store = self.deployment.store.clone();
+        let mut attempt = 0u32;
+        let sha256 = loop {
+            let mut txn = store.begin_system();
+            let sha256 = handle.block_on(crate::storage::delete(&mut txn, &id)).map_err(|e| self.storage_error(e))?;
+            match handle.block_on(crate::scheduler::committed(txn, &mut attempt)) {
+                Ok(true) => break sha256,
+                Ok(false) => continue,
+                Err(e) => return Err(wit_error(e.code(), format!("{}: {e}", self.path))),
+            }
+        };
+        let _runtime = handle.enter();
+        self.deployment.files.free(&store, vec![sha256]);
+        Ok(())
+    }
+
+    fn store(
+        &mut self,
+        bytes: Vec<u8>,
+        content_type: Option<String>,
+        sha256: Option<String>,
+    ) -> Result<String, WitError> {
+        self.only_in_action("store files")?;
+        let handle = self.shared.handle.clone();
+        let dep = self.deployment.clone();
+        let max = dep.config.read().limits.max_file_bytes;
+        let stored =
+            handle.block_on(dep.files.store(&dep.store, &mut &bytes[..], content_type, sha256.as_deref(), max));
+        stored.map(|m| m.id.encode()).map_err(|e| self.storage_error(e))
+    }
+
+    fn get(&mut self, id: String) -> Result<Option<storage::StoredFile>, WitError> {
+        self.only_in_action("read files' bytes")?;
+        let Some(meta) = self.file(&id)? else { return Ok(None) };
+        // The bytes go into the guest's memory, which cannot hold more than its cap.
+        if meta.size > self.limiter.cap as u64 {
+            return Err(wit_error(
+                "FileTooLarge",
+                format!(
+                    "{}: file {id} has {} bytes, more than an action's memory ({} bytes); serve it with getUrl",
+                    self.path, meta.size, self.limiter.cap
+                ),
+            ));
+        }
+        let handle = self.shared.handle.clone();
+        let dep = self.deployment.clone();
+        let read = handle.block_on(async {
+            let Some(mut blob) = dep.files.open(&meta, None).await? else { return Ok(None) };
+            let mut bytes = Vec::with_capacity(blob.len as usize);
+            tokio::io::AsyncReadExt::read_to_end(&mut blob.reader, &mut bytes)
+                .await
+                .map_err(|e| CallError::new("StorageFailed", format!("reading file {id}: {e}")))?;
+            Ok(Some(bytes))
+        });
+        let bytes = read.map_err(|e: CallError| self.storage_error(e))?;
+        Ok(bytes.map(|bytes| storage::StoredFile { bytes, content_type: meta.content_type }))
     }
 }
 
@@ -482,6 +595,14 @@ impl env::Host for HostCtx {
     }
 
     fn variables(&mut self) -> Vec<(String, String)> {
-        self.deployment.config.read().env.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        let config = self.deployment.config.read();
+        let mut vars: Vec<_> = config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // As Convex sets them for every deployment (the app's own values win).
+        for (name, value) in [("CONVEX_CLOUD_URL", &config.public_url), ("CONVEX_SITE_URL", &config.site_url)] {
+            if !config.env.contains_key(name) {
+                vars.push((name.to_owned(), value.clone()));
+            }
+        }
+        vars
     }
 }

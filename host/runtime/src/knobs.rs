@@ -148,6 +148,8 @@ pub struct Limits {
     pub max_scheduled_args_bytes: usize,
     /// Scheduled functions of this deployment the scheduler runs at once.
     pub scheduler_concurrency: usize,
+    /// Largest file one upload or `ctx.storage.store` may store (default 4 GiB).
+    pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
@@ -169,6 +171,7 @@ impl Default for Limits {
             max_scheduled_per_call: 1000,
             max_scheduled_args_bytes: 8 << 20,
             scheduler_concurrency: 32,
+            max_file_bytes: 4 << 30,
         }
     }
 }
@@ -219,7 +222,7 @@ impl Default for FetchPolicy {
 }
 
 /// One deployment's configuration.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DeploymentConfig {
     /// Call limits.
     pub limits: Limits,
@@ -229,4 +232,22 @@ pub struct DeploymentConfig {
     pub env: BTreeMap<String, String>,
     /// The outgoing HTTP policy of actions.
     pub fetch: FetchPolicy,
+    /// Where clients reach the deployment (`http://host:port`, with `/d/<name>` for all but
+    /// the default deployment): the base of its files' URLs and upload URLs.
+    pub public_url: String,
+    /// Where its HTTP actions are served (`process.env.CONVEX_SITE_URL`).
+    pub site_url: String,
+}
+
+impl Default for DeploymentConfig {
+    fn default() -> Self {
+        DeploymentConfig {
+            limits: Limits::default(),
+            quotas: Quotas::default(),
+            env: BTreeMap::new(),
+            fetch: FetchPolicy::default(),
+            public_url: "http://127.0.0.1:3210".to_owned(),
+            site_url: "http://127.0.0.1:3211".to_owned(),
+        }
+    }
 }

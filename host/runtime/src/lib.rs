@@ -24,6 +24,7 @@ mod pool;
 mod query_cache;
 mod scheduler;
 mod secret;
+mod storage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,9 +47,11 @@ pub use deployment::{Deployment, Version, normalize_path};
 pub use engine::EngineHandle;
 pub use error::{CallError, Result, RuntimeError};
 pub use host::LogLine;
+pub use kiln_blobs::OpenBlob;
 pub use kiln_component::manifest::{AuthProviderSpec, Manifest};
 pub use knobs::{DeploymentConfig, FetchPolicy, Limits, Priority, Quotas, RuntimeConfig};
 pub use metering::{CallRecord, FunctionUsage, Usage};
+pub use storage::FileMeta;
 
 use crate::deployment::FunctionEntry;
 use crate::host::HostCtx;
@@ -81,6 +84,67 @@ pub enum FunctionKind {
     Mutation,
     /// A non-transactional function.
     Action,
+}
+
+/// A request to an HTTP action (`convex/http.ts`).
+#[derive(Clone, Debug)]
+pub struct HttpCall {
+    /// The method, e.g. `POST`.
+    pub method: String,
+    /// The absolute URL the client addressed (what `request.url` answers).
+    pub url: String,
+    /// The path the app's router matches (`/webhook`: without `/http` or `/d/<name>`).
+    pub route: String,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The caller's identity, if its `Authorization` carried a valid token.
+    pub identity: Option<Value>,
+    /// The request id.
+    pub request_id: String,
+}
+
+/// An HTTP action's response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpReply {
+    /// The status code.
+    pub status: u16,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    /// The reply an HTTP action's result value (`{status, headers: [[name, value]], body}`)
+    /// describes.
+    pub fn from_value(value: &Value) -> std::result::Result<HttpReply, CallError> {
+        let bad = |what: &str| CallError::new("InvalidHttpResponse", format!("the HTTP action's response {what}"));
+        let Value::Object(o) = value else { return Err(bad("is not an object")) };
+        let status = match o.get("status") {
+            Some(Value::Float64(s)) if (100.0..=599.0).contains(s) && s.fract() == 0.0 => *s as u16,
+            _ => return Err(bad("has no valid status")),
+        };
+        let mut headers = Vec::new();
+        if let Some(Value::Array(list)) = o.get("headers") {
+            for pair in list {
+                match pair {
+                    Value::Array(p) if p.len() == 2 => match (&p[0], &p[1]) {
+                        (Value::String(n), Value::String(v)) => headers.push((n.clone(), v.clone())),
+                        _ => return Err(bad("has a header that is not two strings")),
+                    },
+                    _ => return Err(bad("has a header that is not a pair")),
+                }
+            }
+        }
+        let body = match o.get("body") {
+            Some(Value::Bytes(b)) => b.clone(),
+            None | Some(Value::Null) => Vec::new(),
+            _ => return Err(bad("body is not bytes")),
+        };
+        Ok(HttpReply { status, headers, body })
+    }
 }
 
 /// A call of a function.
@@ -343,11 +407,29 @@ impl Runtime {
         tx.create_system_table(secret::TABLE)?;
         tx.create_system_table(scheduler::TABLE)?;
         tx.create_system_table(crons::TABLE)?;
+        tx.create_system_table(storage::TABLE)?;
         tx.commit().await?;
         store.ensure_system_index(scheduler::TABLE, scheduler::BY_STATE, &scheduler::BY_STATE_FIELDS).await?;
         store.ensure_system_index(crons::TABLE, crons::BY_NEXT, &crons::BY_NEXT_FIELDS).await?;
+        store.ensure_system_index(storage::TABLE, storage::BY_SHA, &storage::BY_SHA_FIELDS).await?;
+        let blob_dir = self.shared.config.data_dir.join("files").join(name);
+        let blobs = match kiln_blobs::DirBlobStore::open(&blob_dir).await {
+            Ok(blobs) => blobs,
+            // A read-only or full data directory still serves reads (as the store does).
+            Err(e) => {
+                tracing::warn!(deployment = name, error = %e, "file storage cannot be written; serving reads only");
+                kiln_blobs::DirBlobStore::open_as_is(&blob_dir)
+            }
+        };
+        let files = storage::Files::new(Arc::new(blobs));
+        match files.sweep(&store).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deployment = name, freed = n, "freed the blobs of deleted or unfinished files"),
+            Err(e) => tracing::warn!(deployment = name, error = %e.message, "sweeping unnamed blobs failed"),
+        }
         let metering = Metering::load(&store).await?;
         let seed_key = secret::SeedKey::load(&store).await?;
+        let upload_key = storage::UploadKey::derive(seed_key.bytes(), name);
         let deployment = Arc::new(Deployment {
             name: name.to_owned(),
             store,
@@ -363,6 +445,8 @@ impl Runtime {
             deploy_lock: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             executor: Mutex::new(None),
+            files,
+            upload_key,
         });
         let path = self.component_path(name);
         if path.exists() {
@@ -536,6 +620,18 @@ impl Runtime {
             Ok(version)
         };
         tracing::Instrument::instrument(work, span).await
+    }
+
+    /// Runs an HTTP action of a deployment; the outcome's value is the response (see
+    /// [`HttpReply::from_value`]).
+    pub async fn http_action(&self, deployment: &str, request: HttpCall) -> CallOutcome {
+        let Some(dep) = self.deployment(deployment) else {
+            return CallOutcome {
+                result: Err(CallError::new("DeploymentNotFound", format!("deployment {deployment:?} not found"))),
+                ..CallOutcome::default()
+            };
+        };
+        call::http_call(self.shared.clone(), dep, request).await
     }
 
     /// Calls a function of a deployment.

@@ -45,6 +45,11 @@ impl SeedKey {
         Ok(SeedKey(key))
     }
 
+    /// The key itself (other keys of the deployment are derived from it).
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The seed of a query or mutation of `path` with `args` (MessagePack) at snapshot `ts`.
     pub(crate) fn snapshot_seed(&self, path: &str, args: &[u8], ts: Timestamp) -> u64 {
         keyed_seed(&self.0, &[path.as_bytes(), args, &ts.0.to_le_bytes()])

@@ -252,7 +252,13 @@ pub async fn canonical_urls(
     if d != state.config.default_deployment {
         cloud.push_str(&format!("/d/{d}"));
     }
-    Ok(Json(json!({ "convexCloudUrl": cloud, "convexSiteUrl": format!("{cloud}/http") })).into_response())
+    // The site origin is another listener: its address is the configured one (under `/http`
+    // of the deployment's URL when none is served).
+    let site = match state.config.site_listen {
+        Some(_) => state.config.site_url(&d),
+        None => format!("{cloud}/http"),
+    };
+    Ok(Json(json!({ "convexCloudUrl": cloud, "convexSiteUrl": site })).into_response())
 }
 
 /// `POST /api/update_environment_variables` (`npx convex env set|remove`): changes some of the

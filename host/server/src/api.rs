@@ -378,11 +378,6 @@ pub async fn query_at_ts(
     Ok(respond(status, body))
 }
 
-/// `/http/*`: HTTP actions are not supported by this version.
-pub async fn http_action() -> ServerError {
-    ServerError::Unsupported("HTTP actions are not supported by this version of Kiln".into())
-}
-
 /// `GET /version`.
 pub async fn version() -> &'static str {
     concat!("kiln ", env!("CARGO_PKG_VERSION"))

@@ -46,6 +46,14 @@ pub enum ServerError {
     /// Something not supported by this server.
     #[error("{0}")]
     Unsupported(String),
+    /// A failure of file storage (its code says which: `FileTooLarge`, `InvalidUploadToken`, …).
+    #[error("{message}")]
+    Storage {
+        /// The stable code.
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A failure of the server itself.
     #[error("{0}")]
     Internal(String),
@@ -66,6 +74,7 @@ impl ServerError {
             ServerError::DeployFailed { code, .. } => code,
             ServerError::InvalidEnvironmentVariables(_) => "InvalidEnvironmentVariables",
             ServerError::Unsupported(_) => "Unsupported",
+            ServerError::Storage { code, .. } => code,
             ServerError::Internal(_) => "InternalServerError",
         }
     }
@@ -84,6 +93,14 @@ impl ServerError {
             ServerError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServerError::Storage { code, .. } => match code.as_str() {
+                "FileTooLarge" => StatusCode::PAYLOAD_TOO_LARGE,
+                "InvalidUploadToken" | "UploadUrlExpired" => StatusCode::FORBIDDEN,
+                "StorageFileNotFound" | "InvalidStorageId" => StatusCode::NOT_FOUND,
+                "InvalidRange" => StatusCode::RANGE_NOT_SATISFIABLE,
+                "UploadFailed" | "StorageDigestMismatch" => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         }
     }
 }

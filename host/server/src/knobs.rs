@@ -60,6 +60,21 @@ pub struct ServerConfig {
     pub fetch: FetchLists,
     /// Bounds on compiling what the `convex` CLI pushes.
     pub push: PushLimits,
+    /// Where clients reach this server (`KILN_PUBLIC_URL`; default `http://<listen address>`):
+    /// the origin of file URLs and upload URLs.
+    pub public_url: Option<String>,
+    /// Where HTTP actions are served at the root of the URL, as at Convex's site origin
+    /// (`KILN_SITE_LISTEN`; by default the port after `listen`'s, 3211; `None` serves them
+    /// only under `/http/`).
+    pub site_listen: Option<SocketAddr>,
+    /// Where clients reach the site origin (`KILN_PUBLIC_SITE_URL`; default
+    /// `http://<site address>`).
+    pub public_site_url: Option<String>,
+    /// Largest request body of an HTTP action (`KILN_MAX_HTTP_ACTION_BODY_BYTES`, default
+    /// 20 MiB as Convex's); files go through upload URLs instead.
+    pub max_http_action_body_bytes: usize,
+    /// The call limits every deployment starts with (`KILN_MAX_FILE_BYTES` sets the file size limit).
+    pub limits: kiln_runtime::Limits,
     /// The function runner's configuration (data directory included).
     pub runtime: RuntimeConfig,
 }
@@ -100,12 +115,42 @@ impl Default for PushLimits {
     }
 }
 
+impl ServerConfig {
+    /// Where clients reach deployment `name`: the public URL, with `/d/<name>` for all but
+    /// the default deployment.
+    pub fn deployment_url(&self, name: &str) -> String {
+        let base = match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None if self.listen.ip().is_unspecified() => format!("http://127.0.0.1:{}", self.listen.port()),
+            None => format!("http://{}", self.listen),
+        };
+        if name == self.default_deployment { base } else { format!("{base}/d/{name}") }
+    }
+
+    /// Where deployment `name`'s HTTP actions are at the site origin (under `/http` of its
+    /// URL when no site address is served).
+    pub fn site_url(&self, name: &str) -> String {
+        let base = match (&self.public_site_url, self.site_listen) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, Some(addr)) if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+            (None, Some(addr)) => format!("http://{addr}"),
+            (None, None) => return format!("{}/http", self.deployment_url(name)),
+        };
+        if name == self.default_deployment { base } else { format!("{base}/d/{name}") }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         let runtime = RuntimeConfig::default();
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3210)),
             static_dir: None,
+            public_url: None,
+            site_listen: Some(SocketAddr::from(([127, 0, 0, 1], 3211))),
+            public_site_url: None,
+            max_http_action_body_bytes: 20 << 20,
+            limits: kiln_runtime::Limits::default(),
             default_deployment: "default".to_owned(),
             max_body_bytes: 40 << 20,
             max_deploy_bytes: 128 << 20,

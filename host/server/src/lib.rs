@@ -11,6 +11,8 @@ pub mod api;
 pub mod auth;
 pub mod environment;
 pub mod error;
+pub mod files;
+pub mod http_actions;
 pub mod knobs;
 pub mod logs;
 pub mod metrics;
@@ -142,6 +144,9 @@ impl AppState {
         let config = DeploymentConfig {
             env: record.env.clone(),
             fetch: self.fetch_policy(&record.fetch),
+            public_url: self.config.deployment_url(name),
+            site_url: self.config.site_url(name),
+            limits: self.config.limits.clone(),
             ..DeploymentConfig::default()
         };
         let dep = match self.runtime.deployment(name) {
@@ -293,8 +298,18 @@ impl Server {
 
     /// Serves on `listener` until [`Server::shutdown`] is called.
     pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        self.accept(listener, false).await
+    }
+
+    /// Serves the site origin (HTTP actions at every path) on `listener` until
+    /// [`Server::shutdown`] is called.
+    pub async fn serve_site(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        self.accept(listener, true).await
+    }
+
+    async fn accept(&self, listener: tokio::net::TcpListener, site: bool) -> std::io::Result<()> {
         let mut stop = self.state.shutdown.subscribe();
-        let service = routing::service(self.state.clone());
+        let service = routing::service(self.state.clone(), site);
         // Every connection task holds a sender; all dropped means all connections ended.
         let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
         let config = &self.state.config;

@@ -20,7 +20,7 @@ use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
 use crate::error::{BodyLimit, BodyTimeout};
-use crate::{AppState, admin, api, push, snapshots, sync};
+use crate::{AppState, admin, api, files, http_actions, push, snapshots, sync};
 
 /// The deployment a request addresses.
 #[derive(Clone, Debug)]
@@ -43,6 +43,22 @@ fn admin_key_deployment(req: &Request, exists: impl Fn(&str) -> bool) -> Option<
     let value = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (name, _) = value.strip_prefix("Convex ")?.split_once('|')?;
     (name != crate::registry::INSTANCE_KEY_NAME && exists(name)).then(|| name.to_owned())
+}
+
+/// A request to the site origin: every path is an HTTP action's, so `/route` becomes
+/// `/http/route` (and `/d/<name>/route` `/d/<name>/http/route`) for the routes.
+fn to_site(mut req: Request) -> Request {
+    let path = req.uri().path();
+    let routed = match split_prefix(path) {
+        Some((name, tail)) => format!("/d/{name}/http{tail}"),
+        None => format!("/http{path}"),
+    };
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    if let Ok(uri) = format!("{routed}{query}").parse::<Uri>() {
+        *req.uri_mut() = uri;
+    }
+    req.extensions_mut().insert(crate::http_actions::SiteRequest);
+    req
 }
 
 fn rewrite(default: &str, exists: impl Fn(&str) -> bool, mut req: Request) -> Request {
@@ -74,8 +90,12 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     response
 }
 
-/// Builds the service for `state`: the routes behind the deployment-prefix rewrite.
-pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -> Request + Clone + Send + 'static> {
+/// Builds the service for `state`: the routes behind the deployment-prefix rewrite; for the
+/// site origin (`site`), only HTTP actions, at every path.
+pub fn service(
+    state: Arc<AppState>,
+    site: bool,
+) -> MapRequest<Router, impl FnMut(Request) -> Request + Clone + Send + 'static> {
     let body_limit = state.config.max_body_bytes;
     let functions = Router::new()
         .route("/api/query", post(api::query))
@@ -118,20 +138,32 @@ pub fn service(state: Arc<AppState>) -> MapRequest<Router, impl FnMut(Request) -
         .merge(admin)
         .route("/api/sync", get(sync::upgrade))
         .route("/api/{version}/sync", get(sync::upgrade))
-        .route("/http/{*path}", axum::routing::any(api::http_action))
+        .route("/api/storage/upload", post(files::upload))
+        .route("/api/storage/{id}", get(files::download))
         .route("/version", get(api::version))
         .route("/metrics", get(admin::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), observe));
     if let Some(dir) = &state.config.static_dir {
         router = router.fallback_service(tower_http::services::ServeDir::new(dir));
     }
+    // HTTP actions answer CORS themselves (their app's OPTIONS routes), as in Convex: they
+    // are merged after the permissive CORS layer of the API.
+    let http_actions = Router::new()
+        .route("/http", axum::routing::any(http_actions::serve))
+        .route("/http/", axum::routing::any(http_actions::serve))
+        .route("/http/{*path}", axum::routing::any(http_actions::serve))
+        .route_layer(middleware::from_fn_with_state(state.clone(), observe));
     let router = router
-        .layer(Extension(BodyTimeout(state.config.body_timeout)))
         .layer(CorsLayer::permissive())
+        .merge(http_actions)
+        .layer(Extension(BodyTimeout(state.config.body_timeout)))
         .with_state(state.clone());
     let default = state.config.default_deployment.clone();
     let default: Arc<str> = default.into();
-    MapRequest::new(router, move |req| rewrite(&default, |name| state.registry.lock().get(name).is_some(), req))
+    MapRequest::new(router, move |req| {
+        let req = if site { to_site(req) } else { req };
+        rewrite(&default, |name| state.registry.lock().get(name).is_some(), req)
+    })
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ use crate::admin::{json_body, require_admin};
 use crate::error::{RequestBody, Result, ServerError};
 use crate::routing::Deployment;
 
+/// The system table of stored files.
+const STORAGE: &str = "_storage";
+
 /// Documents per transaction of an import (and per batch handed between threads).
 const BATCH: usize = 500;
 
@@ -156,6 +159,7 @@ fn token() -> String {
 pub async fn request_export(
     State(state): State<Arc<AppState>>,
     Extension(Deployment(d)): Extension<Deployment>,
+    Query(params): Query<ExportParams>,
     headers: HeaderMap,
 ) -> Result<Response> {
     require_admin(&state, &d, &headers)?;
@@ -166,11 +170,15 @@ pub async fn request_export(
             message: "an export or import of this deployment is running".into(),
         });
     };
-    let store = state.deployment_store(&d)?;
+    let runtime_dep = state.runtime.deployment(&d).ok_or_else(|| ServerError::DeploymentNotFound(d.clone()))?;
     let dir = dir(&state, &d)?;
-    let span = tracing::info_span!("export", deployment = %d);
-    let export = tracing::Instrument::instrument(export(&store, dir), span).await?;
+    let span = tracing::info_span!("export", deployment = %d, files = params.include_storage);
+    let files = params.include_storage.then_some(&*runtime_dep);
+    let export = tracing::Instrument::instrument(export(runtime_dep.store(), files, dir), span).await?;
+    let new_path = export.path.clone();
+    // Two exports at one snapshot write the same file: the new one replaced it already.
     if let Some(old) = dep.snapshots.latest_export.lock().replace(export)
+        && old.path != new_path
         && let Err(e) = std::fs::remove_file(&old.path)
     {
         tracing::warn!(path = %old.path.display(), error = %e, "removing the previous export failed");
@@ -179,30 +187,67 @@ pub async fn request_export(
     Ok(axum::Json(json!({})).into_response())
 }
 
-/// Reads every table at one snapshot into a new ZIP in `dir`.
-async fn export(store: &Store, dir: PathBuf) -> Result<Export> {
+/// Query of `POST /api/export/request/zip`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportParams {
+    /// Whether stored files go into the export (`npx convex export --include-file-storage`).
+    #[serde(default)]
+    include_storage: bool,
+}
+
+/// What the reading side hands the ZIP writer.
+enum Piece {
+    /// A batch of a table's documents.
+    Documents(String, Vec<Object>),
+    /// A stored file: its id, size and bytes.
+    File(String, u64, Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+}
+
+/// Reads every table at one snapshot into a new ZIP in `dir`; with `files`, also the
+/// `_storage` table and the bytes of its files.
+async fn export(store: &Store, files: Option<&kiln_runtime::Deployment>, dir: PathBuf) -> Result<Export> {
+    // Taken before the snapshot: no file of it is freed until the export is written.
+    let _kept = match files {
+        Some(dep) => Some(dep.keep_files().await),
+        None => None,
+    };
     let mut tx = store.begin_with(true, TransactionLimits::unlimited());
     let start_ts = tx.begin_ts().0;
     let catalog = tx.catalog().clone();
-    let tables: Vec<(String, u32)> =
-        catalog.tables.iter().filter(|(n, _)| !n.starts_with('_')).map(|(n, t)| (n.clone(), t.number.0)).collect();
+    let tables: Vec<(String, u32)> = catalog
+        .tables
+        .iter()
+        .filter(|(n, _)| !n.starts_with('_') || (files.is_some() && n.as_str() == STORAGE))
+        .map(|(n, t)| (n.clone(), t.number.0))
+        .collect();
     let path = dir.join(format!("snapshot_{start_ts}.zip"));
     let file = std::fs::File::create(&path).map_err(|e| ServerError::Internal(format!("{}: {e}", path.display())))?;
     // The ZIP is written on a blocking thread, fed batches of documents read here.
-    let (send, mut receive) = tokio::sync::mpsc::channel::<(String, Vec<Object>)>(4);
-    let names = tables.clone();
+    let (send, mut receive) = tokio::sync::mpsc::channel::<Piece>(4);
+    let names: Vec<(String, u32)> = tables.iter().filter(|(n, _)| n != STORAGE).cloned().collect();
+    let handle = tokio::runtime::Handle::current();
     let writer = tokio::task::spawn_blocking(move || -> std::result::Result<u64, SnapshotError> {
         let mut w = SnapshotWriter::new(std::io::BufWriter::new(file), &names)?;
         let mut current = None::<String>;
         let mut n = 0;
-        while let Some((table, docs)) = receive.blocking_recv() {
-            if current.as_deref() != Some(&table) {
-                w.begin_table(&table)?;
-                current = Some(table);
-            }
-            for doc in &docs {
-                w.document(doc)?;
-                n += 1;
+        while let Some(piece) = receive.blocking_recv() {
+            match piece {
+                Piece::Documents(table, docs) => {
+                    if current.as_deref() != Some(&table) {
+                        w.begin_table(&table)?;
+                        current = Some(table);
+                    }
+                    for doc in &docs {
+                        w.document(doc)?;
+                        n += 1;
+                    }
+                }
+                Piece::File(id, size, reader) => {
+                    current = None;
+                    let mut reader = tokio_util::io::SyncIoBridge::new_with_handle(reader, handle.clone());
+                    w.storage_file(&id, size, &mut reader)?;
+                }
             }
         }
         use std::io::Write;
@@ -219,13 +264,33 @@ async fn export(store: &Store, dir: PathBuf) -> Result<Export> {
                 batch.push(doc.value.clone());
                 if batch.len() == BATCH {
                     first = false;
-                    if send.send((table.clone(), std::mem::take(&mut batch))).await.is_err() {
+                    if send.send(Piece::Documents(table.clone(), std::mem::take(&mut batch))).await.is_err() {
                         return Ok(());
                     }
                 }
             }
-            if (!batch.is_empty() || first) && send.send((table.clone(), batch)).await.is_err() {
+            if (!batch.is_empty() || first) && send.send(Piece::Documents(table.clone(), batch)).await.is_err() {
                 return Ok(());
+            }
+            tx.close_query(stream).map_err(store_error)?;
+        }
+        if let Some(dep) = files {
+            let stream = tx.open_query(StoreQuery::full_table_scan(STORAGE)).map_err(store_error)?;
+            while let Some(doc) = tx.next(stream).await.map_err(store_error)? {
+                let id = doc.id.encode();
+                let Some(meta) = kiln_runtime::FileMeta::from_document(doc.id, &doc.value) else {
+                    tracing::warn!(file = %id, "a stored file's document has no digest; left out of the export");
+                    continue;
+                };
+                match dep.open_file(&meta, None).await {
+                    Ok(Some(blob)) => {
+                        if send.send(Piece::File(id, meta.size, blob.reader)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => tracing::warn!(file = %id, "a stored file's bytes are missing; left out of the export"),
+                    Err(e) => return Err(ServerError::Storage { code: e.code, message: e.message }),
+                }
             }
             tx.close_query(stream).map_err(store_error)?;
         }

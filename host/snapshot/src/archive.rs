@@ -83,6 +83,19 @@ impl<W: Write + Seek> SnapshotWriter<W> {
         Ok(())
     }
 
+    /// Writes the bytes of stored file `id` (`size` bytes) as `_storage/<id>`, as Convex's
+    /// exports hold them (after the table `_storage` with their documents).
+    pub fn storage_file(&mut self, id: &str, size: u64, bytes: &mut dyn Read) -> Result<u64, SnapshotError> {
+        self.end_table()?;
+        // Files are mostly compressed already (images, archives): stored as they are.
+        let options = SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Stored)
+            .unix_permissions(0o644)
+            .large_file(size >= u64::from(u32::MAX));
+        self.zip.start_file(format!("_storage/{id}"), options)?;
+        Ok(std::io::copy(bytes, &mut self.zip)?)
+    }
+
     /// Ends the snapshot; returns the output.
     pub fn finish(mut self) -> Result<W, SnapshotError> {
         self.end_table()?;

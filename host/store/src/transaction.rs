@@ -597,6 +597,22 @@ impl Transaction {
         result.map(|()| id)
     }
 
+    /// Deletes the host's record `key` of system table `table`; `false` when there is none.
+    pub async fn delete_record(&mut self, table: &str, key: InternalId) -> Result<bool> {
+        self.check_writable()?;
+        check_system_table(table)?;
+        let was = std::mem::replace(&mut self.system, true);
+        let result = async {
+            let Some(meta) = self.table(table) else { return Ok(false) };
+            let id = DocumentId::new(meta.number, key);
+            let Some(current) = self.read_by_id(&meta, id).await? else { return Ok(false) };
+            self.record_write(&meta, id, Some(current), None).map(|()| true)
+        }
+        .await;
+        self.system = was;
+        result
+    }
+
     /// Creates the host's system table `table` if it does not exist yet. Created up front, a
     /// first write to it later does not change the catalog, which would fail reads at
     /// earlier snapshots.

@@ -32,7 +32,8 @@ export async function startServer({ staticDir, env = {}, data: reuse } = {}) {
     const onData = (chunk) => {
       output += chunk;
       const m = /serving on (http:\/\/[0-9.:]+)/.exec(output);
-      if (m) {
+      // The site origin's line comes last (when there is one).
+      if (m && (/HTTP actions \(site\): /.test(output) || env.KILN_SITE_LISTEN === "off")) {
         clearTimeout(timer);
         resolveUrl(m[1]);
       }
@@ -42,8 +43,11 @@ export async function startServer({ staticDir, env = {}, data: reuse } = {}) {
     child.on("exit", (code) => reject(new Error(`kiln serve exited with ${code}:\n${output}`)));
   });
   const adminKey = readFileSync(join(data, "admin_key"), "utf8").trim();
+  const site = /HTTP actions \(site\): (http:\/\/[0-9.:]+)/.exec(output);
   return {
     url,
+    /** The site origin (HTTP actions at the root), if served. */
+    siteUrl: site?.[1],
     adminKey,
     data,
     pid: child.pid,

@@ -7,4 +7,5 @@ export default defineSchema({
   items: defineTable({ name: v.string(), rank: v.number() }),
   entries: defineTable({ n: v.number() }).index("by_n", ["n"]),
   runs: defineTable({ key: v.string(), by: v.string() }).index("by_key", ["key"]),
+  files: defineTable({ name: v.string(), storageId: v.id("_storage") }),
 });
