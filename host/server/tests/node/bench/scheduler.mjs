@@ -4,7 +4,9 @@
 //
 //   node bench/scheduler.mjs [--burst=10000] [--timed=500]
 //
-// KILN_BIN picks the server binary (default: target/release/kiln if built, else target/debug).
+// KILN_BIN picks the server binary (default: target/release/kiln if built, else target/debug);
+// BENCH_SERVER_ENV (JSON) adds environment variables of the server, e.g.
+// '{"KILN_REVISION_RETENTION_SECS":"2","KILN_PRUNE_INTERVAL_SECS":"1"}'.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ConvexHttpClient } from "convex/browser";
@@ -32,7 +34,7 @@ async function waitFor(predicate, ms, what) {
 }
 const pct = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))];
 
-const server = await startServer();
+const server = await startServer({ env: process.env.BENCH_SERVER_ENV ? JSON.parse(process.env.BENCH_SERVER_ENV) : {} });
 try {
   deploy(server.url, server.adminKey, testApp);
   const http = new ConvexHttpClient(server.url, { logger: false });
