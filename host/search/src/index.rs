@@ -201,7 +201,7 @@ impl TextIndex {
                 return Err(SearchError::InvalidQuery(format!("{field:?} is not a filter field of this index")));
             };
             // Filters select; they do not add to the relevance.
-            let filter = term_query(filter_term(self.filters[i], Some(value)));
+            let filter = term_query(filter_term(self.filters[i], value.as_ref()));
             clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(filter, 0.0))));
         }
         let top = searcher.search(&BooleanQuery::new(clauses), &TopDocs::with_limit(limit))?;

@@ -1,7 +1,7 @@
 //! Search queries as the `convex` package sends them (a query source
 //! `{type: "Search", indexName, filters}`), checked against the index and Convex's limits.
 
-use kiln_value::{Value, from_convex_json};
+use kiln_value::{Value, from_convex_json_or_undefined};
 use serde_json::Value as Json;
 
 use crate::analyzer::terms;
@@ -26,8 +26,9 @@ pub struct SearchIndexDef {
 pub struct TextQuery {
     /// The query's terms, in order, without repeats; the last one also matches as a prefix.
     pub terms: Vec<String>,
-    /// `(field, value)`: the document's field must equal the value.
-    pub filters: Vec<(String, Value)>,
+    /// `(field, value)`: the document's field must equal the value (`None`: must be absent,
+    /// as `.eq(field, undefined)` asks).
+    pub filters: Vec<(String, Option<Value>)>,
 }
 
 impl TextQuery {
@@ -67,7 +68,8 @@ impl TextQuery {
                         )));
                     }
                     let json = filter.get("value").unwrap_or(&Json::Null);
-                    let value = from_convex_json(json).map_err(|e| bad(format!("the value of {field:?}: {e}")))?;
+                    let value =
+                        from_convex_json_or_undefined(json).map_err(|e| bad(format!("the value of {field:?}: {e}")))?;
                     eqs.push((field.to_owned(), value));
                 }
                 other => return Err(bad(format!("unknown search filter type {other:?}"))),
@@ -110,12 +112,14 @@ mod tests {
                 {"type": "Search", "fieldPath": "body", "value": "Hello, hello WORLD wor"},
                 {"type": "Eq", "fieldPath": "channel", "value": "#general"},
                 {"type": "Eq", "fieldPath": "user.id", "value": {"$integer": "BwAAAAAAAAA="}},
+                {"type": "Eq", "fieldPath": "channel", "value": {"$undefined": null}},
             ]),
         )
         .unwrap();
         assert_eq!(q.terms, ["hello", "world", "wor"]);
-        assert_eq!(q.filters[0], ("channel".to_owned(), Value::String("#general".into())));
-        assert_eq!(q.filters[1], ("user.id".to_owned(), Value::Int64(7)));
+        assert_eq!(q.filters[0], ("channel".to_owned(), Some(Value::String("#general".into()))));
+        assert_eq!(q.filters[1], ("user.id".to_owned(), Some(Value::Int64(7))));
+        assert_eq!(q.filters[2], ("channel".to_owned(), None), "eq(field, undefined): the field is absent");
     }
 
     #[test]

@@ -43,13 +43,18 @@ fn text_of(words: &[usize]) -> String {
         .join(", ")
 }
 
+/// A document's channel: channel 0 stands for a document without the field.
+fn channel_value(channel: i64) -> Option<Value> {
+    (channel != 0).then_some(Value::Int64(channel))
+}
+
 fn entry(n: u8, words: &[usize], channel: i64) -> Entry {
-    Entry { id: id(n), text: text_of(words), filters: vec![Some(Value::Int64(channel))] }
+    Entry { id: id(n), text: text_of(words), filters: vec![channel_value(channel)] }
 }
 
 fn matches(doc: &Doc, query: &TextQuery) -> bool {
     let Some((last, exact)) = query.terms.split_last() else { return false };
-    let filtered = query.filters.iter().all(|(_, v)| *v == Value::Int64(doc.channel));
+    let filtered = query.filters.iter().all(|(_, v)| *v == channel_value(doc.channel));
     filtered && doc.terms.iter().any(|t| exact.contains(t) || t.starts_with(last.as_str()))
 }
 
@@ -84,8 +89,14 @@ fn query(words: &[usize], channel: Option<i64>) -> TextQuery {
         serde_json::json!({"type": "Search", "fieldPath": "body", "value": words.iter().map(|w| WORDS[*w]).collect::<Vec<_>>().join(" ")}),
     ];
     if let Some(c) = channel {
-        filters.push(serde_json::json!({"type": "Eq", "fieldPath": "channel", "value": {"$integer": kiln_value::json::base64_encode(&c.to_le_bytes())}}));
+        // `.eq("channel", undefined)` for channel 0: documents without the field.
+        let value = match c {
+            0 => serde_json::json!({"$undefined": null}),
+            c => serde_json::json!({"$integer": kiln_value::json::base64_encode(&c.to_le_bytes())}),
+        };
+        filters.push(serde_json::json!({"type": "Eq", "fieldPath": "channel", "value": value}));
     }
+
     TextQuery::parse(&def(), &serde_json::Value::Array(filters)).unwrap()
 }
 
