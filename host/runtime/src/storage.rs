@@ -134,9 +134,19 @@ impl Files {
             fields.insert("contentType".to_owned(), Value::String(t.clone()));
         }
         let mut txn = store.begin_system();
-        let id = txn.insert_record(TABLE, fields).await.map_err(store_error)?;
-        txn.commit().await.map_err(store_error)?;
-        Ok(FileMeta { id, sha256: blob.sha256, size: blob.size, content_type })
+        let committed = match txn.insert_record(TABLE, fields).await {
+            Ok(id) => txn.commit().await.map(|_| id),
+            Err(e) => Err(e),
+        };
+        match committed {
+            Ok(id) => Ok(FileMeta { id, sha256: blob.sha256, size: blob.size, content_type }),
+            Err(e) => {
+                // Nothing names the blob: free it now rather than at the next start.
+                drop(_naming);
+                self.free(store, vec![blob.sha256]);
+                Err(store_error(e))
+            }
+        }
     }
 
     /// Keeps every blob from being freed while the guard lives (an export reading the files

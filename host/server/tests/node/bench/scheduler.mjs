@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ConvexHttpClient } from "convex/browser";
 import { anyApi as api } from "convex/server";
-import { deploy, repoRoot, startServer, testApp } from "../tests/helpers.mjs";
+import { deploy, repoRoot, startServer, testApp, waitFor as pollUntil } from "../tests/helpers.mjs";
 
 const arg = (name, fallback) => {
   const found = process.argv.find((a) => a.startsWith(`--${name}=`));
@@ -22,16 +22,8 @@ const TIMED = arg("timed", 500);
 if (!process.env.KILN_BIN && existsSync(join(repoRoot, "target/release/kiln"))) {
   process.env.KILN_BIN = join(repoRoot, "target/release/kiln");
 }
-/** Polls `predicate` every 250 ms (rarely enough not to load the server being measured). */
-async function waitFor(predicate, ms, what) {
-  const started = Date.now();
-  for (;;) {
-    const v = await predicate();
-    if (v) return v;
-    if (Date.now() - started > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+// Polls every 250 ms: rarely enough not to load the server being measured.
+const waitFor = (predicate, ms, what) => pollUntil(predicate, ms, what, 250);
 const pct = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))];
 
 const server = await startServer({ env: process.env.BENCH_SERVER_ENV ? JSON.parse(process.env.BENCH_SERVER_ENV) : {} });

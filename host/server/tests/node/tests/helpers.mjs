@@ -108,13 +108,13 @@ export async function admin(deploymentUrl, key, path, body) {
 }
 
 /** Resolves when `predicate()` is truthy (polled), or rejects after `ms`. */
-export async function waitFor(predicate, ms = 10_000, what = "condition") {
+export async function waitFor(predicate, ms = 10_000, what = "condition", every = 20) {
   const started = Date.now();
   for (;;) {
     const v = await predicate();
     if (v) return v;
     if (Date.now() - started > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, every));
   }
 }
 
