@@ -16,6 +16,17 @@ export const list = query({
   },
 });
 
+/** Messages whose text matches `text` (the last word as a prefix), most relevant first; only
+ *  `author`'s when given. Live like any query: new matching messages appear in the results. */
+export const search = query({
+  args: { text: v.string(), author: v.optional(v.string()) },
+  handler: async (ctx, { text, author }) =>
+    await ctx.db
+      .query("messages")
+      .withSearchIndex("search_body", (q) => (author === undefined ? q.search("body", text) : q.search("body", text).eq("author", author)))
+      .take(20),
+});
+
 /** A URL the page uploads an image to (answering its storage id). */
 export const generateUploadUrl = mutation({
   args: {},

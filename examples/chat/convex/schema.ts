@@ -8,5 +8,7 @@ export default defineSchema({
     likes: v.number(),
     // An attached image (a stored file).
     image: v.optional(v.id("_storage")),
-  }).index("by_author", ["author"]),
+  })
+    .index("by_author", ["author"])
+    .searchIndex("search_body", { searchField: "body", filterFields: ["author"] }),
 });

@@ -79,6 +79,39 @@ $("image").addEventListener("change", async (event) => {
   }
 });
 
+// Search: a live query of the search index while the box has text; its results update as
+// matching messages arrive.
+let stopSearch = () => {};
+$("search").addEventListener("input", (event) => {
+  stopSearch();
+  const text = event.target.value.trim();
+  const results = $("results");
+  results.hidden = text === "";
+  if (text === "") {
+    results.replaceChildren();
+    stopSearch = () => {};
+    return;
+  }
+  stopSearch = client.onUpdate(
+    api.messages.search,
+    { text },
+    (found) =>
+      results.replaceChildren(
+        ...found.map((m) => {
+          const li = document.createElement("li");
+          li.dataset.id = m._id;
+          li.append(
+            Object.assign(document.createElement("span"), { className: "author", textContent: m.author }),
+            Object.assign(document.createElement("span"), { className: "body", textContent: m.body }),
+          );
+          return li;
+        }),
+      ),
+    showError,
+  );
+});
+$("search-form").addEventListener("submit", (event) => event.preventDefault());
+
 $("summary").addEventListener("click", async () => {
   $("summary-text").textContent = await client.action(api.messages.summary, {}).catch((e) => `failed: ${e.message}`);
 });

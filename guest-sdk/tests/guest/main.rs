@@ -296,7 +296,6 @@ export default defineApp();
 "#;
     const NODE: &str = "// Runs in Node.js on Convex.\n\"use node\";\nimport { action } from \"./_generated/server\";\nexport const go = action({ args: {}, handler: async () => 1 });\n";
     let cases = [
-        ("schema.ts", SEARCH, "search index messages.search_body (convex/schema.ts)"),
         ("schema.ts", VECTOR, "vector index messages.by_embedding (convex/schema.ts)"),
         ("convex.config.ts", COMPONENTS, "components (convex/convex.config.ts)"),
         ("node.ts", NODE, "\"use node\" in convex/node.ts"),
@@ -309,7 +308,8 @@ export default defineApp();
         assert_eq!(err.code(), "UnsupportedFeature", "{file}: {err}");
         assert!(err.to_string().contains(named), "{file}: {err}");
     }
-    // The same app without them builds, cron jobs and HTTP routes included (Kiln runs them).
+    // The same app without them builds, cron jobs, HTTP routes and search indexes included
+    // (Kiln runs them).
     const CRONS: &str = r#"
 import { cronJobs } from "convex/server";
 import { internal } from "./_generated/api";
@@ -317,7 +317,7 @@ const crons = cronJobs();
 crons.interval("tick", { minutes: 5 }, internal.messages.tick, {});
 export default crons;
 "#;
-    let app = temp_app(&[("messages.ts", FUNCTIONS), ("crons.ts", CRONS), ("http.ts", HTTP)]);
+    let app = temp_app(&[("messages.ts", FUNCTIONS), ("crons.ts", CRONS), ("http.ts", HTTP), ("schema.ts", SEARCH)]);
     let out = build_app(app.path(), &BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() }).unwrap();
     assert!(out.manifest.function("messages:list").is_some());
     let routes: Vec<_> = out.manifest.http_routes.iter().map(|r| (r.path.as_str(), r.method.as_str())).collect();
@@ -516,6 +516,7 @@ fn analyze_lists_functions_validators_and_schema() {
             "messages:like",
             "messages:list",
             "messages:mine",
+            "messages:search",
             "messages:send",
             "messages:sendImage",
             "messages:summary"

@@ -35,7 +35,8 @@ fn set_secs(name: &str, slot: &mut Duration) {
 
 /// The store's knobs: `KILN_CACHE_BYTES`, `KILN_COMMIT_LOG_SECS`, `KILN_COMMIT_LOG_BYTES`,
 /// `KILN_REVISION_RETENTION_SECS`, `KILN_PRUNE_INTERVAL_SECS`, `KILN_PRUNE_BATCH_ROWS`,
-/// `KILN_SCAN_BATCH`, `KILN_BACKFILL_BATCH`.
+/// `KILN_SCAN_BATCH`, `KILN_BACKFILL_BATCH`, `KILN_SEARCH_MERGE_MS`, `KILN_SEARCH_SNAPSHOT_SECS`,
+/// `KILN_SEARCH_MEMORY_BYTES`.
 fn store_config() -> StoreConfig {
     let mut c = StoreConfig::default();
     set_usize("KILN_CACHE_BYTES", &mut c.cache_bytes);
@@ -46,6 +47,11 @@ fn store_config() -> StoreConfig {
     set_usize("KILN_PRUNE_BATCH_ROWS", &mut c.prune_batch_rows);
     set_usize("KILN_SCAN_BATCH", &mut c.scan_batch);
     set_usize("KILN_BACKFILL_BATCH", &mut c.backfill_batch);
+    if let Some(ms) = env_u64("KILN_SEARCH_MERGE_MS") {
+        c.search_merge_interval = Duration::from_millis(ms.max(10));
+    }
+    set_secs("KILN_SEARCH_SNAPSHOT_SECS", &mut c.search_snapshot_age);
+    set_usize("KILN_SEARCH_MEMORY_BYTES", &mut c.search_memory_bytes);
     c
 }
 

@@ -123,11 +123,9 @@ impl Manifest {
         let tables = self.schema.as_ref().and_then(|s| s.get("tables")).and_then(Json::as_array);
         for table in tables.map(Vec::as_slice).unwrap_or_default() {
             let name = table.get("tableName").and_then(Json::as_str).unwrap_or("?");
-            for (key, what) in [("searchIndexes", "search index"), ("vectorIndexes", "vector index")] {
-                for index in table.get(key).and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default() {
-                    let index = index.get("indexDescriptor").and_then(Json::as_str).unwrap_or("?");
-                    found.push(format!("{what} {name}.{index} (convex/schema.ts) is not supported yet"));
-                }
+            for index in table.get("vectorIndexes").and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default() {
+                let index = index.get("indexDescriptor").and_then(Json::as_str).unwrap_or("?");
+                found.push(format!("vector index {name}.{index} (convex/schema.ts) is not supported yet"));
             }
         }
         found

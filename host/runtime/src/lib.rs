@@ -398,7 +398,9 @@ impl Runtime {
             return Err(RuntimeError::DeploymentExists(name.to_owned()));
         }
         let persistence = self.persistence.open(name).await?;
-        let store = Arc::new(Store::open(persistence, self.shared.config.store.clone()).await?);
+        let mut store_config = self.shared.config.store.clone();
+        store_config.search_dir = Some(self.shared.config.data_dir.join("search").join(name));
+        let store = Arc::new(Store::open(persistence, store_config).await?);
         // The host's tables exist before any call: created by a call's first write, they
         // would change the catalog and fail reads at snapshots taken before it.
         let mut tx = store.begin_system();

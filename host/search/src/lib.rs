@@ -1,13 +1,16 @@
-//! Full-text search for deployments (issue 27, first piece: not wired to the store yet):
-//! Convex's tokenizer ([`analyzer`]), its search queries and limits ([`TextQuery`]), and a
-//! tantivy index of one search index that records which store commit it reflects
-//! ([`TextIndex`]). The store stays the source of truth: an index can be deleted and rebuilt.
+//! Full-text search for deployments: Convex's tokenizer ([`analyzer`]), its search queries
+//! and limits ([`TextQuery`]), documents as an index sees them ([`DocTerms`]), and a tantivy
+//! index of one search index that records which store commit it reflects ([`TextIndex`]) with
+//! consistent views of it ([`TextSnapshot`]). The store stays the source of truth: it feeds
+//! the index and can delete and rebuild it.
 
 pub mod analyzer;
+mod doc;
 mod error;
 mod index;
 mod query;
 
+pub use doc::{DocTerms, filter_hash};
 pub use error::{Result, SearchError};
-pub use index::{Entry, Hit, MAX_PREFIX_EXPANSIONS, TextIndex};
+pub use index::{Hit, MAX_PREFIX_EXPANSIONS, Search, TextIndex, TextSnapshot};
 pub use query::{MAX_FILTER_CONDITIONS, MAX_QUERY_TERMS, SearchIndexDef, TextQuery};

@@ -409,7 +409,13 @@ pub async fn usage(
 ) -> Result<Response> {
     require_admin(&state, &d, &headers)?;
     let usage = state.runtime.usage(&d).ok_or_else(|| ServerError::DeploymentNotFound(d.clone()))?;
-    Ok(Json(usage).into_response())
+    let mut body = serde_json::to_value(usage).map_err(|e| ServerError::Internal(e.to_string()))?;
+    if let (Some(obj), Some(rd)) = (body.as_object_mut(), state.runtime.deployment(&d)) {
+        let stats = rd.store().stats();
+        obj.insert("searchIndexDiskBytes".into(), stats.search_disk_bytes.into());
+        obj.insert("searchIndexMemoryBytes".into(), stats.search_memory_bytes.into());
+    }
+    Ok(Json(body).into_response())
 }
 
 /// `POST /api/kiln/drop_connections`: closes every socket of the deployment (clients
@@ -454,7 +460,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     for d in deployments {
         if let Some(rd) = state.runtime.deployment(&d.name) {
             let stats = rd.store().stats();
-            state.metrics.store_stats(&d.name, stats.commits, stats.conflicts, d.hub.len());
+            state.metrics.store_stats(&d.name, &stats, d.hub.len());
         }
         state
             .metrics

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub subscriptions: Family<DeploymentLabels, Gauge>,
     /// Open WebSocket connections.
     pub connections: Family<DeploymentLabels, Gauge>,
+    /// Bytes the search indexes take on disk.
+    pub search_disk_bytes: Family<DeploymentLabels, Gauge>,
+    /// Bytes the search indexes' recent writes take in memory.
+    pub search_memory_bytes: Family<DeploymentLabels, Gauge>,
     /// Store counters seen at the last scrape (counters only move forward by the difference).
     seen: Mutex<HashMap<String, (u64, u64)>>,
 }
@@ -70,6 +74,8 @@ impl Default for Metrics {
             conflicts: Family::default(),
             subscriptions: Family::default(),
             connections: Family::default(),
+            search_disk_bytes: Family::default(),
+            search_memory_bytes: Family::default(),
             seen: Mutex::default(),
             registry: Registry::default(),
         };
@@ -80,6 +86,12 @@ impl Default for Metrics {
         registry.register("conflicts", "Commits refused for conflicts", m.conflicts.clone());
         registry.register("subscriptions", "Distinct subscribed queries", m.subscriptions.clone());
         registry.register("connections", "Open WebSocket connections", m.connections.clone());
+        registry.register("search_index_disk_bytes", "Bytes search indexes take on disk", m.search_disk_bytes.clone());
+        registry.register(
+            "search_index_memory_bytes",
+            "Bytes of recent writes search indexes hold in memory",
+            m.search_memory_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -105,8 +117,11 @@ impl Metrics {
     }
 
     /// Brings the store counters of a deployment up to date.
-    pub fn store_stats(&self, deployment: &str, commits: u64, conflicts: u64, subscriptions: usize) {
+    pub fn store_stats(&self, deployment: &str, stats: &kiln_store::StoreStats, subscriptions: usize) {
+        let (commits, conflicts) = (stats.commits, stats.conflicts);
         let labels = DeploymentLabels { deployment: deployment.to_owned() };
+        self.search_disk_bytes.get_or_create(&labels).set(stats.search_disk_bytes as i64);
+        self.search_memory_bytes.get_or_create(&labels).set(stats.search_memory_bytes as i64);
         let mut seen = self.seen.lock();
         let last = seen.entry(deployment.to_owned()).or_default();
         self.commits.get_or_create(&labels).inc_by(commits.saturating_sub(last.0));

@@ -36,6 +36,41 @@ pub struct IndexMeta {
     pub ready: bool,
 }
 
+/// A full-text search index (`searchIndex` in a schema).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchIndexMeta {
+    /// The index's number (its read-set keys and its directory use it).
+    pub id: u32,
+    /// The searched string field.
+    pub search_field: FieldPath,
+    /// The fields `.eq` may filter on.
+    pub filter_fields: Vec<FieldPath>,
+    /// False while the index is being built; queries fail with `IndexNotReady`.
+    pub ready: bool,
+}
+
+impl SearchIndexMeta {
+    /// The definition the search crate works with.
+    pub fn def(&self) -> kiln_search::SearchIndexDef {
+        kiln_search::SearchIndexDef {
+            search_field: self.search_field.to_string(),
+            filter_fields: self.filter_fields.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// A search index as a schema declares it: the searched field and the filter fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchIndexSchema {
+    /// The searched string field.
+    pub search_field: FieldPath,
+    /// The fields `.eq` may filter on.
+    pub filter_fields: Vec<FieldPath>,
+}
+
+/// Most filter fields of a search index (Convex's limit).
+pub const MAX_SEARCH_FILTER_FIELDS: usize = 16;
+
 /// A table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TableMeta {
@@ -49,6 +84,9 @@ pub struct TableMeta {
     pub by_creation_time: u32,
     /// User indexes by name.
     pub indexes: BTreeMap<String, IndexMeta>,
+    /// Full-text search indexes by name.
+    #[serde(default)]
+    pub search_indexes: BTreeMap<String, SearchIndexMeta>,
     /// The schema's document validator (ValidatorJSON text), if any.
     pub document_type: Option<String>,
     #[serde(skip)]
@@ -62,6 +100,17 @@ pub enum IndexKind {
     ById,
     /// Keys are the fields' values, then `_creationTime`, then the id.
     Ordered(Vec<FieldPath>),
+    /// A search index: results are ordered by relevance, keys stand for (score, id).
+    Search(Arc<SearchPlan>),
+}
+
+/// A search query resolved against its search index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchPlan {
+    /// The index.
+    pub meta: SearchIndexMeta,
+    /// The query.
+    pub query: kiln_search::TextQuery,
 }
 
 /// An index resolved for a query.
@@ -85,6 +134,7 @@ impl IndexRef {
             IndexKind::Ordered(fields) => {
                 fields.iter().cloned().chain(std::iter::once(system_path(CREATION_TIME_FIELD))).collect()
             }
+            IndexKind::Search(_) => Vec::new(),
         }
     }
 }
@@ -103,8 +153,22 @@ impl TableMeta {
             by_id,
             by_creation_time,
             indexes: BTreeMap::new(),
+            search_indexes: BTreeMap::new(),
             document_type: None,
             validator: None,
+        }
+    }
+
+    /// A ready search index by name.
+    pub fn search_index(&self, name: &str) -> Result<&SearchIndexMeta> {
+        let full_name = format!("{}.{}", self.name, name);
+        match self.search_indexes.get(name) {
+            Some(meta) if meta.ready => Ok(meta),
+            Some(_) => Err(StoreError::IndexNotReady(full_name)),
+            None if self.indexes.contains_key(name) => Err(StoreError::InvalidQuery(format!(
+                "{full_name} is a database index, not a search index: use .withIndex"
+            ))),
+            None => Err(StoreError::IndexNotFound(full_name)),
         }
     }
 
@@ -127,6 +191,11 @@ impl TableMeta {
             _ => match self.indexes.get(name) {
                 Some(meta) if meta.ready => (meta.id, IndexKind::Ordered(meta.fields.clone())),
                 Some(_) => return Err(StoreError::IndexNotReady(full_name)),
+                None if self.search_indexes.contains_key(name) => {
+                    return Err(StoreError::InvalidQuery(format!(
+                        "{full_name} is a search index: use .withSearchIndex"
+                    )));
+                }
                 None => return Err(StoreError::IndexNotFound(full_name)),
             },
         };
@@ -238,6 +307,25 @@ impl Catalog {
         Ok(())
     }
 
+    /// Adds a search index in the building state.
+    pub fn add_search_index(&mut self, table: &str, name: &str, def: SearchIndexSchema, id: u32) -> Result<()> {
+        check_search_index_definition(table, name, &def)?;
+        let t = self.table_mut(table).ok_or_else(|| StoreError::IndexNotFound(format!("{table}.{name}")))?;
+        if t.indexes.contains_key(name) || t.search_indexes.contains_key(name) {
+            return Err(StoreError::InvalidIndex { index: format!("{table}.{name}"), reason: "already exists".into() });
+        }
+        let meta =
+            SearchIndexMeta { id, search_field: def.search_field, filter_fields: def.filter_fields, ready: false };
+        t.search_indexes.insert(name.to_owned(), meta);
+        self.next_index_id = self.next_index_id.max(id + 1);
+        Ok(())
+    }
+
+    /// Every search index, with its table.
+    pub fn search_indexes(&self) -> impl Iterator<Item = (&Arc<TableMeta>, &SearchIndexMeta)> {
+        self.tables.values().flat_map(|t| t.search_indexes.values().map(move |m| (t, m)))
+    }
+
     /// Removes a user index; its entries are queued for deletion.
     pub fn drop_index(&mut self, table: &str, name: &str) -> Result<()> {
         let t = self.table_mut(table).ok_or_else(|| StoreError::IndexNotFound(format!("{table}.{name}")))?;
@@ -313,11 +401,36 @@ pub fn check_index_definition(table: &str, name: &str, fields: &[FieldPath]) -> 
     Ok(())
 }
 
+/// Checks a search index definition.
+pub fn check_search_index_definition(table: &str, name: &str, def: &SearchIndexSchema) -> Result<()> {
+    let bad = |reason: String| Err(StoreError::InvalidIndex { index: format!("{table}.{name}"), reason });
+    if check_identifier(name).is_err() {
+        return bad("index names must be identifiers".into());
+    }
+    if name == BY_ID || name == BY_CREATION_TIME || name.starts_with('_') {
+        return bad("this index name is reserved".into());
+    }
+    if def.search_field.segments()[0].starts_with('_') {
+        return bad(format!("the search field `{}` is a system field, which is not searchable", def.search_field));
+    }
+    if def.filter_fields.len() > MAX_SEARCH_FILTER_FIELDS {
+        return bad(format!("a search index has at most {MAX_SEARCH_FILTER_FIELDS} filter fields"));
+    }
+    for (i, f) in def.filter_fields.iter().enumerate() {
+        if def.filter_fields[..i].contains(f) {
+            return bad(format!("filter field `{f}` is listed twice"));
+        }
+    }
+    Ok(())
+}
+
 /// A table as declared by a schema.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableSchema {
     /// Indexes by name, with their fields.
     pub indexes: BTreeMap<String, Vec<FieldPath>>,
+    /// Search indexes by name.
+    pub search_indexes: BTreeMap<String, SearchIndexSchema>,
     /// The document validator; `None` for `v.any()`.
     pub document_type: Option<Validator>,
 }
@@ -365,6 +478,37 @@ impl Schema {
                     return Err(bad(format!("index {name}.{idx_name} is declared twice")));
                 }
             }
+            let mut search_indexes = BTreeMap::new();
+            for idx in t.get("searchIndexes").and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default() {
+                let idx_name = idx
+                    .get("indexDescriptor")
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| bad(format!("a search index of {name} has no `indexDescriptor`")))?;
+                let path = |j: Option<&Json>, what: &str| -> Result<FieldPath> {
+                    let s = j
+                        .and_then(Json::as_str)
+                        .ok_or_else(|| bad(format!("search index {name}.{idx_name}: {what} must be a string")))?;
+                    Ok(FieldPath::parse(s)?)
+                };
+                let search_field = path(idx.get("searchField"), "searchField")?;
+                let filter_fields = idx
+                    .get("filterFields")
+                    .and_then(Json::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|f| path(Some(f), "filterFields"))
+                    .collect::<Result<Vec<_>>>()?;
+                let def = SearchIndexSchema { search_field, filter_fields };
+                check_search_index_definition(name, idx_name, &def)?;
+                if indexes.contains_key(idx_name) || search_indexes.insert(idx_name.to_owned(), def).is_some() {
+                    return Err(bad(format!("index {name}.{idx_name} is declared twice")));
+                }
+            }
+            if let Some(vector) = t.get("vectorIndexes").and_then(Json::as_array).and_then(|v| v.first()) {
+                let idx = vector.get("indexDescriptor").and_then(Json::as_str).unwrap_or("?");
+                return Err(bad(format!("vector index {name}.{idx}: vector search is not supported yet")));
+            }
             let document_type = match t.get("documentType") {
                 None | Some(Json::Null) => None,
                 Some(v) => match Validator::from_json(v)? {
@@ -373,7 +517,7 @@ impl Schema {
                     other => return Err(bad(format!("table {name}: a document type must be an object, not {other}"))),
                 },
             };
-            if tables.insert(name.to_owned(), TableSchema { indexes, document_type }).is_some() {
+            if tables.insert(name.to_owned(), TableSchema { indexes, search_indexes, document_type }).is_some() {
                 return Err(bad(format!("table {name} is declared twice")));
             }
         }

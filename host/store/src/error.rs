@@ -141,6 +141,14 @@ pub enum StoreError {
     /// The store was shut down.
     #[error("the store is closed")]
     Closed,
+    /// A search query was refused or a search index failed (the search crate's code).
+    #[error("{message}")]
+    Search {
+        /// The stable code (`InvalidSearchQuery`, `SearchQueryTooManyTerms`, …).
+        code: &'static str,
+        /// What happened.
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -176,6 +184,7 @@ impl StoreError {
             StoreError::Persistence(e) => e.code(),
             StoreError::Failed(_) => "StoreFailed",
             StoreError::Closed => "StoreClosed",
+            StoreError::Search { code, .. } => code,
         }
     }
 

@@ -65,6 +65,19 @@ pub struct StoreConfig {
     pub backfill_batch: usize,
     /// Limits for user transactions.
     pub limits: TransactionLimits,
+    /// Where search indexes keep their files (one directory per index); `None` keeps them
+    /// in memory and rebuilds them on every start.
+    pub search_dir: Option<std::path::PathBuf>,
+    /// How often recent writes are merged into the search indexes on disk
+    /// (`KILN_SEARCH_MERGE_MS`).
+    pub search_merge_interval: Duration,
+    /// How long a search index keeps older views for transactions at older snapshots
+    /// (`KILN_SEARCH_SNAPSHOT_SECS`); a search at a snapshot older than every view kept gets
+    /// `SnapshotTooOld`.
+    pub search_snapshot_age: Duration,
+    /// Memory budget of the recent writes search indexes hold before merging them, in bytes
+    /// (`KILN_SEARCH_MEMORY_BYTES`): over it, merges run at once and older views are dropped.
+    pub search_memory_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -79,6 +92,10 @@ impl Default for StoreConfig {
             scan_batch: 256,
             backfill_batch: 1_000,
             limits: TransactionLimits::default(),
+            search_dir: None,
+            search_merge_interval: Duration::from_secs(1),
+            search_snapshot_age: Duration::from_secs(30),
+            search_memory_bytes: 64 << 20,
         }
     }
 }

@@ -53,6 +53,15 @@ pub enum Source {
         /// of the next field.
         range: Vec<RangeExpr>,
     },
+    /// A full-text search (`withSearchIndex`): checked against the index when planned.
+    Search {
+        /// The table.
+        table: String,
+        /// The search index's name within the table.
+        index: String,
+        /// The search filters as the client sent them.
+        filters: Json,
+    },
 }
 
 /// A step applied to each document, in order.
@@ -91,7 +100,7 @@ impl Query {
     /// The table this query reads.
     pub fn table(&self) -> &str {
         match &self.source {
-            Source::FullTableScan { table } | Source::IndexRange { table, .. } => table,
+            Source::FullTableScan { table } | Source::IndexRange { table, .. } | Source::Search { table, .. } => table,
         }
     }
 
@@ -126,7 +135,12 @@ impl Query {
                 Source::IndexRange { table: table.to_owned(), index: index.to_owned(), range }
             }
             Some("Search") => {
-                return Err(invalid("search queries need text search indexes, which this version does not support"));
+                let full =
+                    source.get("indexName").and_then(Json::as_str).ok_or_else(|| invalid("missing `indexName`"))?;
+                let (table, index) =
+                    full.split_once('.').ok_or_else(|| invalid(format!("index name {full:?} is not `table.index`")))?;
+                let filters = source.get("filters").cloned().ok_or_else(|| invalid("missing `filters`"))?;
+                Source::Search { table: table.to_owned(), index: index.to_owned(), filters }
             }
             other => return Err(invalid(format!("unknown source type {other:?}"))),
         };

@@ -25,6 +25,7 @@ use crate::error::{Result, StoreError};
 use crate::knobs::{StoreConfig, TransactionLimits};
 use crate::query::Query;
 use crate::read_set::{ReadSet, ReadToken};
+use crate::search::{SearchIndexes, SearchWrite};
 use crate::subscription::{Registry, SubState, Subscription};
 use crate::transaction::Transaction;
 
@@ -41,6 +42,8 @@ pub(crate) struct CommitRequest {
     pub docs: Vec<DocWrite>,
     pub index_writes: Vec<IndexWrite>,
     pub keys: WrittenKeys,
+    /// What the commit changes in search indexes.
+    pub search: Vec<SearchWrite>,
     pub catalog_edit: Option<CatalogEdit>,
     /// Dropped once the commit is validated (its writes visible to transactions that begin
     /// then), handed back through [`Hold::refused`] if it is refused.
@@ -94,6 +97,10 @@ pub struct StoreStats {
     /// Transactions waiting for a commit they read to become durable (a read-write
     /// transaction's answer, a range scan over pending writes).
     pub waiting_for_durability: usize,
+    /// Memory the search indexes' recent writes take (not yet merged to disk).
+    pub search_memory_bytes: usize,
+    /// Bytes the search indexes take on disk.
+    pub search_disk_bytes: u64,
 }
 
 /// A document's versions in validated commits not yet published, oldest first.
@@ -127,6 +134,8 @@ pub(crate) struct Inner {
     published: watch::Sender<Timestamp>,
     /// Transactions in `wait_published` for a commit not yet published.
     waiting: std::sync::atomic::AtomicUsize,
+    /// Full-text search indexes.
+    pub(crate) search: SearchIndexes,
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -163,6 +172,28 @@ impl Inner {
     /// Fails if pruning may have removed revisions a read at `ts` needs. Called after each
     /// persistence read: the floor is raised before pruning starts, so a read that finished
     /// with `ts` at or above the floor saw intact data.
+    /// Up to `limit` documents of `table` at `ts` whose ids come after `after` (from the
+    /// first when `None`), in id order: one batch of a whole-table scan.
+    pub(crate) async fn scan_table_after(
+        &self,
+        table: kiln_value::TableNumber,
+        after: Option<&[u8]>,
+        ts: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<kiln_persistence::ScanHit>> {
+        let range = match after {
+            Some(k) => {
+                let mut start = k.to_vec();
+                start.push(0);
+                KeyRange { start, end: None }
+            }
+            None => KeyRange::all(),
+        };
+        let hits = self.persistence.scan_table(table, &range, ts, Order::Asc, limit).await;
+        self.check_not_pruned(ts)?;
+        Ok(hits?)
+    }
+
     pub(crate) fn check_not_pruned(&self, ts: Timestamp) -> Result<()> {
         if ts.0 < self.prune_floor.load(Ordering::Acquire) {
             return Err(StoreError::SnapshotTooOld { ts });
@@ -267,7 +298,10 @@ impl Inner {
             .tables
             .values()
             .find(|t| {
-                t.by_id == index.0 || t.by_creation_time == index.0 || t.indexes.values().any(|m| m.id == index.0)
+                t.by_id == index.0
+                    || t.by_creation_time == index.0
+                    || t.indexes.values().any(|m| m.id == index.0)
+                    || t.search_indexes.values().any(|m| m.id == index.0)
             })
             .map(|t| t.name.clone())
             .unwrap_or_default()
@@ -282,6 +316,7 @@ struct Completed {
     reply: oneshot::Sender<Result<Timestamp>>,
     docs: Vec<(DocumentId, Option<Arc<Document>>)>,
     keys: WrittenKeys,
+    search: Vec<SearchWrite>,
     catalog: Option<Arc<Catalog>>,
 }
 
@@ -420,15 +455,16 @@ fn validate(
     };
     let persistence = inner.persistence.clone();
     let keys = request.keys;
+    let search = request.search;
     Some(Box::pin(async move {
         let result = persistence.commit(record).await;
-        Completed { ts, result, reply, docs, keys, catalog: new_catalog.map(|(c, _)| c) }
+        Completed { ts, result, reply, docs, keys, search, catalog: new_catalog.map(|(c, _)| c) }
     }))
 }
 
 /// Publishes a completed commit, or returns its reply and error when it failed.
 fn publish(inner: &Inner, done: Completed) -> Option<(oneshot::Sender<Result<Timestamp>>, StoreError)> {
-    let Completed { ts, result, reply, docs, keys, catalog } = done;
+    let Completed { ts, result, reply, docs, keys, search, catalog } = done;
     if let Err(e) = result {
         if e.leaves_storage_intact() {
             tracing::warn!(error = %e, ts = ts.0, "commit failed; the commits validated after it fail too");
@@ -460,6 +496,12 @@ fn publish(inner: &Inner, done: Completed) -> Option<(oneshot::Sender<Result<Tim
             cache.put(id, ts, doc);
         }
     }
+    // Search indexes learn of the commit before it becomes visible: a search at its
+    // timestamp finds its writes.
+    if let Some(c) = &catalog {
+        inner.search.sync_catalog(c, ts, false);
+    }
+    inner.search.record(ts, search);
     {
         // Subscriptions are invalidated before the commit becomes visible, under the registry
         // lock: whoever sees the new timestamp also sees every invalidation it caused, and a
@@ -565,8 +607,10 @@ impl Store {
             conflicts: AtomicU64::new(0),
             published: watch::channel(ts).0,
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            search: SearchIndexes::new(&config),
             config,
         });
+        inner.search.sync_catalog(&catalog, ts, true);
         let committer = tokio::spawn(run_committer(inner.clone(), commit_rx, catalog.clone(), ts));
         let (shutdown, _) = watch::channel(false);
         let store =
@@ -591,6 +635,21 @@ impl Store {
                     if let Err(e) = prune(&inner).await {
                         tracing::warn!(error = %e, "pruning failed");
                     }
+                }
+            }));
+        }
+        {
+            let inner = self.inner.clone();
+            let mut stop = self.shutdown.subscribe();
+            let interval = self.inner.config.search_merge_interval.max(Duration::from_millis(10));
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = inner.search.wake.notified() => {}
+                        _ = stop.changed() => return,
+                    }
+                    maintain_search(&inner, false).await;
                 }
             }));
         }
@@ -698,6 +757,8 @@ impl Store {
             published_ts: self.published_ts(),
             validated_ts: self.inner.validated.read().ts,
             waiting_for_durability: self.inner.waiting.load(Ordering::Relaxed),
+            search_memory_bytes: self.inner.search.memory_bytes(),
+            search_disk_bytes: self.inner.search.disk_bytes(),
         }
     }
 
@@ -735,6 +796,12 @@ impl Store {
             Check::Clean => Some(ReadToken { ts, read_set: token.read_set.clone() }),
             Check::Conflict(..) | Check::TooOld => None,
         }
+    }
+
+    /// Builds waiting search indexes and merges every search index's recent writes into its
+    /// files now (the background merger does this every `search_merge_interval`).
+    pub async fn flush_search(&self) {
+        maintain_search(&self.inner, true).await;
     }
 
     /// Prunes revisions older than the retention window now; returns the rows removed.
@@ -854,7 +921,11 @@ impl Store {
         };
         tracing::info!(ts = ts.0, new_indexes = added.len(), "schema applied");
         for (table, id) in added {
-            backfill(&self.inner, &table, id).await?;
+            if self.catalog().table(&table).is_some_and(|t| t.search_indexes.values().any(|m| m.id == id)) {
+                self.wait_search_ready(&table, id).await;
+            } else {
+                backfill(&self.inner, &table, id).await?;
+            }
         }
         if !self.catalog().dropped_indexes.is_empty() {
             clean_dropped_indexes(&self.inner).await?;
@@ -904,11 +975,24 @@ impl Store {
                 }
             }
         }
+        let mut added_search = Vec::new();
+        for (name, def) in &schema.tables {
+            let existing = catalog.table(name);
+            for (index, declared) in &def.search_indexes {
+                let same = existing.and_then(|t| t.search_indexes.get(index)).is_some_and(|m| {
+                    m.search_field == declared.search_field && m.filter_fields == declared.filter_fields
+                });
+                if !same {
+                    added_search.push((name.clone(), index.clone(), declared.clone(), self.inner.reserve_index_id()));
+                }
+            }
+        }
         let touched: BTreeSet<String> =
             schema.tables.keys().chain(catalog.tables.keys()).filter(|t| !t.starts_with('_')).cloned().collect();
         tx.catalog_writes.extend(touched);
         let schema = schema.clone();
         let to_add = added.clone();
+        let to_add_search = added_search.clone();
         tx.catalog_edit = Some(Box::new(move |c: &mut Catalog| {
             // System tables belong to the host, not to the app's schema.
             let names: Vec<String> = c.tables.keys().filter(|t| !t.starts_with('_')).cloned().collect();
@@ -923,17 +1007,48 @@ impl Store {
                         c.drop_index(&table, &index)?;
                     }
                 }
+                if let Some(t) = c.table_mut(&table) {
+                    // A search index's files go with it (see `SearchIndexes::sync_catalog`).
+                    t.search_indexes.retain(|name, m| {
+                        declared
+                            .and_then(|d| d.search_indexes.get(name))
+                            .is_some_and(|d| d.search_field == m.search_field && d.filter_fields == m.filter_fields)
+                    });
+                }
                 c.set_document_type(&table, declared.and_then(|d| d.document_type.clone()));
             }
             for (table, index, fields, id) in to_add {
                 c.add_index(&table, &index, fields, id)?;
+            }
+            for (table, index, def, id) in to_add_search {
+                c.add_search_index(&table, &index, def, id)?;
             }
             c.schema_validation = schema.schema_validation;
             Ok(())
         }));
         drop(new_tables);
         let ts = tx.commit().await?;
-        Ok((ts, added.into_iter().map(|(t, _, _, id)| (t, id)).collect()))
+        let mut added: Vec<(String, u32)> = added.into_iter().map(|(t, _, _, id)| (t, id)).collect();
+        added.extend(added_search.into_iter().map(|(t, _, _, id)| (t, id)));
+        Ok((ts, added))
+    }
+
+    /// Waits until search index `id` of `table` is built and ready (or gone).
+    async fn wait_search_ready(&self, table: &str, id: u32) {
+        let mut published = self.inner.published.subscribe();
+        self.inner.search.wake.notify_one();
+        loop {
+            let ready = self
+                .catalog()
+                .table(table)
+                .and_then(|t| t.search_indexes.values().find(|m| m.id == id).map(|m| m.ready));
+            if ready != Some(false) {
+                return;
+            }
+            if published.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Stops the committer (after in-flight commits finish) and background tasks.
@@ -949,6 +1064,8 @@ impl Store {
             t.abort();
             let _ = t.await;
         }
+        // Search indexes on disk then cover the newest commit: the next start resumes them.
+        maintain_search(&self.inner, true).await;
     }
 }
 
@@ -1020,18 +1137,8 @@ async fn backfill(inner: &Arc<Inner>, table: &str, id: u32) -> Result<()> {
         if index.ready {
             return Ok(());
         }
-        let range = match &after {
-            Some(k) => {
-                let mut s = k.clone();
-                s.push(0);
-                KeyRange { start: s, end: None }
-            }
-            None => KeyRange::all(),
-        };
         let batch = inner.config.backfill_batch.max(1);
-        let hits = inner.persistence.scan_table(meta.number, &range, snap.ts, Order::Asc, batch).await;
-        inner.check_not_pruned(snap.ts)?;
-        let hits = hits?;
+        let hits = inner.scan_table_after(meta.number, after.as_deref(), snap.ts, batch).await?;
         let mut entries = Vec::with_capacity(hits.len());
         for hit in &hits {
             let Some(bytes) = &hit.revision.value else { continue };
@@ -1065,12 +1172,49 @@ async fn backfill(inner: &Arc<Inner>, table: &str, id: u32) -> Result<()> {
             docs: Vec::new(),
             index_writes: Vec::new(),
             keys,
+            search: Vec::new(),
             catalog_edit: Some(edit),
             until_validated: None,
         })
         .await?;
     tracing::info!(documents = total, "index ready");
     Ok(())
+}
+
+/// Builds search indexes waiting for it and merges recent writes into all of them; marks the
+/// built ones ready. `closing`: the indexes must cover the newest commit when this returns.
+async fn maintain_search(inner: &Arc<Inner>, closing: bool) {
+    let built = inner.search.maintain(inner, closing).await;
+    for (number, id) in built {
+        let catalog = inner.snapshot().catalog;
+        let Some(meta) = catalog.table_by_number(number) else { continue };
+        if meta.search_indexes.values().find(|m| m.id == id).map(|m| m.ready) != Some(false) {
+            continue;
+        }
+        let table = meta.name.clone();
+        let name = table.clone();
+        let edit: CatalogEdit = Box::new(move |c: &mut Catalog| {
+            if let Some(t) = c.table_mut(&name) {
+                for m in t.search_indexes.values_mut().filter(|m| m.id == id) {
+                    m.ready = true;
+                }
+            }
+            Ok(())
+        });
+        let request = CommitRequest {
+            begin_ts: inner.snapshot().ts,
+            reads: ReadSet::new(),
+            docs: Vec::new(),
+            index_writes: Vec::new(),
+            keys: WrittenKeys::new(vec![(CATALOG_INDEX, table.as_bytes().to_vec())]),
+            search: Vec::new(),
+            catalog_edit: Some(edit),
+            until_validated: None,
+        };
+        if let Err(e) = inner.submit(request).await {
+            tracing::warn!(error = %e, %table, index = id, "marking a search index ready failed");
+        }
+    }
 }
 
 async fn clean_dropped_indexes(inner: &Arc<Inner>) -> Result<()> {
@@ -1096,6 +1240,7 @@ async fn clean_dropped_indexes(inner: &Arc<Inner>) -> Result<()> {
                 docs: Vec::new(),
                 index_writes: Vec::new(),
                 keys: WrittenKeys::default(),
+                search: Vec::new(),
                 catalog_edit: Some(edit),
                 until_validated: None,
             })

@@ -16,7 +16,9 @@ use kiln_value::validation::{
 use kiln_value::validator::IdCheck;
 use kiln_value::{DocumentId, InternalId, Object, Patch, TableNumber, Value};
 
-use crate::catalog::{CATALOG_INDEX, Catalog, IndexKind, IndexRef, TableMeta, check_system_table, check_table_name};
+use crate::catalog::{
+    CATALOG_INDEX, Catalog, IndexKind, IndexRef, SearchPlan, TableMeta, check_system_table, check_table_name,
+};
 use crate::commit_log::WrittenKeys;
 use crate::document::{Document, by_id_key, ordered_index_key};
 use crate::error::{LimitKind, Result, StoreError};
@@ -24,6 +26,7 @@ use crate::knobs::TransactionLimits;
 use crate::pagination::{self, Position};
 use crate::query::{Operator, Query, RangeExpr, RangeOp, Source};
 use crate::read_set::{ReadSet, ReadToken};
+use crate::search::{MAX_SEARCH_RESULTS, SearchWrite, Terms, doc_terms, search_error, unchanged};
 use crate::store::{CatalogEdit, CommitRequest, Inner, now_ms};
 
 /// Resource use of a transaction so far, checked against its limits.
@@ -76,6 +79,8 @@ struct Stream {
     complete: bool,
     state: StreamState,
     batch: usize,
+    /// A search's results, by key (descending relevance), once computed.
+    search: Option<Vec<(Vec<u8>, DocumentId)>>,
 }
 
 impl Stream {
@@ -97,6 +102,21 @@ impl Stream {
             (None, _) => KeyRange { start: self.range.start.clone(), end: Some(self.range.start.clone()) },
             (Some(c), Order::Asc) => KeyRange { start: self.range.start.clone(), end: Some(successor(c)) },
             (Some(c), Order::Desc) => KeyRange { start: c.clone(), end: self.range.end.clone() },
+        }
+    }
+
+    /// What the stream has read, as index key ranges.
+    fn reads(&self) -> Vec<(IndexId, KeyRange)> {
+        match &self.index.kind {
+            _ if self.index.id == CATALOG_INDEX => Vec::new(),
+            // Any matching write could change a search's results, however far it has read.
+            IndexKind::Search(plan) => plan
+                .query
+                .read_ranges(&plan.meta.def())
+                .into_iter()
+                .map(|(start, end)| (self.index.id, KeyRange { start, end }))
+                .collect(),
+            _ => vec![(self.index.id, self.read_range())],
         }
     }
 
@@ -705,6 +725,18 @@ impl Transaction {
                 let range = compile_range(&index, range)?;
                 (index, range)
             }
+            Source::Search { index, filters, .. } => {
+                let search = meta.search_index(index)?;
+                let text = kiln_search::TextQuery::parse(&search.def(), filters).map_err(search_error)?;
+                let plan = SearchPlan { meta: search.clone(), query: text };
+                let index = IndexRef {
+                    id: IndexId(search.id),
+                    table: meta.number,
+                    full_name: format!("{}.{index}", meta.name),
+                    kind: IndexKind::Search(Arc::new(plan)),
+                };
+                (index, KeyRange::all())
+            }
         };
         Ok(Some((index, range)))
     }
@@ -740,6 +772,7 @@ impl Transaction {
             complete: false,
             state,
             batch: 4,
+            search: None,
         };
         if stream.state == StreamState::Open && stream.limit_reached() {
             stream.state = StreamState::Stopped;
@@ -764,8 +797,8 @@ impl Transaction {
     }
 
     fn retire(&mut self, s: &Stream) {
-        if s.index.id != CATALOG_INDEX {
-            self.reads.add(s.index.id, s.read_range());
+        for (index, range) in s.reads() {
+            self.reads.add(index, range);
         }
     }
 
@@ -823,6 +856,10 @@ impl Transaction {
             s.complete = true;
             return Ok(());
         }
+        if let IndexKind::Search(plan) = &s.index.kind {
+            let plan = plan.clone();
+            return self.refill_search(s, &plan, remaining).await;
+        }
         // Persistence holds only published commits: if one not yet published, inside this
         // snapshot, wrote into the range, wait for it (and those before it) to be published.
         if !self.read_only && self.inner.pending_writes_in(self.ts, s.index.id, &remaining) {
@@ -834,6 +871,7 @@ impl Transaction {
         let hits = match s.index.kind {
             IndexKind::ById => p.scan_table(s.index.table, &remaining, self.ts, s.order, n).await,
             IndexKind::Ordered(_) => p.scan_index(s.index.id, &remaining, self.ts, s.order, n).await,
+            IndexKind::Search(_) => Ok(Vec::new()),
         };
         self.inner.check_not_pruned(self.ts)?;
         let hits = hits?;
@@ -878,6 +916,73 @@ impl Transaction {
             (false, _) => None,
         };
         Ok(())
+    }
+
+    /// Runs a search once (at this snapshot, with this transaction's writes), then hands its
+    /// results out batch by batch, reading each document.
+    async fn refill_search(&mut self, s: &mut Stream, plan: &SearchPlan, remaining: KeyRange) -> Result<()> {
+        if s.search.is_none() {
+            // The index's memory part holds published commits only.
+            if !self.read_only && self.ts > self.inner.published_ts() {
+                self.inner.wait_published(self.ts).await?;
+            }
+            let live = self
+                .inner
+                .search
+                .get(plan.meta.id)
+                .ok_or_else(|| StoreError::IndexNotReady(s.index.full_name.clone()))?;
+            let own: HashMap<InternalId, Terms> = self
+                .writes
+                .iter()
+                .filter(|(id, _)| id.table == s.index.table)
+                .map(|(id, w)| (id.internal, w.new.as_ref().and_then(|d| doc_terms(&plan.meta, d))))
+                .collect();
+            // `.take(n)` without filters can only use the first n results; otherwise up to
+            // Convex's maximum. (Pagination narrows the range, so it asks for all.)
+            let whole_range = s.range == KeyRange::all();
+            let limit = match s.operators.as_slice() {
+                [Operator::Limit(n)] if whole_range => (*n).min(MAX_SEARCH_RESULTS),
+                _ => MAX_SEARCH_RESULTS,
+            };
+            let hits = live.search(self.ts, &plan.query, own, limit).await?;
+            let table = s.index.table;
+            s.search = Some(
+                hits.into_iter()
+                    .map(|(score, id)| {
+                        let mut key = (!score.max(0.0).to_bits()).to_be_bytes().to_vec();
+                        key.extend_from_slice(&id.0);
+                        (key, DocumentId::new(table, id))
+                    })
+                    .collect(),
+            );
+        }
+        let n = s.batch;
+        s.batch = (s.batch * 4).min(self.inner.config.scan_batch.max(1));
+        let results = s.search.as_deref().unwrap_or_default();
+        let in_range = results.iter().filter(|(k, _)| remaining.contains(k));
+        let batch: Vec<(Vec<u8>, DocumentId)> = match s.order {
+            Order::Asc => in_range.take(n + 1).cloned().collect(),
+            Order::Desc => in_range.rev().take(n + 1).cloned().collect(),
+        };
+        let full = batch.len() > n;
+        let mut last = None;
+        for (key, id) in batch.into_iter().take(n) {
+            self.reads.add(IndexId(self.by_id_index(&id)), KeyRange::point(&by_id_key(&id)));
+            if let Some(doc) = self.visible(id).await? {
+                s.buffer.push_back((key.clone(), doc));
+            }
+            last = Some(key);
+        }
+        s.complete = !full;
+        s.fetched_to = if full { last } else { None };
+        Ok(())
+    }
+
+    fn by_id_index(&self, id: &DocumentId) -> u32 {
+        self.catalog
+            .table_by_number(id.table)
+            .or_else(|| self.new_tables.values().find(|t| t.number == id.table))
+            .map_or(0, |t| t.by_id)
     }
 
     /// Reads one page of a query, starting after `request.cursor`.
@@ -997,8 +1102,8 @@ impl Transaction {
     pub fn read_token(&mut self) -> ReadToken {
         let mut reads = self.reads.clone();
         for s in self.streams.values() {
-            if s.index.id != CATALOG_INDEX {
-                reads.add(s.index.id, s.read_range());
+            for (index, range) in s.reads() {
+                reads.add(index, range);
             }
         }
         for name in &self.tables_read {
@@ -1030,6 +1135,7 @@ impl Transaction {
         let mut docs = Vec::with_capacity(self.writes.len());
         let mut index_writes = Vec::new();
         let mut keys = Vec::new();
+        let mut search = Vec::new();
         let writes = std::mem::take(&mut self.writes);
         for (id, w) in writes {
             if w.old.is_none() && w.new.is_none() {
@@ -1052,6 +1158,17 @@ impl Transaction {
                 } else if let Some(k) = new {
                     keys.push((index, k));
                 }
+            }
+            for meta in meta.search_indexes.values() {
+                if unchanged(meta, w.old.as_deref(), w.new.as_deref()) {
+                    continue;
+                }
+                let old = w.old.as_ref().and_then(|d| doc_terms(meta, d));
+                let new = w.new.as_ref().and_then(|d| doc_terms(meta, d));
+                for terms in old.iter().chain(new.iter()) {
+                    keys.extend(terms.keys().into_iter().map(|k| (IndexId(meta.id), k)));
+                }
+                search.push(SearchWrite { index: meta.id, id: id.internal, terms: new });
             }
             let encoded = w.new.as_ref().map(|d| d.encode());
             docs.push((id, w.new, encoded));
@@ -1087,6 +1204,7 @@ impl Transaction {
             docs,
             index_writes,
             keys: WrittenKeys::new(keys),
+            search,
             catalog_edit,
             until_validated: self.until_validated.take(),
         };
@@ -1168,6 +1286,9 @@ pub fn compile_range(index: &IndexRef, exprs: &[RangeExpr]) -> Result<KeyRange> 
 /// The key bytes of one range value in an index.
 fn key_part(index: &IndexRef, value: Option<&Value>) -> Result<Vec<u8>> {
     match index.kind {
+        IndexKind::Search(_) => {
+            Err(StoreError::InvalidQuery(format!("{} is a search index: it has no ranges", index.full_name)))
+        }
         IndexKind::Ordered(_) => Ok(encode_tuple([value])),
         IndexKind::ById => {
             let s = value.and_then(Value::as_str).ok_or_else(|| {

@@ -3,8 +3,7 @@
 //! partial transaction may appear. `KILN_CRASH_ROUNDS` sets the number of rounds (default 20).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use kiln_store::query::Query;
 use kiln_value::Value;
 use rand::Rng;
 
-use crate::{child, config, obj, open};
+use crate::{ack_until_killed, config, obj, open};
 
 const WRITERS: u64 = 4;
 const TABLES: [&str; 3] = ["a", "b", "c"];
@@ -85,30 +84,9 @@ async fn acknowledged_commits_survive_sigkill() {
     let mut acked = BTreeSet::new();
     let mut rng = rand::thread_rng();
     for round in 0..rounds {
-        let mut proc = child("crash::crash_child", &[("KILN_CRASH_DIR", dir.path().display().to_string())])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = proc.stdout.take().unwrap();
-        let (first_tx, first_rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(seq) = line.strip_prefix("ACK ") {
-                    seen.push(seq.trim().parse::<u64>().unwrap());
-                    let _ = first_tx.send(());
-                }
-            }
-            seen
-        });
-        // Kill at a random moment once the child is committing.
-        first_rx.recv_timeout(Duration::from_secs(60)).expect("child never acknowledged a commit");
-        std::thread::sleep(Duration::from_millis(rng.gen_range(1..250)));
-        proc.kill().unwrap();
-        proc.wait().unwrap();
-        let seen = reader.join().unwrap();
+        let delay = Duration::from_millis(rng.gen_range(1..250));
+        let seen =
+            ack_until_killed("crash::crash_child", &[("KILN_CRASH_DIR", dir.path().display().to_string())], delay);
         acked.extend(seen);
 
         let store = open(dir.path(), config()).await;

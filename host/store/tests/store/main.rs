@@ -39,6 +39,7 @@ mod occ;
 mod pagination;
 mod pending;
 mod schema;
+mod search;
 mod subscriptions;
 
 use std::path::Path;
@@ -75,4 +76,30 @@ pub fn child(test: &str, envs: &[(&str, String)]) -> std::process::Command {
         cmd.env(k, v);
     }
     cmd
+}
+
+/// Runs the named child test (see [`child`]) until it has printed its first `ACK <n>` line,
+/// kills it with SIGKILL `delay` later, and returns every acknowledged number.
+pub fn ack_until_killed(test: &str, envs: &[(&str, String)], delay: std::time::Duration) -> Vec<u64> {
+    use std::io::BufRead;
+    let mut proc =
+        child(test, envs).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let stdout = proc.stdout.take().unwrap();
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(n) = line.strip_prefix("ACK ") {
+                seen.push(n.trim().parse::<u64>().unwrap());
+                let _ = first_tx.send(());
+            }
+        }
+        seen
+    });
+    first_rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the child never acknowledged anything");
+    std::thread::sleep(delay);
+    proc.kill().unwrap();
+    proc.wait().unwrap();
+    reader.join().unwrap()
 }

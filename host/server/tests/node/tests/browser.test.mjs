@@ -1,6 +1,7 @@
 // The chat example's web page in headless Chromium (Debian's), with the official convex
 // browser client: one page sends a message, a second page sees it arrive; an image uploaded in
-// one page shows in the other; a message posted to the app's HTTP endpoint arrives too.
+// one page shows in the other; a message posted to the app's HTTP endpoint arrives too; a live
+// search in one page finds a message the other sends.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -137,5 +138,26 @@ test("an image uploaded in one page shows in another; a message posted to the HT
   assert.equal(empty.status, 400);
   assert.deepEqual(await empty.json(), { error: "A message needs a body" });
   assert.deepEqual(errors, [], "no uncaught errors in the pages");
+  await context.close();
+});
+
+test("a search in one page finds matching messages, and one the other page sends", async () => {
+  const { context, alice, bob, errors } = await twoPages();
+  const word = `zebra${Date.now() % 100000}`;
+  await alice.fill("input[name=author]", "alice");
+  for (const body of [`the ${word} crossing`, "nothing to see here"]) {
+    await alice.fill("input[name=body]", body);
+    await alice.click("button[type=submit]");
+    await alice.locator("#messages li", { hasText: body }).waitFor({ timeout: 15_000 });
+  }
+  // The last word is a prefix: typing part of it finds the message.
+  await bob.fill("#search", `crossing ${word.slice(0, 4)}`);
+  await bob.locator("#results li", { hasText: `the ${word} crossing` }).waitFor({ timeout: 15_000 });
+  assert.equal(await bob.locator("#results li", { hasText: "nothing to see here" }).count(), 0);
+  // A matching message sent while the search is open joins its results.
+  await alice.fill("input[name=body]", `another ${word} sighting`);
+  await alice.click("button[type=submit]");
+  await bob.locator("#results li", { hasText: `another ${word} sighting` }).waitFor({ timeout: 15_000 });
+  assert.deepEqual(errors, []);
   await context.close();
 });

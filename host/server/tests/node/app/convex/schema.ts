@@ -8,4 +8,8 @@ export default defineSchema({
   entries: defineTable({ n: v.number() }).index("by_n", ["n"]),
   runs: defineTable({ key: v.string(), by: v.string() }).index("by_key", ["key"]),
   files: defineTable({ name: v.string(), storageId: v.id("_storage") }),
+  notes: defineTable({ body: v.string(), channel: v.string(), seq: v.optional(v.number()) }).searchIndex("search_body", {
+    searchField: "body",
+    filterFields: ["channel"],
+  }),
 });
