@@ -108,6 +108,27 @@ pub async fn pruning(p: &dyn Persistence) {
     assert_eq!(p.recover().await.unwrap().pruned_up_to, Timestamp(30));
 }
 
+/// The revisions of one table between two commits, tombstones included, in (timestamp, id)
+/// order, batch by batch.
+pub async fn revision_scans(p: &dyn Persistence) {
+    let (a, b, other) = (doc(4, 1), doc(4, 2), doc(5, 1));
+    p.commit(commit(10, &[(a, Some(b"a1")), (other, Some(b"o1"))], &[])).await.unwrap();
+    p.commit(commit(20, &[(b, Some(b"b1")), (a, Some(b"a2"))], &[])).await.unwrap();
+    p.commit(commit(30, &[(a, None), (other, None)], &[])).await.unwrap();
+    p.commit(commit(40, &[(b, Some(b"b2"))], &[])).await.unwrap();
+    let all = p.scan_revisions(TableNumber(4), Timestamp(10), Timestamp(30), None, 10).await.unwrap();
+    let seen: Vec<(u64, u8, Option<&[u8]>)> =
+        all.iter().map(|r| (r.ts.0, r.id.internal.0[0], r.value.as_deref())).collect();
+    assert_eq!(seen, vec![(20, 1, Some(&b"a2"[..])), (20, 2, Some(&b"b1"[..])), (30, 1, None)]);
+    // In batches, each after the last one returned.
+    let first = p.scan_revisions(TableNumber(4), Timestamp(0), Timestamp(40), None, 2).await.unwrap();
+    assert_eq!(first.iter().map(|r| r.ts.0).collect::<Vec<_>>(), vec![10, 20]);
+    let last = first.last().map(|r| (r.ts, r.id.internal));
+    let rest = p.scan_revisions(TableNumber(4), Timestamp(0), Timestamp(40), last, 10).await.unwrap();
+    let rest: Vec<(u64, u8)> = rest.iter().map(|r| (r.ts.0, r.id.internal.0[0])).collect();
+    assert_eq!(rest, vec![(20, 2), (30, 1), (40, 2)]);
+}
+
 /// Backfilled entries are visible, and dropped indexes' entries can be deleted in steps.
 pub async fn backfill_and_drop(p: &dyn Persistence) {
     let a = doc(3, 1);

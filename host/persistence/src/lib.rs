@@ -12,7 +12,7 @@ use std::fmt;
 pub mod conformance;
 
 use async_trait::async_trait;
-use kiln_value::{DocumentId, TableNumber};
+use kiln_value::{DocumentId, InternalId, TableNumber};
 use thiserror::Error;
 
 thread_local! {
@@ -253,6 +253,19 @@ pub trait Persistence: Send + Sync + 'static {
         order: Order,
         limit: usize,
     ) -> Result<Vec<ScanHit>>;
+
+    /// Up to `limit` revisions of `table` (tombstones included) committed in `(since, until]`,
+    /// in (timestamp, id) order, after the revision `after` names (from the first when
+    /// `None`): what changed in a table between two commits. `until` must be published; the
+    /// caller keeps those revisions from being pruned.
+    async fn scan_revisions(
+        &self,
+        table: TableNumber,
+        since: Timestamp,
+        until: Timestamp,
+        after: Option<(Timestamp, InternalId)>,
+        limit: usize,
+    ) -> Result<Vec<DocumentRevision>>;
 
     /// Writes index entries produced by a backfill, all stamped `ts` (idempotent).
     async fn write_index_entries(

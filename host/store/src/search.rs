@@ -9,7 +9,8 @@
 //! snapshots), and the memory part keeps what they need.
 //!
 //! The index on disk records the commit it reflects. After a restart an index that does not
-//! cover the newest commit is rebuilt from the documents, so that nothing acknowledged is
+//! cover the newest commit catches up with the revisions committed since (which pruning
+//! keeps), or is rebuilt from the documents when that is not possible: nothing acknowledged is
 //! missing and nothing is there twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -66,6 +67,16 @@ pub(crate) fn unchanged(meta: &SearchIndexMeta, old: Option<&Document>, new: Opt
     }
 }
 
+/// What a restart finds of an index on disk.
+enum Resume {
+    Ready,
+    CatchUp(Timestamp),
+    Rebuild,
+}
+
+/// Work waiting for the merger: a build, or a catch-up from a commit.
+type Pending = (Arc<LiveIndex>, Option<Timestamp>);
+
 struct View {
     /// Tantivy snapshots, oldest first, with when each was taken; empty until built.
     snapshots: VecDeque<(TextSnapshot, Instant)>,
@@ -87,6 +98,8 @@ pub(crate) struct LiveIndex {
     built: watch::Sender<bool>,
     /// One build or merge at a time.
     work: tokio::sync::Mutex<()>,
+    /// Full builds from the documents since the store opened.
+    builds: std::sync::atomic::AtomicU64,
 }
 
 fn entry_bytes(terms: &Terms) -> usize {
@@ -105,6 +118,7 @@ impl LiveIndex {
             disk: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             built: watch::channel(false).0,
             work: tokio::sync::Mutex::new(()),
+            builds: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -130,9 +144,15 @@ impl LiveIndex {
         let _ = rx.wait_for(|b| *b).await;
     }
 
+    /// Waits up to `limit` for the index to be served (after a restart that catches it up or
+    /// rebuilds it); false if it still is not.
+    pub async fn built_within(&self, limit: std::time::Duration) -> bool {
+        tokio::time::timeout(limit, self.wait_built()).await.is_ok()
+    }
+
     /// The best `limit` matches of `query` at snapshot `ts`, with `own` (the transaction's
     /// writes to this index) in place of what the snapshot holds for those documents; by
-    /// descending score, ties by id.
+    /// descending score, ties by id. The index must be built ([`LiveIndex::built_within`]).
     pub async fn search(
         &self,
         ts: Timestamp,
@@ -140,7 +160,6 @@ impl LiveIndex {
         own: HashMap<InternalId, Terms>,
         limit: usize,
     ) -> Result<Vec<(f32, InternalId)>> {
-        self.wait_built().await;
         let (snapshot, mut touched) = {
             let view = self.view.lock();
             let Some((snapshot, _)) = view.snapshots.iter().rev().find(|(s, _)| Timestamp(s.ts()) <= ts) else {
@@ -221,6 +240,14 @@ impl LiveIndex {
             }
             tracing::debug!(documents = total, "search index build progress");
         }
+        self.install(ts).await?;
+        self.builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(documents = total, ms = started.elapsed().as_millis() as u64, "search index built");
+        Ok(())
+    }
+
+    /// Serves the tantivy index as it is (covering every commit up to `ts`) from now on.
+    async fn install(&self, ts: Timestamp) -> Result<()> {
         let snapshot = blocking({
             let (slot, disk) = (self.index.clone(), self.disk.clone());
             move || {
@@ -238,33 +265,84 @@ impl LiveIndex {
             evict_recent(&mut view, ts);
         }
         self.built.send_replace(true);
-        tracing::info!(documents = total, ms = started.elapsed().as_millis() as u64, "search index built");
         Ok(())
     }
 
-    /// Opens the index on disk if it covers exactly the newest commit `ts` (a clean restart);
-    /// returns false when it has to be rebuilt.
-    fn resume(&self, ts: Timestamp) -> bool {
-        let Some(dir) = &self.dir else { return false };
+    /// Brings an index on disk that covers the commits up to `from` up to the newest commit
+    /// with the revisions written since (a restart after a crash); rebuilds it when the
+    /// persistence cannot list them.
+    async fn catch_up(self: &Arc<Self>, inner: &Inner, from: Timestamp) -> Result<()> {
+        let work = self.work.lock().await;
+        let started = Instant::now();
+        let until = inner.published_ts();
+        let mut latest: HashMap<InternalId, Terms> = HashMap::new();
+        let mut after = None;
+        let batch = inner.config.backfill_batch.max(1) * 4;
+        loop {
+            let revisions = match inner.persistence.scan_revisions(self.table, from, until, after, batch).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, index = self.meta.id, "cannot list recent revisions; rebuilding");
+                    drop(work);
+                    return self.build(inner).await;
+                }
+            };
+            for r in &revisions {
+                let terms = match &r.value {
+                    Some(bytes) => doc_terms(&self.meta, &Document::decode(r.id, bytes)?),
+                    None => None,
+                };
+                latest.insert(r.id.internal, terms);
+            }
+            if revisions.len() < batch {
+                break;
+            }
+            after = revisions.last().map(|r| (r.ts, r.id.internal));
+        }
+        let changes: Vec<(InternalId, Terms)> = latest.into_iter().collect();
+        let count = changes.len();
+        let slot = self.index.clone();
+        blocking(move || with_index(&slot, |index| index.apply(&changes, until.0))).await?;
+        self.install(until).await?;
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::info!(documents = count, ms, from = from.0, until = until.0, "search index caught up");
+        Ok(())
+    }
+
+    /// The newest commit the index on disk covers (zero before it is built).
+    pub fn disk_ts(&self) -> Timestamp {
+        self.view.lock().snapshots.back().map_or(Timestamp::ZERO, |(s, _)| Timestamp(s.ts()))
+    }
+
+    /// Opens the index on disk after a restart (the store's newest commit is `ts`, revisions up
+    /// to `pruned` may be gone): serves it at once if it covers `ts` (a clean stop), or says
+    /// from which commit it must catch up, or that it must be rebuilt.
+    fn resume(&self, ts: Timestamp, pruned: Timestamp) -> Resume {
+        let Some(dir) = &self.dir else { return Resume::Rebuild };
         if !dir.exists() {
-            return false;
+            return Resume::Rebuild;
         }
         let index = match TextIndex::open(dir, self.def.clone()) {
             Ok(index) => index,
             Err(e) => {
                 tracing::warn!(error = %e, index = self.meta.id, "search index unreadable; rebuilding");
-                return false;
+                return Resume::Rebuild;
             }
         };
-        if index.indexed_ts() != ts.0 {
-            return false;
+        let covered = Timestamp(index.indexed_ts());
+        // Zero: a build that did not finish.
+        if covered == Timestamp::ZERO || covered > ts || covered < pruned {
+            return Resume::Rebuild;
         }
-        let snapshot = index.snapshot();
         self.disk.store(index.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        let snapshot = index.snapshot();
         *self.index.lock() = Some(index);
+        if covered < ts {
+            return Resume::CatchUp(covered);
+        }
         self.view.lock().snapshots.push_back((snapshot, Instant::now()));
         self.built.send_replace(true);
-        true
+        Resume::Ready
     }
 
     /// Writes the revisions in memory into tantivy (up to the newest published commit), takes
@@ -346,7 +424,7 @@ pub(crate) struct SearchIndexes {
     dir: Option<PathBuf>,
     live: RwLock<HashMap<u32, Arc<LiveIndex>>>,
     /// Indexes waiting to be built (new, or not covering the newest commit after a restart).
-    pending_builds: Mutex<Vec<Arc<LiveIndex>>>,
+    pending_builds: Mutex<Vec<Pending>>,
     /// Wakes the merger early (memory over budget, builds waiting).
     pub wake: tokio::sync::Notify,
     budget: usize,
@@ -373,9 +451,10 @@ impl SearchIndexes {
         self.live.read().values().cloned().collect()
     }
 
-    /// Follows the catalog: indexes it added get built (or resumed from disk at `ts`, the
-    /// store's newest commit, when `opening`), and dropped ones are forgotten and deleted.
-    pub fn sync_catalog(&self, catalog: &Catalog, ts: Timestamp, opening: bool) {
+    /// Follows the catalog: indexes it added get built, and dropped ones are forgotten and
+    /// deleted. `opening` (with the commit up to which revisions were pruned): the store was
+    /// just opened at `ts`, and indexes on disk are resumed (see [`LiveIndex::resume`]).
+    pub fn sync_catalog(&self, catalog: &Catalog, ts: Timestamp, opening: Option<Timestamp>) {
         let mut live = self.live.write();
         let mut wanted = HashSet::new();
         for (table, meta) in catalog.search_indexes() {
@@ -385,8 +464,16 @@ impl SearchIndexes {
             }
             let dir = self.dir.as_ref().map(|d| d.join(meta.id.to_string()));
             let index = Arc::new(LiveIndex::new(meta.clone(), table.number, dir));
-            if !(opening && index.resume(ts)) {
-                self.pending_builds.lock().push(index.clone());
+            let resume = match opening {
+                Some(pruned) => index.resume(ts, pruned),
+                None => Resume::Rebuild,
+            };
+            match resume {
+                Resume::Ready => {}
+                Resume::CatchUp(from) => self.pending_builds.lock().push((index.clone(), Some(from))),
+                Resume::Rebuild => self.pending_builds.lock().push((index.clone(), None)),
+            }
+            if !matches!(resume, Resume::Ready) {
                 self.wake.notify_one();
             }
             live.insert(meta.id, index);
@@ -435,17 +522,22 @@ impl SearchIndexes {
     /// Builds waiting indexes, then merges every index's recent revisions (`force`: records
     /// the newest commit in every index even without changes). Returns the indexes built.
     pub async fn maintain(&self, inner: &Inner, force: bool) -> Vec<(TableNumber, u32)> {
-        let builds: Vec<Arc<LiveIndex>> = std::mem::take(&mut *self.pending_builds.lock());
+        let builds: Vec<Pending> = std::mem::take(&mut *self.pending_builds.lock());
         let mut built = Vec::new();
-        for index in builds {
+        for (index, from) in builds {
             if self.get(index.meta.id).is_none() {
                 continue;
             }
-            match index.build(inner).await {
+            let done = match from {
+                Some(from) => index.catch_up(inner, from).await,
+                None => index.build(inner).await,
+            };
+            match done {
                 Ok(()) => built.push((index.table, index.meta.id)),
                 Err(e) => {
                     tracing::error!(error = %e, index = index.meta.id, "search index build failed; retrying");
-                    self.pending_builds.lock().push(index);
+                    // A failed catch-up may have left the index half-changed: rebuild it.
+                    self.pending_builds.lock().push((index, None));
                 }
             }
         }
@@ -456,6 +548,20 @@ impl SearchIndexes {
             }
         }
         built
+    }
+
+    /// The oldest commit an index on disk covers, or will catch up from: revisions after it
+    /// must not be pruned (a restart lists them).
+    pub fn prune_limit(&self) -> Option<Timestamp> {
+        let waiting = self.pending_builds.lock().iter().filter_map(|(_, from)| *from).min();
+        let covered = self.all().iter().map(|i| i.disk_ts()).filter(|ts| *ts > Timestamp::ZERO).min();
+        waiting.into_iter().chain(covered).min()
+    }
+
+    /// Full builds of indexes from the documents since the store opened (new indexes, and
+    /// restarts that could not resume an index on disk).
+    pub fn builds(&self) -> u64 {
+        self.all().iter().map(|i| i.builds.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     /// Bytes the indexes take on disk.

@@ -101,6 +101,8 @@ pub struct StoreStats {
     pub search_memory_bytes: usize,
     /// Bytes the search indexes take on disk.
     pub search_disk_bytes: u64,
+    /// Search indexes built from all their documents since the store opened.
+    pub search_builds: u64,
 }
 
 /// A document's versions in validated commits not yet published, oldest first.
@@ -499,7 +501,7 @@ fn publish(inner: &Inner, done: Completed) -> Option<(oneshot::Sender<Result<Tim
     // Search indexes learn of the commit before it becomes visible: a search at its
     // timestamp finds its writes.
     if let Some(c) = &catalog {
-        inner.search.sync_catalog(c, ts, false);
+        inner.search.sync_catalog(c, ts, None);
     }
     inner.search.record(ts, search);
     {
@@ -610,7 +612,7 @@ impl Store {
             search: SearchIndexes::new(&config),
             config,
         });
-        inner.search.sync_catalog(&catalog, ts, true);
+        inner.search.sync_catalog(&catalog, ts, Some(state.pruned_up_to));
         let committer = tokio::spawn(run_committer(inner.clone(), commit_rx, catalog.clone(), ts));
         let (shutdown, _) = watch::channel(false);
         let store =
@@ -759,6 +761,7 @@ impl Store {
             waiting_for_durability: self.inner.waiting.load(Ordering::Relaxed),
             search_memory_bytes: self.inner.search.memory_bytes(),
             search_disk_bytes: self.inner.search.disk_bytes(),
+            search_builds: self.inner.search.builds(),
         }
     }
 
@@ -1251,7 +1254,12 @@ async fn clean_dropped_indexes(inner: &Arc<Inner>) -> Result<()> {
 
 async fn prune(inner: &Arc<Inner>) -> Result<u64> {
     let retention = inner.config.revision_retention.as_nanos() as u64;
-    let cutoff = Timestamp(now_ns().saturating_sub(retention).min(inner.snapshot().ts.0));
+    let mut cutoff = Timestamp(now_ns().saturating_sub(retention).min(inner.snapshot().ts.0));
+    // A search index on disk catches up after a restart from the revisions since it was
+    // written: those stay.
+    if let Some(limit) = inner.search.prune_limit() {
+        cutoff = cutoff.min(limit);
+    }
     if cutoff.0 <= inner.prune_floor.load(Ordering::Acquire) {
         return Ok(0);
     }

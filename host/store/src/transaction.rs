@@ -51,6 +51,9 @@ struct Write {
     new: Option<Arc<Document>>,
 }
 
+/// How long a search waits for its index to be rebuilt before failing with `IndexNotReady`.
+const SEARCH_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A handle to an open query stream of a transaction.
 pub type StreamId = u32;
 
@@ -931,6 +934,11 @@ impl Transaction {
                 .search
                 .get(plan.meta.id)
                 .ok_or_else(|| StoreError::IndexNotReady(s.index.full_name.clone()))?;
+            // After a restart an index that has to be rebuilt is not served until it is; a
+            // search waits a while for it rather than fail at once.
+            if !live.built_within(SEARCH_BUILD_WAIT).await {
+                return Err(StoreError::IndexNotReady(format!("{} (being rebuilt)", s.index.full_name)));
+            }
             let own: HashMap<InternalId, Terms> = self
                 .writes
                 .iter()

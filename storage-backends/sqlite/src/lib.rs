@@ -1007,6 +1007,54 @@ impl Persistence for SqlitePersistence {
         })
     }
 
+    async fn scan_revisions(
+        &self,
+        table: TableNumber,
+        since: Timestamp,
+        until: Timestamp,
+        after: Option<(Timestamp, InternalId)>,
+        limit: usize,
+    ) -> Result<Vec<DocumentRevision>> {
+        // The log's commits are listed from the tables, so they must be copied there first.
+        match &self.read_only {
+            Some(r) if r.overlay.covers(until) => {
+                return Err(storage("the revisions of commits not yet copied from the log cannot be listed read-only"));
+            }
+            Some(_) => {}
+            None => self.settle(until).await?,
+        }
+        let (after_ts, after_id) = match after {
+            Some((ts, id)) => (ts_to_sql(ts)?, id.0.to_vec()),
+            None => (ts_to_sql(since)?, Vec::new()),
+        };
+        let (since, until) = (ts_to_sql(since)?, ts_to_sql(until)?);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, ts, value FROM documents WHERE ts > ?2 AND ts <= ?3 AND table_id = ?1 \
+                     AND (ts > ?4 OR (ts = ?4 AND id > ?5)) ORDER BY ts, id LIMIT ?6",
+                )
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map(params![table.0, since, until, after_ts, after_id, limit], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<Vec<u8>>>(2)?))
+                })
+                .map_err(storage)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, ts, value) = row.map_err(storage)?;
+                out.push(DocumentRevision {
+                    id: doc_id_from_sql(i64::from(table.0), &id)?,
+                    ts: ts_from_sql(ts)?,
+                    value,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn scan_index(
         &self,
         index: IndexId,

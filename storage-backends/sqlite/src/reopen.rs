@@ -10,7 +10,7 @@ use kiln_persistence::{
     CommitRecord, DocumentRevision, IndexId, KeyRange, Order, Persistence, RecoveredState, Result, ScanHit, StepResult,
     Timestamp,
 };
-use kiln_value::{DocumentId, TableNumber};
+use kiln_value::{DocumentId, InternalId, TableNumber};
 use parking_lot::{Mutex, RwLock};
 
 use crate::{SqliteOptions, SqlitePersistence, storage};
@@ -106,6 +106,17 @@ impl Persistence for Reopening {
         limit: usize,
     ) -> Result<Vec<ScanHit>> {
         self.current().scan_index(index, range, ts, order, limit).await
+    }
+
+    async fn scan_revisions(
+        &self,
+        table: TableNumber,
+        since: Timestamp,
+        until: Timestamp,
+        after: Option<(Timestamp, InternalId)>,
+        limit: usize,
+    ) -> Result<Vec<DocumentRevision>> {
+        self.current().scan_revisions(table, since, until, after, limit).await
     }
 
     async fn write_index_entries(

@@ -30,7 +30,7 @@ macro_rules! conformance_tests {
     )*};
 }
 
-conformance_tests!(snapshot_reads, index_scans, pruning, backfill_and_drop, catalog_recovery);
+conformance_tests!(snapshot_reads, index_scans, pruning, revision_scans, backfill_and_drop, catalog_recovery);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_opener_is_refused() {

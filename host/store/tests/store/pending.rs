@@ -74,6 +74,16 @@ impl Persistence for Gated {
     ) -> Result<Vec<ScanHit>, PersistenceError> {
         self.sqlite.scan_index(index, range, ts, order, limit).await
     }
+    async fn scan_revisions(
+        &self,
+        table: TableNumber,
+        since: Timestamp,
+        until: Timestamp,
+        after: Option<(Timestamp, kiln_value::InternalId)>,
+        limit: usize,
+    ) -> Result<Vec<kiln_persistence::DocumentRevision>, PersistenceError> {
+        self.sqlite.scan_revisions(table, since, until, after, limit).await
+    }
     async fn write_index_entries(
         &self,
         index: IndexId,
