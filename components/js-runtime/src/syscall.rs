@@ -427,9 +427,21 @@ fn dispatch(op: &str, args: &Json) -> Result<Json, Error> {
             let vector: Vec<f64> = query
                 .get("vector")
                 .and_then(Json::as_array)
-                .map(|v| v.iter().filter_map(Json::as_f64).collect())
+                .and_then(|v| v.iter().map(Json::as_f64).collect::<Option<Vec<f64>>>())
                 .ok_or_else(|| bad_args(op, "`vector` must be an array of numbers"))?;
-            let limit = query.get("limit").and_then(Json::as_f64).unwrap_or(10.0).clamp(1.0, 256.0) as u32;
+            // The host checks the range (1 to 256) and says so; here only the type.
+            let limit = match query.get("limit").filter(|l| !l.is_null()) {
+                None => None,
+                Some(l) => match l.as_f64() {
+                    Some(n) if n.fract() == 0.0 && n >= 0.0 => Some(n.min(u32::MAX as f64) as u32),
+                    _ => {
+                        return Err(bad_args(
+                            op,
+                            &format!("`limit` must be a whole number between 1 and 256, not {l}"),
+                        ));
+                    }
+                },
+            };
             let filter = query.get("expressions").filter(|e| !e.is_null()).map(Json::to_string);
             let results = search::vector_search(index, &vector, limit, filter.as_deref())?;
             json!({ "results": results.iter().map(|m| json!({"_id": m.id, "_score": m.score})).collect::<Vec<_>>() })

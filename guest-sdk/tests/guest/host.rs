@@ -362,7 +362,7 @@ impl search::Host for Host {
         &mut self,
         _i: String,
         _v: Vec<f64>,
-        _l: u32,
+        _l: Option<u32>,
         _f: Option<String>,
     ) -> Result<Vec<VectorMatch>, Error> {
         Err(err("NotSupported", "no vector search in this harness"))

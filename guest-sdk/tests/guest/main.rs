@@ -279,14 +279,8 @@ export default http;
 import { defineSchema, defineTable } from "convex/server";
 import { v } from "convex/values";
 export default defineSchema({
-  messages: defineTable({ body: v.string() }).searchIndex("search_body", { searchField: "body" }),
-});
-"#;
-    const VECTOR: &str = r#"
-import { defineSchema, defineTable } from "convex/server";
-import { v } from "convex/values";
-export default defineSchema({
-  messages: defineTable({ embedding: v.array(v.float64()) })
+  messages: defineTable({ body: v.string(), embedding: v.array(v.float64()) })
+    .searchIndex("search_body", { searchField: "body" })
     .vectorIndex("by_embedding", { vectorField: "embedding", dimensions: 3 }),
 });
 "#;
@@ -296,7 +290,6 @@ export default defineApp();
 "#;
     const NODE: &str = "// Runs in Node.js on Convex.\n\"use node\";\nimport { action } from \"./_generated/server\";\nexport const go = action({ args: {}, handler: async () => 1 });\n";
     let cases = [
-        ("schema.ts", VECTOR, "vector index messages.by_embedding (convex/schema.ts)"),
         ("convex.config.ts", COMPONENTS, "components (convex/convex.config.ts)"),
         ("node.ts", NODE, "\"use node\" in convex/node.ts"),
     ];
@@ -308,8 +301,8 @@ export default defineApp();
         assert_eq!(err.code(), "UnsupportedFeature", "{file}: {err}");
         assert!(err.to_string().contains(named), "{file}: {err}");
     }
-    // The same app without them builds, cron jobs, HTTP routes and search indexes included
-    // (Kiln runs them).
+    // The same app without them builds, cron jobs, HTTP routes, search and vector indexes
+    // included (Kiln runs them).
     const CRONS: &str = r#"
 import { cronJobs } from "convex/server";
 import { internal } from "./_generated/api";

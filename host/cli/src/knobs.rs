@@ -36,7 +36,8 @@ fn set_secs(name: &str, slot: &mut Duration) {
 /// The store's knobs: `KILN_CACHE_BYTES`, `KILN_COMMIT_LOG_SECS`, `KILN_COMMIT_LOG_BYTES`,
 /// `KILN_REVISION_RETENTION_SECS`, `KILN_PRUNE_INTERVAL_SECS`, `KILN_PRUNE_BATCH_ROWS`,
 /// `KILN_SCAN_BATCH`, `KILN_BACKFILL_BATCH`, `KILN_SEARCH_MERGE_MS`, `KILN_SEARCH_SNAPSHOT_SECS`,
-/// `KILN_SEARCH_MEMORY_BYTES`.
+/// `KILN_SEARCH_MEMORY_BYTES`, `KILN_VECTOR_SAVE_SECS`, `KILN_VECTOR_MEMORY_BYTES`,
+/// `KILN_VECTOR_EF_SEARCH`.
 fn store_config() -> StoreConfig {
     let mut c = StoreConfig::default();
     set_usize("KILN_CACHE_BYTES", &mut c.cache_bytes);
@@ -52,6 +53,12 @@ fn store_config() -> StoreConfig {
     }
     set_secs("KILN_SEARCH_SNAPSHOT_SECS", &mut c.search_snapshot_age);
     set_usize("KILN_SEARCH_MEMORY_BYTES", &mut c.search_memory_bytes);
+    set_secs("KILN_VECTOR_SAVE_SECS", &mut c.vector_save_interval);
+    set_usize("KILN_VECTOR_MEMORY_BYTES", &mut c.vector_memory_bytes);
+    // Recall against speed: docs/performance.md has the trade measured.
+    if let Some(n) = env_u64("KILN_VECTOR_EF_SEARCH") {
+        c.vector.expansion_search = (n as usize).max(16);
+    }
     c
 }
 

@@ -115,27 +115,9 @@ impl Manifest {
         self.functions.iter().find(|f| f.path == path)
     }
 
-    /// What the app declares that Kiln does not run yet, each named with the file that
-    /// declares it: a deploy refuses these instead of accepting an app whose cron jobs, routes
-    /// or indexes would silently never run.
-    pub fn unsupported(&self) -> Vec<String> {
-        let mut found = Vec::new();
-        let tables = self.schema.as_ref().and_then(|s| s.get("tables")).and_then(Json::as_array);
-        for table in tables.map(Vec::as_slice).unwrap_or_default() {
-            let name = table.get("tableName").and_then(Json::as_str).unwrap_or("?");
-            for index in table.get("vectorIndexes").and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default() {
-                let index = index.get("indexDescriptor").and_then(Json::as_str).unwrap_or("?");
-                found.push(format!("vector index {name}.{index} (convex/schema.ts) is not supported yet"));
-            }
-        }
-        found
-    }
-
-    /// Fails with [`ComponentError::Unsupported`] when the app declares anything of
-    /// [`Manifest::unsupported`], and with [`ComponentError::AuthConfig`] when its
-    /// `auth.config.ts` is not one Kiln can apply.
+    /// Fails with [`ComponentError::AuthConfig`] when the app's `auth.config.ts` is not one
+    /// Kiln can apply.
     pub fn check_supported(&self) -> Result<()> {
-        unsupported_error(self.unsupported())?;
         self.auth_providers().map(|_| ())
     }
 

@@ -136,10 +136,6 @@ pub(crate) fn wit_error(code: &str, message: impl Into<String>) -> WitError {
     WitError { code: code.to_owned(), message: message.into(), data: None }
 }
 
-pub(crate) fn not_supported(what: &str) -> WitError {
-    wit_error("NotSupported", format!("{what} is not supported by this version of Kiln"))
-}
-
 impl HostCtx {
     /// Takes the call's state out, leaving an empty context with the same deployment (for a
     /// store that outlives its call until its slot is reset).
@@ -540,12 +536,35 @@ impl functions::Host for HostCtx {
 impl search::Host for HostCtx {
     fn vector_search(
         &mut self,
-        _i: String,
-        _v: Vec<f64>,
-        _l: u32,
-        _f: Option<String>,
+        index: String,
+        vector: Vec<f64>,
+        limit: Option<u32>,
+        filter: Option<String>,
     ) -> Result<Vec<VectorMatch>, WitError> {
-        Err(not_supported("vector search"))
+        if self.kind != FunctionKind::Action {
+            return Err(wit_error("NotAllowed", format!("{}: only actions can run vector searches", self.path)));
+        }
+        let invalid = |m: String| wit_error("InvalidSearchQuery", m);
+        let Some((table, name)) = index.split_once('.') else {
+            return Err(invalid(format!("{}: vector index {index:?} is not `table.index`", self.path)));
+        };
+        let filter: Option<serde_json::Value> = match filter {
+            Some(f) => Some(
+                serde_json::from_str(&f)
+                    .map_err(|e| invalid(format!("{}: the vector search filter is not JSON: {e}", self.path)))?,
+            ),
+            None => None,
+        };
+        let store = self.deployment.store.clone();
+        let span = tracing::info_span!("vector_search", index = %index, limit = ?limit);
+        let _guard = span.enter();
+        let hits = self
+            .shared
+            .handle
+            .clone()
+            .block_on(store.vector_search(table, name, &vector, limit, filter.as_ref()))
+            .map_err(|e| self.store_error(e))?;
+        Ok(hits.into_iter().map(|(score, id)| VectorMatch { id: id.encode(), score: f64::from(score) }).collect())
     }
 }
 

@@ -13,6 +13,9 @@ use kiln_search::{DocTerms, SearchIndexDef, TextIndex, TextQuery};
 use kiln_value::{InternalId, Value};
 use proptest::prelude::*;
 
+#[path = "search/vector.rs"]
+mod vector;
+
 const WORDS: [&str; 12] =
     ["apple", "apply", "ape", "banana", "band", "bandit", "cat", "car", "cart", "dog", "do", "eel"];
 

@@ -414,6 +414,7 @@ pub async fn usage(
         let stats = rd.store().stats();
         obj.insert("searchIndexDiskBytes".into(), stats.search_disk_bytes.into());
         obj.insert("searchIndexMemoryBytes".into(), stats.search_memory_bytes.into());
+        obj.insert("vectorIndexMemoryBytes".into(), stats.vector_memory_bytes.into());
     }
     Ok(Json(body).into_response())
 }

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub search_disk_bytes: Family<DeploymentLabels, Gauge>,
     /// Bytes the search indexes' recent writes take in memory.
     pub search_memory_bytes: Family<DeploymentLabels, Gauge>,
+    /// Bytes the vector indexes' graphs take in memory.
+    pub vector_memory_bytes: Family<DeploymentLabels, Gauge>,
     /// Store counters seen at the last scrape (counters only move forward by the difference).
     seen: Mutex<HashMap<String, (u64, u64)>>,
 }
@@ -76,6 +78,7 @@ impl Default for Metrics {
             connections: Family::default(),
             search_disk_bytes: Family::default(),
             search_memory_bytes: Family::default(),
+            vector_memory_bytes: Family::default(),
             seen: Mutex::default(),
             registry: Registry::default(),
         };
@@ -91,6 +94,11 @@ impl Default for Metrics {
             "search_index_memory_bytes",
             "Bytes of recent writes search indexes hold in memory",
             m.search_memory_bytes.clone(),
+        );
+        registry.register(
+            "vector_index_memory_bytes",
+            "Bytes vector indexes' graphs take in memory",
+            m.vector_memory_bytes.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -122,6 +130,7 @@ impl Metrics {
         let labels = DeploymentLabels { deployment: deployment.to_owned() };
         self.search_disk_bytes.get_or_create(&labels).set(stats.search_disk_bytes as i64);
         self.search_memory_bytes.get_or_create(&labels).set(stats.search_memory_bytes as i64);
+        self.vector_memory_bytes.get_or_create(&labels).set(stats.vector_memory_bytes as i64);
         let mut seen = self.seen.lock();
         let last = seen.entry(deployment.to_owned()).or_default();
         self.commits.get_or_create(&labels).inc_by(commits.saturating_sub(last.0));

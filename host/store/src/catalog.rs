@@ -36,17 +36,20 @@ pub struct IndexMeta {
     pub ready: bool,
 }
 
-/// A full-text search index (`searchIndex` in a schema).
+/// A full-text search index (`searchIndex` in a schema) or a vector index (`vectorIndex`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SearchIndexMeta {
     /// The index's number (its read-set keys and its directory use it).
     pub id: u32,
-    /// The searched string field.
+    /// The searched string field, or the vector field of a vector index.
     pub search_field: FieldPath,
     /// The fields `.eq` may filter on.
     pub filter_fields: Vec<FieldPath>,
     /// False while the index is being built; queries fail with `IndexNotReady`.
     pub ready: bool,
+    /// A vector index's dimensions; `None` for a text index.
+    #[serde(default)]
+    pub dimensions: Option<u32>,
 }
 
 impl SearchIndexMeta {
@@ -57,15 +60,34 @@ impl SearchIndexMeta {
             filter_fields: self.filter_fields.iter().map(ToString::to_string).collect(),
         }
     }
+
+    /// The definition of a vector index.
+    pub fn vector_def(&self) -> kiln_search::VectorIndexDef {
+        kiln_search::VectorIndexDef {
+            vector_field: self.search_field.to_string(),
+            dimensions: self.dimensions.unwrap_or_default() as usize,
+            filter_fields: self.filter_fields.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Whether this is what `declared` asks for (otherwise a deploy replaces it).
+    pub fn declares(&self, declared: &SearchIndexSchema) -> bool {
+        self.search_field == declared.search_field
+            && self.filter_fields == declared.filter_fields
+            && self.dimensions == declared.dimensions
+    }
 }
 
-/// A search index as a schema declares it: the searched field and the filter fields.
+/// A search or vector index as a schema declares it: the searched (or vector) field, the
+/// filter fields, and a vector index's dimensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SearchIndexSchema {
-    /// The searched string field.
+    /// The searched string field, or the vector field.
     pub search_field: FieldPath,
     /// The fields `.eq` may filter on.
     pub filter_fields: Vec<FieldPath>,
+    /// A vector index's dimensions; `None` for a text index.
+    pub dimensions: Option<u32>,
 }
 
 /// Most filter fields of a search index (Convex's limit).
@@ -84,7 +106,7 @@ pub struct TableMeta {
     pub by_creation_time: u32,
     /// User indexes by name.
     pub indexes: BTreeMap<String, IndexMeta>,
-    /// Full-text search indexes by name.
+    /// Full-text search and vector indexes by name.
     #[serde(default)]
     pub search_indexes: BTreeMap<String, SearchIndexMeta>,
     /// The schema's document validator (ValidatorJSON text), if any.
@@ -159,14 +181,33 @@ impl TableMeta {
         }
     }
 
-    /// A ready search index by name.
+    /// A ready full-text search index by name.
     pub fn search_index(&self, name: &str) -> Result<&SearchIndexMeta> {
         let full_name = format!("{}.{}", self.name, name);
         match self.search_indexes.get(name) {
+            Some(meta) if meta.dimensions.is_some() => Err(StoreError::InvalidQuery(format!(
+                "{full_name} is a vector index, not a search index: use ctx.vectorSearch in an action"
+            ))),
             Some(meta) if meta.ready => Ok(meta),
             Some(_) => Err(StoreError::IndexNotReady(full_name)),
             None if self.indexes.contains_key(name) => Err(StoreError::InvalidQuery(format!(
                 "{full_name} is a database index, not a search index: use .withIndex"
+            ))),
+            None => Err(StoreError::IndexNotFound(full_name)),
+        }
+    }
+
+    /// A ready vector index by name.
+    pub fn vector_index(&self, name: &str) -> Result<&SearchIndexMeta> {
+        let full_name = format!("{}.{}", self.name, name);
+        match self.search_indexes.get(name) {
+            Some(meta) if meta.dimensions.is_none() => Err(StoreError::InvalidQuery(format!(
+                "{full_name} is a full-text search index, not a vector index: use .withSearchIndex in a query"
+            ))),
+            Some(meta) if meta.ready => Ok(meta),
+            Some(_) => Err(StoreError::IndexNotReady(full_name)),
+            None if self.indexes.contains_key(name) => Err(StoreError::InvalidQuery(format!(
+                "{full_name} is a database index, not a vector index: use .withIndex in a query"
             ))),
             None => Err(StoreError::IndexNotFound(full_name)),
         }
@@ -191,6 +232,11 @@ impl TableMeta {
             _ => match self.indexes.get(name) {
                 Some(meta) if meta.ready => (meta.id, IndexKind::Ordered(meta.fields.clone())),
                 Some(_) => return Err(StoreError::IndexNotReady(full_name)),
+                None if self.search_indexes.get(name).is_some_and(|m| m.dimensions.is_some()) => {
+                    return Err(StoreError::InvalidQuery(format!(
+                        "{full_name} is a vector index: use ctx.vectorSearch in an action"
+                    )));
+                }
                 None if self.search_indexes.contains_key(name) => {
                     return Err(StoreError::InvalidQuery(format!(
                         "{full_name} is a search index: use .withSearchIndex"
@@ -307,21 +353,26 @@ impl Catalog {
         Ok(())
     }
 
-    /// Adds a search index in the building state.
+    /// Adds a search or vector index in the building state.
     pub fn add_search_index(&mut self, table: &str, name: &str, def: SearchIndexSchema, id: u32) -> Result<()> {
         check_search_index_definition(table, name, &def)?;
         let t = self.table_mut(table).ok_or_else(|| StoreError::IndexNotFound(format!("{table}.{name}")))?;
         if t.indexes.contains_key(name) || t.search_indexes.contains_key(name) {
             return Err(StoreError::InvalidIndex { index: format!("{table}.{name}"), reason: "already exists".into() });
         }
-        let meta =
-            SearchIndexMeta { id, search_field: def.search_field, filter_fields: def.filter_fields, ready: false };
+        let meta = SearchIndexMeta {
+            id,
+            search_field: def.search_field,
+            filter_fields: def.filter_fields,
+            ready: false,
+            dimensions: def.dimensions,
+        };
         t.search_indexes.insert(name.to_owned(), meta);
         self.next_index_id = self.next_index_id.max(id + 1);
         Ok(())
     }
 
-    /// Every search index, with its table.
+    /// Every search and vector index, with its table.
     pub fn search_indexes(&self) -> impl Iterator<Item = (&Arc<TableMeta>, &SearchIndexMeta)> {
         self.tables.values().flat_map(|t| t.search_indexes.values().map(move |m| (t, m)))
     }
@@ -401,7 +452,7 @@ pub fn check_index_definition(table: &str, name: &str, fields: &[FieldPath]) -> 
     Ok(())
 }
 
-/// Checks a search index definition.
+/// Checks a search or vector index definition.
 pub fn check_search_index_definition(table: &str, name: &str, def: &SearchIndexSchema) -> Result<()> {
     let bad = |reason: String| Err(StoreError::InvalidIndex { index: format!("{table}.{name}"), reason });
     if check_identifier(name).is_err() {
@@ -412,6 +463,12 @@ pub fn check_search_index_definition(table: &str, name: &str, def: &SearchIndexS
     }
     if def.search_field.segments()[0].starts_with('_') {
         return bad(format!("the search field `{}` is a system field, which is not searchable", def.search_field));
+    }
+    if let Some(d) = def.dimensions {
+        let (min, max) = (kiln_search::MIN_DIMENSIONS, kiln_search::MAX_DIMENSIONS);
+        if !(min..=max).contains(&(d as usize)) {
+            return bad(format!("a vector index has between {min} and {max} dimensions, not {d}"));
+        }
     }
     if def.filter_fields.len() > MAX_SEARCH_FILTER_FIELDS {
         return bad(format!("a search index has at most {MAX_SEARCH_FILTER_FIELDS} filter fields"));
@@ -479,35 +536,44 @@ impl Schema {
                 }
             }
             let mut search_indexes = BTreeMap::new();
-            for idx in t.get("searchIndexes").and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default() {
-                let idx_name = idx
-                    .get("indexDescriptor")
-                    .and_then(Json::as_str)
-                    .ok_or_else(|| bad(format!("a search index of {name} has no `indexDescriptor`")))?;
-                let path = |j: Option<&Json>, what: &str| -> Result<FieldPath> {
-                    let s = j
+            for (key, field_key, vector) in
+                [("searchIndexes", "searchField", false), ("vectorIndexes", "vectorField", true)]
+            {
+                let what = if vector { "vector index" } else { "search index" };
+                for idx in t.get(key).and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default() {
+                    let idx_name = idx
+                        .get("indexDescriptor")
                         .and_then(Json::as_str)
-                        .ok_or_else(|| bad(format!("search index {name}.{idx_name}: {what} must be a string")))?;
-                    Ok(FieldPath::parse(s)?)
-                };
-                let search_field = path(idx.get("searchField"), "searchField")?;
-                let filter_fields = idx
-                    .get("filterFields")
-                    .and_then(Json::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|f| path(Some(f), "filterFields"))
-                    .collect::<Result<Vec<_>>>()?;
-                let def = SearchIndexSchema { search_field, filter_fields };
-                check_search_index_definition(name, idx_name, &def)?;
-                if indexes.contains_key(idx_name) || search_indexes.insert(idx_name.to_owned(), def).is_some() {
-                    return Err(bad(format!("index {name}.{idx_name} is declared twice")));
+                        .ok_or_else(|| bad(format!("a {what} of {name} has no `indexDescriptor`")))?;
+                    let path = |j: Option<&Json>, field: &str| -> Result<FieldPath> {
+                        let s = j
+                            .and_then(Json::as_str)
+                            .ok_or_else(|| bad(format!("{what} {name}.{idx_name}: {field} must be a string")))?;
+                        Ok(FieldPath::parse(s)?)
+                    };
+                    let search_field = path(idx.get(field_key), field_key)?;
+                    let filter_fields = idx
+                        .get("filterFields")
+                        .and_then(Json::as_array)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|f| path(Some(f), "filterFields"))
+                        .collect::<Result<Vec<_>>>()?;
+                    let dimensions = if vector {
+                        let d = idx.get("dimensions").and_then(Json::as_u64).ok_or_else(|| {
+                            bad(format!("vector index {name}.{idx_name}: dimensions must be a positive integer"))
+                        })?;
+                        Some(u32::try_from(d).unwrap_or(u32::MAX))
+                    } else {
+                        None
+                    };
+                    let def = SearchIndexSchema { search_field, filter_fields, dimensions };
+                    check_search_index_definition(name, idx_name, &def)?;
+                    if indexes.contains_key(idx_name) || search_indexes.insert(idx_name.to_owned(), def).is_some() {
+                        return Err(bad(format!("index {name}.{idx_name} is declared twice")));
+                    }
                 }
-            }
-            if let Some(vector) = t.get("vectorIndexes").and_then(Json::as_array).and_then(|v| v.first()) {
-                let idx = vector.get("indexDescriptor").and_then(Json::as_str).unwrap_or("?");
-                return Err(bad(format!("vector index {name}.{idx}: vector search is not supported yet")));
             }
             let document_type = match t.get("documentType") {
                 None | Some(Json::Null) => None,

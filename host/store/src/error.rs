@@ -149,6 +149,16 @@ pub enum StoreError {
         /// What happened.
         message: String,
     },
+    /// The vector indexes' graphs take more memory than the store's budget allows.
+    #[error(
+        "vector indexes take {used} bytes of memory, over this deployment's budget of {budget}: writes that add vectors are refused until some are deleted"
+    )]
+    VectorMemoryExceeded {
+        /// Bytes the graphs take.
+        used: usize,
+        /// The budget (`vector_memory_bytes`).
+        budget: usize,
+    },
 }
 
 impl StoreError {
@@ -185,6 +195,7 @@ impl StoreError {
             StoreError::Failed(_) => "StoreFailed",
             StoreError::Closed => "StoreClosed",
             StoreError::Search { code, .. } => code,
+            StoreError::VectorMemoryExceeded { .. } => "VectorIndexMemoryExceeded",
         }
     }
 

@@ -78,6 +78,14 @@ pub struct StoreConfig {
     /// Memory budget of the recent writes search indexes hold before merging them, in bytes
     /// (`KILN_SEARCH_MEMORY_BYTES`): over it, merges run at once and older views are dropped.
     pub search_memory_bytes: usize,
+    /// How often a changed vector index saves its graph (`KILN_VECTOR_SAVE_SECS`); a restart
+    /// after a crash catches up from the last save.
+    pub vector_save_interval: Duration,
+    /// Memory the vector indexes' graphs of one store may take (`KILN_VECTOR_MEMORY_BYTES`):
+    /// past it, writes that add vectors are refused with `VectorIndexMemoryExceeded`.
+    pub vector_memory_bytes: usize,
+    /// How vector indexes' graphs are built and searched.
+    pub vector: kiln_search::VectorConfig,
 }
 
 impl Default for StoreConfig {
@@ -96,6 +104,9 @@ impl Default for StoreConfig {
             search_merge_interval: Duration::from_secs(1),
             search_snapshot_age: Duration::from_secs(30),
             search_memory_bytes: 64 << 20,
+            vector_save_interval: Duration::from_secs(30),
+            vector_memory_bytes: 2 << 30,
+            vector: kiln_search::VectorConfig::default(),
         }
     }
 }

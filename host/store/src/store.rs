@@ -103,6 +103,8 @@ pub struct StoreStats {
     pub search_disk_bytes: u64,
     /// Search indexes built from all their documents since the store opened.
     pub search_builds: u64,
+    /// Memory the vector indexes' graphs take.
+    pub vector_memory_bytes: usize,
 }
 
 /// A document's versions in validated commits not yet published, oldest first.
@@ -762,6 +764,7 @@ impl Store {
             search_memory_bytes: self.inner.search.memory_bytes(),
             search_disk_bytes: self.inner.search.disk_bytes(),
             search_builds: self.inner.search.builds(),
+            vector_memory_bytes: self.inner.search.vector_memory_bytes(),
         }
     }
 
@@ -799,6 +802,36 @@ impl Store {
             Check::Clean => Some(ReadToken { ts, read_set: token.read_set.clone() }),
             Check::Conflict(..) | Check::TooOld => None,
         }
+    }
+
+    /// The documents of `table` closest to `vector` in vector index `index`, as
+    /// `ctx.vectorSearch` asks (`limit`: `None` for the default; `filter`: the `convex`
+    /// package's filter expression): (cosine similarity, id), best first. Sees every commit
+    /// published before the call.
+    pub async fn vector_search(
+        &self,
+        table: &str,
+        index: &str,
+        vector: &[f64],
+        limit: Option<u32>,
+        filter: Option<&serde_json::Value>,
+    ) -> Result<Vec<(f32, DocumentId)>> {
+        let catalog = self.catalog();
+        let meta = catalog.table(table).ok_or_else(|| StoreError::IndexNotFound(format!("{table}.{index}")))?;
+        let number = meta.number;
+        let index_meta = meta.vector_index(index)?;
+        let query = kiln_search::VectorQuery::parse(&index_meta.vector_def(), vector, limit, filter)
+            .map_err(crate::search::search_error)?;
+        let live = self
+            .inner
+            .search
+            .vector(index_meta.id)
+            .ok_or_else(|| StoreError::IndexNotReady(format!("{table}.{index}")))?;
+        if !live.built_within(crate::search::BUILD_WAIT).await {
+            return Err(StoreError::IndexNotReady(format!("{table}.{index} (being rebuilt)")));
+        }
+        let hits = live.search(query).await?;
+        Ok(hits.into_iter().map(|(score, id)| (score, DocumentId::new(number, id))).collect())
     }
 
     /// Builds waiting search indexes and merges every search index's recent writes into its
@@ -982,9 +1015,7 @@ impl Store {
         for (name, def) in &schema.tables {
             let existing = catalog.table(name);
             for (index, declared) in &def.search_indexes {
-                let same = existing.and_then(|t| t.search_indexes.get(index)).is_some_and(|m| {
-                    m.search_field == declared.search_field && m.filter_fields == declared.filter_fields
-                });
+                let same = existing.and_then(|t| t.search_indexes.get(index)).is_some_and(|m| m.declares(declared));
                 if !same {
                     added_search.push((name.clone(), index.clone(), declared.clone(), self.inner.reserve_index_id()));
                 }
@@ -1013,9 +1044,7 @@ impl Store {
                 if let Some(t) = c.table_mut(&table) {
                     // A search index's files go with it (see `SearchIndexes::sync_catalog`).
                     t.search_indexes.retain(|name, m| {
-                        declared
-                            .and_then(|d| d.search_indexes.get(name))
-                            .is_some_and(|d| d.search_field == m.search_field && d.filter_fields == m.filter_fields)
+                        declared.and_then(|d| d.search_indexes.get(name)).is_some_and(|d| m.declares(d))
                     });
                 }
                 c.set_document_type(&table, declared.and_then(|d| d.document_type.clone()));

@@ -26,7 +26,9 @@ use crate::knobs::TransactionLimits;
 use crate::pagination::{self, Position};
 use crate::query::{Operator, Query, RangeExpr, RangeOp, Source};
 use crate::read_set::{ReadSet, ReadToken};
-use crate::search::{MAX_SEARCH_RESULTS, SearchWrite, Terms, doc_terms, search_error, unchanged};
+use crate::search::{
+    MAX_SEARCH_RESULTS, SearchWrite, Terms, WriteEntry, doc_terms, doc_vector, search_error, unchanged,
+};
 use crate::store::{CatalogEdit, CommitRequest, Inner, now_ms};
 
 /// Resource use of a transaction so far, checked against its limits.
@@ -50,9 +52,6 @@ struct Write {
     old: Option<Arc<Document>>,
     new: Option<Arc<Document>>,
 }
-
-/// How long a search waits for its index to be rebuilt before failing with `IndexNotReady`.
-const SEARCH_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A handle to an open query stream of a transaction.
 pub type StreamId = u32;
@@ -932,11 +931,11 @@ impl Transaction {
             let live = self
                 .inner
                 .search
-                .get(plan.meta.id)
+                .text(plan.meta.id)
                 .ok_or_else(|| StoreError::IndexNotReady(s.index.full_name.clone()))?;
             // After a restart an index that has to be rebuilt is not served until it is; a
             // search waits a while for it rather than fail at once.
-            if !live.built_within(SEARCH_BUILD_WAIT).await {
+            if !live.built_within(crate::search::BUILD_WAIT).await {
                 return Err(StoreError::IndexNotReady(format!("{} (being rebuilt)", s.index.full_name)));
             }
             let own: HashMap<InternalId, Terms> = self
@@ -1144,6 +1143,7 @@ impl Transaction {
         let mut index_writes = Vec::new();
         let mut keys = Vec::new();
         let mut search = Vec::new();
+        let mut adds_vectors = false;
         let writes = std::mem::take(&mut self.writes);
         for (id, w) in writes {
             if w.old.is_none() && w.new.is_none() {
@@ -1171,12 +1171,19 @@ impl Transaction {
                 if unchanged(meta, w.old.as_deref(), w.new.as_deref()) {
                     continue;
                 }
+                if meta.dimensions.is_some() {
+                    // Vector searches run in actions, outside transactions: no read-set keys.
+                    let new = w.new.as_ref().and_then(|d| doc_vector(meta, d));
+                    adds_vectors |= new.is_some();
+                    search.push(SearchWrite { index: meta.id, id: id.internal, entry: WriteEntry::Vector(new) });
+                    continue;
+                }
                 let old = w.old.as_ref().and_then(|d| doc_terms(meta, d));
                 let new = w.new.as_ref().and_then(|d| doc_terms(meta, d));
                 for terms in old.iter().chain(new.iter()) {
                     keys.extend(terms.keys().into_iter().map(|k| (IndexId(meta.id), k)));
                 }
-                search.push(SearchWrite { index: meta.id, id: id.internal, terms: new });
+                search.push(SearchWrite { index: meta.id, id: id.internal, entry: WriteEntry::Text(new) });
             }
             let encoded = w.new.as_ref().map(|d| d.encode());
             docs.push((id, w.new, encoded));
@@ -1206,6 +1213,12 @@ impl Transaction {
                 }
             }))
         };
+        if adds_vectors {
+            let (used, budget) = (self.inner.search.vector_memory_bytes(), self.inner.config.vector_memory_bytes);
+            if used > budget {
+                return Err(StoreError::VectorMemoryExceeded { used, budget });
+            }
+        }
         let request = CommitRequest {
             begin_ts: self.ts,
             reads,

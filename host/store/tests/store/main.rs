@@ -41,6 +41,7 @@ mod pending;
 mod schema;
 mod search;
 mod subscriptions;
+mod vector;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -21,7 +21,8 @@ fn schema() -> Schema {
     Schema::parse(
         &json!({"tables": [{"tableName": "posts", "indexes": [],
             "searchIndexes": [{"indexDescriptor": "search_body", "searchField": "body", "filterFields": ["channel"]}],
-            "vectorIndexes": []}], "schemaValidation": false})
+            "vectorIndexes": [{"indexDescriptor": "by_embedding", "vectorField": "embedding", "dimensions": 16,
+                "filterFields": ["channel"]}]}], "schemaValidation": false})
         .to_string(),
     )
     .unwrap()
@@ -360,7 +361,7 @@ fn search_crash_child() {
                 for seq in (w..).step_by(2) {
                     let body = format!("note w{seq} {}", WORDS[(seq as usize) % WORDS.len()]);
                     retry!(store, |tx| {
-                        let mut o = obj(&json!({"body": body}).to_string());
+                        let mut o = obj(&json!({"body": body, "embedding": embedding(seq as u64)}).to_string());
                         o.insert("channel".into(), Value::Int64(round));
                         tx.insert("posts", o).await
                     });
@@ -374,8 +375,14 @@ fn search_crash_child() {
     });
 }
 
-/// SIGKILL while posts are inserted into a searchable table (merges into the index on disk
-/// running meanwhile): after each restart every acknowledged post is found, none twice.
+/// A post's embedding: 16 pseudo-random numbers drawn from its sequence number.
+fn embedding(seq: u64) -> Vec<f64> {
+    crate::vector::pseudo_vector(seq, 16)
+}
+
+/// SIGKILL while posts are inserted into a table with a search index and a vector index
+/// (merges into the text index and graph saves running meanwhile): after each restart every
+/// acknowledged post is found by both, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_posts_are_found_once_after_sigkill() {
     use rand::Rng;
@@ -409,9 +416,23 @@ async fn acknowledged_posts_are_found_once_after_sigkill() {
                 "post {seq}"
             );
         }
+        // Its own embedding finds each acknowledged post first (filtered to the round), and a
+        // search over the round lists each of its posts once.
+        let channel =
+            json!({"$eq": [{"$field": "channel"}, {"$literal": kiln_value::to_convex_json(&Value::Int64(round))}]});
+        for seq in acked.iter().take(50) {
+            let hits =
+                store.vector_search("posts", "by_embedding", &embedding(*seq), Some(1), Some(&channel)).await.unwrap();
+            let doc = tx.get(hits[0].1).await.unwrap().expect("the post exists");
+            assert_eq!(doc.value["body"].as_str().unwrap().split(' ').nth(1).unwrap(), format!("w{seq}"));
+        }
+        let all = store.vector_search("posts", "by_embedding", &embedding(0), Some(256), Some(&channel)).await.unwrap();
+        let ids: BTreeSet<DocumentId> = all.iter().map(|(_, id)| *id).collect();
+        assert_eq!(ids.len(), all.len(), "round {round}: a post found twice by vector search");
+        assert_eq!(all.len(), found.len().min(256), "round {round}: vector search misses posts");
         let stats = store.stats();
         assert!(stats.search_disk_bytes > 0);
-        assert_eq!(stats.search_builds, 0, "the index on disk caught up instead of being rebuilt");
+        assert_eq!(stats.search_builds, 0, "the indexes on disk caught up instead of being rebuilt");
         drop(tx);
         store.close().await;
     }

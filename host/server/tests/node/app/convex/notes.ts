@@ -1,6 +1,7 @@
 import { paginationOptsValidator } from "convex/server";
 import { v } from "convex/values";
-import { mutation, query } from "./_generated/server";
+import { api } from "./_generated/api";
+import { action, mutation, query } from "./_generated/server";
 
 /** The notes matching `text` (in `channel`, when given), most relevant first. */
 export const search = query({
@@ -25,8 +26,28 @@ export const searchPage = query({
 
 /** Adds a note. */
 export const add = mutation({
-  args: { body: v.string(), channel: v.string(), seq: v.optional(v.number()) },
+  args: { body: v.string(), channel: v.string(), seq: v.optional(v.number()), embedding: v.optional(v.array(v.float64())) },
   handler: async (ctx, note) => await ctx.db.insert("notes", note),
+});
+
+/** The notes closest to `vector` (in one of `channels`, when given), with their scores. */
+export const similar = action({
+  args: { vector: v.array(v.float64()), limit: v.optional(v.number()), channels: v.optional(v.array(v.string())) },
+  handler: async (ctx, { vector, limit, channels }) => {
+    const results = await ctx.vectorSearch("notes", "by_embedding", {
+      vector,
+      limit,
+      filter: channels === undefined ? undefined : (q) => q.or(...channels.map((c) => q.eq("channel", c))),
+    });
+    const notes = await ctx.runQuery(api.notes.byIds, { ids: results.map((r) => r._id) });
+    return results.map((r, i) => ({ score: r._score, seq: notes[i]?.seq, channel: notes[i]?.channel, id: r._id }));
+  },
+});
+
+/** Notes by id (null for a deleted one). */
+export const byIds = query({
+  args: { ids: v.array(v.id("notes")) },
+  handler: async (ctx, { ids }) => await Promise.all(ids.map((id) => ctx.db.get(id))),
 });
 
 /** Adds a note and finds it (with the others) in the same mutation. */

@@ -8,8 +8,12 @@ export default defineSchema({
   entries: defineTable({ n: v.number() }).index("by_n", ["n"]),
   runs: defineTable({ key: v.string(), by: v.string() }).index("by_key", ["key"]),
   files: defineTable({ name: v.string(), storageId: v.id("_storage") }),
-  notes: defineTable({ body: v.string(), channel: v.string(), seq: v.optional(v.number()) }).searchIndex("search_body", {
-    searchField: "body",
-    filterFields: ["channel"],
-  }),
+  notes: defineTable({
+    body: v.string(),
+    channel: v.string(),
+    seq: v.optional(v.number()),
+    embedding: v.optional(v.array(v.float64())),
+  })
+    .searchIndex("search_body", { searchField: "body", filterFields: ["channel"] })
+    .vectorIndex("by_embedding", { vectorField: "embedding", dimensions: 8, filterFields: ["channel"] }),
 });
