@@ -696,6 +696,7 @@ fn parse_manifest(text: &str) -> Result<Manifest, Error> {
         crons: root.get("crons").and_then(string),
         http_routes,
         auth: root.get("auth").and_then(string),
+        components: root.get("components").and_then(string),
     })
 }
 

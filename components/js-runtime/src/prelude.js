@@ -1561,13 +1561,30 @@
     const router = special("http");
     // `auth.config.ts` is a module with a dot in its name: no function module can take it.
     const auth = special("auth.config");
-    const routes = router && typeof router.getRoutes === "function" ? router.getRoutes().map(([path, method]) => ({ path, method })) : [];
+    const routesOf = (router) => router && typeof router.getRoutes === "function" ? router.getRoutes().map(([path, method]) => ({ path, method })) : [];
+    const exported = (o) => o && typeof o.export === "function" ? o.export() : null;
+    const parsed = (text) => typeof text === "string" ? JSON.parse(text) : text;
+    // `convex.config.ts`: the app's definition and every component definition it uses, each
+    // with what its own folder declares (its modules are `@<id>/<module>`).
+    const config = mods["convex.config"];
+    const components = config ? JSON.stringify({
+      app: config.default.export(),
+      definitions: config.definitions.map(([id, path, definition]) => ({
+        id,
+        path,
+        definition: definition.export(),
+        schema: parsed(exported(special(`@${id}/schema`))),
+        crons: parsed(exported(special(`@${id}/crons`))),
+        httpRoutes: routesOf(special(`@${id}/http`)),
+      })),
+    }) : null;
     return JSON.stringify({
       functions,
-      schema: schema && typeof schema.export === "function" ? schema.export() : null,
-      crons: crons && typeof crons.export === "function" ? crons.export() : null,
-      httpRoutes: routes,
+      schema: exported(schema),
+      crons: exported(crons),
+      httpRoutes: routesOf(router),
       auth: auth ? JSON.stringify(auth) : null,
+      components,
     });
   });
 

@@ -241,6 +241,7 @@ impl Guest for Counter {
             crons: None,
             http_routes: Vec::new(),
             auth: None,
+            components: None,
         })
     }
 }

@@ -22,6 +22,9 @@ pub enum ComponentError {
     /// The app's `convex/auth.config.ts` is not one Kiln can apply (named, with the reason).
     #[error("{0}")]
     AuthConfig(String),
+    /// The app's `convex.config.ts` mounts components in a way Kiln cannot run (named).
+    #[error("{0}")]
+    ComponentConfig(String),
     /// A file of the compiled-code cache could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -40,6 +43,7 @@ impl ComponentError {
             ComponentError::Analyze { .. } => "AnalyzeFailed",
             ComponentError::Unsupported(_) => "UnsupportedFeature",
             ComponentError::AuthConfig(_) => "InvalidAuthConfig",
+            ComponentError::ComponentConfig(_) => "InvalidComponentConfig",
             ComponentError::Io { .. } => "IoError",
         }
     }

@@ -47,7 +47,25 @@ pub struct Manifest {
     /// The default export of `convex/auth.config.ts`, if the app has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Json>,
+    /// With a `convex.config.ts`: the app's definition and the component definitions it uses
+    /// (`{app, definitions: [{id, path, definition, schema, crons, httpRoutes}]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Json>,
 }
+
+/// One mounted instance of a component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentInstance {
+    /// Its path from the app: the names given to `use`, `/`-separated (`limiter`, `a/b`).
+    pub path: String,
+    /// Its definition's id in the build: its functions are `@<id>/<module>:<export>`.
+    pub definition: String,
+    /// Its definition's folder relative to the app's `convex/` folder.
+    pub definition_path: String,
+}
+
+/// How deep components may mount components.
+pub const MAX_COMPONENT_DEPTH: usize = 16;
 
 /// An identity provider an app declares in `convex/auth.config.ts`, in either of Convex's
 /// forms: an OpenID Connect `domain`, or `type: "customJwt"` with an issuer and a JWKS.
@@ -106,6 +124,7 @@ impl Manifest {
             schema: parse_json("schema", m.schema)?,
             crons: parse_json("crons", m.crons)?,
             auth: parse_json("auth.config", m.auth)?,
+            components: parse_json("convex.config", m.components)?,
             http_routes: m.http_routes.into_iter().map(|r| RouteSpec { path: r.path, method: r.method }).collect(),
         })
     }
@@ -116,9 +135,72 @@ impl Manifest {
     }
 
     /// Fails with [`ComponentError::AuthConfig`] when the app's `auth.config.ts` is not one
-    /// Kiln can apply.
+    /// Kiln can apply, and refuses components, named, until their functions can run.
     pub fn check_supported(&self) -> Result<()> {
-        self.auth_providers().map(|_| ())
+        self.auth_providers()?;
+        let instances = self.component_instances()?;
+        if !instances.is_empty() {
+            let named: Vec<String> = instances.iter().map(|i| format!("{} ({})", i.path, i.definition_path)).collect();
+            return Err(ComponentError::Unsupported(format!(
+                "components (convex/convex.config.ts mounts {}) are not supported yet",
+                named.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every component instance the app mounts, parents before their children, from the
+    /// `convex.config` definitions; none without the file.
+    pub fn component_instances(&self) -> Result<Vec<ComponentInstance>> {
+        let Some(tree) = &self.components else { return Ok(Vec::new()) };
+        let bad = |why: String| ComponentError::ComponentConfig(format!("convex.config: {why}"));
+        let mut by_path = std::collections::HashMap::new();
+        for d in tree.get("definitions").and_then(Json::as_array).into_iter().flatten() {
+            let (Some(id), Some(path)) = (d.get("id").and_then(Json::as_str), d.get("path").and_then(Json::as_str))
+            else {
+                return Err(bad("a component definition without an id and a path".into()));
+            };
+            by_path.insert(path, (id, d.get("definition").unwrap_or(&Json::Null)));
+        }
+        let mut out = Vec::new();
+        // (parent instance path, its definition's analysis, depth)
+        let mut pending = vec![(String::new(), tree.get("app").unwrap_or(&Json::Null), 0usize)];
+        while let Some((parent, analysis, depth)) = pending.pop() {
+            let owner = if parent.is_empty() { "the app".to_owned() } else { format!("component {parent}") };
+            let mut names = std::collections::HashSet::new();
+            let children = analysis.get("childComponents").and_then(Json::as_array).into_iter().flatten();
+            let mut mounted = Vec::new();
+            for child in children {
+                let name = child.get("name").and_then(Json::as_str).unwrap_or_default();
+                if !is_component_name(name) {
+                    return Err(bad(format!(
+                        "{owner} mounts a component named {name:?}: names are identifiers (letters, digits, `_`, at most 64)"
+                    )));
+                }
+                if !names.insert(name) {
+                    return Err(bad(format!("{owner} mounts two components named {name:?}")));
+                }
+                let def_path = child.get("path").and_then(Json::as_str).unwrap_or_default();
+                let Some((id, definition)) = by_path.get(def_path) else {
+                    return Err(bad(format!(
+                        "{owner} mounts {name:?} from {def_path:?}, which the build did not bundle"
+                    )));
+                };
+                if depth + 1 > MAX_COMPONENT_DEPTH {
+                    return Err(bad(format!("components nest more than {MAX_COMPONENT_DEPTH} deep ({parent}/{name})")));
+                }
+                let path = if parent.is_empty() { name.to_owned() } else { format!("{parent}/{name}") };
+                out.push(ComponentInstance {
+                    path: path.clone(),
+                    definition: (*id).to_owned(),
+                    definition_path: def_path.to_owned(),
+                });
+                mounted.push((path, *definition, depth + 1));
+            }
+            // Children in the order they were mounted.
+            pending.extend(mounted.into_iter().rev());
+        }
+        Ok(out)
     }
 
     /// The identity providers of the app's `convex/auth.config.ts` (none without the file).
@@ -205,6 +287,14 @@ fn data_uri_json(uri: &str) -> std::result::Result<Json, String> {
     serde_json::from_slice(&bytes).map_err(|e| format!("the jwks data: URI is not JSON: {e}"))
 }
 
+/// Whether `name` may name a mounted component (an identifier, as in Convex).
+fn is_component_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// [`ComponentError::Unsupported`] listing `found`, or nothing when it is empty.
 pub fn unsupported_error(found: Vec<String>) -> Result<()> {
     if found.is_empty() { Ok(()) } else { Err(ComponentError::Unsupported(found.join("; "))) }
@@ -217,7 +307,14 @@ mod tests {
     use super::*;
 
     fn with_auth(auth: Json) -> Manifest {
-        Manifest { functions: Vec::new(), schema: None, crons: None, http_routes: Vec::new(), auth: Some(auth) }
+        Manifest {
+            functions: Vec::new(),
+            schema: None,
+            crons: None,
+            http_routes: Vec::new(),
+            auth: Some(auth),
+            components: None,
+        }
     }
 
     #[test]
@@ -268,5 +365,56 @@ mod tests {
         }
         let err = with_auth(json!({"providers": {}})).check_supported().unwrap_err();
         assert!(err.to_string().contains("must be an array"));
+    }
+
+    fn with_components(components: Json) -> Manifest {
+        Manifest { auth: None, components: Some(components), ..with_auth(Json::Null) }
+    }
+
+    fn child(name: &str, path: &str) -> Json {
+        json!({"name": name, "path": path, "args": [], "env": null})
+    }
+
+    #[test]
+    fn mounted_components_are_listed_parents_first_and_refused_by_name() {
+        let manifest = with_components(json!({
+            "app": {"childComponents": [child("limiter", "../node_modules/rl"), child("counts", "c"), child("more", "c")]},
+            "definitions": [
+                {"id": "c0", "path": "../node_modules/rl", "definition": {"childComponents": []}},
+                {"id": "c1", "path": "c", "definition": {"childComponents": [child("inner", "../node_modules/rl")]}},
+            ],
+        }));
+        let found: Vec<(String, String)> =
+            manifest.component_instances().unwrap().into_iter().map(|i| (i.path, i.definition)).collect();
+        let expected =
+            [("limiter", "c0"), ("counts", "c1"), ("more", "c1"), ("counts/inner", "c0"), ("more/inner", "c0")];
+        assert_eq!(found, expected.map(|(p, d)| (p.to_owned(), d.to_owned())));
+        let err = manifest.check_supported().unwrap_err();
+        assert_eq!(err.code(), "UnsupportedFeature");
+        assert!(err.to_string().contains("limiter (../node_modules/rl), counts (c)"), "{err}");
+        assert!(with_components(json!({"app": {"childComponents": []}, "definitions": []})).check_supported().is_ok());
+    }
+
+    #[test]
+    fn a_component_config_kiln_cannot_run_is_refused_with_the_reason() {
+        let def = json!([{"id": "c0", "path": "c", "definition": {"childComponents": []}}]);
+        for (children, why) in [
+            (json!([child("a", "c"), child("a", "c")]), "two components named \"a\""),
+            (json!([child("a-b", "c")]), "named \"a-b\""),
+            (json!([child("a", "elsewhere")]), "did not bundle"),
+        ] {
+            let err = with_components(json!({"app": {"childComponents": children}, "definitions": def}))
+                .component_instances();
+            let err = err.unwrap_err();
+            assert_eq!(err.code(), "InvalidComponentConfig");
+            assert!(err.to_string().contains(why), "{err} lacks {why}");
+        }
+        // A definition mounting itself would nest forever: refused at the depth limit.
+        let looping = json!({
+            "app": {"childComponents": [child("a", "c")]},
+            "definitions": [{"id": "c0", "path": "c", "definition": {"childComponents": [child("a", "c")]}}],
+        });
+        let err = with_components(looping).component_instances().unwrap_err();
+        assert!(err.to_string().contains("nest more than 16"), "{err}");
     }
 }
