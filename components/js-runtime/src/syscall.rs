@@ -273,14 +273,19 @@ fn json_of(bytes: &[u8]) -> Result<Json, Error> {
     value_of(bytes).map(|v| to_convex_json(&v))
 }
 
+/// The function a syscall names: `module:export`, or a mounted component's function as the
+/// package references it (`_reference/childComponent/…`, resolved by the host).
 fn function_name(op: &str, args: &Json) -> Result<String, Error> {
     if let Some(name) = opt_str_arg(args, "name") {
         return Ok(name);
     }
-    Err(error(
-        "UnsupportedSyscall",
-        format!("{op}: only functions named `module:export` can be called (no components or handles)"),
-    ))
+    if let Some(reference) = opt_str_arg(args, "reference") {
+        return Ok(reference);
+    }
+    if let Some(handle) = opt_str_arg(args, "functionHandle") {
+        return Err(error("NotSupported", format!("{op}: calling function handles ({handle}) is not supported yet")));
+    }
+    Err(error("UnsupportedSyscall", format!("{op}: no function named (`name`, `reference` or `functionHandle`)")))
 }
 
 fn dispatch(op: &str, args: &Json) -> Result<Json, Error> {

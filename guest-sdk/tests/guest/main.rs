@@ -313,64 +313,26 @@ export default crons;
     assert_eq!(tick["schedule"], serde_json::json!({"type": "interval", "minutes": 5}));
 }
 
-const COUNTER_CONFIG: &str = r#"
-import { defineComponent } from "convex/server";
-export default defineComponent("counter");
-"#;
-const COUNTER_SCHEMA: &str = r#"
-import { defineSchema, defineTable } from "convex/server";
-import { v } from "convex/values";
-export default defineSchema({ counters: defineTable({ name: v.string(), value: v.number() }).index("by_name", ["name"]) });
-"#;
-const COUNTER_LIB: &str = r#"
-import { v } from "convex/values";
-import { mutation, query } from "./_generated/server";
-export const get = query({ args: { name: v.string() }, handler: async (ctx, { name }) =>
-  (await ctx.db.query("counters").withIndex("by_name", (q) => q.eq("name", name)).unique())?.value ?? 0 });
-export const add = mutation({ args: { name: v.string(), by: v.number() }, handler: async () => null });
-"#;
-
+/// `fixtures/components`: an app mounting a local component twice.
 #[test]
 fn components_are_bundled_and_their_mounts_analyzed() {
-    const APP_CONFIG: &str = r#"
-import { defineApp } from "convex/server";
-import counter from "./components/counter/convex.config";
-const app = defineApp();
-app.use(counter);
-app.use(counter, { name: "second" });
-export default app;
-"#;
-    const USES: &str = r#"
-import { query } from "./_generated/server";
-import { components } from "./_generated/api";
-export const both = query({ args: {}, handler: async (ctx) =>
-  (await ctx.runQuery(components.counter.lib.get, { name: "a" })) + (await ctx.runQuery(components.second.lib.get, { name: "a" })) });
-"#;
-    let app = temp_app(&[("uses.ts", USES), ("convex.config.ts", APP_CONFIG)]);
-    let counter = app.path().join("convex/components/counter");
-    std::fs::create_dir_all(&counter).unwrap();
-    for (file, text) in [("convex.config.ts", COUNTER_CONFIG), ("schema.ts", COUNTER_SCHEMA), ("lib.ts", COUNTER_LIB)] {
-        std::fs::write(counter.join(file), text).unwrap();
-    }
-    // Until their functions can be called, a build refuses components, naming each instance.
-    let err = build_app(app.path(), &BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() }).unwrap_err();
-    assert_eq!(err.code(), "UnsupportedFeature", "{err}");
-    assert!(err.to_string().contains("counter (components/counter), second (components/counter)"), "{err}");
+    let app = repo().join("guest-sdk/tests/fixtures/components");
+    let out = build_app(&app, &BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() }).unwrap();
+    let mounts: Vec<String> = out.manifest.component_instances().unwrap().into_iter().map(|i| i.path).collect();
+    assert_eq!(mounts, ["counter", "second"]);
     // Codegen wrote the component's own `_generated/` and `components` for the app.
-    assert!(counter.join("_generated/server.js").is_file());
-    let api = std::fs::read_to_string(app.path().join("convex/_generated/api.js")).unwrap();
+    assert!(app.join("convex/components/counter/_generated/server.js").is_file());
+    let api = std::fs::read_to_string(app.join("convex/_generated/api.js")).unwrap();
     assert!(api.contains("export const components = componentsGeneric()"), "{api}");
 
-    // What the build analyzed: the component's modules under its definition's id, its schema,
-    // and the app's mounts.
-    let bundle = kiln_guest_sdk::bundle::bundle(app.path(), true, None).unwrap();
+    // What the build bundled and analyzed: the component's modules under its definition's id,
+    // its schema, and the app's mounts.
+    let bundle = kiln_guest_sdk::bundle::bundle(&app, true, None).unwrap();
     assert!(bundle.modules.contains(&"@c0/lib".to_owned()), "{:?}", bundle.modules);
     assert!(!bundle.modules.iter().any(|m| m.starts_with("components/")), "{:?}", bundle.modules);
-    let bytes = kiln_guest_sdk::js_component(engine(), &bundle.source).unwrap();
-    let compiled = load_component(engine(), &bytes, Some(&cache_dir())).unwrap();
-    let manifest = kiln_guest_sdk::component::analyze(engine(), &compiled).unwrap();
+    let manifest = &out.manifest;
     assert_eq!(manifest.function("@c0/lib:add").map(|f| f.kind.as_str()), Some("mutation"));
-    assert!(manifest.function("uses:both").is_some() && manifest.function("lib:get").is_none());
+    assert!(manifest.function("app:bump").is_some() && manifest.function("lib:add").is_none());
     let tree = manifest.components.as_ref().expect("the manifest holds the component tree");
     let definition = &tree["definitions"][0];
     assert_eq!(
@@ -379,8 +341,6 @@ export const both = query({ args: {}, handler: async (ctx) =>
     );
     assert_eq!(definition["definition"]["name"], "counter");
     assert_eq!(definition["schema"]["tables"][0]["tableName"], "counters");
-    let mounts: Vec<String> = manifest.component_instances().unwrap().into_iter().map(|i| i.path).collect();
-    assert_eq!(mounts, ["counter", "second"]);
 }
 
 #[test]

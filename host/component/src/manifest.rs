@@ -135,18 +135,84 @@ impl Manifest {
     }
 
     /// Fails with [`ComponentError::AuthConfig`] when the app's `auth.config.ts` is not one
-    /// Kiln can apply, and refuses components, named, until their functions can run.
+    /// Kiln can apply, and refuses, by name, what mounted components declare that Kiln does
+    /// not run yet (their cron jobs, HTTP routes and environment variables).
     pub fn check_supported(&self) -> Result<()> {
         self.auth_providers()?;
-        let instances = self.component_instances()?;
-        if !instances.is_empty() {
-            let named: Vec<String> = instances.iter().map(|i| format!("{} ({})", i.path, i.definition_path)).collect();
-            return Err(ComponentError::Unsupported(format!(
-                "components (convex/convex.config.ts mounts {}) are not supported yet",
-                named.join(", ")
-            )));
+        self.component_instances()?;
+        let Some(tree) = &self.components else { return Ok(()) };
+        let mut found = Vec::new();
+        let analyses = std::iter::once(("the app", tree.get("app").unwrap_or(&Json::Null)));
+        let definitions = tree.get("definitions").and_then(Json::as_array).into_iter().flatten();
+        for (owner, analysis) in
+            analyses.chain(definitions.map(|d| {
+                (d.get("path").and_then(Json::as_str).unwrap_or("?"), d.get("definition").unwrap_or(&Json::Null))
+            }))
+        {
+            let non_empty = |key: &str| match analysis.get(key) {
+                Some(Json::Array(a)) => !a.is_empty(),
+                Some(Json::Object(o)) => !o.is_empty(),
+                _ => false,
+            };
+            if non_empty("httpMounts") {
+                found.push(format!("HTTP routes of components (mounted with httpPrefix by {owner})"));
+            }
+            if non_empty("envVars") {
+                found.push(format!("environment variables of components (declared by {owner})"));
+            }
+            for child in analysis.get("childComponents").and_then(Json::as_array).into_iter().flatten() {
+                if child.get("env").is_some_and(|e| matches!(e, Json::Array(a) if !a.is_empty())) {
+                    let name = child.get("name").and_then(Json::as_str).unwrap_or("?");
+                    found.push(format!("environment variables passed to component {name} (by {owner})"));
+                }
+            }
         }
-        Ok(())
+        for d in tree.get("definitions").and_then(Json::as_array).into_iter().flatten() {
+            let path = d.get("path").and_then(Json::as_str).unwrap_or("?");
+            if d.get("crons").is_some_and(|c| !c.is_null()) {
+                found.push(format!("cron jobs of components ({path}/crons)"));
+            }
+            if d.get("httpRoutes").and_then(Json::as_array).is_some_and(|r| !r.is_empty()) {
+                found.push(format!("HTTP actions of components ({path}/http)"));
+            }
+        }
+        found.dedup();
+        unsupported_error(found.into_iter().map(|f| format!("{f} are not supported yet")).collect())
+    }
+
+    /// The deployment's schema: the app's, and each mounted instance's tables under
+    /// `<instance>/<table>` (its `v.id` validators renamed alike); `None` when neither has one.
+    pub fn deployment_schema(&self) -> Result<Option<Json>> {
+        let instances = self.component_instances()?;
+        let mut schemas: std::collections::HashMap<&str, &Json> = std::collections::HashMap::new();
+        for d in self.components.iter().flat_map(|t| t.get("definitions").and_then(Json::as_array)).flatten() {
+            if let (Some(id), Some(schema)) = (d.get("id").and_then(Json::as_str), d.get("schema"))
+                && !schema.is_null()
+            {
+                schemas.insert(id, schema);
+            }
+        }
+        let mut merged = match &self.schema {
+            Some(schema) => schema.clone(),
+            None if instances.iter().any(|i| schemas.contains_key(i.definition.as_str())) => {
+                serde_json::json!({"tables": [], "schemaValidation": true})
+            }
+            None => return Ok(None),
+        };
+        let mut added = Vec::new();
+        for instance in &instances {
+            let Some(schema) = schemas.get(instance.definition.as_str()) else { continue };
+            for table in schema.get("tables").and_then(Json::as_array).into_iter().flatten() {
+                let mut table = table.clone();
+                qualify_ids(&mut table, &instance.path);
+                added.push(table);
+            }
+        }
+        match merged.get_mut("tables").and_then(Json::as_array_mut) {
+            Some(tables) => tables.extend(added),
+            None => return Err(ComponentError::Wasm("the app's schema has no `tables`".into())),
+        }
+        Ok(Some(merged))
     }
 
     /// Every component instance the app mounts, parents before their children, from the
@@ -287,6 +353,24 @@ fn data_uri_json(uri: &str) -> std::result::Result<Json, String> {
     serde_json::from_slice(&bytes).map_err(|e| format!("the jwks data: URI is not JSON: {e}"))
 }
 
+/// Renames, within one table of a component's schema, the table and every table an id
+/// validator names to the instance's (`<instance>/<table>`).
+fn qualify_ids(value: &mut Json, instance: &str) {
+    match value {
+        Json::Object(o) => {
+            for (key, v) in o.iter_mut() {
+                match v {
+                    // The table's own name, and that of every `v.id` validator.
+                    Json::String(name) if key == "tableName" => *name = format!("{instance}/{name}"),
+                    _ => qualify_ids(v, instance),
+                }
+            }
+        }
+        Json::Array(items) => items.iter_mut().for_each(|v| qualify_ids(v, instance)),
+        _ => {}
+    }
+}
+
 /// Whether `name` may name a mounted component (an identifier, as in Convex).
 fn is_component_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -376,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn mounted_components_are_listed_parents_first_and_refused_by_name() {
+    fn mounted_components_are_listed_parents_first() {
         let manifest = with_components(json!({
             "app": {"childComponents": [child("limiter", "../node_modules/rl"), child("counts", "c"), child("more", "c")]},
             "definitions": [
@@ -389,10 +473,7 @@ mod tests {
         let expected =
             [("limiter", "c0"), ("counts", "c1"), ("more", "c1"), ("counts/inner", "c0"), ("more/inner", "c0")];
         assert_eq!(found, expected.map(|(p, d)| (p.to_owned(), d.to_owned())));
-        let err = manifest.check_supported().unwrap_err();
-        assert_eq!(err.code(), "UnsupportedFeature");
-        assert!(err.to_string().contains("limiter (../node_modules/rl), counts (c)"), "{err}");
-        assert!(with_components(json!({"app": {"childComponents": []}, "definitions": []})).check_supported().is_ok());
+        assert!(manifest.check_supported().is_ok());
     }
 
     #[test]
@@ -416,5 +497,40 @@ mod tests {
         });
         let err = with_components(looping).component_instances().unwrap_err();
         assert!(err.to_string().contains("nest more than 16"), "{err}");
+    }
+
+    #[test]
+    fn component_schemas_join_the_deployment_schema_under_their_instances() {
+        let counters = json!({"tables": [{
+            "tableName": "counters",
+            "indexes": [{"indexDescriptor": "by_name", "fields": ["name"]}],
+            "documentType": {"type": "object", "value": {"next": {"fieldType": {"type": "id", "tableName": "counters"}, "optional": false}}},
+        }], "schemaValidation": true});
+        let mut manifest = with_components(json!({
+            "app": {"childComponents": [child("one", "c"), child("two", "c")]},
+            "definitions": [{"id": "c0", "path": "c", "definition": {"childComponents": []}, "schema": counters}],
+        }));
+        let schema = manifest.deployment_schema().unwrap().unwrap();
+        let tables = schema["tables"].as_array().unwrap();
+        let names: Vec<&str> = tables.iter().map(|t| t["tableName"].as_str().unwrap()).collect();
+        assert_eq!(names, ["one/counters", "two/counters"]);
+        assert_eq!(tables[1]["documentType"]["value"]["next"]["fieldType"]["tableName"], "two/counters");
+        assert_eq!(tables[0]["indexes"][0]["indexDescriptor"], "by_name");
+        manifest.schema = Some(json!({"tables": [{"tableName": "messages"}], "schemaValidation": false}));
+        let schema = manifest.deployment_schema().unwrap().unwrap();
+        assert_eq!(schema["tables"].as_array().unwrap().len(), 3);
+        assert_eq!(schema["schemaValidation"], false);
+        assert_eq!(with_auth(Json::Null).deployment_schema().unwrap(), None);
+    }
+
+    #[test]
+    fn what_components_declare_that_kiln_does_not_run_is_refused_by_name() {
+        let manifest = with_components(json!({
+            "app": {"childComponents": [child("one", "c")]},
+            "definitions": [{"id": "c0", "path": "c", "definition": {"childComponents": []}, "crons": {"tick": {}}}],
+        }));
+        let err = manifest.check_supported().unwrap_err();
+        assert_eq!(err.code(), "UnsupportedFeature");
+        assert!(err.to_string().contains("cron jobs of components (c/crons)"), "{err}");
     }
 }

@@ -50,12 +50,13 @@ fn not_found_message(path: &str, public: bool) -> String {
     )
 }
 
-/// Ids in arguments must name existing documents' tables of this deployment.
-struct CatalogIds(Arc<Catalog>);
+/// Ids in arguments must name existing documents' tables of this deployment, those of the
+/// component instance (the second field; `""`: the app) whose function is called.
+struct CatalogIds<'a>(Arc<Catalog>, &'a str);
 
-impl IdCheck for CatalogIds {
+impl IdCheck for CatalogIds<'_> {
     fn is_id_of(&self, id: &str, table: &str) -> bool {
-        match (DocumentId::decode(id), self.0.table(table)) {
+        match (DocumentId::decode(id), self.0.table(&kiln_store::component_table(self.1, table))) {
             (Ok(d), Some(t)) => d.table == t.number,
             _ => false,
         }
@@ -63,7 +64,13 @@ impl IdCheck for CatalogIds {
 }
 
 /// Checks arguments against size limits and the function's validator; returns their encoding.
-fn check_args(dep: &Deployment, entry: &FunctionEntry, path: &str, args: &Value) -> Result<Vec<u8>, CallError> {
+fn check_args(
+    dep: &Deployment,
+    entry: &FunctionEntry,
+    component: &str,
+    path: &str,
+    args: &Value,
+) -> Result<Vec<u8>, CallError> {
     if !matches!(args, Value::Object(_)) {
         return Err(CallError::new("InvalidArgs", format!("{path}: arguments must be an object")));
     }
@@ -76,7 +83,7 @@ fn check_args(dep: &Deployment, entry: &FunctionEntry, path: &str, args: &Value)
     }
     kiln_value::validation::validate_value(args).map_err(|e| CallError::new("InvalidArgs", format!("{path}: {e}")))?;
     if let Some(v) = &entry.args {
-        v.check(args, &CatalogIds(dep.store.catalog()))
+        v.check(args, &CatalogIds(dep.store.catalog(), component))
             // Convex's wording: apps and their tests match on `ArgumentValidationError`.
             .map_err(|e| CallError::new("InvalidArgs", format!("ArgumentValidationError: {e}\nFunction: {path}")))?;
     }
@@ -84,7 +91,13 @@ fn check_args(dep: &Deployment, entry: &FunctionEntry, path: &str, args: &Value)
 }
 
 /// Decodes a result and checks its size and the function's return validator.
-fn check_result(dep: &Deployment, entry: &FunctionEntry, path: &str, bytes: &[u8]) -> Result<Value, CallError> {
+fn check_result(
+    dep: &Deployment,
+    entry: &FunctionEntry,
+    component: &str,
+    path: &str,
+    bytes: &[u8],
+) -> Result<Value, CallError> {
     let value = from_msgpack(bytes).map_err(|e| CallError::new("InvalidReturnValue", format!("{path}: {e}")))?;
     let max = dep.config.read().limits.max_value_bytes;
     if value.size() > max {
@@ -94,7 +107,7 @@ fn check_result(dep: &Deployment, entry: &FunctionEntry, path: &str, bytes: &[u8
         ));
     }
     if let Some(v) = &entry.returns {
-        v.check(&value, &CatalogIds(dep.store.catalog())).map_err(|e| {
+        v.check(&value, &CatalogIds(dep.store.catalog(), component)).map_err(|e| {
             CallError::new("InvalidReturnValue", format!("{path}: the return value does not match the validator: {e}"))
         })?;
     }
@@ -138,7 +151,14 @@ pub(crate) fn execute_keeping_store(
     let shared = ctx.shared.clone();
     ctx.limiter = MemoryLimiter { cap: limits.memory_bytes.min(shared.config.max_memory_bytes), exceeded: false };
     let (version, path, kind) = (ctx.version.clone(), ctx.path.clone(), ctx.kind);
-    let span = tracing::debug_span!("guest", deployment = %ctx.deployment.name, %path, ?kind, depth = ctx.depth);
+    let span = tracing::debug_span!(
+        "guest",
+        deployment = %ctx.deployment.name,
+        %path,
+        component = %ctx.component,
+        ?kind,
+        depth = ctx.depth
+    );
     let _guard = span.enter();
     let mut store = Store::new(shared.engine.engine(), ctx);
     store.limiter(|c| &mut c.limiter);
@@ -165,7 +185,7 @@ pub(crate) fn execute_keeping_store(
     let http = store.data_mut().http.take();
     let call = Call {
         kind: if http.is_some() { WitKind::HttpAction } else { wit_kind(kind) },
-        path: path.clone(),
+        path: version.bundle_path(&store.data().component, &path),
         args,
         request_id: request_id.to_owned(),
         http,
@@ -293,6 +313,7 @@ fn new_ctx(
         version: version.clone(),
         kind,
         path: path.to_owned(),
+        component: String::new(),
         txn,
         streams: Default::default(),
         next_stream: 0,
@@ -319,6 +340,41 @@ fn fuel_for(dep: &Deployment, kind: FunctionKind) -> u64 {
 /// Runs `runQuery`/`runMutation`/`runAction` from inside a host call, on the same worker
 /// thread. Queries and mutations share the caller's transaction; from an action each nested
 /// call is its own transaction with its own limits.
+/// How the `convex` package names a function of a mounted component (`components.x.mod.fn`).
+pub(crate) const REFERENCE_PREFIX: &str = "_reference/childComponent/";
+/// How a function handle (`createFunctionHandle`) starts.
+pub(crate) const HANDLE_PREFIX: &str = "function://";
+
+/// A function of `instance` as errors and logs name it (`limiter/lib:limit`).
+fn display_path(instance: &str, path: &str) -> String {
+    if instance.is_empty() { path.to_owned() } else { format!("{instance}/{path}") }
+}
+
+/// The instance and path of the function a call from instance `from` names: `module:export`
+/// is `from`'s own; a reference `_reference/childComponent/<child>/<module…>/<export>` is a
+/// function of `from`'s mounted child.
+fn callee(version: &Version, from: &str, name: &str) -> Result<(String, String), CallError> {
+    if name.starts_with(HANDLE_PREFIX) {
+        return Err(CallError::new("NotSupported", format!("calling function handles ({name}) is not supported yet")));
+    }
+    let Some(reference) = name.strip_prefix(REFERENCE_PREFIX) else {
+        return Ok((from.to_owned(), normalize_path(name)));
+    };
+    let parts: Vec<&str> = reference.split('/').collect();
+    let [child, module @ .., export] = parts.as_slice() else {
+        return Err(CallError::new("FunctionNotFound", format!("{name} names no function of a component")));
+    };
+    if module.is_empty() || parts.iter().any(|p| p.is_empty()) {
+        return Err(CallError::new("FunctionNotFound", format!("{name} names no function of a component")));
+    }
+    let instance = kiln_store::component_table(from, child);
+    if !version.has_instance(&instance) {
+        let owner = if from.is_empty() { "the app".to_owned() } else { format!("component {from}") };
+        return Err(CallError::new("FunctionNotFound", format!("{owner} mounts no component named {child:?}")));
+    }
+    Ok((instance, normalize_path(&format!("{}:{export}", module.join("/")))))
+}
+
 pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args: &[u8]) -> Result<Vec<u8>, WitError> {
     let limits = ctx.deployment.config.read().limits.clone();
     if ctx.depth >= limits.max_nesting {
@@ -327,22 +383,29 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
             format!("{}: calls nest more than {} deep", ctx.path, limits.max_nesting),
         ));
     }
-    let path = normalize_path(name);
     let version = ctx.version.clone();
-    let entry =
-        version.function(&path).ok_or_else(|| wit_error("FunctionNotFound", not_found_message(&path, false)))?;
+    let (component, path) = callee(&version, &ctx.component, name).map_err(|e| wit_error(&e.code, e.message))?;
+    let entry = version
+        .function_in(&component, &path)
+        // A component's API is its public functions; its internal ones are its own.
+        .filter(|e| e.public || component == ctx.component)
+        .ok_or_else(|| wit_error("FunctionNotFound", not_found_message(&display_path(&component, &path), false)))?;
     if entry.kind != kind {
         return Err(wit_error("WrongFunctionKind", format!("{path} is a {:?}, not a {kind:?}", entry.kind)));
     }
     let value = from_msgpack(args).map_err(|e| wit_error(e.code(), e.to_string()))?;
-    let args = check_args(&ctx.deployment, entry, &path, &value).map_err(|e| wit_error(&e.code, e.message))?;
+    let args =
+        check_args(&ctx.deployment, entry, &component, &path, &value).map_err(|e| wit_error(&e.code, e.message))?;
     let (shared, dep) = (ctx.shared.clone(), ctx.deployment.clone());
     let fuel = fuel_for(&dep, kind);
     // Within a query or mutation the child shares the caller's snapshot, so its seed follows
     // from the caller's; from an action each child has a snapshot of its own.
     let seed = crate::secret::nested_seed(ctx.seed, &path, &args);
     let child = |txn, now_ms, seed| {
-        new_ctx(&shared, &dep, &version, kind, &path, txn, ctx.identity.clone(), seed, now_ms, ctx.depth + 1)
+        let mut callee =
+            new_ctx(&shared, &dep, &version, kind, &path, txn, ctx.identity.clone(), seed, now_ms, ctx.depth + 1);
+        callee.component = component.clone();
+        callee
     };
     // A child mutation shares its caller's transaction; if it fails (even when the caller
     // catches the error and commits), none of its writes remain.
@@ -440,7 +503,7 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
     };
     ctx.nested_fuel += executed.fuel + executed.ctx.nested_fuel;
     ctx.logs.extend(executed.ctx.logs);
-    let result = executed.outcome.and_then(|bytes| check_result(&dep, entry, &path, &bytes).map(|_| bytes));
+    let result = executed.outcome.and_then(|bytes| check_result(&dep, entry, &component, &path, &bytes).map(|_| bytes));
     if result.is_err()
         && let (Some(savepoint), Some(txn)) = (savepoint, ctx.txn.as_mut())
     {
@@ -499,7 +562,7 @@ async fn run(
             format!("Trying to execute {path} as {:?}, but it is defined as {:?}", req.kind, entry.kind),
         ));
     }
-    let args = check_args(dep, entry, path, &req.args)?;
+    let args = check_args(dep, entry, "", path, &req.args)?;
     let config = dep.config();
     let fuel = dep.metering.fuel_budget(&config.quotas, fuel_for(dep, req.kind), path)?;
     let cache_key = (req.kind == FunctionKind::Query && req.cacheable).then(|| {
@@ -655,7 +718,7 @@ async fn run(
         let freed = std::mem::take(&mut ex.ctx.freed);
         let failure = match (ex.outcome, txn) {
             (Ok(bytes), Some(mut txn)) if req.kind == FunctionKind::Mutation => {
-                let value = match check_result(dep, entry, path, &bytes) {
+                let value = match check_result(dep, entry, "", path, &bytes) {
                     Ok(value) => value,
                     Err(e) => return Err(settled(&txn, e).await),
                 };
@@ -681,7 +744,7 @@ async fn run(
                 if let Some(mut txn) = txn {
                     out.read_token = Some(txn.read_token());
                 }
-                let value = check_result(dep, entry, path, &bytes)?;
+                let value = check_result(dep, entry, "", path, &bytes)?;
                 out.journal = std::mem::take(&mut ex.ctx.journal).finish();
                 if let (Some(key), Some(token)) = (cache_key, &out.read_token) {
                     dep.query_cache.put(key, token, &value, &out.logs, out.journal.as_deref());

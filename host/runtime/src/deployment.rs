@@ -39,6 +39,11 @@ pub struct Version {
     /// What the app defines.
     pub manifest: Manifest,
     pub(crate) functions: HashMap<String, FunctionEntry>,
+    /// Mounted component instances: each path (`limiter`, `a/b`) and its definition's id.
+    pub(crate) instances: HashMap<String, String>,
+    /// Each component definition's functions by their path within it; out of reach of
+    /// `functions`' lookups, so a caller reaches them only through [`Version::function_in`].
+    pub(crate) component_functions: HashMap<String, HashMap<String, FunctionEntry>>,
     /// Its component, linked to the host's imports.
     pub(crate) pre: InstancePre<HostCtx>,
     /// The guest's `invoke` export (see `call::invoke`).
@@ -59,6 +64,28 @@ impl std::fmt::Debug for Version {
 impl Version {
     pub(crate) fn function(&self, path: &str) -> Option<&FunctionEntry> {
         self.functions.get(path)
+    }
+
+    /// A function of component instance `instance` (`""`: the app) by its path within the
+    /// instance's definition.
+    pub(crate) fn function_in(&self, instance: &str, path: &str) -> Option<&FunctionEntry> {
+        if instance.is_empty() {
+            return self.functions.get(path);
+        }
+        self.component_functions.get(self.instances.get(instance)?)?.get(path)
+    }
+
+    /// Whether `instance` is mounted (the app always is).
+    pub(crate) fn has_instance(&self, instance: &str) -> bool {
+        instance.is_empty() || self.instances.contains_key(instance)
+    }
+
+    /// The path the guest's `invoke` knows a function of `instance` by (`@<definition>/…`).
+    pub(crate) fn bundle_path(&self, instance: &str, path: &str) -> String {
+        match self.instances.get(instance) {
+            Some(definition) if !instance.is_empty() => format!("@{definition}/{path}"),
+            _ => path.to_owned(),
+        }
     }
 
     /// The kind of a function (by any path form), and whether it is public.

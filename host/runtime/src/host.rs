@@ -111,6 +111,9 @@ pub(crate) struct HostCtx {
     pub version: Arc<Version>,
     pub kind: FunctionKind,
     pub path: String,
+    /// The component instance the function belongs to (its path; `""`: the app): its tables
+    /// are the only ones the call sees.
+    pub component: String,
     pub txn: Option<Transaction>,
     pub streams: HashMap<u32, StreamId>,
     pub next_stream: u32,
@@ -146,6 +149,7 @@ impl HostCtx {
             version: self.version.clone(),
             kind: self.kind,
             path: String::new(),
+            component: String::new(),
             txn: None,
             streams: HashMap::new(),
             next_stream: 0,
@@ -202,11 +206,43 @@ impl HostCtx {
         self.txn()
     }
 
-    /// Parses an id the guest passed; `None` when it is well-formed but of no visible table.
+    /// Parses an id the guest passed; `None` when it is well-formed but of no table the call
+    /// sees (another component instance's tables are invisible).
     fn parse_id(&mut self, id: &str) -> Result<Option<DocumentId>, WitError> {
         let parsed = DocumentId::decode(id).map_err(|e| wit_error(e.code(), format!("{}: {e}", self.path)))?;
+        let component = self.component.clone();
         let txn = self.txn()?;
-        Ok(txn.table_name_of(&parsed).map(|_| parsed))
+        let owner = |name: &str| name.rsplit_once('/').map_or("", |(c, _)| c).to_owned();
+        Ok(txn.table_name_of(&parsed).filter(|name| owner(name) == component).map(|_| parsed))
+    }
+
+    /// The store's name of a table the guest names: one of its own instance's tables (a `/`
+    /// would name another instance's). System tables are the app's only, for now.
+    fn table_name(&self, table: &str) -> Result<String, WitError> {
+        if table.contains('/') {
+            return Err(wit_error(
+                "InvalidTableName",
+                format!("{}: invalid table name {table:?}: table names are identifiers", self.path),
+            ));
+        }
+        if !self.component.is_empty() && table.starts_with('_') {
+            return Err(wit_error(
+                "NotSupported",
+                format!("{}: system tables ({table}) in components are not supported yet", self.path),
+            ));
+        }
+        Ok(kiln_store::component_table(&self.component, table))
+    }
+
+    /// Refuses what a component's function cannot do yet (`what`), by name.
+    fn not_in_component(&self, what: &str) -> Result<(), WitError> {
+        if self.component.is_empty() {
+            return Ok(());
+        }
+        Err(wit_error(
+            "NotSupported",
+            format!("{}: {what} in components (component {}) is not supported yet", self.path, self.component),
+        ))
     }
 
     fn existing_id(&mut self, id: &str) -> Result<DocumentId, WitError> {
@@ -248,7 +284,10 @@ impl db::HostQueryStream for HostCtx {
 impl db::Host for HostCtx {
     fn get(&mut self, id: String, table: Option<String>) -> Result<Option<Vec<u8>>, WitError> {
         let doc_id = match table {
-            Some(t) => self.txn()?.normalize_id(Some(&t), &id).map_err(|e| self.store_error(e))?,
+            Some(t) => {
+                let t = self.table_name(&t)?;
+                self.txn()?.normalize_id(Some(&t), &id).map_err(|e| self.store_error(e))?
+            }
             None => self.parse_id(&id)?,
         };
         let Some(doc_id) = doc_id else { return Ok(None) };
@@ -262,6 +301,7 @@ impl db::Host for HostCtx {
     }
 
     fn insert(&mut self, table: String, fields: Vec<u8>) -> Result<String, WitError> {
+        let table = self.table_name(&table)?;
         let fields = object(&fields)?;
         let handle = self.shared.handle.clone();
         let txn = self.writable()?;
@@ -297,6 +337,7 @@ impl db::Host for HostCtx {
     }
 
     fn normalize_id(&mut self, table: String, id: String) -> Result<Option<String>, WitError> {
+        let table = self.table_name(&table)?;
         let txn = self.txn()?;
         let result = txn.normalize_id(Some(&table), &id);
         result.map(|o| o.map(|d| d.encode())).map_err(|e| self.store_error(e))
@@ -305,7 +346,8 @@ impl db::Host for HostCtx {
     fn open_query(&mut self, query: String) -> Result<Resource<QueryStream>, WitError> {
         let json: serde_json::Value =
             serde_json::from_str(&query).map_err(|e| wit_error("InvalidQuery", format!("{}: {e}", self.path)))?;
-        let query = Query::from_json(&json).map_err(|e| self.store_error(e))?;
+        let mut query = Query::from_json(&json).map_err(|e| self.store_error(e))?;
+        query.set_table(self.table_name(query.table())?);
         let txn = self.txn()?;
         let id = txn.open_query(query).map_err(|e| self.store_error(e))?;
         let rep = self.next_stream;
@@ -325,7 +367,8 @@ impl db::Host for HostCtx {
     ) -> Result<Page, WitError> {
         let json: serde_json::Value =
             serde_json::from_str(&query).map_err(|e| wit_error("InvalidQuery", format!("{}: {e}", self.path)))?;
-        let query = Query::from_json(&json).map_err(|e| self.store_error(e))?;
+        let mut query = Query::from_json(&json).map_err(|e| self.store_error(e))?;
+        query.set_table(self.table_name(query.table())?);
         let request = PageRequest {
             cursor,
             end_cursor: self.journal.end_cursor(end_cursor),
@@ -350,6 +393,10 @@ impl db::Host for HostCtx {
 
 impl auth::Host for HostCtx {
     fn get_user_identity(&mut self) -> Option<Vec<u8>> {
+        // As in Convex, the caller's identity does not reach into components.
+        if !self.component.is_empty() {
+            return None;
+        }
         self.identity.as_ref().map(to_msgpack)
     }
 }
@@ -362,6 +409,13 @@ impl scheduler::Host for HostCtx {
     fn schedule(&mut self, name: String, args: Vec<u8>, ts_ms: f64) -> Result<String, WitError> {
         if self.kind == FunctionKind::Query {
             return Err(wit_error("NotAllowed", format!("{}: queries cannot schedule functions", self.path)));
+        }
+        self.not_in_component("the scheduler")?;
+        if name.starts_with(crate::call::REFERENCE_PREFIX) || name.starts_with(crate::call::HANDLE_PREFIX) {
+            return Err(wit_error(
+                "NotSupported",
+                format!("{}: scheduling a component's function or a function handle is not supported yet", self.path),
+            ));
         }
         let path = crate::normalize_path(&name);
         let args = from_msgpack(&args).map_err(|e| wit_error(e.code(), format!("{}: {e}", self.path)))?;
@@ -387,6 +441,7 @@ impl scheduler::Host for HostCtx {
         if self.kind == FunctionKind::Query {
             return Err(wit_error("NotAllowed", format!("{}: queries cannot cancel scheduled functions", self.path)));
         }
+        self.not_in_component("the scheduler")?;
         let id = DocumentId::decode(&id).map_err(|e| wit_error(e.code(), format!("{}: {e}", self.path)))?;
         let handle = self.shared.handle.clone();
         match self.txn.as_mut() {
@@ -426,6 +481,7 @@ impl HostCtx {
     /// The stored file `id`: read in the call's transaction (a query then depends on it), or
     /// at the newest snapshot in an action.
     fn file(&mut self, id: &str) -> Result<Option<crate::storage::FileMeta>, WitError> {
+        self.not_in_component("file storage")?;
         let handle = self.shared.handle.clone();
         let result = match self.txn.as_mut() {
             Some(txn) => handle.block_on(crate::storage::metadata(txn, id)),
@@ -447,6 +503,7 @@ impl storage::Host for HostCtx {
     }
 
     fn generate_upload_url(&mut self) -> Result<String, WitError> {
+        self.not_in_component("file storage")?;
         self.not_in_query("generate upload URLs")?;
         let token = self.deployment.upload_key.token(crate::call::wall_clock_ms());
         let base = self.deployment.config.read().public_url.clone();
@@ -455,6 +512,7 @@ impl storage::Host for HostCtx {
 
     fn delete(&mut self, id: String) -> Result<(), WitError> {
         self.not_in_query("delete files")?;
+        self.not_in_component("file storage")?;
         let handle = self.shared.handle.clone();
         if let Some(txn) = self.txn.as_mut() {
             // Its blob is freed once this transaction commits (see `call.rs`).
@@ -485,6 +543,7 @@ impl storage::Host for HostCtx {
         sha256: Option<String>,
     ) -> Result<String, WitError> {
         self.only_in_action("store files")?;
+        self.not_in_component("file storage")?;
         let handle = self.shared.handle.clone();
         let dep = self.deployment.clone();
         let max = dep.config.read().limits.max_file_bytes;
@@ -548,6 +607,7 @@ impl search::Host for HostCtx {
         let Some((table, name)) = index.split_once('.') else {
             return Err(invalid(format!("{}: vector index {index:?} is not `table.index`", self.path)));
         };
+        let table = self.table_name(table)?;
         let filter: Option<serde_json::Value> = match filter {
             Some(f) => Some(
                 serde_json::from_str(&f)
@@ -562,7 +622,7 @@ impl search::Host for HostCtx {
             .shared
             .handle
             .clone()
-            .block_on(store.vector_search(table, name, &vector, limit, filter.as_ref()))
+            .block_on(store.vector_search(&table, name, &vector, limit, filter.as_ref()))
             .map_err(|e| self.store_error(e))?;
         Ok(hits.into_iter().map(|(score, id)| VectorMatch { id: id.encode(), score: f64::from(score) }).collect())
     }
@@ -614,6 +674,11 @@ impl env::Host for HostCtx {
     }
 
     fn variables(&mut self) -> Vec<(String, String)> {
+        // A component sees none of the app's environment variables (as in Convex, where it
+        // sees only those declared for it, which Kiln refuses for now).
+        if !self.component.is_empty() {
+            return Vec::new();
+        }
         let config = self.deployment.config.read();
         let mut vars: Vec<_> = config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         // As Convex sets them for every deployment (the app's own values win).

@@ -534,6 +534,9 @@ impl Runtime {
             .await
             .map_err(|e| RuntimeError::Engine(e.to_string()))??;
         let mut functions = HashMap::new();
+        let mut component_functions: HashMap<String, HashMap<String, FunctionEntry>> = HashMap::new();
+        let instances: HashMap<String, String> =
+            manifest.component_instances()?.into_iter().map(|i| (i.path, i.definition)).collect();
         for f in &manifest.functions {
             let parse = |v: &Option<serde_json::Value>| -> Result<Option<Validator>> {
                 Ok(v.as_ref().map(Validator::from_json).transpose().map_err(kiln_store::StoreError::from)?)
@@ -544,15 +547,21 @@ impl Runtime {
                 "action" => FunctionKind::Action,
                 _ => continue,
             };
-            functions.insert(
-                f.path.clone(),
-                FunctionEntry {
-                    kind,
-                    public: f.visibility == "public",
-                    args: parse(&f.args)?,
-                    returns: parse(&f.returns)?,
-                },
-            );
+            let entry = FunctionEntry {
+                kind,
+                public: f.visibility == "public",
+                args: parse(&f.args)?,
+                returns: parse(&f.returns)?,
+            };
+            // A component definition's functions are bundled as `@<id>/<module>:<export>`.
+            match f.path.strip_prefix('@').and_then(|rest| rest.split_once('/')) {
+                Some((definition, path)) => {
+                    component_functions.entry(definition.to_owned()).or_default().insert(path.to_owned(), entry);
+                }
+                None => {
+                    functions.insert(f.path.clone(), entry);
+                }
+            }
         }
         let pre = self.shared.linker.instantiate_pre(&component).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let invoke = component
@@ -564,6 +573,8 @@ impl Runtime {
             id: key[..16].to_owned(),
             manifest,
             functions,
+            instances,
+            component_functions,
             pre,
             invoke,
             invoke_checked: AtomicBool::new(false),
@@ -605,7 +616,8 @@ impl Runtime {
             version.manifest.check_supported()?;
             check(&version).map_err(RuntimeError::Rejected)?;
             let crons = crons::parse(version.manifest.crons.as_ref(), &version).map_err(RuntimeError::Rejected)?;
-            if let Some(schema) = &version.manifest.schema {
+            // The app's schema and its components' tables, each under its instance's path.
+            if let Some(schema) = version.manifest.deployment_schema()? {
                 let schema = Schema::parse(&schema.to_string())?;
                 dep.store.set_schema(&schema).await?;
             }

@@ -407,17 +407,37 @@ fn parse_validator_text(text: &str) -> Result<Validator> {
 /// The system tables apps may read (through `ctx.db.system`), but not write.
 pub const READABLE_SYSTEM_TABLES: &[&str] = &["_scheduled_functions", "_storage", "_cron_jobs"];
 
-/// Checks a table name: an identifier not starting with `_` (reserved for system tables).
+/// Checks a table name: an identifier not starting with `_` (reserved for system tables),
+/// optionally qualified by the path of the component instance that owns the table
+/// (`limiter/rateLimits`; see [`component_table`]).
 pub fn check_table_name(name: &str) -> Result<()> {
-    check_identifier(name)
-        .map_err(|reason| StoreError::InvalidTableName { name: name.chars().take(100).collect(), reason })?;
-    if name.starts_with('_') {
+    let short = || name.chars().take(100).collect::<String>();
+    let table = match name.rsplit_once('/') {
+        Some((component, table)) => {
+            if component.split('/').any(|part| check_identifier(part).is_err()) {
+                return Err(StoreError::InvalidTableName {
+                    name: short(),
+                    reason: "a component's table is `<component path>/<table>`, the path `/`-separated identifiers",
+                });
+            }
+            table
+        }
+        None => name,
+    };
+    check_identifier(table).map_err(|reason| StoreError::InvalidTableName { name: short(), reason })?;
+    if table.starts_with('_') {
         return Err(StoreError::InvalidTableName {
             name: name.to_owned(),
             reason: "names starting with `_` are reserved",
         });
     }
     Ok(())
+}
+
+/// The name of table `table` of component instance `component` (its path from the app, `""`
+/// for the app itself): instances' tables live side by side in one store, apart by name.
+pub fn component_table(component: &str, table: &str) -> String {
+    if component.is_empty() { table.to_owned() } else { format!("{component}/{table}") }
 }
 
 /// Checks the name of a system table: `_` followed by a valid table name.

@@ -26,7 +26,7 @@ mod subscription;
 mod transaction;
 
 pub use cache::CacheStats;
-pub use catalog::{Catalog, Schema};
+pub use catalog::{Catalog, Schema, component_table};
 pub use document::Document;
 pub use error::{LimitKind, Result, StoreError};
 pub use kiln_persistence::{Order, Timestamp};

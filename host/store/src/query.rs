@@ -104,6 +104,15 @@ impl Query {
         }
     }
 
+    /// Renames the table this query reads (the runtime qualifies a component's tables).
+    pub fn set_table(&mut self, name: String) {
+        match &mut self.source {
+            Source::FullTableScan { table } | Source::IndexRange { table, .. } | Source::Search { table, .. } => {
+                *table = name;
+            }
+        }
+    }
+
     /// Parses the query JSON.
     pub fn from_json(j: &Json) -> Result<Query> {
         let source = j.get("source").ok_or_else(|| invalid("missing `source`"))?;

@@ -1089,3 +1089,55 @@ async fn deploying_leaves_no_warm_memory_slot_behind() {
     assert!(resident(&rt) > 0, "a call leaves its slot warm");
     rt.shutdown().await;
 }
+
+/// The app of `fixtures/components`: two instances of one local component.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_keep_their_tables_apart_and_roll_back_alone() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
+    deploy(&rt, "c", "fixtures/components", config()).await;
+    let json = |out: &CallOutcome| kiln_value::to_convex_json(&ok(out));
+
+    let first = call(&rt, "c", Mutation, "app:bump", r#"{"name": "a", "first": 1, "second": 10}"#).await;
+    let Value::String(counter_id) = ok(&first) else { panic!("an id") };
+    ok(&call(&rt, "c", Mutation, "app:bump", r#"{"name": "a", "first": 2, "second": 20}"#).await);
+    let mut read = CallRequest::new(Query, "app:read", args(r#"{"name": "a"}"#));
+    read.identity = Some(Value::from("someone"));
+    let out = rt.call("c", read).await;
+    // Each instance has its own table of counters; the app's table of the same name is empty;
+    // the caller's identity does not reach into components.
+    assert_eq!(
+        json(&out),
+        json!({"counter": {"value": 3.0, "identity": null}, "second": {"value": 30.0, "identity": null},
+               "own": 0.0, "log": ["bump a", "bump a"]})
+    );
+
+    // A component's mutation that throws leaves none of its writes; the app's own commit.
+    let failed = call(&rt, "c", Mutation, "app:bumpThenFail", r#"{"name": "a"}"#).await;
+    assert_eq!(json(&failed), json!("caught: true"));
+    let out = call(&rt, "c", Query, "app:read", r#"{"name": "a"}"#).await;
+    assert_eq!(json(&out)["counter"]["value"], json!(3.0));
+    assert_eq!(json(&out)["log"], json!(["bump a", "bump a", "fail a"]));
+
+    // The app cannot read a component's document by its id, nor name its table.
+    let peek = call(&rt, "c", Query, "app:peek", &format!(r#"{{"id": "{counter_id}"}}"#)).await;
+    assert_eq!(json(&peek), json!({"byId": null, "normalized": null}));
+    for table in ["counter/counters", "second/counters"] {
+        let out = call(&rt, "c", Query, "app:reach", &format!(r#"{{"table": "{table}"}}"#)).await;
+        let err = out.result.as_ref().unwrap_err();
+        assert!(err.message.contains("invalid table name"), "{table}: {err:?}");
+    }
+    // Only a component's public functions are its API; unknown components are named.
+    // (A nested call's error reaches the caller's code as an exception.)
+    let message = |out: CallOutcome| out.result.unwrap_err().message;
+    let internal = message(call(&rt, "c", Query, "app:callInternal", "{}").await);
+    assert!(internal.contains("Could not find function for 'counter/lib:secret'"), "{internal}");
+    let missing = message(call(&rt, "c", Query, "app:callMissing", "{}").await);
+    assert!(missing.contains("the app mounts no component named \"nowhere\""), "{missing}");
+    // Clients reach the app's functions only.
+    for path in ["lib:add", "@c0/lib:add", "counter/lib:add"] {
+        let out = call(&rt, "c", Mutation, path, r#"{"name": "x", "by": 1}"#).await;
+        assert_eq!(code(&out), "FunctionNotFound", "{path}");
+    }
+}

@@ -88,6 +88,15 @@ async fn invalid_documents_and_names() {
     assert_eq!(code(tx.insert("t", obj(r#"{"a-b": 1}"#)).await), "InvalidTopLevelField");
     assert_eq!(code(tx.insert("bad-name", obj("{}")).await), "InvalidTableName");
     assert_eq!(code(tx.insert("_system", obj("{}")).await), "InvalidTableName");
+    // A component instance's tables are qualified by its path; nothing else may hold a `/`.
+    for bad in ["/t", "a//t", "a/", "a-b/t", "a/_t", "a/b-c", "a/t/"] {
+        assert_eq!(code(tx.insert(bad, obj("{}")).await), "InvalidTableName", "{bad}");
+    }
+    let qualified = kiln_store::component_table("limiter/inner", "counters");
+    assert_eq!(qualified, "limiter/inner/counters");
+    assert_eq!(kiln_store::component_table("", "counters"), "counters");
+    let in_component = tx.insert(&qualified, obj(r#"{"n": 1}"#)).await.unwrap();
+    assert_eq!(tx.table_name_of(&in_component), Some(qualified.clone()));
     let mut deep = Value::Null;
     for _ in 0..16 {
         deep = Value::Array(vec![deep]);
