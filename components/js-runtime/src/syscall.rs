@@ -273,8 +273,9 @@ fn json_of(bytes: &[u8]) -> Result<Json, Error> {
     value_of(bytes).map(|v| to_convex_json(&v))
 }
 
-/// The function a syscall names: `module:export`, or a mounted component's function as the
-/// package references it (`_reference/childComponent/…`, resolved by the host).
+/// The function a syscall names: `module:export`, a mounted component's function as the
+/// package references it (`_reference/childComponent/…`) or a handle (`function://…`), all
+/// resolved by the host.
 fn function_name(op: &str, args: &Json) -> Result<String, Error> {
     if let Some(name) = opt_str_arg(args, "name") {
         return Ok(name);
@@ -283,7 +284,7 @@ fn function_name(op: &str, args: &Json) -> Result<String, Error> {
         return Ok(reference);
     }
     if let Some(handle) = opt_str_arg(args, "functionHandle") {
-        return Err(error("NotSupported", format!("{op}: calling function handles ({handle}) is not supported yet")));
+        return Ok(handle);
     }
     Err(error("UnsupportedSyscall", format!("{op}: no function named (`name`, `reference` or `functionHandle`)")))
 }
@@ -393,6 +394,7 @@ fn dispatch(op: &str, args: &Json) -> Result<Json, Error> {
             let id = scheduler::schedule(&function_name(op, args)?, &value_arg(op, args, "args")?, ts * 1000.0)?;
             json!(id)
         }
+        "1.0/createFunctionHandle" => json!(functions::create_function_handle(&function_name(op, args)?)?),
         "1.0/cancel_job" | "1.0/actions/cancel_job" => {
             scheduler::cancel(str_arg(op, args, "id")?)?;
             Json::Null

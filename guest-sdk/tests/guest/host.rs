@@ -355,6 +355,9 @@ impl functions::Host for Host {
     fn run_action(&mut self, name: String, args: Vec<u8>) -> Result<Vec<u8>, Error> {
         self.nested_call(FunctionKind::Action, &name, &args)
     }
+    fn create_function_handle(&mut self, _name: String) -> Result<String, Error> {
+        Err(err("NotSupported", "no function handles in this harness"))
+    }
 }
 
 impl search::Host for Host {

@@ -346,19 +346,46 @@ pub(crate) const REFERENCE_PREFIX: &str = "_reference/childComponent/";
 pub(crate) const HANDLE_PREFIX: &str = "function://";
 
 /// A function of `instance` as errors and logs name it (`limiter/lib:limit`).
-fn display_path(instance: &str, path: &str) -> String {
+pub(crate) fn display_path(instance: &str, path: &str) -> String {
     if instance.is_empty() { path.to_owned() } else { format!("{instance}/{path}") }
 }
 
-/// The instance and path of the function a call from instance `from` names: `module:export`
-/// is `from`'s own; a reference `_reference/childComponent/<child>/<module…>/<export>` is a
-/// function of `from`'s mounted child.
-fn callee(version: &Version, from: &str, name: &str) -> Result<(String, String), CallError> {
-    if name.starts_with(HANDLE_PREFIX) {
-        return Err(CallError::new("NotSupported", format!("calling function handles ({name}) is not supported yet")));
+/// The function a call from instance `from` names, and whether the caller may reach it:
+/// `module:export` is `from`'s own; a reference `_reference/childComponent/<child>/<module…>/
+/// <export>` is a public function of `from`'s mounted child; a handle (`function://<instance>;
+/// <path>`, see [`function_handle`]) is the function it was made for, whoever holds it.
+pub(crate) fn resolve<'v>(
+    version: &'v Version,
+    from: &str,
+    name: &str,
+) -> Result<(String, String, &'v FunctionEntry), CallError> {
+    let (instance, path, by_handle) = callee(version, from, name)?;
+    let entry = version
+        .function_in(&instance, &path)
+        // A component's API is its public functions; its internal ones are its own.
+        .filter(|e| e.public || instance == from || by_handle)
+        .ok_or_else(|| CallError::new("FunctionNotFound", not_found_message(&display_path(&instance, &path), false)))?;
+    Ok((instance, path, entry))
+}
+
+/// The handle of a function of `instance`: it names the instance, so that it reaches the same
+/// function from any component it is passed to.
+pub(crate) fn function_handle(instance: &str, path: &str) -> String {
+    format!("{HANDLE_PREFIX}{instance};{path}")
+}
+
+fn callee(version: &Version, from: &str, name: &str) -> Result<(String, String, bool), CallError> {
+    if let Some(handle) = name.strip_prefix(HANDLE_PREFIX) {
+        let invalid =
+            || CallError::new("InvalidFunctionHandle", format!("{name} is not a function handle of this deployment"));
+        let (instance, path) = handle.split_once(';').ok_or_else(invalid)?;
+        if path.is_empty() || !version.has_instance(instance) {
+            return Err(invalid());
+        }
+        return Ok((instance.to_owned(), normalize_path(path), true));
     }
     let Some(reference) = name.strip_prefix(REFERENCE_PREFIX) else {
-        return Ok((from.to_owned(), normalize_path(name)));
+        return Ok((from.to_owned(), normalize_path(name), false));
     };
     let parts: Vec<&str> = reference.split('/').collect();
     let [child, module @ .., export] = parts.as_slice() else {
@@ -372,7 +399,7 @@ fn callee(version: &Version, from: &str, name: &str) -> Result<(String, String),
         let owner = if from.is_empty() { "the app".to_owned() } else { format!("component {from}") };
         return Err(CallError::new("FunctionNotFound", format!("{owner} mounts no component named {child:?}")));
     }
-    Ok((instance, normalize_path(&format!("{}:{export}", module.join("/")))))
+    Ok((instance, normalize_path(&format!("{}:{export}", module.join("/"))), false))
 }
 
 pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args: &[u8]) -> Result<Vec<u8>, WitError> {
@@ -384,12 +411,8 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
         ));
     }
     let version = ctx.version.clone();
-    let (component, path) = callee(&version, &ctx.component, name).map_err(|e| wit_error(&e.code, e.message))?;
-    let entry = version
-        .function_in(&component, &path)
-        // A component's API is its public functions; its internal ones are its own.
-        .filter(|e| e.public || component == ctx.component)
-        .ok_or_else(|| wit_error("FunctionNotFound", not_found_message(&display_path(&component, &path), false)))?;
+    let (component, path, entry) =
+        resolve(&version, &ctx.component, name).map_err(|e| wit_error(&e.code, e.message))?;
     if entry.kind != kind {
         return Err(wit_error("WrongFunctionKind", format!("{path} is a {:?}, not a {kind:?}", entry.kind)));
     }
@@ -519,7 +542,9 @@ pub(crate) async fn call(shared: Arc<Shared>, dep: Arc<Deployment>, req: CallReq
     let mut out = CallOutcome::default();
     let path = normalize_path(&req.path);
     let result = run(&shared, &dep, &req, &path, &mut out).instrument(span).await;
-    finish(&dep, out, path, req.kind, result, started)
+    // A component's function is metered under its instance (`counter/lib:add`).
+    let metered = if req.internal { display_path(&req.component, &path) } else { path };
+    finish(&dep, out, metered, req.kind, result, started)
 }
 
 /// Meters a finished call and puts its result into its outcome.
@@ -552,22 +577,30 @@ async fn run(
     let version = dep
         .version()
         .ok_or_else(|| CallError::new("NotDeployed", format!("deployment {:?} has no app deployed", dep.name)))?;
-    let entry = version
-        .function(path)
-        .filter(|e| e.public || req.internal)
-        .ok_or_else(|| CallError::new("FunctionNotFound", not_found_message(path, !req.internal)))?;
+    // Clients reach the app's public functions; the scheduler and admins any function.
+    let component = if req.internal { req.component.as_str() } else { "" };
+    let entry = version.function_in(component, path).filter(|e| e.public || req.internal).ok_or_else(|| {
+        CallError::new("FunctionNotFound", not_found_message(&display_path(component, path), !req.internal))
+    })?;
     if entry.kind != req.kind {
         return Err(CallError::new(
             "WrongFunctionKind",
             format!("Trying to execute {path} as {:?}, but it is defined as {:?}", req.kind, entry.kind),
         ));
     }
-    let args = check_args(dep, entry, "", path, &req.args)?;
+    let args = check_args(dep, entry, component, path, &req.args)?;
     let config = dep.config();
     let fuel = dep.metering.fuel_budget(&config.quotas, fuel_for(dep, req.kind), path)?;
     let cache_key = (req.kind == FunctionKind::Query && req.cacheable).then(|| {
         let version_key = format!("{}/{}", version.id, dep.generation());
-        CacheKey::new(&version_key, path, &args, req.identity.as_ref(), req.internal, req.journal.as_deref())
+        CacheKey::new(
+            &version_key,
+            &display_path(component, path),
+            &args,
+            req.identity.as_ref(),
+            req.internal,
+            req.journal.as_deref(),
+        )
     });
     if let Some(key) = &cache_key {
         let ts = req.snapshot.unwrap_or_else(|| dep.store.published_ts());
@@ -666,6 +699,7 @@ async fn run(
                 (req.kind, req.identity.clone(), args.clone(), req.request_id.clone());
             let idempotency_key = req.idempotency_key.clone();
             let scheduled_job = req.scheduled_job;
+            let component = component.to_owned();
             let journal = match kind {
                 FunctionKind::Query => Journal::for_query(req.journal.as_deref())?,
                 _ => Journal::default(),
@@ -679,6 +713,7 @@ async fn run(
                     (FunctionKind::Mutation, None) => snapshot_stamp(&dep, &path, &args, dep.store.begin()),
                 };
                 let mut ctx = new_ctx(&shared, &dep, &version, kind, &path, txn, identity, seed, now_ms, 0);
+                ctx.component = component;
                 ctx.journal = journal;
                 let (mut ex, spent) = execute_keeping_store(ctx, args, &request_id, fuel);
                 // A mutation's idempotency record is written here, on the worker, where the
@@ -718,7 +753,7 @@ async fn run(
         let freed = std::mem::take(&mut ex.ctx.freed);
         let failure = match (ex.outcome, txn) {
             (Ok(bytes), Some(mut txn)) if req.kind == FunctionKind::Mutation => {
-                let value = match check_result(dep, entry, "", path, &bytes) {
+                let value = match check_result(dep, entry, component, path, &bytes) {
                     Ok(value) => value,
                     Err(e) => return Err(settled(&txn, e).await),
                 };
@@ -744,7 +779,7 @@ async fn run(
                 if let Some(mut txn) = txn {
                     out.read_token = Some(txn.read_token());
                 }
-                let value = check_result(dep, entry, "", path, &bytes)?;
+                let value = check_result(dep, entry, component, path, &bytes)?;
                 out.journal = std::mem::take(&mut ex.ctx.journal).finish();
                 if let (Some(key), Some(token)) = (cache_key, &out.read_token) {
                     dep.query_cache.put(key, token, &value, &out.logs, out.journal.as_deref());

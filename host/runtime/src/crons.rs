@@ -269,7 +269,8 @@ pub(crate) async fn fire(store: &Store, id: DocumentId) -> Result<(), StoreError
         };
         let schedule = spec.and_then(|s| s.get("cronSchedule")).map(kiln_value::to_convex_json);
         let next = schedule.as_ref().and_then(|s| timing(s).ok()).and_then(|t| t.after(now.max(due)));
-        crate::scheduler::schedule(&mut txn, &path, args, now).await?;
+        let job = crate::scheduler::NewJob { component: "", path: &path, args, ts_ms: now };
+        crate::scheduler::schedule(&mut txn, job).await?;
         let mut updated = fields;
         updated.insert("prevTs".to_owned(), Value::Float64(due));
         match next {

@@ -410,27 +410,22 @@ impl scheduler::Host for HostCtx {
         if self.kind == FunctionKind::Query {
             return Err(wit_error("NotAllowed", format!("{}: queries cannot schedule functions", self.path)));
         }
-        self.not_in_component("the scheduler")?;
-        if name.starts_with(crate::call::REFERENCE_PREFIX) || name.starts_with(crate::call::HANDLE_PREFIX) {
-            return Err(wit_error(
-                "NotSupported",
-                format!("{}: scheduling a component's function or a function handle is not supported yet", self.path),
-            ));
-        }
-        let path = crate::normalize_path(&name);
+        let (instance, path, entry) = call::resolve(&self.version, &self.component, &name).map_err(call_error)?;
         let args = from_msgpack(&args).map_err(|e| wit_error(e.code(), format!("{}: {e}", self.path)))?;
         let mut so_far = self.scheduled;
-        crate::scheduler::check(&self.deployment, &self.version, &mut so_far, &path, &args, ts_ms)
+        let display = call::display_path(&instance, &path);
+        crate::scheduler::check(&self.deployment, &mut so_far, &display, entry.kind, &args, ts_ms)
             .map_err(call_error)?;
+        let job = crate::scheduler::NewJob { component: &instance, path: &path, args, ts_ms };
         let handle = self.shared.handle.clone();
         let id = match self.txn.as_mut() {
             Some(txn) => {
-                let result = handle.block_on(crate::scheduler::schedule(txn, &path, args, ts_ms));
+                let result = handle.block_on(crate::scheduler::schedule(txn, job));
                 result.map_err(|e| self.store_error(e))?
             }
             None => {
                 let store = self.deployment.store.clone();
-                handle.block_on(crate::scheduler::schedule_now(&store, &path, args, ts_ms)).map_err(call_error)?
+                handle.block_on(crate::scheduler::schedule_now(&store, job)).map_err(call_error)?
             }
         };
         self.scheduled = so_far;
@@ -441,14 +436,13 @@ impl scheduler::Host for HostCtx {
         if self.kind == FunctionKind::Query {
             return Err(wit_error("NotAllowed", format!("{}: queries cannot cancel scheduled functions", self.path)));
         }
-        self.not_in_component("the scheduler")?;
         let id = DocumentId::decode(&id).map_err(|e| wit_error(e.code(), format!("{}: {e}", self.path)))?;
         let handle = self.shared.handle.clone();
         match self.txn.as_mut() {
-            Some(txn) => handle.block_on(crate::scheduler::cancel(txn, id)).map_err(call_error),
+            Some(txn) => handle.block_on(crate::scheduler::cancel(txn, &self.component, id)).map_err(call_error),
             None => {
                 let store = self.deployment.store.clone();
-                handle.block_on(crate::scheduler::cancel_now(&store, id)).map_err(call_error)
+                handle.block_on(crate::scheduler::cancel_now(&store, &self.component, id)).map_err(call_error)
             }
         }
     }
@@ -589,6 +583,10 @@ impl functions::Host for HostCtx {
     }
     fn run_action(&mut self, name: String, args: Vec<u8>) -> Result<Vec<u8>, WitError> {
         call::run_nested(self, FunctionKind::Action, &name, &args)
+    }
+    fn create_function_handle(&mut self, name: String) -> Result<String, WitError> {
+        let (instance, path, _) = call::resolve(&self.version, &self.component, &name).map_err(call_error)?;
+        Ok(call::function_handle(&instance, &path))
     }
 }
 

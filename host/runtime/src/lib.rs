@@ -154,6 +154,9 @@ pub struct CallRequest {
     pub kind: FunctionKind,
     /// `module:export`.
     pub path: String,
+    /// The mounted component instance whose function this is (`""`: the app's); only
+    /// internal calls reach components' functions.
+    pub component: String,
     /// The arguments object.
     pub args: Value,
     /// The caller's identity (Convex's `UserIdentity` shape), if authenticated.
@@ -190,6 +193,7 @@ impl CallRequest {
         CallRequest {
             kind,
             path: path.to_owned(),
+            component: String::new(),
             args,
             identity: None,
             internal: false,

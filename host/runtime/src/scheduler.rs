@@ -34,6 +34,9 @@ pub(crate) const BY_STATE: &str = "by_state_time";
 /// The fields of [`BY_STATE`].
 pub(crate) const BY_STATE_FIELDS: [&str; 2] = ["state.kind", "scheduledTime"];
 
+/// The field of a component's job naming its instance.
+const COMPONENT: &str = "component";
+
 /// The error a scheduled mutation ends with when its job is no longer pending (canceled, or
 /// already run by an earlier dispatch): its writes are discarded.
 pub(crate) const NOT_PENDING: &str = "ScheduledJobNotPending";
@@ -81,12 +84,12 @@ pub(crate) struct Scheduled {
     pub arg_bytes: usize,
 }
 
-/// Checks a new job of `path` against the call's limits and the deployed functions.
+/// Checks a new job of `path` (a function of kind `kind`) against the call's limits.
 pub(crate) fn check(
     dep: &Deployment,
-    version: &crate::Version,
     so_far: &mut Scheduled,
     path: &str,
+    kind: FunctionKind,
     args: &Value,
     ts_ms: f64,
 ) -> Result<(), CallError> {
@@ -94,20 +97,11 @@ pub(crate) fn check(
     if !ts_ms.is_finite() || ts_ms < 0.0 {
         return Err(CallError::new("InvalidScheduledTime", format!("cannot schedule {path} at time {ts_ms}")));
     }
-    match version.function(path) {
-        Some(f) if matches!(f.kind, FunctionKind::Mutation | FunctionKind::Action) => {}
-        Some(f) => {
-            return Err(CallError::new(
-                "InvalidScheduledFunction",
-                format!("{path} is a {:?}: only mutations and actions can be scheduled", f.kind),
-            ));
-        }
-        None => {
-            return Err(CallError::new(
-                "FunctionNotFound",
-                format!("Attempted to schedule function at nonexistent path: {path}"),
-            ));
-        }
+    if !matches!(kind, FunctionKind::Mutation | FunctionKind::Action) {
+        return Err(CallError::new(
+            "InvalidScheduledFunction",
+            format!("{path} is a {kind:?}: only mutations and actions can be scheduled"),
+        ));
     }
     if !matches!(args, Value::Object(_)) {
         return Err(CallError::new("InvalidArgs", format!("{path}: arguments must be an object")));
@@ -137,37 +131,46 @@ pub(crate) fn check(
     Ok(())
 }
 
+/// A job to schedule.
+pub(crate) struct NewJob<'a> {
+    /// The component instance whose function it runs (`""`: the app's).
+    pub component: &'a str,
+    /// `module:export` within the instance.
+    pub path: &'a str,
+    pub args: Value,
+    pub ts_ms: f64,
+}
+
 /// Writes a pending job into `txn`; returns its id.
-pub(crate) async fn schedule(
-    txn: &mut Transaction,
-    path: &str,
-    args: Value,
-    ts_ms: f64,
-) -> Result<DocumentId, StoreError> {
-    let fields: Object = [
-        ("name".to_owned(), Value::String(path.to_owned())),
-        ("args".to_owned(), Value::Array(vec![args])),
-        ("scheduledTime".to_owned(), Value::Float64(ts_ms)),
+pub(crate) async fn schedule(txn: &mut Transaction, job: NewJob<'_>) -> Result<DocumentId, StoreError> {
+    let mut fields: Object = [
+        ("name".to_owned(), Value::String(job.path.to_owned())),
+        ("args".to_owned(), Value::Array(vec![job.args])),
+        ("scheduledTime".to_owned(), Value::Float64(job.ts_ms)),
         ("state".to_owned(), state("pending")),
     ]
     .into();
+    // One table holds every instance's jobs; a component's carry its instance.
+    if !job.component.is_empty() {
+        fields.insert(COMPONENT.to_owned(), Value::String(job.component.to_owned()));
+    }
     txn.insert_record(TABLE, fields).await
 }
 
 /// Schedules a job in a transaction of its own (from an action).
-pub(crate) async fn schedule_now(store: &Store, path: &str, args: Value, ts_ms: f64) -> Result<DocumentId, CallError> {
+pub(crate) async fn schedule_now(store: &Store, job: NewJob<'_>) -> Result<DocumentId, CallError> {
     let mut txn = store.begin_system();
-    let id = schedule(&mut txn, path, args, ts_ms).await.map_err(store_error)?;
+    let id = schedule(&mut txn, job).await.map_err(store_error)?;
     txn.commit().await.map_err(store_error)?;
     Ok(id)
 }
 
 /// Cancels a job in a transaction of its own (from an action), retried on conflicts.
-pub(crate) async fn cancel_now(store: &Store, id: DocumentId) -> Result<(), CallError> {
+pub(crate) async fn cancel_now(store: &Store, component: &str, id: DocumentId) -> Result<(), CallError> {
     let mut attempt = 0u32;
     loop {
         let mut txn = store.begin_system();
-        cancel(&mut txn, id).await?;
+        cancel(&mut txn, component, id).await?;
         if committed(txn, &mut attempt).await.map_err(store_error)? {
             return Ok(());
         }
@@ -178,6 +181,7 @@ pub(crate) async fn cancel_now(store: &Store, id: DocumentId) -> Result<(), Call
 #[derive(Clone, Debug)]
 struct Job {
     id: DocumentId,
+    component: String,
     name: String,
     args: Value,
 }
@@ -186,6 +190,11 @@ struct Job {
 async fn read(txn: &mut Transaction, id: DocumentId) -> Result<Option<Object>, CallError> {
     let doc = txn.get_record(TABLE, id.internal).await.map_err(store_error)?;
     Ok(doc.filter(|d| d.id == id).map(|d| d.value.clone()))
+}
+
+/// The instance whose function a job runs (`""`: the app).
+fn component_of(job: &Object) -> &str {
+    job.get(COMPONENT).and_then(Value::as_str).unwrap_or_default()
 }
 
 fn kind_of(job: &Object) -> Option<&str> {
@@ -212,8 +221,9 @@ async fn transition(txn: &mut Transaction, id: DocumentId, from: &[&str], to: Va
 
 /// Cancels job `id` in `txn` if it has not finished (a running action runs on, and its end
 /// no longer changes the state). Unknown ids are refused; a finished job is left alone.
-pub(crate) async fn cancel(txn: &mut Transaction, id: DocumentId) -> Result<(), CallError> {
-    if read(txn, id).await?.is_none() {
+pub(crate) async fn cancel(txn: &mut Transaction, component: &str, id: DocumentId) -> Result<(), CallError> {
+    // An instance sees its own jobs only.
+    if read(txn, id).await?.is_none_or(|job| component_of(&job) != component) {
         return Err(CallError::new(
             "ScheduledJobNotFound",
             format!("no scheduled function has the id {}", id.encode()),
@@ -305,7 +315,8 @@ async fn scan(store: &Store, busy: &HashSet<DocumentId>, want: usize) -> Result<
             Some(Value::Array(a)) => a.first().cloned().unwrap_or(Value::Object(Object::new())),
             _ => Value::Object(Object::new()),
         };
-        due.push(Job { id: doc.id, name, args });
+        let component = component_of(&doc.value).to_owned();
+        due.push(Job { id: doc.id, component, name, args });
     }
     txn.close_query(stream)?;
     let mut crons = Vec::new();
@@ -354,10 +365,12 @@ async fn run_job(shared: Arc<Shared>, dep: Arc<Deployment>, job: Job, attempt: u
 }
 
 async fn run_job_inner(shared: Arc<Shared>, dep: Arc<Deployment>, job: Job, path: String, attempt: u32) -> Ran {
-    let kind = dep.version().and_then(|v| v.function(&path).map(|f| f.kind));
+    let kind = dep.version().and_then(|v| v.function_in(&job.component, &path).map(|f| f.kind));
     let shared_for_report = shared.clone();
     let retry = Ran::Retry(Duration::from_millis(100 << attempt.min(9)));
     let mut request = CallRequest::new(kind.unwrap_or(FunctionKind::Mutation), &path, job.args.clone());
+    request.component = job.component.clone();
+    let path = crate::call::display_path(&job.component, &path);
     request.internal = true;
     request.request_id = format!("scheduled-{}", job.id.encode());
     let outcome = match kind {

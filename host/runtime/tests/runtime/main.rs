@@ -1141,3 +1141,44 @@ async fn components_keep_their_tables_apart_and_roll_back_alone() {
         assert_eq!(code(&out), "FunctionNotFound", "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_are_called_and_scheduled_by_handles() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
+    deploy(&rt, "c", "fixtures/components", config()).await;
+    let json = |out: &CallOutcome| kiln_value::to_convex_json(&ok(out));
+
+    // The app calls a component's function by handle and schedules it by handle and by
+    // reference; the component calls back and schedules the app's internal function by the
+    // handle it was given.
+    let handle = json(&call(&rt, "c", Mutation, "app:withHandles", r#"{"name": "h"}"#).await);
+    assert!(handle.as_str().is_some_and(|h| h.starts_with("function://")), "{handle}");
+    let read = || async { json(&call(&rt, "c", Query, "app:read", r#"{"name": "h"}"#).await) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = read().await;
+        if now["counter"]["value"] == json!(3.0)
+            && now["second"]["value"] == json!(3.0)
+            && now["log"] == json!(["now h", "later h"])
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "scheduled calls did not all run: {now}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A handle from a client's call is an ordinary string: clients still reach only the app.
+    let by_client = call(&rt, "c", Mutation, handle.as_str().unwrap(), r#"{"name": "h", "by": 1}"#).await;
+    assert_eq!(code(&by_client), "FunctionNotFound");
+
+    // A component's jobs are its own; a child's internal functions get no handle.
+    let cancel = json(&call(&rt, "c", Mutation, "app:cancelTheirs", "{}").await);
+    assert!(cancel.as_str().is_some_and(|m| m.contains("no scheduled function has the id")), "{cancel}");
+    let internal = call(&rt, "c", Query, "app:handleOfInternal", "{}").await;
+    let message = internal.result.unwrap_err().message;
+    assert!(message.contains("Could not find function for 'counter/lib:secret'"), "{message}");
+    // The scheduler runs a component's function as that instance: the metering names it.
+    let usage = rt.usage("c").unwrap();
+    assert!(usage.functions.contains_key("second/lib:add"), "{:?}", usage.functions.keys());
+}
