@@ -188,19 +188,9 @@ pub fn component_definitions(app_dir: &Path, esbuild: &Path) -> Result<Vec<Compo
         if dir == convex_dir {
             continue;
         }
-        let path = match dir.strip_prefix(&convex_dir) {
-            Ok(inside) => slashed(inside),
-            Err(_) => match dir.strip_prefix(app_dir) {
-                Ok(beside) => format!("../{}", slashed(beside)),
-                Err(_) => {
-                    return Err(SdkError::NotAnApp(format!(
-                        "component {} is outside the app's folder {}",
-                        dir.display(),
-                        app_dir.display()
-                    )));
-                }
-            },
-        };
+        // As the `convex` CLI names it: relative to `convex/` (packages hoisted to a parent
+        // folder's node_modules included).
+        let path = relative(&convex_dir, &dir);
         found.insert(path, (dir, file));
     }
     Ok(found
@@ -210,8 +200,13 @@ pub fn component_definitions(app_dir: &Path, esbuild: &Path) -> Result<Vec<Compo
         .collect())
 }
 
-fn slashed(path: &Path) -> String {
-    path.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+/// `to` relative to `from` (both canonical), `/`-separated, with `..` where it leaves `from`.
+fn relative(from: &Path, to: &Path) -> String {
+    let (from, to): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let up = std::iter::repeat_n("..".to_owned(), from.len() - common);
+    let down = to[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned());
+    up.chain(down).collect::<Vec<_>>().join("/")
 }
 
 /// Finds esbuild: `given` (the `kiln` binary passes `KILN_ESBUILD`), the app's
@@ -347,6 +342,14 @@ pub fn bundle(app_dir: &Path, fast_paths: bool, esbuild: Option<&Path>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn definition_paths_are_relative_to_convex() {
+        let convex = Path::new("/w/repo/app/convex");
+        assert_eq!(relative(convex, Path::new("/w/repo/app/convex/components/c")), "components/c");
+        assert_eq!(relative(convex, Path::new("/w/repo/app/node_modules/@x/y/dist")), "../node_modules/@x/y/dist");
+        assert_eq!(relative(convex, Path::new("/w/repo/node_modules/z")), "../../node_modules/z");
+    }
 
     #[test]
     fn module_discovery_follows_convex_rules() {

@@ -144,6 +144,51 @@ pub struct SetModule<'a> {
     pub source: &'a str,
 }
 
+/// A component definition as the `convex` CLI pushes it: its `convex.config.js` (which imports
+/// the definitions it uses as `./_componentDeps/<base64url of their paths>`), its schema and
+/// its modules (paths relative to its own folder).
+#[derive(Clone, Debug)]
+pub struct SetDefinition<'a> {
+    /// Its folder relative to the app's `convex/` (`../node_modules/@x/y/dist/component`).
+    pub path: &'a str,
+    /// Its `convex.config.js` source.
+    pub config: &'a str,
+    /// The definitions its config uses (their paths).
+    pub dependencies: Vec<&'a str>,
+    /// Its schema module, if any.
+    pub schema: Option<&'a str>,
+    /// Its modules.
+    pub modules: Vec<SetModule<'a>>,
+}
+
+/// The components of a pushed app: its `convex.config.js` and every definition it uses.
+#[derive(Clone, Debug)]
+pub struct SetComponents<'a> {
+    /// The app's `convex.config.js` source.
+    pub config: &'a str,
+    /// The definitions it uses directly.
+    pub dependencies: Vec<&'a str>,
+    /// Every definition used, directly or through others.
+    pub definitions: Vec<SetDefinition<'a>>,
+}
+
+/// The name the app's `convex.config.js` is declared under (pushed modules may not have it).
+const CONFIG_MODULE: &str = "convex.config.js";
+
+/// The module an importer in folder `dir` (`""` or `@c0/`) reaches definition `path` by, and
+/// its source: the object `app.use(...)` takes, as Convex's runtime provides it.
+fn dependency_module(dir: &str, path: &str, id: &str) -> (String, String) {
+    use base64::Engine;
+    let name = format!("{dir}_componentDeps/{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(path));
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let source = format!(
+        "import definition from {};\nexport default {{ componentDefinitionPath: {}, defaultName: definition._name }};\n",
+        quote(&format!("@{id}/{CONFIG_MODULE}")),
+        quote(path)
+    );
+    (name, source)
+}
+
 /// Whether a path names a shared chunk rather than a module of the app.
 pub fn is_chunk(path: &str) -> bool {
     path.starts_with("_deps/")
@@ -171,6 +216,10 @@ pub fn check_path(path: &str) -> Result<()> {
     if path.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
         return bad("must be relative, without empty, `.` or `..` segments");
     }
+    // `@<id>/` prefixes the modules of component definitions.
+    if path.starts_with('@') {
+        return bad("may not start with `@`");
+    }
     Ok(())
 }
 
@@ -186,30 +235,43 @@ pub struct ModuleSet {
 
 /// The runtime's source for `modules` (and the schema module, if any): every module declared
 /// under its path, then an entry point exporting `modules` (module name → namespace; the
-/// schema as `schema`). Module-level code sees `env` as `process.env`, as in a Convex push
-/// (an `auth.config.ts` reads its providers from it); calls see the deployment's current
+/// schema as `schema`). With `components`, each definition's modules join as `@<id>/<path>`
+/// (ids `c0`, `c1`, … in the order of the definitions' paths, as `kiln build` numbers them)
+/// and the configs as `convex.config` (the app's default export and `[id, path, definition]`
+/// of each). Module-level code sees `env` as `process.env`, as in a Convex push (an
+/// `auth.config.ts` reads its providers from it); calls see the deployment's current
 /// variables. When the app bundles the version of the `convex` package the SDK has
 /// ([`fast_package`]), that copy joins the set and runs the app's functions. Refuses invalid
-/// or repeated paths and an empty set.
+/// or repeated paths, unknown definitions and an empty set.
 pub fn module_set(
     modules: &[SetModule<'_>],
     schema: Option<&str>,
+    components: Option<&SetComponents<'_>>,
     env: &std::collections::BTreeMap<String, String>,
 ) -> Result<ModuleSet> {
-    let mut seen = BTreeSet::new();
-    for m in modules {
-        check_path(m.path)?;
-        if m.path == SCHEMA_MODULE {
-            return Err(SdkError::NotAnApp("a module may not be named schema.js: the schema is pushed apart".into()));
-        }
-        if !seen.insert(m.path) {
-            return Err(SdkError::NotAnApp(format!("module {:?} is given twice", m.path)));
-        }
-    }
+    check_modules(modules, "the app")?;
     let named: Vec<(&str, &str)> = modules.iter().filter_map(|m| module_name(m.path).map(|n| (n, m.path))).collect();
     if named.is_empty() {
         return Err(SdkError::NotAnApp("the push has no modules (only chunks under _deps/)".into()));
     }
+    let mut definitions: Vec<&SetDefinition<'_>> =
+        components.map(|c| c.definitions.iter().collect()).unwrap_or_default();
+    definitions.sort_by_key(|d| d.path);
+    let mut ids = std::collections::BTreeMap::new();
+    for (i, d) in definitions.iter().enumerate() {
+        if d.path.is_empty() || d.path.len() > 1024 || d.path.chars().any(char::is_control) {
+            return Err(SdkError::NotAnApp(format!("component definition path {:?} is not valid", d.path)));
+        }
+        if ids.insert(d.path, format!("c{i}")).is_some() {
+            return Err(SdkError::NotAnApp(format!("component definition {:?} is given twice", d.path)));
+        }
+        check_modules(&d.modules, d.path)?;
+    }
+    let id_of = |path: &str, user: &str| {
+        ids.get(path).cloned().ok_or_else(|| {
+            SdkError::NotAnApp(format!("{user} uses component definition {path:?}, which the push does not include"))
+        })
+    };
     let mut error_class = None;
     for (i, m) in modules.iter().enumerate() {
         match convex_error_class(m.source) {
@@ -231,22 +293,68 @@ pub fn module_set(
         (Ok(_), None) => Err("the app bundles no recognizable convex package".to_owned()),
         (Err(why), _) => Err(why.to_owned()),
     };
+    // Every module of the set (name, source) after the app's, and the entry's namespaces.
+    let mut declared: Vec<(String, String)> = Vec::new();
+    let mut namespaces: Vec<(String, String)> =
+        named.iter().map(|(name, path)| (name.to_string(), path.to_string())).collect();
+    if let Some(schema) = schema {
+        declared.push((SCHEMA_MODULE.to_owned(), schema.to_owned()));
+    }
+    for d in &definitions {
+        let id = &ids[d.path];
+        for m in &d.modules {
+            declared.push((format!("@{id}/{}", m.path), m.source.to_owned()));
+            if let Some(name) = module_name(m.path) {
+                namespaces.push((format!("@{id}/{name}"), format!("@{id}/{}", m.path)));
+            }
+        }
+        if let Some(schema) = d.schema {
+            declared.push((format!("@{id}/{SCHEMA_MODULE}"), schema.to_owned()));
+        }
+        declared.push((format!("@{id}/{CONFIG_MODULE}"), d.config.to_owned()));
+        for dep in &d.dependencies {
+            declared.push(dependency_module(&format!("@{id}/"), dep, &id_of(dep, d.path)?));
+        }
+    }
+    if let Some(c) = components {
+        declared.push((CONFIG_MODULE.to_owned(), c.config.to_owned()));
+        for dep in &c.dependencies {
+            declared.push(dependency_module("", dep, &id_of(dep, "convex/convex.config")?));
+        }
+    }
+
     let mut entry = String::from("// The modules of a pushed app, by module path.\n");
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
     if package.is_ok() {
         entry.push_str(&format!("import * as kiln from {};\n", quote(PACKAGE_MODULE)));
     }
-    for (i, (_, path)) in named.iter().enumerate() {
+    for (i, (_, path)) in namespaces.iter().enumerate() {
         entry.push_str(&format!("import * as m{i} from {};\n", quote(path)));
     }
     if schema.is_some() {
         entry.push_str(&format!("import * as schema from {};\n", quote(SCHEMA_MODULE)));
     }
+    for (i, d) in definitions.iter().enumerate() {
+        if d.schema.is_some() {
+            entry.push_str(&format!("import * as schema{i} from {};\n", quote(&format!("@c{i}/{SCHEMA_MODULE}"))));
+        }
+    }
+    if components.is_some() {
+        entry.push_str(&format!("import appConfig from {};\n", quote(CONFIG_MODULE)));
+        for i in 0..definitions.len() {
+            entry.push_str(&format!("import definition{i} from {};\n", quote(&format!("@c{i}/{CONFIG_MODULE}"))));
+        }
+        entry.push_str("const definitions = [\n");
+        for (i, d) in definitions.iter().enumerate() {
+            entry.push_str(&format!("  [{}, {}, definition{i}],\n", quote(&format!("c{i}")), quote(d.path)));
+        }
+        entry.push_str("];\n");
+    }
     if package.is_ok() {
         entry.push_str(ADOPT);
     }
     entry.push_str("export const modules = {\n");
-    for (i, (name, _)) in named.iter().enumerate() {
+    for (i, (name, _)) in namespaces.iter().enumerate() {
         if package.is_ok() {
             entry.push_str(&format!("  {}: adopt(m{i}),\n", quote(name)));
         } else {
@@ -255,6 +363,14 @@ pub fn module_set(
     }
     if schema.is_some() {
         entry.push_str("  \"schema\": schema,\n");
+    }
+    for (i, d) in definitions.iter().enumerate() {
+        if d.schema.is_some() {
+            entry.push_str(&format!("  {}: schema{i},\n", quote(&format!("@c{i}/schema"))));
+        }
+    }
+    if components.is_some() {
+        entry.push_str("  \"convex.config\": { default: appConfig, definitions },\n");
     }
     entry.push_str("};\n");
 
@@ -281,13 +397,32 @@ pub fn module_set(
             _ => push(m.source.as_bytes())?,
         }
     }
-    if let Some(schema) = schema {
-        push(SCHEMA_MODULE.as_bytes())?;
-        push(schema.as_bytes())?;
+    for (name, source) in &declared {
+        push(name.as_bytes())?;
+        push(source.as_bytes())?;
     }
-    push(b"app.js")?;
+    // The entry's name has a `:`, which no pushed path has.
+    push(b"kiln:entry.js")?;
     push(entry.as_bytes())?;
     Ok(ModuleSet { bytes: out, fast_paths_off: package.err() })
+}
+
+/// Checks the paths of the modules of the app or of a component definition (`whose`).
+fn check_modules(modules: &[SetModule<'_>], whose: &str) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for m in modules {
+        check_path(m.path)?;
+        if m.path == SCHEMA_MODULE || m.path == CONFIG_MODULE {
+            return Err(SdkError::NotAnApp(format!(
+                "a module of {whose} may not be named {}: it is pushed apart",
+                m.path
+            )));
+        }
+        if !seen.insert(m.path) {
+            return Err(SdkError::NotAnApp(format!("module {:?} of {whose} is given twice", m.path)));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -356,13 +491,60 @@ mod tests {
     }
 
     #[test]
+    fn component_definitions_join_under_their_ids() {
+        let app = [SetModule { path: "a.js", source: "export const x = 1;" }];
+        let definition = |path, dependencies| SetDefinition {
+            path,
+            config: "export default {};",
+            dependencies,
+            schema: Some("export default {};"),
+            modules: vec![
+                SetModule { path: "lib.js", source: "import \"./_deps/x.js\";" },
+                SetModule { path: "_deps/x.js", source: "" },
+            ],
+        };
+        let components = SetComponents {
+            config: "import c from \"./_componentDeps/Y29tcG9uZW50cy9i\";",
+            dependencies: vec!["components/b"],
+            definitions: vec![
+                definition("components/b", vec!["../node_modules/a"]),
+                definition("../node_modules/a", vec![]),
+            ],
+        };
+        let env = std::collections::BTreeMap::new();
+        let set = module_set(&app, None, Some(&components), &env).unwrap();
+        let text = String::from_utf8_lossy(&set.bytes);
+        // Ids follow the definitions' paths: `../node_modules/a` is c0, `components/b` c1.
+        assert!(text.contains("\"@c0/lib\": "), "{text}");
+        assert!(text.contains("@c1/_deps/x.js"));
+        assert!(text.contains("\"@c1/schema\": schema1"));
+        assert!(text.contains("[\"c0\", \"../node_modules/a\", definition0]"));
+        // The app reaches `components/b` (base64url `Y29tcG9uZW50cy9i`), which reaches `a`.
+        assert!(text.contains("_componentDeps/Y29tcG9uZW50cy9i"));
+        assert!(text.contains("@c1/_componentDeps/Li4vbm9kZV9tb2R1bGVzL2E"));
+        assert!(text.contains("componentDefinitionPath: \"components/b\""));
+        // A definition used but not pushed, or pushed twice, is refused.
+        let mut missing = components.clone();
+        missing.definitions.pop();
+        let err = module_set(&app, None, Some(&missing), &env).unwrap_err();
+        assert!(err.to_string().contains("which the push does not include"), "{err}");
+        let mut twice = components.clone();
+        twice.definitions.push(definition("components/b", vec![]));
+        assert!(module_set(&app, None, Some(&twice), &env).unwrap_err().to_string().contains("given twice"));
+        // App modules may not take the names of components' modules or of the config.
+        assert!(check_path("@c0/lib.js").is_err());
+        let config_named = [SetModule { path: "convex.config.js", source: "" }];
+        assert!(module_set(&config_named, None, None, &env).is_err());
+    }
+
+    #[test]
     fn a_set_frames_every_module_then_the_entry() {
         let modules = [
             SetModule { path: "a.js", source: "export const x = 1;" },
             SetModule { path: "_deps/c.js", source: "export {};" },
         ];
         let env = std::collections::BTreeMap::from([("A".to_owned(), "1".to_owned())]);
-        let set = module_set(&modules, Some("export default 1;"), &env).unwrap();
+        let set = module_set(&modules, Some("export default 1;"), None, &env).unwrap();
         assert!(set.bytes.starts_with(MAGIC));
         // No convex package in these modules: they run as they are.
         assert!(set.fast_paths_off.is_some());
@@ -371,9 +553,9 @@ mod tests {
         assert!(!text.contains("from \"_deps/c.js\""));
         assert!(text.contains("\"schema\": schema"));
         assert!(text.contains("{\"A\":\"1\"}"));
-        assert!(module_set(&[modules[1].clone()], None, &env).is_err());
-        assert!(module_set(&[modules[0].clone(), modules[0].clone()], None, &env).is_err());
+        assert!(module_set(&[modules[1].clone()], None, None, &env).is_err());
+        assert!(module_set(&[modules[0].clone(), modules[0].clone()], None, None, &env).is_err());
         let schema_named = [SetModule { path: "schema.js", source: "" }];
-        assert!(module_set(&schema_named, None, &env).is_err());
+        assert!(module_set(&schema_named, None, None, &env).is_err());
     }
 }

@@ -6,8 +6,11 @@
 //! `accounts:move`. The bank's `accounts:transfer` also records each transfer (an insert into
 //! a second table) and is reported beside it.
 //!
-//! It also measures fairness between deployments (`--fairness` runs only that part), and
-//! with `--heap-touch` only compares the heap touch's decision with never and always touching.
+//! It also measures fairness between deployments (`--fairness` runs only that part), with
+//! `--heap-touch` only compares the heap touch's decision with never and always touching, and
+//! with `--components` only measures components: a mutation calling a component's against the
+//! same work in the app (fuel, latency), and building and deploying an app with two npm
+//! components.
 //!
 //! `cargo bench -p kiln-runtime --bench runtime` (`-- --quick` for a shorter run;
 //! `--profile-transfers`, `--profile-rust-transfers` or `--profile-queries` for one long phase
@@ -479,6 +482,59 @@ async fn fairness(dir: &Path, cache: &Path, hostile: &[u8], seconds: f64) {
     }
 }
 
+/// A component call against the same work in the app, and an app with two npm components
+/// built and deployed (its packages are installed by the node tests' `npm ci`).
+async fn components(repo: &Path, dir: &Path, cache: &Path, calls: usize) {
+    let fixture = kiln_guest_sdk::build_app(&repo.join("guest-sdk/tests/fixtures/components"), &Default::default())
+        .unwrap()
+        .component;
+    let runtime = runtime(dir, cache, true);
+    runtime.open_deployment("c", config(16)).await.unwrap();
+    runtime.deploy("c", &fixture).await.unwrap();
+    let args = parse_convex_json(r#"{"name": "bench"}"#).unwrap();
+    for path in ["app:bumpVia", "app:bumpHere"] {
+        // The first call inserts the counter; the measured ones find and patch it.
+        runtime.call("c", CallRequest::new(FunctionKind::Mutation, path, args.clone())).await.result.unwrap();
+        let (mut lat, mut fuel) = (Vec::with_capacity(calls), 0);
+        let cpu = cpu_time();
+        for _ in 0..calls {
+            let t = Instant::now();
+            let out = runtime.call("c", CallRequest::new(FunctionKind::Mutation, path, args.clone())).await;
+            out.result.unwrap();
+            lat.push(t.elapsed());
+            fuel = out.fuel;
+        }
+        let cpu_us = (cpu_time() - cpu).as_secs_f64() * 1e6 / calls as f64;
+        lat.sort();
+        report(
+            &format!(
+                "{path} (find + patch a counter{}): fuel, p50 / p99, CPU",
+                if path.ends_with("Via") { " in a component" } else { " in the app" }
+            ),
+            format!("{fuel}, {:.1} us / {:.1} us, {cpu_us:.0} us", pct(&lat, 0.5), pct(&lat, 0.99)),
+        );
+    }
+    runtime.shutdown().await;
+
+    let app = repo.join("host/server/tests/node/components-app");
+    if !repo.join("host/server/tests/node/node_modules/@convex-dev/aggregate").is_dir() {
+        return println!("(skipped the npm components app: run `npm ci` in host/server/tests/node)");
+    }
+    let t = Instant::now();
+    let built = kiln_guest_sdk::build_app(&app, &Default::default()).unwrap();
+    let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    let runtime = runtime_with(&dir.join("npm"), &dir.join("npm-cache"), true, |_| {});
+    runtime.open_deployment("npm", config(16)).await.unwrap();
+    let t = Instant::now();
+    runtime.deploy("npm", &built.component).await.unwrap();
+    let deploy_ms = t.elapsed().as_secs_f64() * 1e3;
+    report(
+        "app with two npm components (rate limiter, aggregate): kiln build / deploy (cold cache)",
+        format!("{build_ms:.0} ms / {deploy_ms:.0} ms ({} KiB)", built.component.len() / 1024),
+    );
+    runtime.shutdown().await;
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == IDLE_MEMORY) {
@@ -503,6 +559,10 @@ fn main() {
         if only_fairness {
             let hostile = build("guest-sdk/tests/fixtures/hostile");
             return fairness(&work.path().join("fairness"), &cache, &hostile, seconds).await;
+        }
+        if std::env::args().any(|a| a == "--components") {
+            let calls = if quick { 200 } else { 2000 };
+            return components(&repo, &work.path().join("components"), &cache, calls).await;
         }
         if only_heap_touch {
             let hostile = build("guest-sdk/tests/fixtures/hostile");

@@ -436,6 +436,7 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
         FunctionKind::Mutation => ctx.txn.as_ref().map(Transaction::savepoint),
         _ => None,
     };
+    let called = Instant::now();
     let executed = match (ctx.kind, kind) {
         (FunctionKind::Query | FunctionKind::Mutation, FunctionKind::Query)
         | (FunctionKind::Mutation, FunctionKind::Mutation) => {
@@ -524,9 +525,17 @@ pub(crate) fn run_nested(ctx: &mut HostCtx, kind: FunctionKind, name: &str, args
             return Err(wit_error("NotAllowed", format!("{}: a {caller:?} cannot call a {callee:?}", ctx.path)));
         }
     };
-    ctx.nested_fuel += executed.fuel + executed.ctx.nested_fuel;
+    let spent = executed.fuel + executed.ctx.nested_fuel;
+    ctx.nested_fuel += spent;
     ctx.logs.extend(executed.ctx.logs);
     let result = executed.outcome.and_then(|bytes| check_result(&dep, entry, &component, &path, &bytes).map(|_| bytes));
+    // A call into another instance is reported under that instance as well.
+    if component != ctx.component {
+        let outcome = result.as_ref().err().map_or("ok".to_owned(), |e| e.code.clone());
+        let path = display_path(&component, &path);
+        let record = CallRecord { path, kind, fuel: spent, wall: called.elapsed(), outcome };
+        dep.metering.record_component(&component, &record);
+    }
     if result.is_err()
         && let (Some(savepoint), Some(txn)) = (savepoint, ctx.txn.as_mut())
     {
@@ -543,8 +552,15 @@ pub(crate) async fn call(shared: Arc<Shared>, dep: Arc<Deployment>, req: CallReq
     let path = normalize_path(&req.path);
     let result = run(&shared, &dep, &req, &path, &mut out).instrument(span).await;
     // A component's function is metered under its instance (`counter/lib:add`).
-    let metered = if req.internal { display_path(&req.component, &path) } else { path };
-    finish(&dep, out, metered, req.kind, result, started)
+    let component = if req.internal { req.component.as_str() } else { "" };
+    let metered = display_path(component, &path);
+    let out = finish(&dep, out, metered.clone(), req.kind, result, started);
+    if !component.is_empty() {
+        let outcome = out.result.as_ref().err().map_or("ok".to_owned(), |e| e.code.clone());
+        let record = CallRecord { path: metered, kind: req.kind, fuel: out.fuel, wall: out.wall, outcome };
+        dep.metering.record_component(component, &record);
+    }
+    out
 }
 
 /// Meters a finished call and puts its result into its outcome.

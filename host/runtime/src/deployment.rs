@@ -93,6 +93,11 @@ impl Version {
         self.functions.get(&normalize_path(path)).map(|f| (f.kind, f.public))
     }
 
+    /// [`Version::function_kind`] of a function of component instance `instance` (`""`: the app).
+    pub fn function_kind_in(&self, instance: &str, path: &str) -> Option<(FunctionKind, bool)> {
+        self.function_in(instance, &normalize_path(path)).map(|f| (f.kind, f.public))
+    }
+
     /// Whether calls currently ask the guest to write its heap's data pages when they start
     /// (turned on while calls take many page faults; see `heap_touch`).
     pub fn touches_heap(&self) -> bool {

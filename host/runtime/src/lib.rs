@@ -48,7 +48,7 @@ pub use engine::EngineHandle;
 pub use error::{CallError, Result, RuntimeError};
 pub use host::LogLine;
 pub use kiln_blobs::OpenBlob;
-pub use kiln_component::manifest::{AuthProviderSpec, Manifest};
+pub use kiln_component::manifest::{AuthProviderSpec, ComponentInstance, Manifest};
 pub use knobs::{DeploymentConfig, FetchPolicy, Limits, Priority, Quotas, RuntimeConfig};
 pub use metering::{CallRecord, FunctionUsage, Usage};
 pub use storage::FileMeta;

@@ -53,6 +53,11 @@ pub struct Usage {
     pub period_start_ms: u64,
     /// Fuel consumed in the current period.
     pub period_fuel: u64,
+    /// The part of the totals spent in each mounted component instance (its functions run by
+    /// the app, by other components and by the scheduler; calls it makes included). Already
+    /// counted in `total`: the deployment pays for its components.
+    #[serde(default)]
+    pub components: BTreeMap<String, FunctionUsage>,
 }
 
 /// One call, as metered.
@@ -158,6 +163,13 @@ impl Metering {
             recent.pop_front();
         }
         recent.push_back(record);
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Records the part of a call spent in component instance `instance` (a call of one of
+    /// its functions), into the per-component breakdown only.
+    pub(crate) fn record_component(&self, instance: &str, record: &CallRecord) {
+        self.usage.lock().components.entry(instance.to_owned()).or_default().add(record);
         self.dirty.store(true, Ordering::Release);
     }
 

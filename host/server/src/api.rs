@@ -109,6 +109,9 @@ struct FunctionBody {
     args: Option<JsonValue>,
     #[serde(default)]
     ts: Option<String>,
+    /// A mounted component instance whose function `path` is (admins only).
+    #[serde(default, rename = "componentPath")]
+    component_path: Option<String>,
 }
 
 /// Output formats: Convex JSON (`convex_encoded_json`) or clean JSON (`json`).
@@ -171,6 +174,11 @@ impl FunctionBody {
     fn path(&self) -> Result<&str> {
         self.path.as_deref().ok_or_else(|| ServerError::BadRequest("invalid request body: missing field `path`".into()))
     }
+
+    /// The component instance named (`""`: the app).
+    fn component(&self) -> &str {
+        self.component_path.as_deref().unwrap_or_default()
+    }
 }
 
 /// Runs one call for an HTTP request (inflight limit, identity, logging, metrics).
@@ -180,6 +188,7 @@ async fn run_call(
     dep: &Arc<DeploymentState>,
     caller: &Caller,
     kind: FunctionKind,
+    component: &str,
     path: &str,
     args: Value,
     snapshot: Option<Timestamp>,
@@ -189,13 +198,22 @@ async fn run_call(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ServerError::TooManyConcurrentRequests(dep.name.clone()))?;
+    if !component.is_empty() && !caller.is_admin() {
+        let message = format!("calling a function of component {component:?} needs an admin key");
+        return Ok(CallOutcome {
+            result: Err(kiln_runtime::CallError::new("Unauthorized", message)),
+            ..CallOutcome::default()
+        });
+    }
     if kind == FunctionKind::Query && crate::system::is_system(path) {
+        let admin = caller.is_admin();
         let result =
-            crate::system::query_deployment(&state.runtime, &dep.name, &dep.snapshots, caller.is_admin(), path, &args)
+            crate::system::query_deployment(&state.runtime, &dep.name, &dep.snapshots, admin, component, path, &args)
                 .await;
         return Ok(CallOutcome { result, ..CallOutcome::default() });
     }
     let mut req = CallRequest::new(kind, path, args);
+    req.component = component.to_owned();
     req.identity = caller.identity();
     req.internal = caller.is_admin();
     req.snapshot = snapshot;
@@ -230,25 +248,32 @@ async fn call_endpoint(
         Some(p) => p,
         None => body.path()?.to_owned(),
     };
+    let component = body.component();
     let kind = match kind {
         Some(k) => k,
-        None => function_kind(&state, deployment, &path, &caller)?,
+        None => function_kind(&state, deployment, component, &path, &caller)?,
     };
     let args = match parse_args(body.args.as_ref()) {
         Ok(a) => a,
         Err(m) => return Ok(args_failure(m)),
     };
-    let out = run_call(&state, &dep, &caller, kind, &path, args, None).await?;
+    let out = run_call(&state, &dep, &caller, kind, component, &path, args, None).await?;
     let (status, body) = outcome_body(&out, format);
     Ok(respond(status, body))
 }
 
 /// The kind of a function, for endpoints that accept any kind.
-fn function_kind(state: &AppState, deployment: &str, path: &str, caller: &Caller) -> Result<FunctionKind> {
+fn function_kind(
+    state: &AppState,
+    deployment: &str,
+    component: &str,
+    path: &str,
+    caller: &Caller,
+) -> Result<FunctionKind> {
     let version = state.runtime.deployment(deployment).and_then(|d| d.version());
     // Unknown functions are run as queries so that the runtime reports them uniformly.
     Ok(version
-        .and_then(|v| v.function_kind(path))
+        .and_then(|v| v.function_kind_in(component, path))
         .filter(|(_, public)| *public || caller.is_admin())
         .map(|(k, _)| k)
         .unwrap_or(FunctionKind::Query))
@@ -332,7 +357,8 @@ pub async fn query_batch(
         let body = match parse_args(q.args.as_ref()) {
             Ok(args) => {
                 outcome_body(
-                    &run_call(&state, &dep, &caller, FunctionKind::Query, q.path()?, args, Some(ts)).await?,
+                    &run_call(&state, &dep, &caller, FunctionKind::Query, q.component(), q.path()?, args, Some(ts))
+                        .await?,
                     format,
                 )
                 .1
@@ -373,7 +399,8 @@ pub async fn query_at_ts(
         Ok(a) => a,
         Err(m) => return Ok(args_failure(m)),
     };
-    let out = run_call(&state, &dep, &caller, FunctionKind::Query, body.path()?, args, Some(ts)).await?;
+    let out =
+        run_call(&state, &dep, &caller, FunctionKind::Query, body.component(), body.path()?, args, Some(ts)).await?;
     let (status, body) = outcome_body(&out, format);
     Ok(respond(status, body))
 }

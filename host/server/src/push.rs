@@ -22,7 +22,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use kiln_guest_sdk::module_set::{self, SetModule};
-use kiln_runtime::{Manifest, Version};
+use kiln_runtime::{ComponentInstance, Manifest, Version};
 use kiln_store::Schema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
@@ -72,6 +72,9 @@ struct ModuleHash {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AppDefinition {
+    /// Its `convex.config.js`, when it mounts components.
+    #[serde(default)]
+    definition: Option<ModuleConfig>,
     #[serde(default)]
     dependencies: Vec<String>,
     schema: Option<ModuleConfig>,
@@ -83,6 +86,21 @@ struct AppDefinition {
     udf_server_version: String,
 }
 
+/// A component definition of a push (each definition once, however often it is mounted).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ComponentDefinitionConfig {
+    /// Its folder relative to `convex/`.
+    definition_path: String,
+    /// Its `convex.config.js`.
+    definition: ModuleConfig,
+    #[serde(default)]
+    dependencies: Vec<String>,
+    schema: Option<ModuleConfig>,
+    #[serde(default)]
+    functions: Vec<ModuleConfig>,
+}
+
 /// The body of `start_push`, `evaluate_push` and `evaluate_schema`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -91,7 +109,7 @@ struct PushRequest {
     dry_run: bool,
     app_definition: AppDefinition,
     #[serde(default)]
-    component_definitions: Vec<Json>,
+    component_definitions: Vec<ComponentDefinitionConfig>,
     #[serde(default)]
     node_dependencies: Vec<Json>,
 }
@@ -111,6 +129,8 @@ struct Build {
     component: Vec<u8>,
     version: Arc<Version>,
     modules: Vec<ModuleConfig>,
+    /// The module paths of each component definition pushed, by definition path.
+    component_modules: BTreeMap<String, Vec<String>>,
     schema: Option<Schema>,
     udf_server_version: String,
 }
@@ -185,6 +205,36 @@ impl IndexDiff {
             l.iter().map(|(name, fields)| json!({"name": name, "type": "database", "fields": fields})).collect()
         };
         json!({ "added_indexes": list(&self.added), "removed_indexes": list(&self.removed) })
+    }
+
+    /// The diff split by component instance (`""`: the app, always present), each index
+    /// named within its instance (`btree.by_namespace` of `aggregate/btree`), as the CLI
+    /// prints them.
+    fn by_component(&self) -> BTreeMap<String, Json> {
+        let split = |l: &[(String, Vec<String>)]| {
+            let mut out: BTreeMap<String, Vec<(String, Vec<String>)>> = BTreeMap::new();
+            for (name, fields) in l {
+                let (component, own) = match name.split_once('.').and_then(|(table, _)| table.rsplit_once('/')) {
+                    Some((component, _)) => (component, &name[component.len() + 1..]),
+                    None => ("", name.as_str()),
+                };
+                out.entry(component.to_owned()).or_default().push((own.to_owned(), fields.clone()));
+            }
+            out
+        };
+        let (added, removed) = (split(&self.added), split(&self.removed));
+        let mut components: BTreeSet<String> = added.keys().chain(removed.keys()).cloned().collect();
+        components.insert(String::new());
+        components
+            .into_iter()
+            .map(|c| {
+                let diff = IndexDiff {
+                    added: added.get(&c).cloned().unwrap_or_default(),
+                    removed: removed.get(&c).cloned().unwrap_or_default(),
+                };
+                (c, diff.json())
+            })
+            .collect()
     }
 }
 
@@ -287,6 +337,7 @@ async fn warm_up(runtime: Arc<kiln_runtime::Runtime>) {
             let set = module_set::module_set(
                 &[SetModule { path: "warm_up.js", source: "export {};" }],
                 None,
+                None,
                 &BTreeMap::new(),
             )?;
             Ok::<_, ServerError>(kiln_guest_sdk::module_set_component(
@@ -310,22 +361,22 @@ async fn warm_up(runtime: Arc<kiln_runtime::Runtime>) {
 }
 
 /// The push's modules, with the unchanged ones taken from the last push; refuses what Kiln
-/// does not run (components, Node.js modules) by name.
+/// does not run (Node.js modules) by name.
 fn modules_of(state: &AppState, deployment: &str, request: &PushRequest) -> Result<Vec<ModuleConfig>> {
     let mut refused = Vec::new();
-    if !request.component_definitions.is_empty() || !request.app_definition.dependencies.is_empty() {
-        let names: Vec<String> = request
-            .component_definitions
-            .iter()
-            .filter_map(|c| c.get("definitionPath").and_then(Json::as_str).map(str::to_owned))
-            .chain(request.app_definition.dependencies.iter().cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        refused.push(format!(
-            "components (convex/convex.config.ts uses {}) are not supported yet",
-            if names.is_empty() { "components".to_owned() } else { names.join(", ") }
+    if request.app_definition.definition.is_none() && !request.component_definitions.is_empty() {
+        return Err(ServerError::BadRequest(
+            "component definitions were pushed without the app's convex.config".into(),
         ));
+    }
+    for c in &request.component_definitions {
+        for m in c.functions.iter().filter(|m| m.environment == "node" && !module_set::is_chunk(&m.path)) {
+            let file = m.path.strip_suffix(".js").unwrap_or(&m.path);
+            refused.push(format!(
+                "Node.js modules (\"use node\" in {file} of component {}) are not supported yet",
+                c.definition_path
+            ));
+        }
     }
     let app = &request.app_definition;
     let mut modules = app.changed_modules.clone();
@@ -373,8 +424,15 @@ async fn build(state: &Arc<AppState>, deployment: &str, request: &PushRequest) -
     let limits = &state.config.push;
     let modules = modules_of(state, deployment, request)?;
     let schema_module = request.app_definition.schema.as_ref();
-    let size: usize =
-        modules.iter().map(|m| m.source.len()).sum::<usize>() + schema_module.map_or(0, |s| s.source.len());
+    let definitions = &request.component_definitions;
+    let size: usize = modules.iter().map(|m| m.source.len()).sum::<usize>()
+        + schema_module.map_or(0, |s| s.source.len())
+        + request.app_definition.definition.as_ref().map_or(0, |d| d.source.len())
+        + definitions
+            .iter()
+            .flat_map(|c| c.functions.iter().chain(c.schema.as_ref()).chain([&c.definition]))
+            .map(|m| m.source.len())
+            .sum::<usize>();
     if size > limits.max_source_bytes {
         return Err(failed(
             "PushTooLarge",
@@ -386,8 +444,22 @@ async fn build(state: &Arc<AppState>, deployment: &str, request: &PushRequest) -
     // Module-level code (an `auth.config.ts`) sees the deployment's variables as they are now;
     // they are part of what is compiled, so changing them compiles the push anew.
     let env = state.registry.lock().get(deployment).map(|r| r.env.clone()).unwrap_or_default();
+    let components = request.app_definition.definition.as_ref().map(|config| module_set::SetComponents {
+        config: &config.source,
+        dependencies: request.app_definition.dependencies.iter().map(String::as_str).collect(),
+        definitions: definitions
+            .iter()
+            .map(|c| module_set::SetDefinition {
+                path: &c.definition_path,
+                config: &c.definition.source,
+                dependencies: c.dependencies.iter().map(String::as_str).collect(),
+                schema: c.schema.as_ref().map(|s| s.source.as_str()),
+                modules: c.functions.iter().map(|m| SetModule { path: &m.path, source: &m.source }).collect(),
+            })
+            .collect(),
+    });
     let module_set::ModuleSet { bytes: set, fast_paths_off } =
-        module_set::module_set(&set_modules, schema_module.map(|s| s.source.as_str()), &env)?;
+        module_set::module_set(&set_modules, schema_module.map(|s| s.source.as_str()), components.as_ref(), &env)?;
     let digest = hex(&Sha256::digest(&set));
     let dep = state.deployment(deployment)?;
     let reuse = |dep: &crate::DeploymentState| dep.pushes.last.lock().clone().filter(|b| b.digest == digest);
@@ -412,7 +484,8 @@ async fn build(state: &Arc<AppState>, deployment: &str, request: &PushRequest) -
     let loaded = started.elapsed();
     let version = state.runtime.prepare(&component).await?;
     version.manifest.check_supported().map_err(|e| failed(e.code(), e.to_string()))?;
-    let schema = match &version.manifest.schema {
+    // The app's schema with its components' tables under their instances.
+    let schema = match version.manifest.deployment_schema().map_err(|e| failed(e.code(), e.to_string()))? {
         Some(s) => Some(Schema::parse(&s.to_string()).map_err(|e| failed(e.code(), e.to_string()))?),
         None => None,
     };
@@ -430,6 +503,10 @@ async fn build(state: &Arc<AppState>, deployment: &str, request: &PushRequest) -
         component,
         version,
         modules,
+        component_modules: definitions
+            .iter()
+            .map(|c| (c.definition_path.clone(), c.functions.iter().map(|m| m.path.clone()).collect()))
+            .collect(),
         schema,
         udf_server_version: request.app_definition.udf_server_version.clone(),
     });
@@ -437,13 +514,63 @@ async fn build(state: &Arc<AppState>, deployment: &str, request: &PushRequest) -
     Ok(build)
 }
 
-/// The analysis of the root component as `start_push` answers it.
-fn analysis(build: &Build) -> Json {
+/// The analysis of the app and of each component definition, by definition path (`""`: the
+/// app), as `start_push` answers it: the CLI's codegen reads each definition's functions.
+fn analysis(build: &Build) -> Result<Json> {
     let manifest: &Manifest = &build.version.manifest;
+    let tree = manifest.components.as_ref();
+    let udf_config = json!({
+        "serverVersion": build.udf_server_version, "importPhaseRngSeed": null, "importPhaseUnixTimestamp": null
+    });
+    let app_modules: Vec<&str> = build.modules.iter().map(|m| m.path.as_str()).collect();
+    let mut definition = tree.and_then(|t| t.get("app")).cloned().unwrap_or_else(|| {
+        json!({
+            "definitionType": { "type": "app" },
+            "childComponents": [],
+            "httpMounts": {},
+            "exports": { "type": "branch", "branch": [] },
+        })
+    });
+    definition["path"] = json!("");
+    let mut out = serde_json::Map::new();
+    out.insert(
+        String::new(),
+        json!({
+            "definition": definition,
+            "schema": manifest.schema,
+            "functions": module_functions(manifest, "", &app_modules),
+            "udfConfig": udf_config,
+        }),
+    );
+    let definitions = tree.and_then(|t| t.get("definitions")).and_then(Json::as_array).cloned().unwrap_or_default();
+    for d in definitions {
+        let (Some(id), Some(path)) = (d.get("id").and_then(Json::as_str), d.get("path").and_then(Json::as_str)) else {
+            return Err(ServerError::Internal("the component analysis lacks a definition's id or path".into()));
+        };
+        let modules: Vec<&str> =
+            build.component_modules.get(path).map(|m| m.iter().map(String::as_str).collect()).unwrap_or_default();
+        let mut definition = d.get("definition").cloned().unwrap_or(Json::Null);
+        definition["path"] = json!(path);
+        out.insert(
+            path.to_owned(),
+            json!({
+                "definition": definition,
+                "schema": d.get("schema"),
+                "functions": module_functions(manifest, &format!("@{id}/"), &modules),
+                "udfConfig": udf_config,
+            }),
+        );
+    }
+    Ok(Json::Object(out))
+}
+
+/// The analyzed modules of one definition (its functions are `<prefix><module>:<export>`),
+/// every module of `modules` listed, chunks left out.
+fn module_functions(manifest: &Manifest, prefix: &str, modules: &[&str]) -> Json {
     let mut functions: BTreeMap<String, Vec<Json>> = BTreeMap::new();
-    for m in &build.modules {
-        if !module_set::is_chunk(&m.path) {
-            functions.entry(m.path.clone()).or_default();
+    for m in modules {
+        if !module_set::is_chunk(m) {
+            functions.entry((*m).to_owned()).or_default();
         }
     }
     for f in &manifest.functions {
@@ -453,7 +580,12 @@ fn analysis(build: &Build) -> Json {
             "action" => "Action",
             _ => continue,
         };
-        let Some((module, name)) = f.path.split_once(':') else { continue };
+        let Some(path) = f.path.strip_prefix(prefix) else { continue };
+        // The app's own functions never start with `@`; a component's are prefixed.
+        if prefix.is_empty() && path.starts_with('@') {
+            continue;
+        }
+        let Some((module, name)) = path.split_once(':') else { continue };
         let text = |v: &Option<Json>| v.as_ref().map(Json::to_string);
         functions.entry(format!("{module}.js")).or_default().push(json!({
             "name": name,
@@ -464,25 +596,32 @@ fn analysis(build: &Build) -> Json {
             "returns": text(&f.returns),
         }));
     }
-    let functions: serde_json::Map<String, Json> = functions
+    functions
         .into_iter()
         .map(|(path, list)| {
             (path, json!({ "functions": list, "httpRoutes": null, "cronSpecs": null, "sourceMapped": null }))
         })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// The mounted instances as the CLI's checked component tree, from `instance` (`""`: the app).
+fn checked_component(instances: &[ComponentInstance], instance: &str, definition_path: &str) -> Json {
+    let children: serde_json::Map<String, Json> = instances
+        .iter()
+        .filter_map(|i| {
+            let name =
+                if instance.is_empty() { i.path.as_str() } else { i.path.strip_prefix(instance)?.strip_prefix('/')? };
+            (!name.contains('/')).then(|| (name.to_owned(), checked_component(instances, &i.path, &i.definition_path)))
+        })
         .collect();
     json!({
-        "": {
-            "definition": {
-                "path": "",
-                "definitionType": { "type": "app" },
-                "childComponents": [],
-                "httpMounts": {},
-                "exports": { "type": "branch", "branch": [] },
-            },
-            "schema": manifest.schema,
-            "functions": functions,
-            "udfConfig": { "serverVersion": build.udf_server_version, "importPhaseRngSeed": null, "importPhaseUnixTimestamp": null },
-        }
+        "definitionPath": definition_path,
+        "componentPath": instance,
+        "args": {},
+        "childComponents": children,
+        "httpRoutes": { "httpModuleRoutes": null, "mounts": [] },
+        "exports": {},
     })
 }
 
@@ -508,7 +647,7 @@ fn schema_change(id: Option<&str>, indexes: &IndexDiff) -> Json {
     json!({
         "allocatedComponentIds": null,
         "schemaIds": id.map(|id| json!({ "kilnPush": id })),
-        "indexDiffs": { "": indexes.json() },
+        "indexDiffs": indexes.by_component(),
     })
 }
 
@@ -627,6 +766,7 @@ pub async fn start_push(
     let request = read_request(&state, &d, &headers, &body).await?;
     let build = build(&state, &d, &request).await?;
     let app_auth = app_auth_json(&build.version.manifest)?;
+    let instances = build.version.manifest.component_instances().map_err(|e| failed(e.code(), e.to_string()))?;
     let dep = state.deployment(&d)?;
     let store = state.deployment_store(&d)?;
     let indexes = IndexDiff::between(&store.catalog(), build.schema.as_ref());
@@ -661,15 +801,8 @@ pub async fn start_push(
         "externalDepsId": null,
         "componentDefinitionPackages": {},
         "appAuth": app_auth,
-        "analysis": analysis(&build),
-        "app": {
-            "definitionPath": "",
-            "componentPath": "",
-            "args": {},
-            "childComponents": {},
-            "httpRoutes": { "httpModuleRoutes": null, "mounts": [] },
-            "exports": {},
-        },
+        "analysis": analysis(&build)?,
+        "app": checked_component(&instances, "", ""),
         "schemaChange": schema_change(Some(&id), &indexes),
     }))
     .into_response())
@@ -855,20 +988,30 @@ pub async fn finish_push(
         }
     }
     let list = |a: &BTreeSet<String>, b: &BTreeSet<String>| a.difference(b).cloned().collect::<Vec<_>>();
+    let component_diffs: serde_json::Map<String, Json> = pending
+        .indexes
+        .by_component()
+        .into_iter()
+        .map(|(component, index_diff)| {
+            let root = component.is_empty();
+            let diff = json!({
+                "diffType": { "type": if !root || !before.modules.is_empty() { "modify" } else { "create" } },
+                "moduleDiff": {
+                    "added": if root { new_paths.difference(&old_paths).collect::<Vec<_>>() } else { Vec::new() },
+                    "removed": if root { old_paths.difference(&new_paths).collect::<Vec<_>>() } else { Vec::new() },
+                },
+                "udfConfigDiff": null,
+                "cronDiff": { "added": [], "updated": [], "deleted": [] },
+                "indexDiff": index_diff,
+                "schemaDiff": null,
+            });
+            (component, diff)
+        })
+        .collect();
     Ok(axum::Json(json!({
         "authDiff": { "added": list(&new_auth, &old_auth), "removed": list(&old_auth, &new_auth) },
         "definitionDiffs": {},
-        "componentDiffs": { "": {
-            "diffType": { "type": if before.modules.is_empty() { "create" } else { "modify" } },
-            "moduleDiff": {
-                "added": new_paths.difference(&old_paths).collect::<Vec<_>>(),
-                "removed": old_paths.difference(&new_paths).collect::<Vec<_>>(),
-            },
-            "udfConfigDiff": null,
-            "cronDiff": { "added": [], "updated": [], "deleted": [] },
-            "indexDiff": pending.indexes.json(),
-            "schemaDiff": null,
-        }},
+        "componentDiffs": component_diffs,
     }))
     .into_response())
 }

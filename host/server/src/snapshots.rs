@@ -10,7 +10,7 @@
 //! document's `_id` and `_creationTime`. Both run to the end within their request, so the
 //! state the CLI subscribes to is final when it asks; one runs at a time per deployment.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -477,10 +477,18 @@ pub async fn finish_upload(
     cleanup(&parts);
     let store = state.deployment_store(&d)?;
     let catalog = store.catalog();
+    // A component's tables go to an instance the deployed app mounts.
+    let mounted: BTreeSet<String> = match state.runtime.deployment(&d).and_then(|rd| rd.version()) {
+        Some(version) => version.manifest.component_instances().map_err(|e| ServerError::Internal(e.to_string()))?,
+        None => Vec::new(),
+    }
+    .into_iter()
+    .map(|i| i.path)
+    .collect();
     // The whole snapshot is read once before anything is written.
     let checked = {
         let file = file.clone();
-        tokio::task::spawn_blocking(move || check(&file, &catalog))
+        tokio::task::spawn_blocking(move || check(&file, &catalog, &mounted))
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))?
     };
@@ -528,14 +536,27 @@ pub async fn finish_upload(
 }
 
 /// Reads every document of the snapshot at `file`: each decodes, has an id of its table's
-/// number that this deployment can take. Returns the documents per table and the system
+/// number that this deployment can take, and a component's table belongs to a `mounted`
+/// instance. Returns the documents per table and the system
 /// tables left out.
-fn check(file: &std::path::Path, catalog: &kiln_store::Catalog) -> Result<(BTreeMap<String, u64>, Vec<String>)> {
+fn check(
+    file: &std::path::Path,
+    catalog: &kiln_store::Catalog,
+    mounted: &BTreeSet<String>,
+) -> Result<(BTreeMap<String, u64>, Vec<String>)> {
     let input = std::fs::File::open(file).map_err(|e| ServerError::Internal(e.to_string()))?;
     let mut reader = SnapshotReader::open(std::io::BufReader::new(input)).map_err(snapshot_error)?;
     let mut counts = BTreeMap::new();
     let mut numbers: BTreeMap<u32, String> = BTreeMap::new();
     for table in reader.tables().to_vec() {
+        if let Some((instance, _)) = table.name.rsplit_once('/')
+            && !mounted.contains(instance)
+        {
+            return Err(bad_import(format!(
+                "the snapshot has tables of component {instance:?} ({:?}), which the deployed app does not mount: deploy the app that mounts it first",
+                table.name
+            )));
+        }
         let mut number = None;
         let mut n = 0u64;
         reader.documents::<ServerError>(&table, |doc| {

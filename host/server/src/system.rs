@@ -14,6 +14,8 @@ pub struct Facts<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// What its deployed app defines, if one is deployed.
     pub manifest: Option<&'a Manifest>,
+    /// The component instance asked about (`""`: the app).
+    pub component: &'a str,
 }
 
 /// [`query`] for deployment `name` of `runtime`, and the system queries that read its tables.
@@ -22,14 +24,25 @@ pub async fn query_deployment(
     name: &str,
     snapshots: &crate::snapshots::Snapshots,
     admin: bool,
+    component: &str,
     path: &str,
     args: &Value,
 ) -> Result<Value, CallError> {
     let deployment = runtime.deployment(name);
+    let version = deployment.as_ref().and_then(|d| d.version());
+    if !component.is_empty() {
+        let mounted = version.as_ref().and_then(|v| v.manifest.component_instances().ok()).unwrap_or_default();
+        if !mounted.iter().any(|i| i.path == component) {
+            return Err(CallError::new(
+                "ComponentNotFound",
+                format!("the deployed app mounts no component at {component:?}"),
+            ));
+        }
+    }
     if admin && let Some(d) = &deployment {
         match kiln_runtime::normalize_path(path).as_str() {
-            "_system/cli/tables:default" => return Ok(tables(d.store())),
-            "_system/cli/tableData:default" => return table_data(d.store(), args).await,
+            "_system/cli/tables:default" => return Ok(tables(d.store(), component)),
+            "_system/cli/tableData:default" => return table_data(d.store(), component, args).await,
             "_system/cli/exports:getLatest" => return Ok(snapshots.latest_export()),
             "_system/cli/queryImport:list" => return Ok(snapshots.imports()),
             "_system/cli/queryImport:default" => {
@@ -46,10 +59,12 @@ pub async fn query_deployment(
         }
     }
     let config = deployment.as_ref().map(|d| d.config());
-    let version = deployment.as_ref().and_then(|d| d.version());
     let none = BTreeMap::new();
-    let facts =
-        Facts { env: config.as_ref().map_or(&none, |c| &c.env), manifest: version.as_ref().map(|v| &v.manifest) };
+    let facts = Facts {
+        env: config.as_ref().map_or(&none, |c| &c.env),
+        manifest: version.as_ref().map(|v| &v.manifest),
+        component,
+    };
     query(&facts, admin, path, args)
 }
 
@@ -62,9 +77,18 @@ fn page(items: Vec<Value>, is_done: bool, cursor: String) -> Value {
     ]))
 }
 
-/// `_system/cli/tables` (`npx convex data`): the app's tables, in one page.
-fn tables(store: &kiln_store::Store) -> Value {
-    let names = store.catalog().tables.keys().filter(|t| !t.starts_with('_')).cloned().collect::<Vec<_>>();
+/// `_system/cli/tables` (`npx convex data [--component <path>]`): the tables of the app or
+/// of a component instance, in one page.
+fn tables(store: &kiln_store::Store, component: &str) -> Value {
+    let prefix = if component.is_empty() { String::new() } else { format!("{component}/") };
+    let names = store
+        .catalog()
+        .tables
+        .keys()
+        .filter_map(|t| t.strip_prefix(&prefix))
+        .filter(|t| !t.starts_with('_') && !t.contains('/'))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
     let items =
         names.into_iter().map(|name| Value::Object(Object::from([("name".to_owned(), Value::String(name))]))).collect();
     page(items, true, String::new())
@@ -72,13 +96,17 @@ fn tables(store: &kiln_store::Store) -> Value {
 
 /// `_system/cli/tableData` (`npx convex data <table>`): a page of a table's documents in
 /// creation order (`order`: `asc` or `desc`), with `paginationOpts` as for any paginated query.
-async fn table_data(store: &kiln_store::Store, args: &Value) -> Result<Value, CallError> {
+async fn table_data(store: &kiln_store::Store, component: &str, args: &Value) -> Result<Value, CallError> {
     let bad = |what: &str| CallError::new("InvalidArgs", format!("_system/cli/tableData: {what}"));
     let Value::Object(args) = args else { return Err(bad("arguments must be an object")) };
     let table = args.get("table").and_then(Value::as_str).ok_or_else(|| bad("`table` must be a string"))?;
     if table.starts_with('_') {
         return Err(bad("system tables are not listed"));
     }
+    if table.contains('/') {
+        return Err(bad("name a component's table with the component path, not in the table name"));
+    }
+    let table = &kiln_store::component_table(component, table);
     let order = match args.get("order").and_then(Value::as_str) {
         None | Some("asc") => kiln_store::Order::Asc,
         Some("desc") => kiln_store::Order::Desc,
@@ -109,9 +137,18 @@ async fn table_data(store: &kiln_store::Store, args: &Value) -> Result<Value, Ca
     Ok(page(items, found.is_done, found.continue_cursor))
 }
 
-/// `_system/cli/modules:apiSpec`: the deployed app's functions, as `npx convex function-spec`
-/// prints them (and `npx convex run` lists them when a name is wrong).
-fn api_spec(manifest: Option<&Manifest>) -> Value {
+/// `_system/cli/modules:apiSpec`: the functions of the deployed app or of one of its
+/// component instances, as `npx convex function-spec` prints them (and `npx convex run` lists
+/// them when a name is wrong).
+fn api_spec(manifest: Option<&Manifest>, component: &str) -> Value {
+    // A component's functions are `@<definition id>/<module>:<export>` in the manifest.
+    let prefix = match manifest.and_then(|m| m.component_instances().ok()) {
+        Some(instances) if !component.is_empty() => match instances.into_iter().find(|i| i.path == component) {
+            Some(i) => format!("@{}/", i.definition),
+            None => return Value::Array(Vec::new()),
+        },
+        _ => String::new(),
+    };
     let json = |j: &Option<serde_json::Value>| {
         j.as_ref().and_then(|j| kiln_value::from_convex_json(j).ok()).unwrap_or(Value::Null)
     };
@@ -124,10 +161,14 @@ fn api_spec(manifest: Option<&Manifest>) -> Value {
             "action" => "Action",
             _ => continue,
         };
+        let Some(path) = f.path.strip_prefix(&prefix) else { continue };
+        if prefix.is_empty() && path.starts_with('@') {
+            continue;
+        }
         // Convex names modules by their file: `dir/module.js:export`.
-        let identifier = match f.path.rsplit_once(':') {
+        let identifier = match path.rsplit_once(':') {
             Some((module, export)) => format!("{module}.js:{export}"),
-            None => f.path.clone(),
+            None => path.to_owned(),
         };
         out.push(Value::Object(Object::from([
             ("functionType".to_owned(), text(kind)),
@@ -137,7 +178,8 @@ fn api_spec(manifest: Option<&Manifest>) -> Value {
             ("returns".to_owned(), json(&f.returns)),
         ])));
     }
-    for r in manifest.map(|m| m.http_routes.as_slice()).unwrap_or_default() {
+    let routes = if component.is_empty() { manifest.map(|m| m.http_routes.as_slice()) } else { None };
+    for r in routes.unwrap_or_default() {
         out.push(Value::Object(Object::from([
             ("functionType".to_owned(), text("HttpAction")),
             ("method".to_owned(), text(&r.method)),
@@ -179,7 +221,7 @@ pub fn query(facts: &Facts<'_>, admin: bool, path: &str, args: &Value) -> Result
             };
             Ok(env.get(name).map_or(Value::Null, |value| variable(name, value)))
         }
-        "_system/cli/modules:apiSpec" => Ok(api_spec(facts.manifest)),
+        "_system/cli/modules:apiSpec" => Ok(api_spec(facts.manifest, facts.component)),
         _ => Err(CallError::new(
             "UnsupportedSystemFunction",
             format!("the system function {path} is not supported by this version of Kiln"),
@@ -194,7 +236,7 @@ mod tests {
     #[test]
     fn environment_queries_answer_admins_only_and_unknown_ones_are_refused_by_name() {
         let env = BTreeMap::from([("B".to_owned(), "2".to_owned()), ("A".to_owned(), "1".to_owned())]);
-        let env = &Facts { env: &env, manifest: None };
+        let env = &Facts { env: &env, manifest: None, component: "" };
         let none = Value::Object(Object::new());
         let list = query(env, true, "_system/cli/queryEnvironmentVariables", &none).unwrap();
         let Value::Array(items) = list else { panic!("{list:?}") };
@@ -224,7 +266,12 @@ mod tests {
     #[test]
     fn the_api_spec_lists_the_deployed_functions() {
         let none = Value::Object(Object::new());
-        let empty = query(&Facts { env: &BTreeMap::new(), manifest: None }, true, "_system/cli/modules:apiSpec", &none);
+        let empty = query(
+            &Facts { env: &BTreeMap::new(), manifest: None, component: "" },
+            true,
+            "_system/cli/modules:apiSpec",
+            &none,
+        );
         assert_eq!(empty.unwrap(), Value::Array(Vec::new()), "nothing deployed");
         let manifest: Manifest = serde_json::from_value(serde_json::json!({
             "functions": [
@@ -236,7 +283,7 @@ mod tests {
             "httpRoutes": [{"path": "/hook", "method": "POST"}],
         }))
         .unwrap();
-        let facts = Facts { env: &BTreeMap::new(), manifest: Some(&manifest) };
+        let facts = Facts { env: &BTreeMap::new(), manifest: Some(&manifest), component: "" };
         let spec = kiln_value::to_convex_json(&query(&facts, true, "_system/cli/modules:apiSpec", &none).unwrap());
         assert_eq!(spec[0]["functionType"], "Query");
         assert_eq!(spec[0]["identifier"], "dir/messages.js:list");

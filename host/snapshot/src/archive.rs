@@ -15,7 +15,41 @@ use crate::shape::Shape;
 const README: &str = "# A snapshot of a Kiln deployment\n\n\
 Each table's documents are lines of JSON in `<table>/documents.jsonl` (int64 values as decimal\n\
 strings, bytes as base64); `<table>/generated_schema.jsonl` tells which strings are which.\n\
+The tables of a mounted component are under `_components/<name>/` (nested ones under\n\
+`_components/<name>/_components/<child>/`).\n\
 `npx convex import` reads this file into a Kiln or Convex deployment.\n";
+
+/// Where the files of table `name` go: a component's table (`<instance>/<table>`, the
+/// instance's names `/`-separated) under `_components/<name>/` for each name, as in Convex.
+fn table_folder(name: &str) -> String {
+    match name.rsplit_once('/') {
+        Some((instance, table)) => {
+            let mut folder: String = instance.split('/').map(|n| format!("_components/{n}/")).collect();
+            folder.push_str(table);
+            folder
+        }
+        None => name.to_owned(),
+    }
+}
+
+/// The table an entry's folder names (the inverse of [`table_folder`]) and the rest of its
+/// path, or `None` for a malformed `_components` path.
+fn table_of<'a>(parts: &[&'a str]) -> Option<(String, Vec<&'a str>)> {
+    let mut instance = Vec::new();
+    let mut rest = parts;
+    while let ["_components", name, tail @ ..] = rest {
+        if name.is_empty() {
+            return None;
+        }
+        instance.push(*name);
+        rest = tail;
+    }
+    if rest.first() == Some(&"_components") {
+        return None;
+    }
+    let prefix = if instance.is_empty() { String::new() } else { format!("{}/", instance.join("/")) };
+    Some((prefix, rest.to_vec()))
+}
 
 fn options() -> SimpleFileOptions {
     SimpleFileOptions::default().compression_method(CompressionMethod::Deflated).unix_permissions(0o644)
@@ -33,11 +67,21 @@ impl<W: Write + Seek> SnapshotWriter<W> {
         let mut zip = ZipWriter::new(out);
         zip.start_file("README.md", options())?;
         zip.write_all(README.as_bytes())?;
-        zip.start_file("_tables/documents.jsonl", options())?;
+        // Each instance (the app, each component) lists its own tables.
+        let mut by_instance: std::collections::BTreeMap<&str, Vec<(&str, u32)>> = Default::default();
+        by_instance.entry("").or_default();
         for (name, number) in tables {
-            let line = serde_json::json!({ "name": name, "id": number });
-            zip.write_all(line.to_string().as_bytes())?;
-            zip.write_all(b"\n")?;
+            let (instance, table) = name.rsplit_once('/').unwrap_or(("", name));
+            by_instance.entry(instance).or_default().push((table, *number));
+        }
+        for (instance, tables) in by_instance {
+            let folder = if instance.is_empty() { String::new() } else { table_folder(&format!("{instance}/")) };
+            zip.start_file(format!("{folder}_tables/documents.jsonl"), options())?;
+            for (name, number) in tables {
+                let line = serde_json::json!({ "name": name, "id": number });
+                zip.write_all(line.to_string().as_bytes())?;
+                zip.write_all(b"\n")?;
+            }
         }
         Ok(SnapshotWriter { zip, table: None })
     }
@@ -45,7 +89,7 @@ impl<W: Write + Seek> SnapshotWriter<W> {
     /// Starts table `name`'s documents.
     pub fn begin_table(&mut self, name: &str) -> Result<(), SnapshotError> {
         self.end_table()?;
-        self.zip.start_file(format!("{name}/documents.jsonl"), options())?;
+        self.zip.start_file(format!("{}/documents.jsonl", table_folder(name)), options())?;
         self.table = Some((name.to_owned(), Vec::new()));
         Ok(())
     }
@@ -73,7 +117,7 @@ impl<W: Write + Seek> SnapshotWriter<W> {
     /// Ends the current table (if any) with its `generated_schema.jsonl`.
     pub fn end_table(&mut self) -> Result<(), SnapshotError> {
         let Some((name, overrides)) = self.table.take() else { return Ok(()) };
-        self.zip.start_file(format!("{name}/generated_schema.jsonl"), options())?;
+        self.zip.start_file(format!("{}/generated_schema.jsonl", table_folder(&name)), options())?;
         self.zip.write_all(Json::String(Shape::Unknown.to_string()).to_string().as_bytes())?;
         self.zip.write_all(b"\n")?;
         for line in overrides {
@@ -120,8 +164,8 @@ pub struct SnapshotReader<R: Read + Seek> {
 }
 
 impl<R: Read + Seek> SnapshotReader<R> {
-    /// Opens a snapshot and lists its tables; refuses what Kiln does not import (components'
-    /// tables, stored files) by name.
+    /// Opens a snapshot and lists its tables (a component's as `<instance>/<table>`); refuses
+    /// what Kiln does not import (components' stored files, unknown files) by name.
     pub fn open(input: R) -> Result<SnapshotReader<R>, SnapshotError> {
         let mut zip = ZipArchive::new(input)?;
         let mut documents = Vec::new();
@@ -133,24 +177,28 @@ impl<R: Read + Seek> SnapshotReader<R> {
             let name = entry.name()?.into_owned();
             let size = entry.size();
             drop(entry);
-            if name.ends_with('/') || name == "README.md" || name == "_tables/documents.jsonl" {
+            if name.ends_with('/') || name == "README.md" {
                 continue;
             }
             let parts: Vec<&str> = name.split('/').collect();
-            match parts.as_slice() {
+            let Some((instance, rest)) = table_of(&parts) else {
+                refused.push(format!("the file {name:?}"));
+                continue;
+            };
+            match rest.as_slice() {
+                ["_tables", "documents.jsonl"] => {}
                 ["_storage", "documents.jsonl"] if size == 0 => {}
-                ["_storage", ..] => refused.push("stored files (_storage/)".to_owned()),
-                ["_components", ..] => {
-                    let component = parts.get(1).copied().unwrap_or_default();
-                    let what = format!("the tables of component {component:?} (_components/{component}/)");
+                ["_storage", ..] if instance.is_empty() => refused.push("stored files (_storage/)".to_owned()),
+                ["_storage", ..] => {
+                    let what = format!("the stored files of component {:?}", instance.trim_end_matches('/'));
                     if !refused.contains(&what) {
                         refused.push(what);
                     }
                 }
-                [table, "documents.jsonl"] if table.starts_with('_') => skipped.push((*table).to_owned()),
-                [table, "documents.jsonl"] => documents.push(((*table).to_owned(), name.clone())),
+                [table, "documents.jsonl"] if table.starts_with('_') => skipped.push(format!("{instance}{table}")),
+                [table, "documents.jsonl"] => documents.push((format!("{instance}{table}"), name.clone())),
                 [table, "generated_schema.jsonl"] => {
-                    schemas.insert((*table).to_owned(), name.clone());
+                    schemas.insert(format!("{instance}{table}"), name.clone());
                 }
                 _ => refused.push(format!("the file {name:?}")),
             }
@@ -277,6 +325,34 @@ mod tests {
     }
 
     #[test]
+    fn component_tables_round_trip_under_components_folders() {
+        let tables = [("notes".to_owned(), 10), ("limiter/rateLimits".to_owned(), 11), ("a/b/t".to_owned(), 12)];
+        let mut w = SnapshotWriter::new(Cursor::new(Vec::new()), &tables).unwrap();
+        for (name, number) in &tables {
+            w.begin_table(name).unwrap();
+            let id =
+                kiln_value::DocumentId::new(kiln_value::TableNumber(*number), kiln_value::InternalId([1; 16])).encode();
+            let doc: Object =
+                [("_id".to_owned(), Value::String(id)), ("_creationTime".to_owned(), Value::Float64(1.0))].into();
+            w.document(&doc).unwrap();
+        }
+        let bytes = w.finish().unwrap().into_inner();
+        let zip = ZipArchive::new(Cursor::new(bytes.clone())).unwrap();
+        let names: Vec<String> = zip.file_names().map(|n| n.unwrap().into_owned()).collect();
+        for expected in [
+            "_components/limiter/rateLimits/documents.jsonl",
+            "_components/a/_components/b/t/generated_schema.jsonl",
+            "_components/a/_components/b/_tables/documents.jsonl",
+            "_tables/documents.jsonl",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "{expected} not in {names:?}");
+        }
+        let r = SnapshotReader::open(Cursor::new(bytes)).unwrap();
+        let read: Vec<&str> = r.tables().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(read, ["a/b/t", "limiter/rateLimits", "notes"]);
+    }
+
+    #[test]
     fn convex_shapes_decide_without_contexts_and_unsupported_parts_are_named() {
         let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
         zip.start_file("users/documents.jsonl", options()).unwrap();
@@ -302,14 +378,16 @@ mod tests {
         assert_eq!(got.get("raw"), Some(&Value::Bytes(vec![1])));
 
         let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-        zip.start_file("_components/limiter/rateLimits/documents.jsonl", options()).unwrap();
+        zip.start_file("_components/limiter/_storage/x", options()).unwrap();
         zip.start_file("_storage/documents.jsonl", options()).unwrap();
         zip.write_all(b"{}\n").unwrap();
+        zip.start_file("_components//t/documents.jsonl", options()).unwrap();
         let bytes = zip.finish().unwrap().into_inner();
         let err = SnapshotReader::open(Cursor::new(bytes)).err().unwrap();
         assert_eq!(err.code(), "UnsupportedSnapshot");
-        assert!(err.to_string().contains("component \"limiter\""), "{err}");
-        assert!(err.to_string().contains("stored files"), "{err}");
+        assert!(err.to_string().contains("the stored files of component \"limiter\""), "{err}");
+        assert!(err.to_string().contains("stored files (_storage/)"), "{err}");
+        assert!(err.to_string().contains("\"_components//t/documents.jsonl\""), "{err}");
         assert_eq!(SnapshotReader::open(Cursor::new(b"not a zip".to_vec())).err().unwrap().code(), "InvalidSnapshot");
     }
 }

@@ -1181,4 +1181,9 @@ async fn components_are_called_and_scheduled_by_handles() {
     // The scheduler runs a component's function as that instance: the metering names it.
     let usage = rt.usage("c").unwrap();
     assert!(usage.functions.contains_key("second/lib:add"), "{:?}", usage.functions.keys());
+    // Each instance's share: what the app's calls and the scheduler's ran in it.
+    let (counter, second) = (&usage.components["counter"], &usage.components["second"]);
+    assert!(counter.calls >= 3 && counter.fuel > 0, "{counter:?}");
+    assert!(second.calls >= 1 && second.fuel > 0, "{second:?}");
+    assert!(usage.total.fuel > counter.fuel + second.fuel, "{usage:?}");
 }

@@ -30,6 +30,8 @@ pub type QueryKey = Arc<str>;
 pub struct QuerySpec {
     /// The function path.
     pub path: String,
+    /// The component instance whose query it is (`""`: the app's).
+    pub component: String,
     /// The arguments, or why they could not be decoded.
     pub args: Result<Value, String>,
     /// Who runs it.
@@ -48,7 +50,8 @@ impl QuerySpec {
         };
         let journal = self.journal.as_deref().unwrap_or_default();
         let path = kiln_runtime::normalize_path(&self.path);
-        format!("{}\u{0}{path}\u{0}{args}\u{0}{journal}", self.caller.cache_key()).into()
+        let component = &self.component;
+        format!("{}\u{0}{component}\u{0}{path}\u{0}{args}\u{0}{journal}", self.caller.cache_key()).into()
     }
 }
 
@@ -268,6 +271,7 @@ impl Hub {
                 &self.deployment,
                 &self.snapshots,
                 spec.caller.is_admin(),
+                &spec.component,
                 &spec.path,
                 &args,
             )
@@ -276,7 +280,13 @@ impl Hub {
             .map_err(|e| QueryFailure { message: e.message, data: None });
             return (QueryResult { outcome, log_lines: Vec::new(), journal }, None, false);
         }
+        if !spec.component.is_empty() && !spec.caller.is_admin() {
+            let message = format!("querying component {:?} needs an admin key", spec.component);
+            let failure = QueryFailure { message, data: None };
+            return (QueryResult { outcome: Err(failure), log_lines: Vec::new(), journal: None }, None, false);
+        }
         let mut req = CallRequest::new(FunctionKind::Query, &spec.path, args);
+        req.component = spec.component.clone();
         req.identity = spec.caller.identity();
         req.internal = spec.caller.is_admin();
         req.snapshot = Some(ts);

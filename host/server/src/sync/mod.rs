@@ -66,6 +66,7 @@ enum Done {
 
 struct SocketQuery {
     path: String,
+    component: String,
     args: Result<Value, String>,
     /// The journal the client sent with the query.
     journal: Option<String>,
@@ -98,7 +99,7 @@ struct Session {
     removed: Vec<u32>,
     sent: StateVersion,
     sent_ts: Timestamp,
-    mutations: VecDeque<(u32, String, Vec<JsonValue>)>,
+    mutations: VecDeque<(u32, String, String, Vec<JsonValue>)>,
     mutation_running: bool,
     pending_ts: Option<Timestamp>,
     actions_running: usize,
@@ -132,8 +133,14 @@ impl Session {
         }
     }
 
-    fn spec(&self, path: &str, args: &Result<Value, String>, journal: Option<String>) -> QuerySpec {
-        QuerySpec { path: path.to_owned(), args: args.clone(), caller: self.caller.clone(), journal }
+    fn spec(&self, path: &str, component: &str, args: &Result<Value, String>, journal: Option<String>) -> QuerySpec {
+        QuerySpec {
+            path: path.to_owned(),
+            component: component.to_owned(),
+            args: args.clone(),
+            caller: self.caller.clone(),
+            journal,
+        }
     }
 
     async fn handle(&mut self, text: &str) -> Result<(), End> {
@@ -171,7 +178,7 @@ impl Session {
                 }
                 for m in modifications {
                     match m {
-                        QuerySetModification::Add { query_id, udf_path, args, journal } => {
+                        QuerySetModification::Add { query_id, udf_path, args, component_path, journal } => {
                             if self.queries.contains_key(&query_id) {
                                 return Err(End::Fatal(format!("InvalidQuerySet: query {query_id} was added twice")));
                             }
@@ -182,11 +189,12 @@ impl Session {
                                 )));
                             }
                             let args = args_of(&args);
-                            let spec = self.spec(&udf_path, &args, journal.clone());
+                            let component = component_path.unwrap_or_default();
+                            let spec = self.spec(&udf_path, &component, &args, journal.clone());
                             let key = self.dep.hub.subscribe(spec, self.watcher, self.notify.clone());
                             self.removed.retain(|id| *id != query_id);
-                            self.queries
-                                .insert(query_id, SocketQuery { path: udf_path, args, journal, key, last_sent: None });
+                            let query = SocketQuery { path: udf_path, component, args, journal, key, last_sent: None };
+                            self.queries.insert(query_id, query);
                         }
                         QuerySetModification::Remove { query_id } => {
                             if let Some(q) = self.queries.remove(&query_id) {
@@ -231,21 +239,27 @@ impl Session {
                     }
                 }
             }
-            ClientMessage::Mutation { request_id, udf_path, args } => {
+            ClientMessage::Mutation { request_id, udf_path, args, component_path } => {
                 if self.mutations.len() >= self.state.config.max_queued_mutations_per_socket {
                     let reason = "TooManyConcurrentRequests: too many mutations queued on this connection".to_owned();
                     self.respond_failure(FunctionKind::Mutation, request_id, reason);
                 } else {
-                    self.mutations.push_back((request_id, udf_path, args));
+                    self.mutations.push_back((request_id, udf_path, component_path.unwrap_or_default(), args));
                 }
             }
-            ClientMessage::Action { request_id, udf_path, args } => {
+            ClientMessage::Action { request_id, udf_path, args, component_path } => {
                 if self.actions_running >= self.state.config.max_actions_per_socket {
                     let reason = "TooManyConcurrentRequests: too many actions running on this connection".to_owned();
                     self.respond_failure(FunctionKind::Action, request_id, reason);
                 } else {
                     self.actions_running += 1;
-                    self.spawn_call(FunctionKind::Action, request_id, udf_path, args);
+                    self.spawn_call(
+                        FunctionKind::Action,
+                        request_id,
+                        udf_path,
+                        component_path.unwrap_or_default(),
+                        args,
+                    );
                 }
             }
             ClientMessage::Event { event_type } => tracing::debug!(%event_type, "client event"),
@@ -276,7 +290,7 @@ impl Session {
             let Some(q) = self.queries.get(&id) else { continue };
             // The pages keep the bounds the client has seen.
             let journal = q.last_sent.as_ref().and_then(|r| r.journal.clone()).or_else(|| q.journal.clone());
-            let spec = self.spec(&q.path, &q.args, journal);
+            let spec = self.spec(&q.path, &q.component, &q.args, journal);
             let old = q.key.clone();
             let key = self.dep.hub.subscribe(spec, self.watcher, self.notify.clone());
             if key != old {
@@ -311,7 +325,7 @@ impl Session {
         self.push(&msg);
     }
 
-    fn spawn_call(&self, kind: FunctionKind, request_id: u32, path: String, args: Vec<JsonValue>) {
+    fn spawn_call(&self, kind: FunctionKind, request_id: u32, path: String, component: String, args: Vec<JsonValue>) {
         let (state, dep, tx) = (self.state.clone(), self.dep.clone(), self.done_tx.clone());
         let (caller, first_connection) = (self.caller.clone(), self.first_connection);
         let key = self.session_id.as_ref().map(|s| format!("{s}/{request_id}"));
@@ -319,6 +333,13 @@ impl Session {
             let out = match (args_of(&args), dep.inflight.clone().try_acquire_owned()) {
                 (Err(message), _) => CallOutcome {
                     result: Err(kiln_runtime::CallError::new("InvalidArgs", message)),
+                    ..Default::default()
+                },
+                (Ok(_), _) if !component.is_empty() && !caller.is_admin() => CallOutcome {
+                    result: Err(kiln_runtime::CallError::new(
+                        "Unauthorized",
+                        format!("calling a function of component {component:?} needs an admin key"),
+                    )),
                     ..Default::default()
                 },
                 (Ok(_), Err(_)) => CallOutcome {
@@ -330,6 +351,7 @@ impl Session {
                 },
                 (Ok(args), Ok(_permit)) => {
                     let mut req = CallRequest::new(kind, &path, args);
+                    req.component = component;
                     req.identity = caller.identity();
                     req.internal = caller.is_admin();
                     match kind {
@@ -356,9 +378,9 @@ impl Session {
         if self.mutation_running {
             return;
         }
-        if let Some((request_id, path, args)) = self.mutations.pop_front() {
+        if let Some((request_id, path, component, args)) = self.mutations.pop_front() {
             self.mutation_running = true;
-            self.spawn_call(FunctionKind::Mutation, request_id, path, args);
+            self.spawn_call(FunctionKind::Mutation, request_id, path, component, args);
         }
     }
 

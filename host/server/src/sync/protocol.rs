@@ -60,6 +60,9 @@ pub enum ClientMessage {
         udf_path: String,
         /// `[argsObject]`.
         args: Vec<Json>,
+        /// A mounted component whose function it is (admins only).
+        #[serde(default)]
+        component_path: Option<String>,
     },
     /// Runs an action.
     #[serde(rename_all = "camelCase")]
@@ -70,6 +73,9 @@ pub enum ClientMessage {
         udf_path: String,
         /// `[argsObject]`.
         args: Vec<Json>,
+        /// A mounted component whose function it is (admins only).
+        #[serde(default)]
+        component_path: Option<String>,
     },
     /// Sets, changes or clears the identity.
     #[serde(rename_all = "camelCase")]
@@ -107,6 +113,9 @@ pub enum QuerySetModification {
         udf_path: String,
         /// `[argsObject]`.
         args: Vec<Json>,
+        /// A mounted component whose query it is (admins only).
+        #[serde(default)]
+        component_path: Option<String>,
         /// The query journal from an earlier result (opaque; `null` for none).
         #[serde(default)]
         journal: Option<String>,

@@ -795,10 +795,23 @@ fn pushes_are_bounded_and_what_kiln_does_not_run_is_refused_by_name() {
     let (code, message) = refused(push_request(&[("a.js", fine, "isolate"), ("n.js", fine, "node")], json!([])));
     assert_eq!(code, "Unsupported");
     assert!(message.contains("\"use node\" in convex/n"), "{message}");
-    let component = json!([{"definitionPath": "node_modules/@convex-dev/ratelimiter/dist/component"}]);
-    let (code, message) = refused(push_request(&[("a.js", fine, "isolate")], component));
+    let module = |path: &str, env: &str| json!({"path": path, "source": fine, "environment": env});
+    let component = json!([{
+        "definitionPath": "../node_modules/@convex-dev/ratelimiter/dist/component",
+        "definition": module("convex.config.js", "isolate"), "dependencies": [], "schema": null,
+        "functions": [module("n.js", "node")], "udfServerVersion": "1.48.0",
+    }]);
+    let mut with_config = push_request(&[("a.js", fine, "isolate")], component.clone());
+    with_config["appDefinition"]["definition"] = module("convex.config.js", "isolate");
+    let (code, message) = refused(with_config);
     assert_eq!(code, "Unsupported");
-    assert!(message.contains("@convex-dev/ratelimiter"), "{message}");
+    assert!(message.contains("\"use node\" in n of component ../node_modules/@convex-dev/ratelimiter"), "{message}");
+    // Component definitions without the app's convex.config, or not as the CLI sends them.
+    let (code, message) = refused(push_request(&[("a.js", fine, "isolate")], component));
+    assert_eq!(code, "BadRequest");
+    assert!(message.contains("without the app's convex.config"), "{message}");
+    let (code, _) = refused(push_request(&[("a.js", fine, "isolate")], json!([{"definitionPath": "x"}])));
+    assert_eq!(code, "BadRequest");
     // Paths a module may not have, and a hash the server never saw.
     let (code, _) = refused(push_request(&[("../up.js", fine, "isolate")], json!([])));
     assert_eq!(code, "NotAnApp");
