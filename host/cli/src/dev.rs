@@ -17,6 +17,8 @@ use crate::client::{Target, deployment_url};
 pub struct ServeOptions {
     /// Data directory.
     pub data: PathBuf,
+    /// A PostgreSQL database for the deployments' data (default: SQLite files under `data`).
+    pub database: Option<String>,
     /// Listen address.
     pub listen: SocketAddr,
     /// The site origin's address (`off`: none); by default the port after `listen`'s.
@@ -94,10 +96,19 @@ async fn start_local(opts: &ServeOptions) -> Result<Local, CliError> {
         Some(l) => Some(l.local_addr().map_err(|e| CliError::Usage(e.to_string()))?),
         None => None,
     };
-    let persistence = std::sync::Arc::new(kiln_sqlite::SqliteFactory {
-        data_dir: config.runtime.data_dir.clone(),
-        options: crate::knobs::sqlite_options(),
-    });
+    let persistence: std::sync::Arc<dyn kiln_persistence::PersistenceFactory> = match &opts.database {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let options = crate::knobs::postgres_options(url);
+            let factory = kiln_postgres::PostgresFactory::new(options)
+                .map_err(|e| CliError::Usage(format!("--database: {e}")))?;
+            std::sync::Arc::new(factory)
+        }
+        Some(_) => return Err(CliError::Usage("--database takes a postgres:// URL".into())),
+        None => std::sync::Arc::new(kiln_sqlite::SqliteFactory {
+            data_dir: config.runtime.data_dir.clone(),
+            options: crate::knobs::sqlite_options(),
+        }),
+    };
     let (server, first) = Server::start(config, persistence).await?;
     let server = std::sync::Arc::new(server);
     let url = format!("http://{addr}");

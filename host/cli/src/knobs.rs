@@ -9,6 +9,16 @@ use kiln_server::ServerConfig;
 use kiln_sqlite::SqliteOptions;
 use kiln_store::StoreConfig;
 
+/// The PostgreSQL backend's knobs for the database at `url`: `KILN_POSTGRES_POOL_SIZE`,
+/// `KILN_POSTGRES_MAX_BATCH`, `KILN_POSTGRES_CONNECT_TIMEOUT_SECS`.
+pub fn postgres_options(url: &str) -> kiln_postgres::PostgresOptions {
+    let mut o = kiln_postgres::PostgresOptions::new(url);
+    set_usize("KILN_POSTGRES_POOL_SIZE", &mut o.pool_size);
+    set_usize("KILN_POSTGRES_MAX_BATCH", &mut o.max_batch);
+    set_secs("KILN_POSTGRES_CONNECT_TIMEOUT_SECS", &mut o.connect_timeout);
+    o
+}
+
 /// A `KILN_*` number; an unparsable value is ignored with a warning.
 fn env_u64(name: &str) -> Option<u64> {
     let raw = std::env::var(name).ok()?;

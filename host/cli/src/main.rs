@@ -105,6 +105,11 @@ struct Local {
     /// The data directory (one SQLite file per deployment, the compiled-component cache).
     #[arg(long, env = "KILN_DATA_DIR", default_value = "kiln-data")]
     data: PathBuf,
+    /// Keep deployments' data in this PostgreSQL database (`postgres://user:password@host:port/db`,
+    /// one schema per deployment) instead of SQLite files under `--data`, which then holds
+    /// the compiled-component cache, the admin key and the deployment registry.
+    #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    database: Option<String>,
     /// Where to listen.
     #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:3210")]
     listen: SocketAddr,
@@ -128,6 +133,7 @@ impl Local {
     fn options(&self) -> dev::ServeOptions {
         dev::ServeOptions {
             data: self.data.clone(),
+            database: self.database.clone(),
             listen: self.listen,
             site_listen: self.site_listen.clone(),
             static_dir: self.static_dir.clone(),

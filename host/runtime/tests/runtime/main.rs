@@ -1142,6 +1142,67 @@ async fn components_keep_their_tables_apart_and_roll_back_alone() {
     }
 }
 
+/// A copy of the components fixture whose `counter` component declares `schema` instead
+/// (its packages linked from the guest SDK's), built.
+fn components_with_counter_schema(schema: &str) -> Vec<u8> {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            if name == ".kiln" || name == "_generated" {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &to.join(&name));
+            } else {
+                std::fs::copy(entry.path(), to.join(&name)).unwrap();
+            }
+        }
+    }
+    let app = tempfile::tempdir().unwrap();
+    copy(&repo().join("guest-sdk/tests/fixtures/components"), app.path());
+    std::os::unix::fs::symlink(repo().join("guest-sdk/node_modules"), app.path().join("node_modules")).unwrap();
+    std::fs::write(app.path().join("convex/components/counter/schema.ts"), schema).unwrap();
+    let options = kiln_guest_sdk::BuildOptions { cache_dir: Some(cache_dir()), ..Default::default() };
+    kiln_guest_sdk::build_app(app.path(), &options).unwrap().component
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_components_schema_change_is_checked_against_its_data_and_backfills_its_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(runtime_config(dir.path()), sqlite(dir.path())).unwrap();
+    deploy(&rt, "c", "fixtures/components", config()).await;
+    ok(&call(&rt, "c", Mutation, "app:bump", r#"{"name": "a", "first": 1, "second": 2}"#).await);
+    let old = rt.deployment("c").unwrap().version().unwrap().id.clone();
+    let head = "import { defineSchema, defineTable } from \"convex/server\";\nimport { v } from \"convex/values\";\n";
+    // A field the component's documents lack: refused, naming the instance's table; the old
+    // version serves on.
+    let stricter = format!(
+        "{head}export default defineSchema({{ counters: defineTable({{ name: v.string(), value: v.number(), \
+         previous: v.optional(v.id(\"counters\")), owner: v.string() }}).index(\"by_name\", [\"name\"]) }});\n"
+    );
+    let err = rt.deploy("c", &components_with_counter_schema(&stricter)).await.unwrap_err();
+    assert_eq!(err.code(), "SchemaViolation");
+    assert!(err.to_string().contains("counter/counters"), "{err}");
+    assert_eq!(rt.deployment("c").unwrap().version().unwrap().id, old);
+    // A new index: added to both instances' tables and backfilled; the app's table of the
+    // same name is not touched.
+    let indexed = format!(
+        "{head}export default defineSchema({{ counters: defineTable({{ name: v.string(), value: v.number(), \
+         previous: v.optional(v.id(\"counters\")) }}).index(\"by_name\", [\"name\"]).index(\"by_value\", [\"value\"]) }});\n"
+    );
+    rt.deploy("c", &components_with_counter_schema(&indexed)).await.unwrap();
+    let catalog = rt.deployment("c").unwrap().store().catalog();
+    for table in ["counter/counters", "second/counters"] {
+        let meta = catalog.table(table).unwrap_or_else(|| panic!("{table}"));
+        assert!(meta.indexes.get("by_value").is_some_and(|i| i.ready), "{table}: {:?}", meta.indexes.keys());
+    }
+    assert!(catalog.table("counters").is_none_or(|t| !t.indexes.contains_key("by_value")));
+    let out = call(&rt, "c", Query, "app:read", r#"{"name": "a"}"#).await;
+    assert_eq!(kiln_value::to_convex_json(&ok(&out))["second"]["value"], serde_json::json!(2.0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_are_called_and_scheduled_by_handles() {
     use serde_json::json;

@@ -56,6 +56,56 @@ pub async fn open(dir: &Path, config: StoreConfig) -> Store {
     Store::open(Arc::new(p), config).await.unwrap()
 }
 
+/// Where a test's store keeps its data: a SQLite file, or a deployment on the PostgreSQL
+/// cluster `KILN_TEST_POSTGRES_URL` names.
+pub enum Backend {
+    /// Deployment "test" under this directory.
+    Sqlite(tempfile::TempDir),
+    /// A deployment on a cluster.
+    Postgres {
+        /// The cluster's URL.
+        url: String,
+        /// The deployment.
+        name: String,
+    },
+}
+
+impl Backend {
+    /// A fresh SQLite backend.
+    pub fn sqlite() -> Backend {
+        Backend::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    /// A fresh deployment on the test cluster; `None` (the test is skipped, saying so)
+    /// outside CI when no cluster is named. In CI a missing cluster fails.
+    pub fn postgres() -> Option<Backend> {
+        let url = match std::env::var("KILN_TEST_POSTGRES_URL") {
+            Ok(url) => url,
+            Err(_) if std::env::var_os("CI").is_some() => panic!("KILN_TEST_POSTGRES_URL is not set in CI"),
+            Err(_) => {
+                eprintln!("skipped: KILN_TEST_POSTGRES_URL is not set (the README's test command starts a cluster)");
+                return None;
+            }
+        };
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        Some(Backend::Postgres { url, name: format!("store-{}-{nanos}-{n}", std::process::id()) })
+    }
+
+    /// Opens the store (again).
+    pub async fn open(&self, config: StoreConfig) -> Store {
+        match self {
+            Backend::Sqlite(dir) => open(dir.path(), config).await,
+            Backend::Postgres { url, name } => {
+                let factory = kiln_postgres::PostgresFactory::new(kiln_postgres::PostgresOptions::new(url)).unwrap();
+                let p = factory.open_deployment(name).await.unwrap();
+                Store::open(Arc::new(p), config).await.unwrap()
+            }
+        }
+    }
+}
+
 /// A store config for tests: no background pruning.
 pub fn config() -> StoreConfig {
     StoreConfig { prune_interval: std::time::Duration::ZERO, ..StoreConfig::default() }

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::json;
 
-use crate::{config, open};
+use crate::{Backend, config};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -229,17 +229,16 @@ async fn run_op(tx: &mut Transaction, model: &mut Model, op: &Op) {
     }
 }
 
-async fn run_case(steps: Vec<Step>, cache_bytes: usize) {
-    let dir = tempfile::tempdir().unwrap();
+async fn run_case(steps: Vec<Step>, cache_bytes: usize, backend: Backend) {
     let cfg = || StoreConfig { cache_bytes, ..config() };
-    let mut store: Store = open(dir.path(), cfg()).await;
+    let mut store: Store = backend.open(cfg()).await;
     store.add_index("t0", "by_tag", &["tag"]).await.unwrap();
     let mut model = Model::new();
     for step in steps {
         match step {
             Step::Reopen => {
                 store.close().await;
-                store = open(dir.path(), cfg()).await;
+                store = backend.open(cfg()).await;
             }
             Step::Txn { ops, commit } => {
                 let mut tx = store.begin();
@@ -256,7 +255,7 @@ async fn run_case(steps: Vec<Step>, cache_bytes: usize) {
     }
     // A final check of everything through a fresh snapshot after one more reopen.
     store.close().await;
-    let store = open(dir.path(), cfg()).await;
+    let store = backend.open(cfg()).await;
     let mut tx = store.begin_read_only();
     for table in 0..2u8 {
         run_op(&mut tx, &mut model, &Op::Scan { table, desc: false, limit: None, min_n: None }).await;
@@ -270,6 +269,17 @@ proptest! {
     #[test]
     fn store_matches_a_btreemap_model(steps in steps(), tiny_cache in any::<bool>()) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(run_case(steps, if tiny_cache { 2_000 } else { 64 << 20 }));
+        rt.block_on(run_case(steps, if tiny_cache { 2_000 } else { 64 << 20 }, Backend::sqlite()));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 100, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_on_postgres_matches_a_btreemap_model(steps in steps(), tiny_cache in any::<bool>()) {
+        let Some(backend) = Backend::postgres() else { return Ok(()) };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(run_case(steps, if tiny_cache { 2_000 } else { 64 << 20 }, backend));
     }
 }

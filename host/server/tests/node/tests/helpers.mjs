@@ -16,11 +16,11 @@ export const kilnBin = () => process.env.KILN_BIN ?? join(repoRoot, "target/debu
 
 /**
  * Starts `kiln serve` on a free port with a fresh data directory (or `data`, which `stop`
- * then keeps).
+ * then keeps), with `args` added to its command line.
  */
-export async function startServer({ staticDir, env = {}, data: reuse } = {}) {
+export async function startServer({ staticDir, env = {}, data: reuse, args: extra = [] } = {}) {
   const data = reuse ?? mkdtempSync(join(tmpdir(), "kiln-e2e-"));
-  const args = ["serve", "--data", data, "--listen", "127.0.0.1:0"];
+  const args = ["serve", "--data", data, "--listen", "127.0.0.1:0", ...extra];
   if (staticDir) args.push("--static", staticDir);
   const child = spawn(kilnBin(), args, {
     env: { ...process.env, KILN_LOG: process.env.KILN_LOG ?? "warn", ...env },

@@ -1,0 +1,727 @@
+//! PostgreSQL persistence: one schema per deployment, group commit, pooled reads.
+//!
+//! Each deployment's data lives in its own schema (`kiln_<name>`): `documents(table_id, id,
+//! ts, value)` and `index_entries(index_id, key, ts, doc_table, doc_id)`, both keyed by
+//! (key…, ts) as in the SQLite backend, so a snapshot read keeps, per key, the newest revision
+//! at or before the read timestamp (`DISTINCT ON`); `meta` holds the newest timestamp, the
+//! catalog, pruning progress and the schema's format version. A schema per deployment (rather
+//! than a deployment column) keeps every key and plan as small as one deployment's, lets an
+//! operator dump, restore or drop one deployment with Postgres's own tools, and makes a
+//! deployment's tables the unit a lock names.
+//!
+//! All commits go through one writer task that owns a dedicated connection holding the
+//! deployment's advisory lock (so a second process cannot open the deployment while this one
+//! writes); it drains every commit waiting into one transaction (arrays unnested into one
+//! `INSERT` per table), so concurrent commits share one durable Postgres commit. Reads take a
+//! connection from a pool shared by the factory's deployments.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use kiln_persistence::{
+    CommitRecord, DocumentRevision, IndexId, KeyRange, Order, Persistence, PersistenceError, RecoveredState, Result,
+    ScanHit, StepResult, Timestamp,
+};
+use kiln_value::{DocumentId, InternalId, TableNumber};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, NoTls};
+
+/// Tunables of the PostgreSQL backend.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Read connections the pool keeps (shared by every deployment of the factory).
+    pub pool_size: usize,
+    /// Most commits written in one Postgres transaction.
+    pub max_batch: usize,
+    /// How long connecting (or waiting for a pooled connection) may take before a call
+    /// fails with a clear error.
+    pub connect_timeout: Duration,
+    /// How long opening a deployment waits for another opener's lock to go (a process that
+    /// just closed it may hold it for a moment) before it fails with `StorageLocked`.
+    pub lock_wait: Duration,
+}
+
+impl PostgresOptions {
+    /// Defaults for `url`.
+    pub fn new(url: &str) -> PostgresOptions {
+        PostgresOptions {
+            url: url.to_owned(),
+            pool_size: 8,
+            max_batch: 512,
+            connect_timeout: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> PersistenceError {
+    PersistenceError::Storage(format!("PostgreSQL: {e}"))
+}
+
+fn corrupt(what: &str) -> PersistenceError {
+    PersistenceError::Corrupt(format!("PostgreSQL: {what}"))
+}
+
+/// Opens deployments' persistence on one PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresFactory {
+    options: PostgresOptions,
+    config: tokio_postgres::Config,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("PostgresFactory").field("pool_size", &self.options.pool_size).finish_non_exhaustive()
+    }
+}
+
+impl PostgresFactory {
+    /// A factory for the database `options.url` names (nothing is connected yet).
+    pub fn new(options: PostgresOptions) -> Result<PostgresFactory> {
+        let mut config: tokio_postgres::Config =
+            options.url.parse().map_err(|e| storage(format!("invalid database URL: {e}")))?;
+        config.connect_timeout(options.connect_timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("kiln");
+        }
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(storage)?;
+        Ok(PostgresFactory { options, config, pool })
+    }
+
+    /// Opens deployment `name`'s persistence (creating or upgrading its schema).
+    pub async fn open_deployment(&self, name: &str) -> Result<PostgresPersistence> {
+        PostgresPersistence::open(self, name).await
+    }
+}
+
+#[async_trait]
+impl kiln_persistence::PersistenceFactory for PostgresFactory {
+    async fn open(&self, name: &str) -> Result<Arc<dyn Persistence>> {
+        Ok(Arc::new(self.open_deployment(name).await?))
+    }
+}
+
+/// The schema of deployment `name` (`[A-Za-z0-9_-]`, 1-64), quoted. Postgres truncates
+/// identifiers past 63 bytes, so long names keep a prefix and a hash of the whole.
+fn schema_of(name: &str) -> Result<String> {
+    let valid =
+        (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(storage(format!("invalid deployment name {name:?}")));
+    }
+    let plain = format!("kiln_{name}");
+    if plain.len() <= 63 {
+        return Ok(format!("\"{plain}\""));
+    }
+    // FNV-1a: stable across versions and platforms, which std's hasher does not promise.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    Ok(format!("\"kiln_{}_{hash:016x}\"", &name[..40]))
+}
+
+/// The schema's migrations, in order; `{s}` is the quoted schema. `meta.format_version`
+/// records how many were applied.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE {s}.documents (
+    table_id bigint NOT NULL,
+    id bytea NOT NULL,
+    ts bigint NOT NULL,
+    value bytea,
+    PRIMARY KEY (table_id, id, ts)
+);
+CREATE INDEX documents_by_table_ts ON {s}.documents (table_id, ts, id);
+CREATE TABLE {s}.index_entries (
+    index_id bigint NOT NULL,
+    key bytea NOT NULL,
+    ts bigint NOT NULL,
+    doc_table bigint,
+    doc_id bytea,
+    PRIMARY KEY (index_id, key, ts)
+);
+"];
+
+/// The statements of one deployment, with its schema filled in.
+struct Sql {
+    schema: String,
+}
+
+impl Sql {
+    fn t(&self, table: &str) -> String {
+        format!("{}.{table}", self.schema)
+    }
+
+    fn scan_table(&self, order: Order, bounded: bool) -> String {
+        let dir = if order == Order::Asc { "ASC" } else { "DESC" };
+        let end = if bounded { "AND id < $3" } else { "AND $3::bytea IS NULL" };
+        format!(
+            "SELECT id, ts, value FROM (
+                SELECT DISTINCT ON (id) id, ts, value FROM {docs}
+                WHERE table_id = $1 AND id >= $2 {end} AND ts <= $4
+                ORDER BY id {dir}, ts DESC
+            ) latest WHERE value IS NOT NULL ORDER BY id {dir} LIMIT $5",
+            docs = self.t("documents")
+        )
+    }
+
+    fn scan_index(&self, order: Order, bounded: bool) -> String {
+        let dir = if order == Order::Asc { "ASC" } else { "DESC" };
+        let end = if bounded { "AND key < $3" } else { "AND $3::bytea IS NULL" };
+        format!(
+            "SELECT e.key, e.doc_table, e.doc_id, d.ts, d.value FROM (
+                SELECT key, doc_table, doc_id FROM (
+                    SELECT DISTINCT ON (key) key, doc_table, doc_id FROM {entries}
+                    WHERE index_id = $1 AND key >= $2 {end} AND ts <= $4
+                    ORDER BY key {dir}, ts DESC
+                ) latest WHERE doc_id IS NOT NULL ORDER BY key {dir} LIMIT $5
+            ) e CROSS JOIN LATERAL (
+                SELECT ts, value FROM {docs} WHERE table_id = e.doc_table AND id = e.doc_id AND ts <= $4
+                ORDER BY ts DESC LIMIT 1
+            ) d ORDER BY e.key {dir}",
+            entries = self.t("index_entries"),
+            docs = self.t("documents")
+        )
+    }
+}
+
+fn ts_sql(ts: Timestamp) -> i64 {
+    i64::try_from(ts.0).unwrap_or(i64::MAX)
+}
+
+fn ts_from_sql(ts: i64) -> Result<Timestamp> {
+    u64::try_from(ts).map(Timestamp).map_err(|_| corrupt("a negative timestamp"))
+}
+
+fn internal_id(bytes: &[u8]) -> Result<InternalId> {
+    <[u8; 16]>::try_from(bytes).map(InternalId).map_err(|_| corrupt("a document id that is not 16 bytes"))
+}
+
+fn table_number(n: i64) -> Result<TableNumber> {
+    u32::try_from(n).map(TableNumber).map_err(|_| corrupt("a table number out of range"))
+}
+
+fn limit_sql(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// A commit waiting for the writer.
+struct Pending {
+    record: CommitRecord,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// One deployment's persistence on PostgreSQL.
+pub struct PostgresPersistence {
+    pool: Pool,
+    sql: Arc<Sql>,
+    writer: mpsc::UnboundedSender<Pending>,
+}
+
+impl std::fmt::Debug for PostgresPersistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresPersistence").field("schema", &self.sql.schema).finish_non_exhaustive()
+    }
+}
+
+impl PostgresPersistence {
+    async fn open(factory: &PostgresFactory, name: &str) -> Result<PostgresPersistence> {
+        let sql = Arc::new(Sql { schema: schema_of(name)? });
+        let started = std::time::Instant::now();
+        let writer = loop {
+            match Writer::connect(&factory.config, &sql).await {
+                Err(PersistenceError::Locked(_)) if started.elapsed() < factory.options.lock_wait => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                other => break other?,
+            }
+        };
+        migrate(&writer.client, &sql).await?;
+        let (send, receive) = mpsc::unbounded_channel();
+        let max_batch = factory.options.max_batch.max(1);
+        tokio::spawn(writer.run(factory.config.clone(), sql.clone(), receive, max_batch));
+        Ok(PostgresPersistence { pool: factory.pool.clone(), sql, writer: send })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| storage(format!("cannot reach the database: {e}")))
+    }
+
+    /// Runs a scan (`Sql::scan_table`, `Sql::scan_index`) of the table or index numbered
+    /// `number` over `range`.
+    async fn scan(
+        &self,
+        query: &str,
+        number: i64,
+        range: &KeyRange,
+        ts: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        if range.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client.prepare_cached(query).await.map_err(storage)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&number, &range.start, &range.end, &ts_sql(ts), &limit_sql(limit)];
+        client.query(&statement, &params).await.map_err(storage)
+    }
+}
+
+/// Creates the schema and applies the migrations it lacks, under a transaction-scoped lock so
+/// that hosts opening deployments at once do not race.
+async fn migrate(client: &Client, sql: &Sql) -> Result<()> {
+    client.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('kiln migrations'));").await.map_err(storage)?;
+    let result = async {
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {s};
+                 CREATE TABLE IF NOT EXISTS {s}.meta (name text PRIMARY KEY, int_value bigint, blob_value bytea);",
+                s = sql.schema
+            ))
+            .await
+            .map_err(storage)?;
+        let row = client
+            .query_opt(&format!("SELECT int_value FROM {} WHERE name = 'format_version'", sql.t("meta")), &[])
+            .await
+            .map_err(storage)?;
+        let applied = row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(0);
+        let applied = usize::try_from(applied).map_err(|_| corrupt("a negative format version"))?;
+        if applied > MIGRATIONS.len() {
+            return Err(corrupt(&format!(
+                "schema {} has format version {applied}, newer than this Kiln knows ({})",
+                sql.schema,
+                MIGRATIONS.len()
+            )));
+        }
+        for migration in &MIGRATIONS[applied..] {
+            client.batch_execute(&migration.replace("{s}", &sql.schema)).await.map_err(storage)?;
+        }
+        let version = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (name, int_value) VALUES ('format_version', $1)
+                     ON CONFLICT (name) DO UPDATE SET int_value = EXCLUDED.int_value",
+                    sql.t("meta")
+                ),
+                &[&version],
+            )
+            .await
+            .map_err(storage)?;
+        Ok(())
+    }
+    .await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    client.batch_execute(end).await.map_err(storage)?;
+    result
+}
+
+/// The writer's connection, which holds the deployment's advisory lock for as long as it lives.
+struct Writer {
+    client: Client,
+}
+
+impl Writer {
+    async fn connect(config: &tokio_postgres::Config, sql: &Sql) -> Result<Writer> {
+        let (client, connection) =
+            config.connect(NoTls).await.map_err(|e| storage(format!("cannot connect to the database: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "the PostgreSQL writer's connection ended");
+            }
+        });
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock(hashtext('kiln'), hashtext($1))", &[&sql.schema])
+            .await
+            .map_err(storage)?;
+        if !row.get::<_, bool>(0) {
+            return Err(PersistenceError::Locked(format!(
+                "deployment schema {} is open in another Kiln process",
+                sql.schema
+            )));
+        }
+        Ok(Writer { client })
+    }
+
+    /// Writes batches of commits until every sender is gone. After a failure the connection
+    /// (and with it the lock) is opened again for the next batch.
+    async fn run(
+        self,
+        config: tokio_postgres::Config,
+        sql: Arc<Sql>,
+        mut receive: mpsc::UnboundedReceiver<Pending>,
+        max_batch: usize,
+    ) {
+        let mut writer = Some(self);
+        while let Some(first) = receive.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match receive.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            if writer.as_ref().is_none_or(|w| w.client.is_closed()) {
+                writer = match Writer::connect(&config, &sql).await {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        for p in batch {
+                            let _ = p.done.send(Err(e.clone()));
+                        }
+                        continue;
+                    }
+                };
+            }
+            let Some(w) = writer.as_mut() else { continue };
+            let records: Vec<&CommitRecord> = batch.iter().map(|p| &p.record).collect();
+            let result = match w.write(&sql, &records).await {
+                Ok(()) => Ok(()),
+                Err(Written::Before(e)) => Err(e),
+                // The connection failed while Postgres committed, or not: a new connection
+                // reads which.
+                Err(Written::Unknown(e)) => {
+                    writer = None;
+                    resolve(&config, &sql, records.last().map_or(Timestamp::ZERO, |r| r.ts), e).await
+                }
+            };
+            for p in batch {
+                let _ = p.done.send(result.clone());
+            }
+        }
+    }
+
+    async fn write(&mut self, sql: &Sql, records: &[&CommitRecord]) -> std::result::Result<(), Written> {
+        let before = |e: tokio_postgres::Error| Written::Before(storage(e));
+        let txn = self.client.transaction().await.map_err(before)?;
+        let (mut tables, mut ids, mut tss, mut values) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut indexes, mut keys, mut its, mut doc_tables, mut doc_ids) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut catalog = None;
+        let mut max_ts = 0i64;
+        for record in records {
+            let ts = ts_sql(record.ts);
+            max_ts = max_ts.max(ts);
+            // A key written twice in one commit keeps its last write.
+            let mut seen = std::collections::HashSet::new();
+            for (id, value) in record.documents.iter().rev() {
+                if seen.insert(*id) {
+                    tables.push(i64::from(id.table.0));
+                    ids.push(id.internal.0.to_vec());
+                    tss.push(ts);
+                    values.push(value.clone());
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            for w in record.indexes.iter().rev() {
+                if seen.insert((w.index, w.key.clone())) {
+                    indexes.push(i64::from(w.index.0));
+                    keys.push(w.key.clone());
+                    its.push(ts);
+                    doc_tables.push(w.doc.map(|d| i64::from(d.table.0)));
+                    doc_ids.push(w.doc.map(|d| d.internal.0.to_vec()));
+                }
+            }
+            if record.catalog.is_some() {
+                catalog = record.catalog.clone();
+            }
+        }
+        if !tables.is_empty() {
+            let insert = format!(
+                "INSERT INTO {} (table_id, id, ts, value)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bigint[], $4::bytea[])",
+                sql.t("documents")
+            );
+            txn.execute(&insert, &[&tables, &ids, &tss, &values]).await.map_err(before)?;
+        }
+        if !indexes.is_empty() {
+            let insert = format!(
+                "INSERT INTO {} (index_id, key, ts, doc_table, doc_id)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bytea[])",
+                sql.t("index_entries")
+            );
+            txn.execute(&insert, &[&indexes, &keys, &its, &doc_tables, &doc_ids]).await.map_err(before)?;
+        }
+        let meta = sql.t("meta");
+        txn.execute(
+            &format!(
+                "INSERT INTO {meta} (name, int_value) VALUES ('max_ts', $1)
+                 ON CONFLICT (name) DO UPDATE SET int_value = GREATEST({meta}.int_value, EXCLUDED.int_value)"
+            ),
+            &[&max_ts],
+        )
+        .await
+        .map_err(before)?;
+        if let Some(catalog) = catalog {
+            txn.execute(
+                &format!(
+                    "INSERT INTO {meta} (name, blob_value) VALUES ('catalog', $1)
+                     ON CONFLICT (name) DO UPDATE SET blob_value = EXCLUDED.blob_value"
+                ),
+                &[&catalog],
+            )
+            .await
+            .map_err(before)?;
+        }
+        txn.commit().await.map_err(|e| Written::Unknown(storage(e)))
+    }
+}
+
+/// How a batch's write failed.
+enum Written {
+    /// Before the commit was sent: nothing was written.
+    Before(PersistenceError),
+    /// While committing: Postgres may or may not have committed.
+    Unknown(PersistenceError),
+}
+
+/// Whether the batch ending at `ts` committed, read on a new connection: its `max_ts` is
+/// written in the same transaction. `Err(failed)` if it did not, or cannot be known now (then
+/// the commit is reported failed although it may have happened, as any database client would
+/// after losing its connection during COMMIT).
+async fn resolve(config: &tokio_postgres::Config, sql: &Sql, ts: Timestamp, failed: PersistenceError) -> Result<()> {
+    let Ok((client, connection)) = config.connect(NoTls).await else { return Err(failed) };
+    let task = tokio::spawn(connection);
+    let query = format!("SELECT int_value FROM {} WHERE name = 'max_ts'", sql.t("meta"));
+    let committed = match client.query_opt(&query, &[]).await {
+        Ok(Some(row)) => row.get::<_, Option<i64>>(0).is_some_and(|max| max >= ts_sql(ts)),
+        _ => false,
+    };
+    drop(client);
+    task.abort();
+    if committed { Ok(()) } else { Err(failed) }
+}
+
+#[async_trait]
+impl Persistence for PostgresPersistence {
+    async fn recover(&self) -> Result<RecoveredState> {
+        let client = self.client().await?;
+        let rows = client
+            .query(&format!("SELECT name, int_value, blob_value FROM {}", self.sql.t("meta")), &[])
+            .await
+            .map_err(storage)?;
+        let mut state = RecoveredState::default();
+        for row in rows {
+            let name: String = row.get(0);
+            let int: Option<i64> = row.get(1);
+            match name.as_str() {
+                "max_ts" => state.max_ts = ts_from_sql(int.unwrap_or(0))?,
+                "pruned_up_to" => state.pruned_up_to = ts_from_sql(int.unwrap_or(0))?,
+                "catalog" => state.catalog = row.get(2),
+                _ => {}
+            }
+        }
+        Ok(state)
+    }
+
+    async fn commit(&self, record: CommitRecord) -> Result<()> {
+        let (done, result) = oneshot::channel();
+        self.writer.send(Pending { record, done }).map_err(|_| PersistenceError::Closed)?;
+        result.await.map_err(|_| PersistenceError::Closed)?
+    }
+
+    async fn get_document(&self, id: DocumentId, ts: Timestamp) -> Result<Option<DocumentRevision>> {
+        let client = self.client().await?;
+        let query = format!(
+            "SELECT ts, value FROM {} WHERE table_id = $1 AND id = $2 AND ts <= $3 ORDER BY ts DESC LIMIT 1",
+            self.sql.t("documents")
+        );
+        let statement = client.prepare_cached(&query).await.map_err(storage)?;
+        let row = client
+            .query_opt(&statement, &[&i64::from(id.table.0), &&id.internal.0[..], &ts_sql(ts)])
+            .await
+            .map_err(storage)?;
+        row.map(|r| Ok(DocumentRevision { id, ts: ts_from_sql(r.get(0))?, value: r.get(1) })).transpose()
+    }
+
+    async fn scan_table(
+        &self,
+        table: TableNumber,
+        range: &KeyRange,
+        ts: Timestamp,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<ScanHit>> {
+        let query = self.sql.scan_table(order, range.end.is_some());
+        let rows = self.scan(&query, i64::from(table.0), range, ts, limit).await?;
+        rows.into_iter()
+            .map(|r| {
+                let key: Vec<u8> = r.get(0);
+                let id = DocumentId::new(table, internal_id(&key)?);
+                Ok(ScanHit { key, revision: DocumentRevision { id, ts: ts_from_sql(r.get(1))?, value: r.get(2) } })
+            })
+            .collect()
+    }
+
+    async fn scan_index(
+        &self,
+        index: IndexId,
+        range: &KeyRange,
+        ts: Timestamp,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<ScanHit>> {
+        let query = self.sql.scan_index(order, range.end.is_some());
+        let rows = self.scan(&query, i64::from(index.0), range, ts, limit).await?;
+        let mut hits = Vec::with_capacity(rows.len());
+        for r in rows {
+            let value: Option<Vec<u8>> = r.get(4);
+            // An entry whose document is deleted at the scan's timestamp is not a hit.
+            if value.is_none() {
+                continue;
+            }
+            let doc_id: Vec<u8> = r.get(2);
+            let id = DocumentId::new(table_number(r.get(1))?, internal_id(&doc_id)?);
+            hits.push(ScanHit { key: r.get(0), revision: DocumentRevision { id, ts: ts_from_sql(r.get(3))?, value } });
+        }
+        Ok(hits)
+    }
+
+    async fn scan_revisions(
+        &self,
+        table: TableNumber,
+        since: Timestamp,
+        until: Timestamp,
+        after: Option<(Timestamp, InternalId)>,
+        limit: usize,
+    ) -> Result<Vec<DocumentRevision>> {
+        let client = self.client().await?;
+        let query = format!(
+            "SELECT ts, id, value FROM {} WHERE table_id = $1 AND ts > $2 AND ts <= $3 AND (ts, id) > ($4, $5)
+             ORDER BY ts, id LIMIT $6",
+            self.sql.t("documents")
+        );
+        let statement = client.prepare_cached(&query).await.map_err(storage)?;
+        let (after_ts, after_id) = match after {
+            Some((ts, id)) => (ts_sql(ts), id.0.to_vec()),
+            None => (ts_sql(since), Vec::new()),
+        };
+        let rows = client
+            .query(
+                &statement,
+                &[&i64::from(table.0), &ts_sql(since), &ts_sql(until), &after_ts, &after_id, &limit_sql(limit)],
+            )
+            .await
+            .map_err(storage)?;
+        rows.into_iter()
+            .map(|r| {
+                let id: Vec<u8> = r.get(1);
+                Ok(DocumentRevision {
+                    id: DocumentId::new(table, internal_id(&id)?),
+                    ts: ts_from_sql(r.get(0))?,
+                    value: r.get(2),
+                })
+            })
+            .collect()
+    }
+
+    async fn write_index_entries(
+        &self,
+        index: IndexId,
+        ts: Timestamp,
+        entries: Vec<(Vec<u8>, DocumentId)>,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let (mut keys, mut tables, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, doc) in entries {
+            keys.push(key);
+            tables.push(i64::from(doc.table.0));
+            ids.push(doc.internal.0.to_vec());
+        }
+        let query = format!(
+            "INSERT INTO {} (index_id, key, ts, doc_table, doc_id)
+             SELECT $1::bigint, k, $2::bigint, t, i FROM UNNEST($3::bytea[], $4::bigint[], $5::bytea[]) AS u(k, t, i)
+             ON CONFLICT (index_id, key, ts) DO NOTHING",
+            self.sql.t("index_entries")
+        );
+        client.execute(&query, &[&i64::from(index.0), &ts_sql(ts), &keys, &tables, &ids]).await.map_err(storage)?;
+        Ok(())
+    }
+
+    async fn delete_index_entries(&self, index: IndexId, max_rows: usize) -> Result<StepResult> {
+        let client = self.client().await?;
+        let entries = self.sql.t("index_entries");
+        let query =
+            format!("DELETE FROM {entries} WHERE ctid IN (SELECT ctid FROM {entries} WHERE index_id = $1 LIMIT $2)");
+        let deleted = client.execute(&query, &[&i64::from(index.0), &limit_sql(max_rows)]).await.map_err(storage)?;
+        Ok(StepResult { rows_deleted: deleted, done: deleted < max_rows as u64 })
+    }
+
+    async fn prune(&self, cutoff: Timestamp, max_rows: usize) -> Result<StepResult> {
+        let client = self.client().await?;
+        let (docs, entries, meta) = (self.sql.t("documents"), self.sql.t("index_entries"), self.sql.t("meta"));
+        // Revisions superseded by a newer one at or before the cutoff; tombstones at or before
+        // it once nothing older is left under them (removed first, so that no step lets an
+        // older revision show through).
+        let documents = format!(
+            "DELETE FROM {docs} WHERE ctid IN (
+                SELECT d.ctid FROM {docs} d WHERE d.ts <= $1 AND (
+                    EXISTS (SELECT 1 FROM {docs} n WHERE n.table_id = d.table_id AND n.id = d.id
+                            AND n.ts > d.ts AND n.ts <= $1)
+                    OR (d.value IS NULL AND NOT EXISTS (SELECT 1 FROM {docs} o WHERE o.table_id = d.table_id
+                            AND o.id = d.id AND o.ts < d.ts)))
+                LIMIT $2)"
+        );
+        let index_entries = format!(
+            "DELETE FROM {entries} WHERE ctid IN (
+                SELECT e.ctid FROM {entries} e WHERE e.ts <= $1 AND (
+                    EXISTS (SELECT 1 FROM {entries} n WHERE n.index_id = e.index_id AND n.key = e.key
+                            AND n.ts > e.ts AND n.ts <= $1)
+                    OR (e.doc_id IS NULL AND NOT EXISTS (SELECT 1 FROM {entries} o WHERE o.index_id = e.index_id
+                            AND o.key = e.key AND o.ts < e.ts)))
+                LIMIT $2)"
+        );
+        let cutoff_sql = ts_sql(cutoff);
+        let mut deleted = client.execute(&documents, &[&cutoff_sql, &limit_sql(max_rows)]).await.map_err(storage)?;
+        let left = (max_rows as u64).saturating_sub(deleted);
+        if left > 0 {
+            let budget = i64::try_from(left).unwrap_or(i64::MAX);
+            deleted += client.execute(&index_entries, &[&cutoff_sql, &budget]).await.map_err(storage)?;
+        }
+        let done = deleted == 0;
+        if done {
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {meta} (name, int_value) VALUES ('pruned_up_to', $1)
+                         ON CONFLICT (name) DO UPDATE SET int_value = GREATEST({meta}.int_value, EXCLUDED.int_value)"
+                    ),
+                    &[&cutoff_sql],
+                )
+                .await
+                .map_err(storage)?;
+        }
+        Ok(StepResult { rows_deleted: deleted, done })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_are_quoted_and_fit_postgres_identifiers() {
+        assert_eq!(schema_of("shop-1").ok().as_deref(), Some("\"kiln_shop-1\""));
+        let long = "a".repeat(64);
+        let schema = schema_of(&long).unwrap_or_default();
+        assert!(schema.len() - 2 <= 63, "{schema}");
+        assert_ne!(schema, schema_of(&format!("{}b", "a".repeat(63))).unwrap_or_default());
+        for bad in ["", "a\"b", "a b", &"x".repeat(65)] {
+            assert!(schema_of(bad).is_err(), "{bad:?}");
+        }
+    }
+}
