@@ -10,12 +10,15 @@ use kiln_sqlite::SqliteOptions;
 use kiln_store::StoreConfig;
 
 /// The PostgreSQL backend's knobs for the database at `url`: `KILN_POSTGRES_POOL_SIZE`,
-/// `KILN_POSTGRES_MAX_BATCH`, `KILN_POSTGRES_CONNECT_TIMEOUT_SECS`.
+/// `KILN_POSTGRES_MAX_BATCH`, `KILN_POSTGRES_CONNECT_TIMEOUT_SECS`, `KILN_POSTGRES_LEASE_SECS`.
 pub fn postgres_options(url: &str) -> kiln_postgres::PostgresOptions {
     let mut o = kiln_postgres::PostgresOptions::new(url);
     set_usize("KILN_POSTGRES_POOL_SIZE", &mut o.pool_size);
     set_usize("KILN_POSTGRES_MAX_BATCH", &mut o.max_batch);
     set_secs("KILN_POSTGRES_CONNECT_TIMEOUT_SECS", &mut o.connect_timeout);
+    set_secs("KILN_POSTGRES_LEASE_SECS", &mut o.lease_ttl);
+    // Opening waits for an expired owner's lease a little longer than it lasts.
+    o.lock_wait = o.lease_ttl + Duration::from_secs(2);
     o
 }
 

@@ -9,11 +9,15 @@
 //! operator dump, restore or drop one deployment with Postgres's own tools, and makes a
 //! deployment's tables the unit a lock names.
 //!
-//! All commits go through one writer task that owns a dedicated connection holding the
-//! deployment's advisory lock (so a second process cannot open the deployment while this one
-//! writes); it drains every commit waiting into one transaction (arrays unnested into one
-//! `INSERT` per table), so concurrent commits share one durable Postgres commit. Reads take a
-//! connection from a pool shared by the factory's deployments.
+//! A deployment is open on one host at a time: opening takes its lease (a row of
+//! `kiln_cluster.leases`: owner, fencing epoch, expiry), renewed while it is open and released
+//! when it closes; another host takes it once it has expired, raising the epoch. Every commit
+//! reads the lease row (`FOR SHARE`, so a takeover waits for commits in flight) and is refused
+//! when the epoch moved: a host that lost its lease (paused, cut off) cannot commit. All
+//! commits go through one writer task on a dedicated connection; it drains every commit
+//! waiting into one transaction (arrays unnested into one `INSERT` per table), so concurrent
+//! commits share one durable Postgres commit. Reads take a connection from a pool shared by
+//! the factory's deployments.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,9 +44,16 @@ pub struct PostgresOptions {
     /// How long connecting (or waiting for a pooled connection) may take before a call
     /// fails with a clear error.
     pub connect_timeout: Duration,
-    /// How long opening a deployment waits for another opener's lock to go (a process that
-    /// just closed it may hold it for a moment) before it fails with `StorageLocked`.
+    /// How long opening a deployment waits for another host's lease to be released or to
+    /// expire before it fails with `StorageLocked`.
     pub lock_wait: Duration,
+    /// This host's name in the leases it holds (each factory has its own by default).
+    pub host_id: String,
+    /// How long a lease lasts without renewal: how long a deployment whose host died stays
+    /// unserved.
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed (`None`: every third of `lease_ttl`).
+    pub renew_every: Option<Duration>,
 }
 
 impl PostgresOptions {
@@ -53,9 +64,20 @@ impl PostgresOptions {
             pool_size: 8,
             max_batch: 512,
             connect_timeout: Duration::from_secs(5),
-            lock_wait: Duration::from_secs(3),
+            lock_wait: Duration::from_secs(12),
+            host_id: fresh_host_id(),
+            lease_ttl: Duration::from_secs(10),
+            renew_every: None,
         }
     }
+}
+
+/// A host id no other factory has: this process, the time, and a counter.
+fn fresh_host_id() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}-{nanos:x}-{n}", std::process::id())
 }
 
 fn storage(e: impl std::fmt::Display) -> PersistenceError {
@@ -227,6 +249,58 @@ pub struct PostgresPersistence {
     pool: Pool,
     sql: Arc<Sql>,
     writer: mpsc::UnboundedSender<Pending>,
+    /// Dropped with the persistence: the lease's renewals stop.
+    _open: Arc<()>,
+}
+
+/// The lease table every deployment's host takes a row of.
+const LEASES: &str = "kiln_cluster.leases";
+
+/// Takes the lease of `sql`'s deployment for `host` if it is free, expired or already this
+/// host's; returns the new fencing epoch, or `None` while another host holds it.
+async fn acquire(client: &Client, sql: &Sql, host: &str, ttl: Duration) -> Result<Option<i64>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "INSERT INTO {LEASES} AS l (deployment, owner, epoch, expires_at)
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+                 ON CONFLICT (deployment) DO UPDATE
+                 SET owner = EXCLUDED.owner, epoch = l.epoch + 1, expires_at = EXCLUDED.expires_at
+                 WHERE l.expires_at < now() OR l.owner = EXCLUDED.owner
+                 RETURNING epoch"
+            ),
+            &[&sql.schema, &host, &ttl.as_secs_f64()],
+        )
+        .await
+        .map_err(storage)?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Extends the lease while the persistence is open; stops when it is dropped or the lease
+/// was taken (the writer then refuses commits: its epoch is gone).
+async fn renew(pool: Pool, sql: Arc<Sql>, epoch: i64, ttl: Duration, every: Duration, open: std::sync::Weak<()>) {
+    let query = format!(
+        "UPDATE {LEASES} SET expires_at = now() + make_interval(secs => $3)
+         WHERE deployment = $1 AND epoch = $2 AND expires_at > now()"
+    );
+    loop {
+        tokio::time::sleep(every).await;
+        if open.strong_count() == 0 {
+            return;
+        }
+        let renewed = match pool.get().await {
+            Ok(client) => client.execute(&query, &[&sql.schema, &epoch, &ttl.as_secs_f64()]).await.map_err(storage),
+            Err(e) => Err(storage(e)),
+        };
+        match renewed {
+            Ok(0) => {
+                tracing::warn!(schema = %sql.schema, epoch, "the deployment's lease expired or moved to another host");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(schema = %sql.schema, error = %e, "renewing the deployment's lease failed"),
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresPersistence {
@@ -238,20 +312,29 @@ impl std::fmt::Debug for PostgresPersistence {
 impl PostgresPersistence {
     async fn open(factory: &PostgresFactory, name: &str) -> Result<PostgresPersistence> {
         let sql = Arc::new(Sql { schema: schema_of(name)? });
+        let options = &factory.options;
+        let client = connect(&factory.config).await?;
+        migrate(&client, &sql).await?;
         let started = std::time::Instant::now();
-        let writer = loop {
-            match Writer::connect(&factory.config, &sql).await {
-                Err(PersistenceError::Locked(_)) if started.elapsed() < factory.options.lock_wait => {
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-                other => break other?,
+        let epoch = loop {
+            if let Some(epoch) = acquire(&client, &sql, &options.host_id, options.lease_ttl).await? {
+                break epoch;
             }
+            if started.elapsed() >= options.lock_wait {
+                return Err(PersistenceError::Locked(format!(
+                    "deployment {name:?} is open on another host (its lease has not expired)"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         };
-        migrate(&writer.client, &sql).await?;
         let (send, receive) = mpsc::unbounded_channel();
-        let max_batch = factory.options.max_batch.max(1);
-        tokio::spawn(writer.run(factory.config.clone(), sql.clone(), receive, max_batch));
-        Ok(PostgresPersistence { pool: factory.pool.clone(), sql, writer: send })
+        let open = Arc::new(());
+        let writer = Writer { client, epoch, fenced: None };
+        tokio::spawn(writer.run(factory.config.clone(), sql.clone(), receive, options.max_batch.max(1)));
+        let (ttl, every) = (options.lease_ttl, options.renew_every.unwrap_or(options.lease_ttl / 3));
+        let renewals = renew(factory.pool.clone(), sql.clone(), epoch, ttl, every, Arc::downgrade(&open));
+        tokio::spawn(renewals);
+        Ok(PostgresPersistence { pool: factory.pool.clone(), sql, writer: send, _open: open })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -286,7 +369,11 @@ async fn migrate(client: &Client, sql: &Sql) -> Result<()> {
     let result = async {
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {s};
+                "CREATE SCHEMA IF NOT EXISTS kiln_cluster;
+                 CREATE TABLE IF NOT EXISTS {LEASES} (
+                     deployment text PRIMARY KEY, owner text NOT NULL, epoch bigint NOT NULL,
+                     expires_at timestamptz NOT NULL);
+                 CREATE SCHEMA IF NOT EXISTS {s};
                  CREATE TABLE IF NOT EXISTS {s}.meta (name text PRIMARY KEY, int_value bigint, blob_value bytea);",
                 s = sql.schema
             ))
@@ -328,43 +415,37 @@ async fn migrate(client: &Client, sql: &Sql) -> Result<()> {
     result
 }
 
-/// The writer's connection, which holds the deployment's advisory lock for as long as it lives.
+/// A new connection (its driver runs on its own task).
+async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
+    let (client, connection) =
+        config.connect(NoTls).await.map_err(|e| storage(format!("cannot connect to the database: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "a PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The writer: its connection, the lease epoch it commits under, and why it may no longer
+/// commit (its lease moved).
 struct Writer {
     client: Client,
+    epoch: i64,
+    fenced: Option<PersistenceError>,
 }
 
 impl Writer {
-    async fn connect(config: &tokio_postgres::Config, sql: &Sql) -> Result<Writer> {
-        let (client, connection) =
-            config.connect(NoTls).await.map_err(|e| storage(format!("cannot connect to the database: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "the PostgreSQL writer's connection ended");
-            }
-        });
-        let row = client
-            .query_one("SELECT pg_try_advisory_lock(hashtext('kiln'), hashtext($1))", &[&sql.schema])
-            .await
-            .map_err(storage)?;
-        if !row.get::<_, bool>(0) {
-            return Err(PersistenceError::Locked(format!(
-                "deployment schema {} is open in another Kiln process",
-                sql.schema
-            )));
-        }
-        Ok(Writer { client })
-    }
-
-    /// Writes batches of commits until every sender is gone. After a failure the connection
-    /// (and with it the lock) is opened again for the next batch.
+    /// Writes batches of commits until every sender is gone, then releases the lease. After a
+    /// failure the connection is opened again for the next batch.
     async fn run(
-        self,
+        mut self,
         config: tokio_postgres::Config,
         sql: Arc<Sql>,
         mut receive: mpsc::UnboundedReceiver<Pending>,
         max_batch: usize,
     ) {
-        let mut writer = Some(self);
+        let mut alive = true;
         while let Some(first) = receive.recv().await {
             let mut batch = vec![first];
             while batch.len() < max_batch {
@@ -373,38 +454,68 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if writer.as_ref().is_none_or(|w| w.client.is_closed()) {
-                writer = match Writer::connect(&config, &sql).await {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        for p in batch {
-                            let _ = p.done.send(Err(e.clone()));
-                        }
-                        continue;
-                    }
-                };
-            }
-            let Some(w) = writer.as_mut() else { continue };
-            let records: Vec<&CommitRecord> = batch.iter().map(|p| &p.record).collect();
-            let result = match w.write(&sql, &records).await {
-                Ok(()) => Ok(()),
-                Err(Written::Before(e)) => Err(e),
-                // The connection failed while Postgres committed, or not: a new connection
-                // reads which.
-                Err(Written::Unknown(e)) => {
-                    writer = None;
-                    resolve(&config, &sql, records.last().map_or(Timestamp::ZERO, |r| r.ts), e).await
-                }
-            };
+            let result = self.batch(&config, &sql, &mut alive, &batch).await;
             for p in batch {
                 let _ = p.done.send(result.clone());
+            }
+        }
+        if alive && self.fenced.is_none() {
+            let release = format!(
+                "UPDATE {LEASES} SET expires_at = now() - interval '1 second' WHERE deployment = $1 AND epoch = $2"
+            );
+            if let Err(e) = self.client.execute(&release, &[&sql.schema, &self.epoch]).await {
+                tracing::warn!(schema = %sql.schema, error = %e, "releasing the deployment's lease failed");
+            }
+        }
+    }
+
+    /// Writes one batch; `alive` tracks whether the connection is usable.
+    async fn batch(
+        &mut self,
+        config: &tokio_postgres::Config,
+        sql: &Sql,
+        alive: &mut bool,
+        batch: &[Pending],
+    ) -> Result<()> {
+        if let Some(fenced) = &self.fenced {
+            return Err(fenced.clone());
+        }
+        if !*alive || self.client.is_closed() {
+            self.client = connect(config).await?;
+            *alive = true;
+        }
+        let records: Vec<&CommitRecord> = batch.iter().map(|p| &p.record).collect();
+        match self.write(sql, &records).await {
+            Ok(()) => Ok(()),
+            Err(Written::Before(e)) => Err(e),
+            Err(Written::Fenced(e)) => {
+                self.fenced = Some(e.clone());
+                Err(e)
+            }
+            // The connection failed while Postgres committed, or not: a new connection reads
+            // which.
+            Err(Written::Unknown(e)) => {
+                *alive = false;
+                resolve(config, sql, records.last().map_or(Timestamp::ZERO, |r| r.ts), e).await
             }
         }
     }
 
     async fn write(&mut self, sql: &Sql, records: &[&CommitRecord]) -> std::result::Result<(), Written> {
         let before = |e: tokio_postgres::Error| Written::Before(storage(e));
+        let epoch = self.epoch;
         let txn = self.client.transaction().await.map_err(before)?;
+        // The fence: a host that took the lease raised the epoch (and waited for this read's
+        // share lock to go, so no commit of the old epoch lands after its takeover).
+        let lease = format!("SELECT epoch FROM {LEASES} WHERE deployment = $1 FOR SHARE");
+        let current: Option<i64> = txn.query_opt(&lease, &[&sql.schema]).await.map_err(before)?.map(|r| r.get(0));
+        if current != Some(epoch) {
+            return Err(Written::Fenced(PersistenceError::Locked(format!(
+                "the lease of deployment schema {} moved to another host (epoch {epoch} is now {})",
+                sql.schema,
+                current.map_or("gone".to_owned(), |c| c.to_string())
+            ))));
+        }
         let (mut tables, mut ids, mut tss, mut values) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut indexes, mut keys, mut its, mut doc_tables, mut doc_ids) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -482,6 +593,8 @@ impl Writer {
 enum Written {
     /// Before the commit was sent: nothing was written.
     Before(PersistenceError),
+    /// The lease moved to another host: nothing was written, and nothing more will be.
+    Fenced(PersistenceError),
     /// While committing: Postgres may or may not have committed.
     Unknown(PersistenceError),
 }

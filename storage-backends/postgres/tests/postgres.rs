@@ -55,7 +55,7 @@ fn doc(i: u64) -> DocumentId {
     DocumentId::new(TableNumber(1), InternalId(id))
 }
 
-/// Opens `name` again (the factory waits for a closed earlier opener's lock to go).
+/// Opens `name` again (the factory waits for a closed earlier opener's lease to go).
 async fn reopen(f: &PostgresFactory, name: &str) -> kiln_postgres::PostgresPersistence {
     f.open_deployment(name).await.unwrap()
 }
@@ -100,20 +100,54 @@ async fn concurrent_commits_are_grouped_durable_and_recovered_by_another_process
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deployment_open_elsewhere_is_refused_until_it_closes() {
+async fn a_deployment_open_on_another_host_is_refused_until_it_closes() {
     let Some(url) = url() else { return };
     let name = fresh_name("l");
-    let first = factory(&url).open_deployment(&name).await.unwrap();
+    // A short lease, renewed every third of it: it stays held while open.
+    let short = PostgresOptions { lease_ttl: Duration::from_millis(600), ..PostgresOptions::new(&url) };
+    let first = PostgresFactory::new(short).unwrap().open_deployment(&name).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let impatient = PostgresOptions { lock_wait: Duration::from_millis(200), ..PostgresOptions::new(&url) };
     match PostgresFactory::new(impatient).unwrap().open_deployment(&name).await {
         Err(e @ PersistenceError::Locked(_)) => assert_eq!(e.code(), "StorageLocked"),
         Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => panic!("opened one deployment twice"),
+        Ok(_) => panic!("opened one deployment on two hosts"),
     }
     // Another deployment on the same database is not affected.
     factory(&url).open_deployment(&fresh_name("m")).await.unwrap();
+    // Closing releases the lease: another host opens it at once.
     drop(first);
+    let started = Instant::now();
     reopen(&factory(&url), &name).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_lease_moved_cannot_commit() {
+    let Some(url) = url() else { return };
+    let name = fresh_name("f");
+    let commit =
+        |ts: u64| CommitRecord { ts: Timestamp(ts), documents: vec![(doc(ts), Some(vec![1]))], ..Default::default() };
+    // Host A's lease runs out as if A were paused (it renews far less often than it expires);
+    // host B waits for the expiry and takes the deployment over.
+    let a_options = PostgresOptions {
+        lease_ttl: Duration::from_millis(300),
+        renew_every: Some(Duration::from_secs(60)),
+        ..PostgresOptions::new(&url)
+    };
+    let a = PostgresFactory::new(a_options).unwrap().open_deployment(&name).await.unwrap();
+    a.commit(commit(1)).await.unwrap();
+    let b = factory(&url).open_deployment(&name).await.unwrap();
+    b.commit(commit(2)).await.unwrap();
+    // A resumes: its commits are refused, now and later, and leave nothing behind.
+    for ts in [3, 4] {
+        let err = a.commit(commit(ts)).await.unwrap_err();
+        assert_eq!(err.code(), "StorageLocked", "{err}");
+        assert!(err.to_string().contains("moved to another host"), "{err}");
+    }
+    b.commit(commit(5)).await.unwrap();
+    assert_eq!(b.recover().await.unwrap().max_ts, Timestamp(5));
+    assert!(b.get_document(doc(3), Timestamp(5)).await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,4 +166,97 @@ async fn bad_urls_and_unreachable_servers_fail_with_clear_errors() {
     assert!(started.elapsed() < Duration::from_secs(10));
     let Some(url) = url() else { return };
     assert!(factory(&url).open_deployment("bad name").await.is_err());
+}
+
+/// A cluster of this test's own (`.ci/postgres`), which it may stop and start.
+struct OwnCluster {
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl OwnCluster {
+    fn script(command: &str, dir: &std::path::Path) -> String {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ci/postgres");
+        let out = std::process::Command::new("bash").arg(script).arg(command).arg(dir).output().unwrap();
+        assert!(out.status.success(), "postgres {command}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn start() -> OwnCluster {
+        let dir = std::env::temp_dir().join(fresh_name("cluster"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = OwnCluster::script("start", &dir);
+        OwnCluster { dir, url }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        OwnCluster::script("stop", &self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_fail_clearly_while_the_server_is_down_and_resume_after_with_nothing_acknowledged_lost() {
+    // Gated like the others: where the suite has a cluster, this test can make its own.
+    if url().is_none() {
+        return;
+    }
+    let cluster = OwnCluster::start();
+    let options = PostgresOptions { connect_timeout: Duration::from_secs(1), ..PostgresOptions::new(&cluster.url) };
+    let p = Arc::new(PostgresFactory::new(options).unwrap().open_deployment("restarted").await.unwrap());
+    let (acked, errors) = (Arc::new(std::sync::Mutex::new(Vec::new())), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (p, acked, errors, stop) = (p.clone(), acked.clone(), errors.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut ts = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                ts += 1;
+                let record = CommitRecord {
+                    ts: Timestamp(ts),
+                    documents: vec![(doc(ts), Some(ts.to_be_bytes().to_vec()))],
+                    ..Default::default()
+                };
+                match p.commit(record).await {
+                    Ok(()) => acked.lock().unwrap().push(ts),
+                    Err(e) => {
+                        errors.lock().unwrap().push(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        })
+    };
+    fn count<T>(v: &std::sync::Mutex<Vec<T>>) -> usize {
+        v.lock().unwrap().len()
+    }
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait("commits", &|| count(&acked) >= 100);
+    OwnCluster::script("halt", &cluster.dir);
+    wait("failures while the server is down", &|| count(&errors) >= 3);
+    let before = count(&acked);
+    OwnCluster::script("resume", &cluster.dir);
+    wait("commits after the restart", &|| count(&acked) >= before + 100);
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    let message = errors.lock().unwrap()[0].clone();
+    assert!(message.contains("PostgreSQL") && message.starts_with("storage failure"), "{message}");
+    // Every acknowledged commit is there, read through a new factory once this one closed.
+    drop(p);
+    let p = PostgresFactory::new(PostgresOptions::new(&cluster.url)).unwrap().open_deployment("restarted").await;
+    let p = p.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let newest = *acked.last().unwrap();
+    for ts in acked {
+        let revision = p.get_document(doc(ts), Timestamp(newest)).await.unwrap();
+        assert!(revision.is_some(), "acknowledged commit {ts} was lost");
+    }
 }

@@ -1,6 +1,7 @@
 //! Crash safety: a child process commits in a loop and reports each acknowledged commit; it is
 //! killed with SIGKILL at random moments, and every acknowledged commit must survive while no
-//! partial transaction may appear. `KILN_CRASH_ROUNDS` sets the number of rounds (default 20).
+//! partial transaction may appear, on SQLite and on PostgreSQL. `KILN_CRASH_ROUNDS` sets the
+//! number of rounds (default 20).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -11,7 +12,7 @@ use kiln_store::query::Query;
 use kiln_value::Value;
 use rand::Rng;
 
-use crate::{ack_until_killed, config, obj, open};
+use crate::{Backend, ack_until_killed, config, obj, open, open_postgres};
 
 const WRITERS: u64 = 4;
 const TABLES: [&str; 3] = ["a", "b", "c"];
@@ -32,10 +33,21 @@ fn int_json(v: u64) -> String {
 #[test]
 #[ignore = "run as a child process by `acknowledged_commits_survive_sigkill`"]
 fn crash_child() {
-    let Ok(dir) = std::env::var("KILN_CRASH_DIR") else { return };
+    let (dir, postgres) = (std::env::var("KILN_CRASH_DIR"), std::env::var("KILN_CRASH_POSTGRES"));
+    if dir.is_err() && postgres.is_err() {
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
-        let store = Arc::new(open(std::path::Path::new(&dir), config()).await);
+        let store = match (dir, postgres) {
+            (Ok(dir), _) => open(std::path::Path::new(&dir), config()).await,
+            (_, Ok(target)) => {
+                let (url, name) = target.split_once(' ').unwrap();
+                open_postgres(url, name, config()).await
+            }
+            _ => unreachable!(),
+        };
+        let store = Arc::new(store);
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             let store = store.clone();
@@ -79,17 +91,32 @@ fn crash_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_commits_survive_sigkill() {
+    let backend = Backend::sqlite();
+    let Backend::Sqlite(dir) = &backend else { unreachable!() };
+    let child = ("KILN_CRASH_DIR", dir.path().display().to_string());
+    crash_rounds(&backend, child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_commits_survive_sigkill_on_postgres() {
+    let Some(backend) = Backend::postgres() else { return };
+    let Backend::Postgres { url, name } = &backend else { unreachable!() };
+    let child = ("KILN_CRASH_POSTGRES", format!("{url} {name}"));
+    crash_rounds(&backend, child).await;
+}
+
+/// Kills the child (its store on `backend`, named to it by the variable `child`) at random
+/// moments, checking after each kill that every acknowledged commit is whole and present.
+async fn crash_rounds(backend: &Backend, child: (&str, String)) {
     let rounds: usize = std::env::var("KILN_CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
-    let dir = tempfile::tempdir().unwrap();
     let mut acked = BTreeSet::new();
     let mut rng = rand::thread_rng();
     for round in 0..rounds {
         let delay = Duration::from_millis(rng.gen_range(1..250));
-        let seen =
-            ack_until_killed("crash::crash_child", &[("KILN_CRASH_DIR", dir.path().display().to_string())], delay);
+        let seen = ack_until_killed("crash::crash_child", &[(child.0, child.1.clone())], delay);
         acked.extend(seen);
 
-        let store = open(dir.path(), config()).await;
+        let store = backend.open(config()).await;
         let mut tx = store.begin_read_only();
         let mut parts: BTreeMap<u64, BTreeSet<&str>> = BTreeMap::new();
         for t in TABLES {

@@ -97,13 +97,21 @@ impl Backend {
     pub async fn open(&self, config: StoreConfig) -> Store {
         match self {
             Backend::Sqlite(dir) => open(dir.path(), config).await,
-            Backend::Postgres { url, name } => {
-                let factory = kiln_postgres::PostgresFactory::new(kiln_postgres::PostgresOptions::new(url)).unwrap();
-                let p = factory.open_deployment(name).await.unwrap();
-                Store::open(Arc::new(p), config).await.unwrap()
-            }
+            Backend::Postgres { url, name } => open_postgres(url, name, config).await,
         }
     }
+}
+
+/// Opens the store of deployment `name` on the PostgreSQL cluster at `url`.
+pub async fn open_postgres(url: &str, name: &str, config: StoreConfig) -> Store {
+    // A killed child's lease expires within a second (the crash test reopens after each kill).
+    let options = kiln_postgres::PostgresOptions {
+        lease_ttl: std::time::Duration::from_secs(1),
+        ..kiln_postgres::PostgresOptions::new(url)
+    };
+    let factory = kiln_postgres::PostgresFactory::new(options).unwrap();
+    let p = factory.open_deployment(name).await.unwrap();
+    Store::open(Arc::new(p), config).await.unwrap()
 }
 
 /// A store config for tests: no background pruning.
