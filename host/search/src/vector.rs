@@ -47,7 +47,8 @@ impl Default for VectorConfig {
         VectorConfig { connectivity: 32, expansion_add: 128, expansion_search: 200, add_threads: cores.min(SLOTS) }
     }
 }
-/// A filter admitting at most this many documents is answered exactly.
+/// A filter admitting at most this many documents, or an index holding at most this many, is
+/// answered exactly (HNSW may miss a neighbour; scoring this many costs less than a search).
 const EXACT_FILTER_MAX: usize = 2048;
 /// Graph operations that may run at once (usearch keeps a context per concurrent caller).
 const SLOTS: usize = 32;
@@ -538,6 +539,15 @@ impl VectorIndex {
         let skip_keys: HashSet<u64> = skip.iter().filter_map(|id| g.keys.get(id).copied()).collect();
         let limit = query.limit;
         let mut hits = match query.filter.as_deref() {
+            _ if g.docs.len() <= EXACT_FILTER_MAX => {
+                let filter = query.filter.as_deref();
+                let admitted = g
+                    .docs
+                    .iter()
+                    .filter(|(key, (_, f))| !skip_keys.contains(key) && admits(filter, f))
+                    .map(|(key, _)| *key);
+                self.exact(&g, query, admitted)?
+            }
             Some(clauses) => {
                 let mut candidates: HashSet<u64> = HashSet::new();
                 let mut small = true;
