@@ -90,3 +90,9 @@ export const byOwner = query({
       .paginate(paginationOpts);
   },
 });
+
+/** Recorded transfers, a page at a time (oldest first). */
+export const history = query({
+  args: { paginationOpts: paginationOptsValidator },
+  handler: async (ctx, { paginationOpts }) => await ctx.db.query("transfers").paginate(paginationOpts),
+});

@@ -118,6 +118,11 @@ impl Target {
         self.post("/api/kiln/config", body, Duration::from_secs(60))
     }
 
+    /// Lists the hosts sharing the server's database (needs the instance key).
+    pub fn list_hosts(&self) -> Result<Value, CliError> {
+        self.get("/api/kiln/hosts")
+    }
+
     /// Lists deployments (needs the instance key).
     pub fn list_deployments(&self) -> Result<Value, CliError> {
         self.get("/api/kiln/deployments")

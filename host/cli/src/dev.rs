@@ -19,6 +19,8 @@ pub struct ServeOptions {
     pub data: PathBuf,
     /// A PostgreSQL database for the deployments' data (default: SQLite files under `data`).
     pub database: Option<String>,
+    /// Where the other hosts sharing `database` reach this one (default: `http://<listen>`).
+    pub advertise: Option<String>,
     /// Listen address.
     pub listen: SocketAddr,
     /// The site origin's address (`off`: none); by default the port after `listen`'s.
@@ -96,20 +98,41 @@ async fn start_local(opts: &ServeOptions) -> Result<Local, CliError> {
         Some(l) => Some(l.local_addr().map_err(|e| CliError::Usage(e.to_string()))?),
         None => None,
     };
-    let persistence: std::sync::Arc<dyn kiln_persistence::PersistenceFactory> = match &opts.database {
+    let (persistence, member): (std::sync::Arc<dyn kiln_persistence::PersistenceFactory>, _) = match &opts.database {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let options = crate::knobs::postgres_options(url);
+            let lease = options.lease_ttl;
             let factory = kiln_postgres::PostgresFactory::new(options)
                 .map_err(|e| CliError::Usage(format!("--database: {e}")))?;
-            std::sync::Arc::new(factory)
+            // Every host of the database is a member of its cluster.
+            let cluster = kiln_postgres::cluster::PostgresCluster::open(&factory)
+                .await
+                .map_err(|e| CliError::Usage(format!("--database: {e}")))?;
+            let advertise = match &opts.advertise {
+                Some(url) => url.trim_end_matches('/').to_owned(),
+                None if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+                None => format!("http://{addr}"),
+            };
+            if !advertise.starts_with("http://") {
+                return Err(CliError::Usage(format!("--advertise {advertise:?}: give an http:// URL")));
+            }
+            let poll = crate::knobs::cluster_poll();
+            let member = kiln_server::cluster::Member::new(std::sync::Arc::new(cluster), advertise, poll, lease);
+            (std::sync::Arc::new(factory) as _, Some(member))
         }
         Some(_) => return Err(CliError::Usage("--database takes a postgres:// URL".into())),
-        None => std::sync::Arc::new(kiln_sqlite::SqliteFactory {
-            data_dir: config.runtime.data_dir.clone(),
-            options: crate::knobs::sqlite_options(),
-        }),
+        None if opts.advertise.is_some() => {
+            return Err(CliError::Usage("--advertise is for hosts sharing a --database".into()));
+        }
+        None => {
+            let factory = kiln_sqlite::SqliteFactory {
+                data_dir: config.runtime.data_dir.clone(),
+                options: crate::knobs::sqlite_options(),
+            };
+            (std::sync::Arc::new(factory) as _, None)
+        }
     };
-    let (server, first) = Server::start(config, persistence).await?;
+    let (server, first) = Server::start_member(config, persistence, member).await?;
     let server = std::sync::Arc::new(server);
     let url = format!("http://{addr}");
     if let Some(key) = &first.instance_key {
@@ -145,7 +168,7 @@ async fn start_local(opts: &ServeOptions) -> Result<Local, CliError> {
 pub fn serve(opts: ServeOptions) -> Result<(), CliError> {
     runtime()?.block_on(async {
         let local = start_local(&opts).await?;
-        let names = local.server.state().registry.lock().names();
+        let names = local.server.state().registry.names();
         println!("kiln is serving on {} (data: {})", local.url, opts.data.display());
         for name in names {
             println!("  deployment {name}: {}/d/{name}", local.url);

@@ -17,9 +17,17 @@ pub fn postgres_options(url: &str) -> kiln_postgres::PostgresOptions {
     set_usize("KILN_POSTGRES_MAX_BATCH", &mut o.max_batch);
     set_secs("KILN_POSTGRES_CONNECT_TIMEOUT_SECS", &mut o.connect_timeout);
     set_secs("KILN_POSTGRES_LEASE_SECS", &mut o.lease_ttl);
-    // Opening waits for an expired owner's lease a little longer than it lasts.
-    o.lock_wait = o.lease_ttl + Duration::from_secs(2);
+    // Hosts sharing the database take deployments whose leases are free; they never wait.
+    o.lock_wait = Duration::ZERO;
     o
+}
+
+/// How often a host sharing its database reads the other hosts and the leases
+/// (`KILN_CLUSTER_POLL_MS`, default 500).
+pub fn cluster_poll() -> Duration {
+    env_u64("KILN_CLUSTER_POLL_MS")
+        .map_or(Duration::from_millis(500), Duration::from_millis)
+        .max(Duration::from_millis(50))
 }
 
 /// A `KILN_*` number; an unparsable value is ignored with a warning.

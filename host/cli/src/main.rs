@@ -110,6 +110,10 @@ struct Local {
     /// the compiled-component cache, the admin key and the deployment registry.
     #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true, value_name = "URL")]
     database: Option<String>,
+    /// Where the other hosts sharing `--database` reach this one, to forward requests for the
+    /// deployments it serves (default: `http://<--listen>`).
+    #[arg(long, env = "KILN_ADVERTISE", value_name = "URL")]
+    advertise: Option<String>,
     /// Where to listen.
     #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:3210")]
     listen: SocketAddr,
@@ -134,6 +138,7 @@ impl Local {
         dev::ServeOptions {
             data: self.data.clone(),
             database: self.database.clone(),
+            advertise: self.advertise.clone(),
             listen: self.listen,
             site_listen: self.site_listen.clone(),
             static_dir: self.static_dir.clone(),
@@ -208,6 +213,12 @@ enum Command {
     Deployments {
         #[command(subcommand)]
         action: DeploymentsAction,
+    },
+    /// Lists the hosts sharing the server's database and the deployments each serves (needs
+    /// the instance admin key).
+    Hosts {
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Shows or changes a deployment's configuration.
     Config {
@@ -323,6 +334,26 @@ fn run(command: Command) -> Result<(), CliError> {
                 Ok(())
             }
         },
+        Command::Hosts { remote } => {
+            let reply = instance_target(&remote)?.list_hosts()?;
+            for h in reply.get("hosts").and_then(Value::as_array).into_iter().flatten() {
+                let text = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+                let state = match (h.get("alive").and_then(Value::as_bool), h.get("self").and_then(Value::as_bool)) {
+                    (Some(true), Some(true)) => "alive (this host)",
+                    (Some(true), _) => "alive",
+                    _ => "silent",
+                };
+                let owned: Vec<&str> = h
+                    .get("deployments")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!("{:<28} {:<24} {:<18} {}", text("id"), text("url"), state, owned.join(", "));
+            }
+            Ok(())
+        }
         Command::Deployments { action } => match action {
             DeploymentsAction::Create { name, remote } => {
                 let reply = instance_target(&remote)?.create_deployment(&name)?;

@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::fmt;
 
+pub mod cluster;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 

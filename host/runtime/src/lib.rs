@@ -472,6 +472,20 @@ impl Runtime {
         Ok(deployment)
     }
 
+    /// Stops serving a deployment: its scheduler stops and its usage is written; its store
+    /// closes when the calls still holding it end. False if it was not open.
+    pub async fn close_deployment(&self, name: &str) -> bool {
+        let Some(dep) = self.deployments.write().remove(name) else { return false };
+        if let Some(executor) = dep.executor.lock().take() {
+            executor.abort();
+        }
+        if let Err(e) = dep.metering.flush(&dep.store).await {
+            tracing::warn!(deployment = %name, error = %e, "writing usage failed while closing the deployment");
+        }
+        tracing::info!(deployment = %name, "deployment closed");
+        true
+    }
+
     /// A deployment by name.
     pub fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
         self.deployments.read().get(name).cloned()

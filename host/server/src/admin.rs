@@ -38,7 +38,7 @@ fn admin_key(headers: &HeaderMap) -> Result<&str> {
 pub fn require_admin(state: &AppState, deployment: &str, headers: &HeaderMap) -> Result<()> {
     let key = admin_key(headers)?;
     state.deployment(deployment)?;
-    if state.registry.lock().is_admin_key(deployment, key) {
+    if state.registry.is_admin_key(deployment, key) {
         Ok(())
     } else {
         Err(ServerError::Unauthorized(format!("invalid admin key for deployment {deployment:?}")))
@@ -47,7 +47,7 @@ pub fn require_admin(state: &AppState, deployment: &str, headers: &HeaderMap) ->
 
 fn require_instance(state: &AppState, headers: &HeaderMap) -> Result<()> {
     let key = admin_key(headers)?;
-    if state.registry.lock().is_instance_key(key) {
+    if state.registry.is_instance_key(key) {
         Ok(())
     } else {
         Err(ServerError::Unauthorized("this endpoint needs the instance admin key".into()))
@@ -99,7 +99,7 @@ pub async fn deploy(
         .await?;
     // The pushed modules no longer describe what runs: the CLI's next push sends them all.
     crate::push::record_pushed(&state, &d, None)?;
-    deployed(&state, &d, &version)?;
+    deployed(&state, &d, &version).await?;
     tracing::info!(deployment = %d, version = %version.id, "deploy finished");
     Ok(Json(json!({
         "version": version.id,
@@ -110,17 +110,47 @@ pub async fn deploy(
 
 /// What every deploy (`kiln deploy`, a push) ends with once the version serves: the app's
 /// identity providers take effect and subscribed queries re-run on the new version.
-pub fn deployed(state: &AppState, deployment: &str, version: &kiln_runtime::Version) -> Result<()> {
+pub async fn deployed(state: &AppState, deployment: &str, version: &kiln_runtime::Version) -> Result<()> {
     let dep = state.deployment(deployment)?;
     *dep.app_auth.write() = crate::app_auth(&version.manifest);
     dep.hub.invalidate_all();
-    Ok(())
+    crate::cluster::publish_app(state, deployment).await
+}
+
+/// `GET /api/kiln/hosts` (instance key): the hosts sharing this one's database and the
+/// deployments each serves (alone, this host and all its deployments).
+pub async fn hosts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response> {
+    require_instance(&state, &headers)?;
+    let hosts: Vec<JsonValue> = match &state.cluster {
+        Some(member) => {
+            crate::cluster::read(&state).await?;
+            let me = member.backend.host_id();
+            member
+                .hosts()
+                .into_iter()
+                .map(|(h, owned)| {
+                    json!({
+                        "id": h.id, "url": h.url, "alive": h.alive, "seenMsAgo": h.seen_ms_ago,
+                        "self": h.id == me, "deployments": owned,
+                    })
+                })
+                .collect()
+        }
+        None => {
+            let url = state.config.deployment_url(&state.config.default_deployment);
+            let owned = state.runtime.deployment_names();
+            vec![
+                json!({ "id": "local", "url": url, "alive": true, "seenMsAgo": 0, "self": true, "deployments": owned }),
+            ]
+        }
+    };
+    Ok(Json(json!({ "hosts": hosts })).into_response())
 }
 
 /// `GET /api/kiln/deployments` (instance key): the deployments.
 pub async fn list_deployments(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response> {
     require_instance(&state, &headers)?;
-    let names = state.registry.lock().names();
+    let names = state.registry.names();
     let list: Vec<JsonValue> = names
         .iter()
         .map(|n| {
@@ -167,7 +197,7 @@ pub async fn get_config(
     headers: HeaderMap,
 ) -> Result<Response> {
     require_admin(&state, &d, &headers)?;
-    let record = state.registry.lock().get(&d).cloned().unwrap_or_default();
+    let record = state.registry.get(&d).unwrap_or_default();
     Ok(Json(json!({
         "auth": record.auth,
         "appAuth": state.deployment(&d).ok().map(|dep| dep.app_auth.read().clone()),
@@ -195,27 +225,33 @@ pub async fn set_config(
         crate::environment::check(env)?;
     }
     let env_changed = body.env.is_some();
-    {
-        // The registry's lock is held until the runtime has the new configuration, as in
-        // `update_environment_variables`: concurrent changes leave both with the same one.
-        let mut registry = state.registry.lock();
-        registry.update(&d, body.auth.clone(), body.env.clone(), body.fetch.clone())?;
-        if let Some(auth) = body.auth {
-            *dep.auth.write() = auth;
+    // The runtime gets the new configuration before another change may start, as in
+    // `update_environment_variables`: concurrent changes leave both with the same one.
+    let change = |record: &mut crate::registry::DeploymentRecord| {
+        if let Some(auth) = &body.auth {
+            record.auth = auth.clone();
         }
+        if let Some(env) = &body.env {
+            record.env = env.clone();
+        }
+        if let Some(fetch) = &body.fetch {
+            record.fetch = fetch.clone();
+        }
+        Ok(())
+    };
+    let apply = |record: &crate::registry::DeploymentRecord| {
+        *dep.auth.write() = record.auth.clone();
         if (body.env.is_some() || body.fetch.is_some())
             && let Some(rdep) = state.runtime.deployment(&d)
         {
             let mut config = (*rdep.config()).clone();
-            if let Some(fetch) = &body.fetch {
-                config.fetch = state.fetch_policy(fetch);
-            }
-            if let Some(env) = body.env {
-                config.env = env;
-            }
+            config.fetch = state.fetch_policy(&record.fetch);
+            config.env = record.env.clone();
             state.runtime.configure(&d, config)?;
         }
-    }
+        Ok(())
+    };
+    state.registry.modify(&d, change, apply).await?;
     if env_changed {
         // Functions read `process.env`: their results may change.
         dep.hub.invalidate_all();
@@ -272,19 +308,21 @@ pub async fn update_environment_variables(
     require_admin(&state, &d, &headers)?;
     let body: EnvironmentChanges = json_body(&body)?;
     let dep = state.deployment(&d)?;
-    {
-        // Read, changed and written under the registry's lock: concurrent changes do not
-        // lose each other's variables.
-        let mut registry = state.registry.lock();
-        let current = registry.get(&d).map(|r| r.env.clone()).unwrap_or_default();
-        let next = crate::environment::changed(&current, &body.changes)?;
-        registry.update(&d, None, Some(next.clone()), None)?;
+    // Read, changed and written as one change of the registry: concurrent changes do not
+    // lose each other's variables.
+    let change = |record: &mut crate::registry::DeploymentRecord| {
+        record.env = crate::environment::changed(&record.env, &body.changes)?;
+        Ok(())
+    };
+    let apply = |record: &crate::registry::DeploymentRecord| {
         if let Some(rdep) = state.runtime.deployment(&d) {
             let mut config = (*rdep.config()).clone();
-            config.env = next;
+            config.env = record.env.clone();
             state.runtime.configure(&d, config)?;
         }
-    }
+        Ok(())
+    };
+    state.registry.modify(&d, change, apply).await?;
     // Functions read `process.env`: their results may change.
     dep.hub.invalidate_all();
     Ok(Json(json!({})).into_response())

@@ -51,7 +51,7 @@ pub fn admin_caller(state: &AppState, deployment: &str, key: &str) -> Result<Cal
         Some((k, identity)) => (k, Some(identity)),
         None => (key, None),
     };
-    if !state.registry.lock().is_admin_key(deployment, key) {
+    if !state.registry.is_admin_key(deployment, key) {
         return Err(ServerError::Unauthorized(format!("invalid admin key for deployment {deployment:?}")));
     }
     let identity = match acting_as {

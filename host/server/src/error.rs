@@ -54,6 +54,12 @@ pub enum ServerError {
         /// What went wrong.
         message: String,
     },
+    /// The deployment is between hosts (its owner died or is handing it over): retry soon.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The shared database failed (several hosts' registry and leases).
+    #[error("{0}")]
+    Persistence(#[from] kiln_persistence::PersistenceError),
     /// A failure of the server itself.
     #[error("{0}")]
     Internal(String),
@@ -75,6 +81,8 @@ impl ServerError {
             ServerError::InvalidEnvironmentVariables(_) => "InvalidEnvironmentVariables",
             ServerError::Unsupported(_) => "Unsupported",
             ServerError::Storage { code, .. } => code,
+            ServerError::Unavailable(_) => "DeploymentUnavailable",
+            ServerError::Persistence(e) => e.code(),
             ServerError::Internal(_) => "InternalServerError",
         }
     }
@@ -93,6 +101,7 @@ impl ServerError {
             ServerError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServerError::Unavailable(_) | ServerError::Persistence(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServerError::Storage { code, .. } => match code.as_str() {
                 "FileTooLarge" => StatusCode::PAYLOAD_TOO_LARGE,
                 "InvalidUploadToken" | "UploadUrlExpired" => StatusCode::FORBIDDEN,

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod environment;
 pub mod error;
 pub mod files;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use kiln_runtime::{CallOutcome, DeploymentConfig, FunctionKind, Runtime};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use tokio::sync::{Semaphore, watch};
 
 pub use crate::auth::{AuthConfig, AuthProvider, Caller};
@@ -64,6 +65,8 @@ pub struct DeploymentState {
     pub pushes: push::Pushes,
     /// Snapshot exports and imports.
     pub snapshots: Arc<snapshots::Snapshots>,
+    /// Turns true when the deployment closes here (stops its hub).
+    pub closed: watch::Sender<bool>,
 }
 
 impl DeploymentState {
@@ -91,7 +94,9 @@ pub struct AppState {
     /// The function runner.
     pub runtime: Arc<Runtime>,
     /// Admin keys and deployment settings.
-    pub registry: Mutex<Registry>,
+    pub registry: Registry,
+    /// This host's place among the hosts sharing its database (`None`: it is alone).
+    pub cluster: Option<cluster::Member>,
     /// Deployments by name.
     pub deployments: RwLock<HashMap<String, Arc<DeploymentState>>>,
     /// Metrics.
@@ -138,9 +143,13 @@ impl AppState {
         }
     }
 
-    /// Opens a deployment in the runtime and starts its hub.
-    async fn open_deployment(self: &Arc<Self>, name: &str) -> Result<Arc<DeploymentState>> {
-        let record = self.registry.lock().get(name).cloned().unwrap_or_default();
+    /// Opens a deployment in the runtime and starts its hub (with other hosts, after loading
+    /// its deployed app from the shared records; fails while another host holds it).
+    pub async fn open_deployment(self: &Arc<Self>, name: &str) -> Result<Arc<DeploymentState>> {
+        if self.runtime.deployment(name).is_none() {
+            cluster::fetch_app(self, name).await?;
+        }
+        let record = self.registry.get(name).unwrap_or_default();
         let config = DeploymentConfig {
             env: record.env.clone(),
             fetch: self.fetch_policy(&record.fetch),
@@ -163,6 +172,7 @@ impl AppState {
             }
         });
         let snapshots = Arc::new(snapshots::Snapshots::default());
+        let closed = watch::channel(false).0;
         let hub = Arc::new(Hub::new(
             name,
             self.runtime.clone(),
@@ -171,7 +181,17 @@ impl AppState {
             observer,
             snapshots.clone(),
         ));
-        tokio::spawn(hub.clone().run(self.shutdown.subscribe()));
+        // The hub stops when the server stops or the deployment closes here.
+        let (stop_hub, hub_stopped) = watch::channel(false);
+        let (mut server_stop, mut dep_closed) = (self.shutdown.subscribe(), closed.subscribe());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = server_stop.wait_for(|s| *s) => {}
+                _ = dep_closed.wait_for(|s| *s) => {}
+            }
+            stop_hub.send_replace(true);
+        });
+        tokio::spawn(hub.clone().run(hub_stopped));
         let state = Arc::new(DeploymentState {
             name: name.to_owned(),
             hub,
@@ -184,6 +204,7 @@ impl AppState {
             connections: AtomicUsize::new(0),
             pushes: push::Pushes::default(),
             snapshots,
+            closed,
         });
         self.deployments.write().insert(name.to_owned(), state.clone());
         Ok(state)
@@ -203,10 +224,22 @@ impl AppState {
             // The instance admin key begins with it; requests are routed by admin keys' names.
             return Err(ServerError::BadRequest(format!("{name:?} is reserved; choose another deployment name")));
         }
-        let key = self.registry.lock().create(name)?;
+        let key = self.registry.create(name).await?;
         self.open_deployment(name).await?;
         tracing::info!(deployment = name, "deployment created");
         Ok(key)
+    }
+
+    /// Stops serving a deployment here: its sockets close (clients reconnect, and reach the
+    /// host that serves it next), its hub and scheduler stop, and its storage closes once the
+    /// calls still running end (releasing its lease for another host).
+    pub async fn close_deployment(&self, name: &str) {
+        let state = self.deployments.write().remove(name);
+        if let Some(state) = state {
+            state.closed.send_replace(true);
+            state.drop_sockets.send_modify(|n| *n += 1);
+        }
+        self.runtime.close_deployment(name).await;
     }
 }
 
@@ -248,11 +281,26 @@ impl Server {
         config: ServerConfig,
         persistence: Arc<dyn kiln_persistence::PersistenceFactory>,
     ) -> Result<(Server, FirstStart)> {
-        let (registry, instance_key) = Registry::open(&config.runtime.data_dir)?;
+        Server::start_member(config, persistence, None).await
+    }
+
+    /// [`Server::start`] as one of the hosts sharing `member`'s database: the registry and
+    /// deployed apps are the shared ones, and this host serves the deployments whose leases
+    /// it takes (see [`cluster`]), forwarding requests for the others to their hosts.
+    pub async fn start_member(
+        config: ServerConfig,
+        persistence: Arc<dyn kiln_persistence::PersistenceFactory>,
+        member: Option<cluster::Member>,
+    ) -> Result<(Server, FirstStart)> {
+        let (registry, instance_key) = match &member {
+            Some(m) => Registry::open_shared(&config.runtime.data_dir, m.backend.clone()).await?,
+            None => Registry::open(&config.runtime.data_dir)?,
+        };
         let runtime = Arc::new(Runtime::new(config.runtime.clone(), persistence)?);
         let state = Arc::new(AppState {
             runtime,
-            registry: Mutex::new(registry),
+            registry,
+            cluster: member,
             deployments: RwLock::default(),
             metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
@@ -279,12 +327,25 @@ impl Server {
                 }
             }
         });
-        let names = state.registry.lock().names();
+        let names = state.registry.names();
+        let mut first = FirstStart { instance_key, default_admin_key: None };
+        let default = state.config.default_deployment.clone();
+        if state.cluster.is_some() {
+            // Another host may create the default deployment at the same time: one wins.
+            if !names.contains(&default) {
+                match state.create_deployment(&default).await {
+                    Ok(key) => first.default_admin_key = Some(key),
+                    Err(ServerError::DeploymentExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            cluster::poll(&state).await?;
+            tokio::spawn(cluster::run(Arc::downgrade(&state), state.shutdown.subscribe()));
+            return Ok((Server { state }, first));
+        }
         for name in &names {
             state.open_deployment(name).await?;
         }
-        let mut first = FirstStart { instance_key, default_admin_key: None };
-        let default = state.config.default_deployment.clone();
         if !names.contains(&default) {
             first.default_admin_key = Some(state.create_deployment(&default).await?);
         }
@@ -371,5 +432,10 @@ impl Server {
     pub async fn shutdown(&self) {
         self.state.shutdown.send_replace(true);
         self.state.runtime.shutdown().await;
+        if let Some(member) = &self.state.cluster
+            && let Err(e) = member.backend.leave().await
+        {
+            tracing::warn!(error = %e, "leaving the cluster failed");
+        }
     }
 }

@@ -443,7 +443,7 @@ async fn build(state: &Arc<AppState>, deployment: &str, request: &PushRequest) -
         modules.iter().map(|m| SetModule { path: &m.path, source: &m.source }).collect();
     // Module-level code (an `auth.config.ts`) sees the deployment's variables as they are now;
     // they are part of what is compiled, so changing them compiles the push anew.
-    let env = state.registry.lock().get(deployment).map(|r| r.env.clone()).unwrap_or_default();
+    let env = state.registry.get(deployment).map(|r| r.env.clone()).unwrap_or_default();
     let components = request.app_definition.definition.as_ref().map(|config| module_set::SetComponents {
         config: &config.source,
         dependencies: request.app_definition.dependencies.iter().map(String::as_str).collect(),
@@ -795,7 +795,7 @@ pub async fn start_push(
         old.work.abort();
         old.status.send_replace(Status::Replaced);
     }
-    let env = state.registry.lock().get(&d).map(|r| r.env.clone()).unwrap_or_default();
+    let env = state.registry.get(&d).map(|r| r.env.clone()).unwrap_or_default();
     Ok(axum::Json(json!({
         "environmentVariables": env,
         "externalDepsId": null,
@@ -977,7 +977,7 @@ pub async fn finish_push(
             })
             .await?;
         record_pushed(&state, &d, Some((&build.udf_server_version, &build.modules)))?;
-        crate::admin::deployed(&state, &d, &version)?;
+        crate::admin::deployed(&state, &d, &version).await?;
         new_auth = dep.app_auth.read().providers.iter().map(|p| serde_json::to_string(p).unwrap_or_default()).collect();
         tracing::info!(deployment = %d, version = %version.id, "push finished");
     }

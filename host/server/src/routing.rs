@@ -26,6 +26,11 @@ use crate::{AppState, admin, api, files, http_actions, push, snapshots, sync};
 #[derive(Clone, Debug)]
 pub struct Deployment(pub String);
 
+/// A request's URI before its deployment prefix was stripped: what a forwarded request asks
+/// of the host it goes to.
+#[derive(Clone, Debug)]
+pub struct ForwardUri(pub Uri);
+
 /// Splits `/d/<name>/rest` into the deployment and `/rest`.
 fn split_prefix(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix("/d/")?;
@@ -63,6 +68,8 @@ fn to_site(mut req: Request) -> Request {
 
 fn rewrite(default: &str, exists: impl Fn(&str) -> bool, mut req: Request) -> Request {
     let path = req.uri().path().to_owned();
+    let original = ForwardUri(req.uri().clone());
+    req.extensions_mut().insert(original);
     let deployment = match split_prefix(&path) {
         Some((name, tail)) => {
             let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
@@ -118,6 +125,7 @@ pub fn service(
         .layer(DefaultBodyLimit::max(state.config.max_deploy_bytes))
         .layer(Extension(BodyLimit(state.config.max_deploy_bytes)))
         .route("/api/kiln/deployments", get(admin::list_deployments).post(admin::create_deployment))
+        .route("/api/kiln/hosts", get(admin::hosts))
         .route("/api/kiln/config", get(admin::get_config).post(admin::set_config))
         .route("/api/update_environment_variables", post(admin::update_environment_variables))
         .route("/api/get_config_hashes", post(push::get_config_hashes))
@@ -157,12 +165,13 @@ pub fn service(
         .layer(CorsLayer::permissive())
         .merge(http_actions)
         .layer(Extension(BodyTimeout(state.config.body_timeout)))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::cluster::forward))
         .with_state(state.clone());
     let default = state.config.default_deployment.clone();
     let default: Arc<str> = default.into();
     MapRequest::new(router, move |req| {
         let req = if site { to_site(req) } else { req };
-        rewrite(&default, |name| state.registry.lock().get(name).is_some(), req)
+        rewrite(&default, |name| state.registry.contains(name), req)
     })
 }
 

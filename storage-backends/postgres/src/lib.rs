@@ -19,6 +19,8 @@
 //! commits share one durable Postgres commit. Reads take a connection from a pool shared by
 //! the factory's deployments.
 
+pub mod cluster;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -277,11 +279,12 @@ async fn acquire(client: &Client, sql: &Sql, host: &str, ttl: Duration) -> Resul
 }
 
 /// Extends the lease while the persistence is open; stops when it is dropped or the lease
-/// was taken (the writer then refuses commits: its epoch is gone).
+/// was taken (the writer then refuses commits: its epoch is gone). An expired lease nobody
+/// took keeps its epoch and is extended again: no other host committed meanwhile.
 async fn renew(pool: Pool, sql: Arc<Sql>, epoch: i64, ttl: Duration, every: Duration, open: std::sync::Weak<()>) {
     let query = format!(
         "UPDATE {LEASES} SET expires_at = now() + make_interval(secs => $3)
-         WHERE deployment = $1 AND epoch = $2 AND expires_at > now()"
+         WHERE deployment = $1 AND epoch = $2"
     );
     loop {
         tokio::time::sleep(every).await;
@@ -496,7 +499,11 @@ impl Writer {
             // which.
             Err(Written::Unknown(e)) => {
                 *alive = false;
-                resolve(config, sql, records.last().map_or(Timestamp::ZERO, |r| r.ts), e).await
+                let last = records.last().map_or(Timestamp::ZERO, |r| r.ts);
+                let probe = records.iter().rev().find_map(|r| {
+                    r.documents.first().map(|(id, _)| (i64::from(id.table.0), id.internal.0.to_vec(), r.ts))
+                });
+                resolve(config, sql, self.epoch, probe, last, e).await
             }
         }
     }
@@ -599,17 +606,39 @@ enum Written {
     Unknown(PersistenceError),
 }
 
-/// Whether the batch ending at `ts` committed, read on a new connection: its `max_ts` is
-/// written in the same transaction. `Err(failed)` if it did not, or cannot be known now (then
-/// the commit is reported failed although it may have happened, as any database client would
-/// after losing its connection during COMMIT).
-async fn resolve(config: &tokio_postgres::Config, sql: &Sql, ts: Timestamp, failed: PersistenceError) -> Result<()> {
+/// Whether the batch ending at `ts` committed, read on a new connection: a document revision
+/// it wrote (`probe`: table, id, timestamp), which no other commit has, is there; without
+/// one, `max_ts` (written in the same transaction) reached `ts` while the lease is still at
+/// `epoch` (another host's commits raise `max_ts` too). `Err(failed)` if it did not, or
+/// cannot be known now (then the commit is reported failed although it may have happened, as
+/// any database client would after losing its connection during COMMIT).
+async fn resolve(
+    config: &tokio_postgres::Config,
+    sql: &Sql,
+    epoch: i64,
+    probe: Option<(i64, Vec<u8>, Timestamp)>,
+    ts: Timestamp,
+    failed: PersistenceError,
+) -> Result<()> {
     let Ok((client, connection)) = config.connect(NoTls).await else { return Err(failed) };
     let task = tokio::spawn(connection);
-    let query = format!("SELECT int_value FROM {} WHERE name = 'max_ts'", sql.t("meta"));
-    let committed = match client.query_opt(&query, &[]).await {
-        Ok(Some(row)) => row.get::<_, Option<i64>>(0).is_some_and(|max| max >= ts_sql(ts)),
-        _ => false,
+    let committed = match probe {
+        Some((table, id, at)) => {
+            let query = format!("SELECT 1 FROM {} WHERE table_id = $1 AND id = $2 AND ts = $3", sql.t("documents"));
+            matches!(client.query_opt(&query, &[&table, &id, &ts_sql(at)]).await, Ok(Some(_)))
+        }
+        None => {
+            let query = format!(
+                "SELECT m.int_value, l.epoch FROM {} m, {LEASES} l WHERE m.name = 'max_ts' AND l.deployment = $1",
+                sql.t("meta")
+            );
+            match client.query_opt(&query, &[&sql.schema]).await {
+                Ok(Some(row)) => {
+                    row.get::<_, Option<i64>>(0).is_some_and(|max| max >= ts_sql(ts)) && row.get::<_, i64>(1) == epoch
+                }
+                _ => false,
+            }
+        }
     };
     drop(client);
     task.abort();

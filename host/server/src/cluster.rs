@@ -1,0 +1,350 @@
+//! Several hosts serving one set of deployments from a shared database.
+//!
+//! Each host sends heartbeats (with the URL it is reached at, `--advertise`) and, every poll,
+//! reads the hosts, the shared registry and the deployments' leases. A deployment is served
+//! by the host holding its lease (the persistence takes it on open and fences commits with
+//! it); this module decides which host tries to take which: a free or expired lease is taken
+//! by the live host that rendezvous hashing picks for the deployment (by any host once it has
+//! stayed free for a lease time, so a picked host that never comes does not strand it), and a
+//! host owning more than its share hands one deployment per poll to the host picked for it.
+//! A deployment whose lease another host took is closed here at once. Requests and sockets
+//! for a deployment served elsewhere are forwarded to its owner ([`forward`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use kiln_persistence::cluster::{Cluster, HostEntry, LeaseEntry};
+use parking_lot::RwLock;
+
+use crate::AppState;
+use crate::error::{Result, ServerError};
+use crate::routing::{Deployment, ForwardUri};
+
+/// The header a forwarded request carries (the forwarding host's id): it is never forwarded again.
+pub const FORWARDED_BY: &str = "x-kiln-forwarded-by";
+
+/// Shared records of deployed apps: `app/<name>` (the component) and `pushed/<name>` (the
+/// modules of the `convex` CLI's last push, empty after `kiln deploy`).
+const APP_RECORDS: &str = "app/";
+const PUSHED_RECORDS: &str = "pushed/";
+
+/// This host's place in a cluster.
+pub struct Member {
+    /// The shared database.
+    pub backend: Arc<dyn Cluster>,
+    /// Where this host is reached.
+    pub advertise: String,
+    /// How often the cluster is read.
+    pub poll: Duration,
+    /// How long a lease lasts unrenewed (a lease free for longer may be taken by any host).
+    pub lease: Duration,
+    view: RwLock<View>,
+}
+
+/// What the last poll read.
+#[derive(Default)]
+struct View {
+    hosts: Vec<HostEntry>,
+    leases: HashMap<String, LeaseEntry>,
+}
+
+impl Member {
+    /// A member of `backend`'s cluster reached at `advertise`.
+    pub fn new(backend: Arc<dyn Cluster>, advertise: String, poll: Duration, lease: Duration) -> Member {
+        Member { backend, advertise, poll, lease, view: RwLock::default() }
+    }
+
+    /// Where the host holding `deployment`'s live lease is reached, unless it is this one.
+    pub fn owner_url(&self, deployment: &str) -> Option<String> {
+        let view = self.view.read();
+        let lease = view.leases.get(deployment).filter(|l| l.expires_in_ms > 0)?;
+        if lease.owner == self.backend.host_id() {
+            return None;
+        }
+        view.hosts.iter().find(|h| h.id == lease.owner).map(|h| h.url.clone())
+    }
+
+    /// The hosts and the deployments each holds, as of the last poll.
+    pub fn hosts(&self) -> Vec<(HostEntry, Vec<String>)> {
+        let view = self.view.read();
+        view.hosts
+            .iter()
+            .map(|h| {
+                let mut owned: Vec<String> = view
+                    .leases
+                    .values()
+                    .filter(|l| l.owner == h.id && l.expires_in_ms > 0)
+                    .map(|l| l.deployment.clone())
+                    .collect();
+                owned.sort();
+                (h.clone(), owned)
+            })
+            .collect()
+    }
+}
+
+/// A hash of the deployment and host (FNV-1a, then MurmurHash3's finalizer so that names
+/// differing in one letter score independently): each deployment's preference order over
+/// hosts, the same on every host.
+fn score(deployment: &str, host: &str) -> u64 {
+    let mut h = deployment
+        .bytes()
+        .chain([0])
+        .chain(host.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The live host that should serve `deployment`.
+fn pick<'a>(deployment: &str, live: &[&'a str]) -> Option<&'a str> {
+    live.iter().copied().max_by_key(|h| score(deployment, h))
+}
+
+/// Runs polls until the server stops; a failed poll is logged and retried.
+pub async fn run(state: std::sync::Weak<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let Some(app) = state.upgrade() else { return };
+        let Some(member) = app.cluster.as_ref() else { return };
+        let every = member.poll;
+        if let Err(e) = poll(&app).await {
+            tracing::warn!(error = %e, "reading the cluster failed");
+        }
+        drop(app);
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Reads the hosts and the leases of every deployment (what [`Member::hosts`] answers).
+pub async fn read(state: &AppState) -> Result<()> {
+    let Some(member) = state.cluster.as_ref() else { return Ok(()) };
+    let hosts = member.backend.hosts().await?;
+    let leases = member.backend.leases(&state.registry.names()).await?;
+    *member.view.write() = View { hosts, leases: leases.into_iter().map(|l| (l.deployment.clone(), l)).collect() };
+    Ok(())
+}
+
+/// One poll: heartbeat, read, close what moved away, take what is ours, hand over one
+/// deployment past our share.
+pub async fn poll(state: &Arc<AppState>) -> Result<()> {
+    let Some(member) = state.cluster.as_ref() else { return Ok(()) };
+    let me = member.backend.host_id().to_owned();
+    member.backend.heartbeat(&member.advertise).await?;
+    state.registry.refresh().await?;
+    let names = state.registry.names();
+    let hosts = member.backend.hosts().await?;
+    let leases: HashMap<String, LeaseEntry> =
+        member.backend.leases(&names).await?.into_iter().map(|l| (l.deployment.clone(), l)).collect();
+    let mut live: Vec<&str> = hosts.iter().filter(|h| h.alive).map(|h| h.id.as_str()).collect();
+    if !live.contains(&me.as_str()) {
+        live.push(&me);
+    }
+    let local: Vec<String> = state.deployments.read().keys().cloned().collect();
+    for name in &local {
+        if leases.get(name).is_some_and(|l| l.owner != me) {
+            tracing::warn!(deployment = %name, "the deployment's lease moved to another host; closing it here");
+            state.close_deployment(name).await;
+        }
+    }
+    let lease_ms = i64::try_from(member.lease.as_millis()).unwrap_or(i64::MAX);
+    for name in &names {
+        if state.deployments.read().contains_key(name) {
+            continue;
+        }
+        let lease = leases.get(name);
+        let free = lease.is_none_or(|l| l.expires_in_ms <= 0);
+        let stranded = lease.is_some_and(|l| l.expires_in_ms <= -lease_ms);
+        if free && (pick(name, &live) == Some(me.as_str()) || stranded) {
+            match state.open_deployment(name).await {
+                Ok(_) => {
+                    tracing::info!(deployment = %name, "took the deployment");
+                }
+                Err(e) => tracing::debug!(deployment = %name, error = %e, "could not take the deployment"),
+            }
+        }
+    }
+    *member.view.write() = View { hosts: hosts.clone(), leases: leases.clone() };
+    // Hand over one deployment past our share, to the live host it prefers.
+    let share = names.len().div_ceil(live.len().max(1));
+    if state.deployments.read().len() > share {
+        let mine: Vec<String> = state.deployments.read().keys().cloned().collect();
+        if let Some(name) = mine.iter().find(|n| pick(n, &live).is_some_and(|h| h != me)) {
+            tracing::info!(deployment = %name, "handing the deployment over to another host");
+            state.close_deployment(name).await;
+        }
+    }
+    Ok(())
+}
+
+/// Copies a deployed app (and the modules of its push) to the shared records, so that the
+/// host that serves it next loads the same.
+pub async fn publish_app(state: &AppState, deployment: &str) -> Result<()> {
+    let Some(member) = state.cluster.as_ref() else { return Ok(()) };
+    let dir = &state.config.runtime.data_dir;
+    let read = |path: std::path::PathBuf| match std::fs::read(&path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(ServerError::Internal(format!("{}: {e}", path.display()))),
+    };
+    let pushed = read(dir.join(format!("{deployment}.modules.json")))?;
+    member.backend.put(&format!("{PUSHED_RECORDS}{deployment}"), &pushed).await?;
+    let app = read(dir.join(format!("{deployment}.wasm")))?;
+    member.backend.put(&format!("{APP_RECORDS}{deployment}"), &app).await?;
+    Ok(())
+}
+
+/// Writes the shared deployed app of `deployment` where the runtime loads it from.
+pub async fn fetch_app(state: &AppState, deployment: &str) -> Result<()> {
+    let Some(member) = state.cluster.as_ref() else { return Ok(()) };
+    let dir = &state.config.runtime.data_dir;
+    for (prefix, file) in
+        [(APP_RECORDS, format!("{deployment}.wasm")), (PUSHED_RECORDS, format!("{deployment}.modules.json"))]
+    {
+        let path = dir.join(file);
+        let io = |e: std::io::Error| ServerError::Internal(format!("{}: {e}", path.display()));
+        match member.backend.get(&format!("{prefix}{deployment}")).await? {
+            Some(bytes) if !bytes.is_empty() && std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) => {
+                let tmp = path.with_extension("fetched.tmp");
+                std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path)).map_err(io)?;
+            }
+            Some(bytes) if !bytes.is_empty() => {}
+            Some(_) => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                _ => {}
+            },
+            // Never deployed (or by a host before it shared its apps): keep what is here.
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a request is the deployment's (forwarded to its owner) rather than this host's
+/// own (instance-wide admin routes, static files).
+fn deployment_route(path: &str) -> bool {
+    (path.starts_with("/api/") || path == "/http" || path.starts_with("/http/"))
+        && !matches!(path, "/api/kiln/deployments" | "/api/kiln/hosts")
+}
+
+/// Middleware: a request for a deployment another host serves goes to that host. One for a
+/// deployment between hosts (its owner died, or this host is opening it) waits for it to be
+/// served again, up to two lease times, then is refused with `DeploymentUnavailable`.
+pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(member) = state.cluster.as_ref() else { return next.run(req).await };
+    let Some(Deployment(name)) = req.extensions().get::<Deployment>().cloned() else { return next.run(req).await };
+    if !deployment_route(req.uri().path()) || !state.registry.contains(&name) {
+        return next.run(req).await;
+    }
+    let forwarded = req.headers().contains_key(FORWARDED_BY);
+    let deadline = tokio::time::Instant::now() + member.lease * 2;
+    loop {
+        if state.deployments.read().contains_key(&name) {
+            return next.run(req).await;
+        }
+        match member.owner_url(&name) {
+            // Forwarded once already: the hosts disagree for a moment; the client retries.
+            Some(_) if forwarded => break,
+            Some(url) => {
+                return proxy(&url, member.backend.host_id(), req).await.unwrap_or_else(|e| e.into_response());
+            }
+            None if tokio::time::Instant::now() >= deadline => break,
+            None => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    ServerError::Unavailable(format!("deployment {name:?} is moving between hosts; retry in a moment")).into_response()
+}
+
+/// Sends `req` (as it arrived, before the deployment prefix was stripped) to the host at
+/// `base`; a WebSocket upgrade becomes a tunnel between the client and that host.
+async fn proxy(base: &str, me: &str, mut req: Request) -> Result<Response> {
+    let authority = base
+        .strip_prefix("http://")
+        .map(|rest| rest.split('/').next().unwrap_or(rest))
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| ServerError::Unavailable(format!("the owner's address {base:?} is not an http:// URL")))?;
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ServerError::Unavailable(format!("the host serving the deployment ({base}) cannot be reached: {e}; retry"))
+    };
+    let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| unreachable(&e))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "a forwarded connection ended with an error");
+        }
+    });
+    if let Some(ForwardUri(uri)) = req.extensions().get::<ForwardUri>().cloned() {
+        let path: Uri = uri.path_and_query().map_or("/", |p| p.as_str()).parse().unwrap_or_default();
+        *req.uri_mut() = path;
+    }
+    if let Ok(value) = me.parse() {
+        req.headers_mut().insert(FORWARDED_BY, value);
+    }
+    let upgrade = req.headers().contains_key(axum::http::header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
+    let mut response = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client) = upgrade
+    {
+        let owner = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let (Ok(client), Ok(owner)) = (client.await, owner.await) else { return };
+            let (mut client, mut owner) = (TokioIo::new(client), TokioIo::new(owner));
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut owner).await;
+        });
+    }
+    Ok(response.map(axum::body::Body::new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_host_picks_the_same_owner_and_deployments_spread() {
+        let hosts = ["a-1", "b-2", "c-3"];
+        let mut counts = HashMap::new();
+        for i in 0..300 {
+            let name = format!("app{i}");
+            let first = pick(&name, &hosts).unwrap();
+            let reordered = [hosts[2], hosts[0], hosts[1]];
+            assert_eq!(pick(&name, &reordered), Some(first), "the pick does not depend on the list's order");
+            *counts.entry(first).or_insert(0) += 1;
+        }
+        for host in hosts {
+            let n = counts.get(host).copied().unwrap_or(0);
+            assert!((60..=140).contains(&n), "{host} got {n} of 300 deployments");
+        }
+        // A host leaving moves only its own deployments.
+        for i in 0..300 {
+            let name = format!("app{i}");
+            let before = pick(&name, &hosts).unwrap();
+            if before != "b-2" {
+                assert_eq!(pick(&name, &["a-1", "c-3"]), Some(before));
+            }
+        }
+    }
+
+    #[test]
+    fn only_deployment_routes_are_forwarded() {
+        assert!(deployment_route("/api/query"));
+        assert!(deployment_route("/api/1.48.0/sync"));
+        assert!(deployment_route("/http/hook"));
+        assert!(!deployment_route("/api/kiln/hosts"));
+        assert!(!deployment_route("/api/kiln/deployments"));
+        assert!(!deployment_route("/index.html"));
+        assert!(!deployment_route("/metrics"));
+    }
+}
