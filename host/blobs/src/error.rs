@@ -22,6 +22,9 @@ pub enum BlobError {
         /// The limit.
         max_bytes: u64,
     },
+    /// The database holding the blobs failed.
+    #[error("file storage failed: {0}")]
+    Database(String),
     /// A range outside the blob.
     #[error("the range {start}..{end} is not within the file's {size} bytes")]
     InvalidRange {
@@ -42,7 +45,7 @@ impl BlobError {
     /// The stable code.
     pub fn code(&self) -> &'static str {
         match self {
-            BlobError::Io { .. } => "StorageFailed",
+            BlobError::Io { .. } | BlobError::Database(_) => "StorageFailed",
             BlobError::Body(_) => "UploadFailed",
             BlobError::TooLarge { .. } => "FileTooLarge",
             BlobError::InvalidRange { .. } => "InvalidRange",

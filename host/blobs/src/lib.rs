@@ -68,6 +68,14 @@ pub trait BlobStore: Send + Sync {
     async fn list(&self) -> Result<Vec<[u8; 32]>>;
 }
 
+/// Opens deployments' blob stores where they are not files under the data directory (in a
+/// database several hosts share, so that a deployment's files move with it).
+#[async_trait]
+pub trait BlobStoreFactory: Send + Sync {
+    /// The blob store of deployment `name`.
+    async fn open_blobs(&self, name: &str) -> Result<std::sync::Arc<dyn BlobStore>>;
+}
+
 /// Blobs as files under a directory: `<root>/<first two hex digits>/<hex digest>`, written
 /// through `<root>/tmp/`.
 #[derive(Debug)]

@@ -117,8 +117,11 @@ async fn start_local(opts: &ServeOptions) -> Result<Local, CliError> {
                 return Err(CliError::Usage(format!("--advertise {advertise:?}: give an http:// URL")));
             }
             let poll = crate::knobs::cluster_poll();
-            let member = kiln_server::cluster::Member::new(std::sync::Arc::new(cluster), advertise, poll, lease);
-            (std::sync::Arc::new(factory) as _, Some(member))
+            let factory = std::sync::Arc::new(factory);
+            // Files live in the database too, so that they move with their deployment.
+            let member = kiln_server::cluster::Member::new(std::sync::Arc::new(cluster), advertise, poll, lease)
+                .with_blobs(factory.clone());
+            (factory as _, Some(member))
         }
         Some(_) => return Err(CliError::Usage("--database takes a postgres:// URL".into())),
         None if opts.advertise.is_some() => {

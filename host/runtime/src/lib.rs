@@ -326,6 +326,8 @@ pub struct Runtime {
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Opens deployments' persistence (the binary's choice of backend).
     persistence: Arc<dyn PersistenceFactory>,
+    /// Opens deployments' file storage when it is not under the data directory.
+    blob_factory: Option<Arc<dyn kiln_blobs::BlobStoreFactory>>,
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -376,8 +378,16 @@ impl Runtime {
             versions: Mutex::default(),
             flusher: Mutex::new(None),
             persistence,
+            blob_factory: None,
         };
         Ok(runtime)
+    }
+
+    /// Keeps deployments' files where `factory` says (e.g. in the database hosts share)
+    /// instead of under `<data_dir>/files/<name>`.
+    pub fn with_blob_factory(mut self, factory: Arc<dyn kiln_blobs::BlobStoreFactory>) -> Runtime {
+        self.blob_factory = Some(factory);
+        self
     }
 
     /// The runtime's configuration.
@@ -418,16 +428,24 @@ impl Runtime {
         store.ensure_system_index(scheduler::TABLE, scheduler::BY_STATE, &scheduler::BY_STATE_FIELDS).await?;
         store.ensure_system_index(crons::TABLE, crons::BY_NEXT, &crons::BY_NEXT_FIELDS).await?;
         store.ensure_system_index(storage::TABLE, storage::BY_SHA, &storage::BY_SHA_FIELDS).await?;
-        let blob_dir = self.shared.config.data_dir.join("files").join(name);
-        let blobs = match kiln_blobs::DirBlobStore::open(&blob_dir).await {
-            Ok(blobs) => blobs,
-            // A read-only or full data directory still serves reads (as the store does).
-            Err(e) => {
-                tracing::warn!(deployment = name, error = %e, "file storage cannot be written; serving reads only");
-                kiln_blobs::DirBlobStore::open_as_is(&blob_dir)
+        let blobs: Arc<dyn kiln_blobs::BlobStore> = match &self.blob_factory {
+            Some(factory) => factory
+                .open_blobs(name)
+                .await
+                .map_err(|e| RuntimeError::Engine(format!("opening the file storage of {name:?}: {e}")))?,
+            None => {
+                let blob_dir = self.shared.config.data_dir.join("files").join(name);
+                match kiln_blobs::DirBlobStore::open(&blob_dir).await {
+                    Ok(blobs) => Arc::new(blobs),
+                    // A read-only or full data directory still serves reads (as the store does).
+                    Err(e) => {
+                        tracing::warn!(deployment = name, error = %e, "file storage cannot be written; serving reads only");
+                        Arc::new(kiln_blobs::DirBlobStore::open_as_is(&blob_dir))
+                    }
+                }
             }
         };
-        let files = storage::Files::new(Arc::new(blobs));
+        let files = storage::Files::new(blobs);
         match files.sweep(&store).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deployment = name, freed = n, "freed the blobs of deleted or unfinished files"),

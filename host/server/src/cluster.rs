@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use kiln_persistence::cluster::{Cluster, HostEntry, LeaseEntry};
 use parking_lot::RwLock;
+use sha2::Digest;
 
 use crate::AppState;
 use crate::error::{Result, ServerError};
@@ -29,9 +30,11 @@ use crate::routing::{Deployment, ForwardUri};
 /// The header a forwarded request carries (the forwarding host's id): it is never forwarded again.
 pub const FORWARDED_BY: &str = "x-kiln-forwarded-by";
 
-/// Shared records of deployed apps: `app/<name>` (the component) and `pushed/<name>` (the
+/// Shared records of deployed apps: `app/<name>` (the component), `appdigest/<name>` (its
+/// SHA-256, which hosts poll to compile new apps ahead of a takeover) and `pushed/<name>` (the
 /// modules of the `convex` CLI's last push, empty after `kiln deploy`).
 const APP_RECORDS: &str = "app/";
+const DIGEST_RECORDS: &str = "appdigest/";
 const PUSHED_RECORDS: &str = "pushed/";
 
 /// This host's place in a cluster.
@@ -44,7 +47,14 @@ pub struct Member {
     pub poll: Duration,
     /// How long a lease lasts unrenewed (a lease free for longer may be taken by any host).
     pub lease: Duration,
+    /// Where deployments' files are kept, shared by the hosts (`None`: each host's data directory).
+    pub blobs: Option<Arc<dyn kiln_blobs::BlobStoreFactory>>,
     view: RwLock<View>,
+    /// The app digest each deployment served elsewhere was compiled at here (so that taking
+    /// it over loads compiled code instead of compiling).
+    warmed: parking_lot::Mutex<HashMap<String, String>>,
+    /// An app is being compiled ahead (one at a time).
+    warming: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the last poll read.
@@ -57,7 +67,22 @@ struct View {
 impl Member {
     /// A member of `backend`'s cluster reached at `advertise`.
     pub fn new(backend: Arc<dyn Cluster>, advertise: String, poll: Duration, lease: Duration) -> Member {
-        Member { backend, advertise, poll, lease, view: RwLock::default() }
+        Member {
+            backend,
+            advertise,
+            poll,
+            lease,
+            blobs: None,
+            view: RwLock::default(),
+            warmed: parking_lot::Mutex::default(),
+            warming: Arc::default(),
+        }
+    }
+
+    /// Keeps deployments' files in `blobs` (so that they move with the deployment).
+    pub fn with_blobs(mut self, blobs: Arc<dyn kiln_blobs::BlobStoreFactory>) -> Member {
+        self.blobs = Some(blobs);
+        self
     }
 
     /// Where the host holding `deployment`'s live lease is reached, unless it is this one.
@@ -176,6 +201,7 @@ pub async fn poll(state: &Arc<AppState>) -> Result<()> {
         }
     }
     *member.view.write() = View { hosts: hosts.clone(), leases: leases.clone() };
+    warm(state, member).await?;
     // Hand over one deployment past our share, to the live host it prefers.
     let share = names.len().div_ceil(live.len().max(1));
     if state.deployments.read().len() > share {
@@ -185,6 +211,47 @@ pub async fn poll(state: &Arc<AppState>) -> Result<()> {
             state.close_deployment(name).await;
         }
     }
+    Ok(())
+}
+
+/// Compiles, in the background, the newest app of one deployment another host serves, if this
+/// host has not yet (the compiled code stays in the runtime's cache on disk).
+async fn warm(state: &Arc<AppState>, member: &Member) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    if member.warming.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let digests = member.backend.list(DIGEST_RECORDS).await?;
+    let next = digests.into_iter().find_map(|(key, digest)| {
+        let name = key[DIGEST_RECORDS.len()..].to_owned();
+        let digest = String::from_utf8(digest).ok()?;
+        let fresh = !state.deployments.read().contains_key(&name)
+            && member.warmed.lock().get(&name).is_none_or(|d| *d != digest);
+        fresh.then_some((name, digest))
+    });
+    let Some((name, digest)) = next else { return Ok(()) };
+    member.warming.store(true, Ordering::Release);
+    let (weak, warming) = (Arc::downgrade(state), member.warming.clone());
+    tokio::spawn(async move {
+        if let Some(state) = weak.upgrade() {
+            let path = state.config.runtime.data_dir.join(format!("{name}.wasm"));
+            let compiled = match fetch_app(&state, &name).await {
+                Ok(()) => match std::fs::read(&path) {
+                    Ok(bytes) => state.runtime.prepare(&bytes).await.map(drop).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            match compiled {
+                Ok(()) => tracing::info!(deployment = %name, "compiled its app ahead of a takeover"),
+                Err(e) => tracing::warn!(deployment = %name, error = %e, "compiling an app ahead failed"),
+            }
+            if let Some(member) = &state.cluster {
+                member.warmed.lock().insert(name, digest);
+            }
+        }
+        warming.store(false, Ordering::Release);
+    });
     Ok(())
 }
 
@@ -202,6 +269,10 @@ pub async fn publish_app(state: &AppState, deployment: &str) -> Result<()> {
     member.backend.put(&format!("{PUSHED_RECORDS}{deployment}"), &pushed).await?;
     let app = read(dir.join(format!("{deployment}.wasm")))?;
     member.backend.put(&format!("{APP_RECORDS}{deployment}"), &app).await?;
+    let digest: String = sha2::Sha256::digest(&app).iter().map(|b| format!("{b:02x}")).collect();
+    member.backend.put(&format!("{DIGEST_RECORDS}{deployment}"), digest.as_bytes()).await?;
+    // This host compiled it already.
+    member.warmed.lock().insert(deployment.to_owned(), digest);
     Ok(())
 }
 
@@ -238,9 +309,13 @@ fn deployment_route(path: &str) -> bool {
         && !matches!(path, "/api/kiln/deployments" | "/api/kiln/hosts")
 }
 
+/// A request for a deployment between hosts is held at least this long.
+const HOLD_AT_LEAST: Duration = Duration::from_secs(10);
+
 /// Middleware: a request for a deployment another host serves goes to that host. One for a
-/// deployment between hosts (its owner died, or this host is opening it) waits for it to be
-/// served again, up to two lease times, then is refused with `DeploymentUnavailable`.
+/// deployment between hosts (its owner died or cannot be reached, or this host is opening it)
+/// waits for it to be served again, up to two lease times (at least [`HOLD_AT_LEAST`]), then
+/// is refused with `DeploymentUnavailable`.
 pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(member) = state.cluster.as_ref() else { return next.run(req).await };
     let Some(Deployment(name)) = req.extensions().get::<Deployment>().cloned() else { return next.run(req).await };
@@ -248,7 +323,8 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         return next.run(req).await;
     }
     let forwarded = req.headers().contains_key(FORWARDED_BY);
-    let deadline = tokio::time::Instant::now() + member.lease * 2;
+    let deadline = tokio::time::Instant::now() + (member.lease * 2).max(HOLD_AT_LEAST);
+    let mut unreachable = None;
     loop {
         if state.deployments.read().contains_key(&name) {
             return next.run(req).await;
@@ -256,19 +332,29 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         match member.owner_url(&name) {
             // Forwarded once already: the hosts disagree for a moment; the client retries.
             Some(_) if forwarded => break,
-            Some(url) => {
-                return proxy(&url, member.backend.host_id(), req).await.unwrap_or_else(|e| e.into_response());
-            }
-            None if tokio::time::Instant::now() >= deadline => break,
-            None => tokio::time::sleep(Duration::from_millis(25)).await,
+            Some(url) => match connect(&url).await {
+                Ok(sender) => {
+                    return proxy(sender, member.backend.host_id(), req).await.unwrap_or_else(|e| e.into_response());
+                }
+                // A dead owner's lease has not expired yet: wait for the host taking over.
+                Err(e) => unreachable = Some(e),
+            },
+            None => {}
         }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    ServerError::Unavailable(format!("deployment {name:?} is moving between hosts; retry in a moment")).into_response()
+    unreachable
+        .unwrap_or_else(|| {
+            ServerError::Unavailable(format!("deployment {name:?} is moving between hosts; retry in a moment"))
+        })
+        .into_response()
 }
 
-/// Sends `req` (as it arrived, before the deployment prefix was stripped) to the host at
-/// `base`; a WebSocket upgrade becomes a tunnel between the client and that host.
-async fn proxy(base: &str, me: &str, mut req: Request) -> Result<Response> {
+/// Opens an HTTP/1 connection to the host at `base` (`http://host:port`).
+async fn connect(base: &str) -> Result<hyper::client::conn::http1::SendRequest<axum::body::Body>> {
     let authority = base
         .strip_prefix("http://")
         .map(|rest| rest.split('/').next().unwrap_or(rest))
@@ -279,13 +365,23 @@ async fn proxy(base: &str, me: &str, mut req: Request) -> Result<Response> {
     };
     let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| unreachable(&e))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "a forwarded connection ended with an error");
         }
     });
+    Ok(sender)
+}
+
+/// Sends `req` (as it arrived, before the deployment prefix was stripped) over `sender`; a
+/// WebSocket upgrade becomes a tunnel between the client and that host.
+async fn proxy(
+    mut sender: hyper::client::conn::http1::SendRequest<axum::body::Body>,
+    me: &str,
+    mut req: Request,
+) -> Result<Response> {
     if let Some(ForwardUri(uri)) = req.extensions().get::<ForwardUri>().cloned() {
         let path: Uri = uri.path_and_query().map_or("/", |p| p.as_str()).parse().unwrap_or_default();
         *req.uri_mut() = path;
@@ -294,7 +390,9 @@ async fn proxy(base: &str, me: &str, mut req: Request) -> Result<Response> {
         req.headers_mut().insert(FORWARDED_BY, value);
     }
     let upgrade = req.headers().contains_key(axum::http::header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
-    let mut response = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
+    let mut response = sender.send_request(req).await.map_err(|e| {
+        ServerError::Unavailable(format!("the host serving the deployment failed to answer: {e}; retry"))
+    })?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client) = upgrade
     {

@@ -296,9 +296,12 @@ impl Server {
             Some(m) => Registry::open_shared(&config.runtime.data_dir, m.backend.clone()).await?,
             None => Registry::open(&config.runtime.data_dir)?,
         };
-        let runtime = Arc::new(Runtime::new(config.runtime.clone(), persistence)?);
+        let mut runtime = Runtime::new(config.runtime.clone(), persistence)?;
+        if let Some(blobs) = member.as_ref().and_then(|m| m.blobs.clone()) {
+            runtime = runtime.with_blob_factory(blobs);
+        }
         let state = Arc::new(AppState {
-            runtime,
+            runtime: Arc::new(runtime),
             registry,
             cluster: member,
             deployments: RwLock::default(),

@@ -4,7 +4,8 @@
 //! ts, value)` and `index_entries(index_id, key, ts, doc_table, doc_id)`, both keyed by
 //! (key…, ts) as in the SQLite backend, so a snapshot read keeps, per key, the newest revision
 //! at or before the read timestamp (`DISTINCT ON`); `meta` holds the newest timestamp, the
-//! catalog, pruning progress and the schema's format version. A schema per deployment (rather
+//! catalog, pruning progress and the schema's format version; `blobs` and `blob_chunks` hold its
+//! files ([`blobs`]). A schema per deployment (rather
 //! than a deployment column) keeps every key and plan as small as one deployment's, lets an
 //! operator dump, restore or drop one deployment with Postgres's own tools, and makes a
 //! deployment's tables the unit a lock names.
@@ -19,6 +20,7 @@
 //! commits share one durable Postgres commit. Reads take a connection from a pool shared by
 //! the factory's deployments.
 
+pub mod blobs;
 pub mod cluster;
 
 use std::sync::Arc;
@@ -158,7 +160,8 @@ fn schema_of(name: &str) -> Result<String> {
 
 /// The schema's migrations, in order; `{s}` is the quoted schema. `meta.format_version`
 /// records how many were applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE {s}.documents (
     table_id bigint NOT NULL,
     id bytea NOT NULL,
@@ -175,7 +178,18 @@ CREATE TABLE {s}.index_entries (
     doc_id bytea,
     PRIMARY KEY (index_id, key, ts)
 );
-"];
+",
+    "
+CREATE TABLE {s}.blobs (sha256 bytea PRIMARY KEY, upload bigint NOT NULL, size bigint NOT NULL);
+CREATE TABLE {s}.blob_chunks (
+    upload bigint NOT NULL,
+    n integer NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (upload, n)
+);
+CREATE SEQUENCE {s}.blob_uploads;
+",
+];
 
 /// The statements of one deployment, with its schema filled in.
 struct Sql {
@@ -185,6 +199,15 @@ struct Sql {
 impl Sql {
     fn t(&self, table: &str) -> String {
         format!("{}.{table}", self.schema)
+    }
+
+    /// Raises the number `meta.<name>` to `$1` (never lowers it).
+    fn raise_meta(&self, name: &str) -> String {
+        let meta = self.t("meta");
+        format!(
+            "INSERT INTO {meta} (name, int_value) VALUES ('{name}', $1)
+             ON CONFLICT (name) DO UPDATE SET int_value = GREATEST({meta}.int_value, EXCLUDED.int_value)"
+        )
     }
 
     fn scan_table(&self, order: Order, bounded: bool) -> String {
@@ -572,15 +595,7 @@ impl Writer {
             txn.execute(&insert, &[&indexes, &keys, &its, &doc_tables, &doc_ids]).await.map_err(before)?;
         }
         let meta = sql.t("meta");
-        txn.execute(
-            &format!(
-                "INSERT INTO {meta} (name, int_value) VALUES ('max_ts', $1)
-                 ON CONFLICT (name) DO UPDATE SET int_value = GREATEST({meta}.int_value, EXCLUDED.int_value)"
-            ),
-            &[&max_ts],
-        )
-        .await
-        .map_err(before)?;
+        txn.execute(&sql.raise_meta("max_ts"), &[&max_ts]).await.map_err(before)?;
         if let Some(catalog) = catalog {
             txn.execute(
                 &format!(
@@ -805,7 +820,7 @@ impl Persistence for PostgresPersistence {
 
     async fn prune(&self, cutoff: Timestamp, max_rows: usize) -> Result<StepResult> {
         let client = self.client().await?;
-        let (docs, entries, meta) = (self.sql.t("documents"), self.sql.t("index_entries"), self.sql.t("meta"));
+        let (docs, entries) = (self.sql.t("documents"), self.sql.t("index_entries"));
         // Revisions superseded by a newer one at or before the cutoff; tombstones at or before
         // it once nothing older is left under them (removed first, so that no step lets an
         // older revision show through).
@@ -836,16 +851,7 @@ impl Persistence for PostgresPersistence {
         }
         let done = deleted == 0;
         if done {
-            client
-                .execute(
-                    &format!(
-                        "INSERT INTO {meta} (name, int_value) VALUES ('pruned_up_to', $1)
-                         ON CONFLICT (name) DO UPDATE SET int_value = GREATEST({meta}.int_value, EXCLUDED.int_value)"
-                    ),
-                    &[&cutoff_sql],
-                )
-                .await
-                .map_err(storage)?;
+            client.execute(&self.sql.raise_meta("pruned_up_to"), &[&cutoff_sql]).await.map_err(storage)?;
         }
         Ok(StepResult { rows_deleted: deleted, done })
     }

@@ -260,3 +260,61 @@ async fn commits_fail_clearly_while_the_server_is_down_and_resume_after_with_not
         assert!(revision.is_some(), "acknowledged commit {ts} was lost");
     }
 }
+
+/// Reads an open blob to the end.
+async fn read_all(blob: kiln_blobs::OpenBlob) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = blob.reader;
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out.len() as u64, blob.len, "the reader yields the announced length");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_stored_in_chunks_read_by_range_shared_by_hosts_and_unfinished_uploads_leave_nothing() {
+    use kiln_blobs::{BlobError, BlobStoreFactory};
+    let Some(url) = url() else { return };
+    let name = fresh_name("b");
+    let blobs = factory(&url).open_blobs(&name).await.unwrap();
+    // 2.5 chunks of a pattern whose every position differs from its neighbours.
+    let bytes: Vec<u8> = (0..(5u32 << 19)).map(|i| (i % 251) as u8).collect();
+    let blob = blobs.put(&mut bytes.as_slice(), 10 << 20).await.unwrap();
+    assert_eq!(blob.size, bytes.len() as u64);
+    let again = blobs.put(&mut bytes.as_slice(), 10 << 20).await.unwrap();
+    assert_eq!(again, blob, "the same bytes are one blob");
+    let empty = blobs.put(&mut &b""[..], 10).await.unwrap();
+    assert_eq!(read_all(blobs.open(&empty.sha256, None).await.unwrap().unwrap()).await, b"");
+    // Another host (another factory) reads the same file, whole and by ranges across chunks.
+    let other = factory(&url).open_blobs(&name).await.unwrap();
+    assert_eq!(read_all(other.open(&blob.sha256, None).await.unwrap().unwrap()).await, bytes);
+    for range in [0..1, (1 << 20) - 3..(1 << 20) + 5, 1_000_000..2_600_000, 2_621_439..2_621_440, 7..7] {
+        let part = read_all(other.open(&blob.sha256, Some(range.clone())).await.unwrap().unwrap()).await;
+        assert_eq!(part, bytes[range.start as usize..range.end as usize], "range {range:?}");
+    }
+    assert!(matches!(other.open(&blob.sha256, Some(0..3_000_000)).await, Err(BlobError::InvalidRange { .. })));
+    assert!(other.open(&[7u8; 32], None).await.unwrap().is_none());
+    // Too large: refused, and no chunk of it stays.
+    let big = vec![1u8; 3 << 20];
+    assert!(matches!(blobs.put(&mut big.as_slice(), 2 << 20).await, Err(BlobError::TooLarge { .. })));
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let orphans = format!(
+        "SELECT count(*) FROM \"kiln_{name}\".blob_chunks WHERE upload NOT IN (SELECT upload FROM \"kiln_{name}\".blobs)"
+    );
+    assert_eq!(client.query_one(&orphans, &[]).await.unwrap().get::<_, i64>(0), 0);
+    // Chunks of an upload a crash cut short are deleted when the store opens again.
+    let plant = format!("INSERT INTO \"kiln_{name}\".blob_chunks (upload, n, data) VALUES (-1, 0, '\\x00')");
+    client.execute(&plant, &[]).await.unwrap();
+    drop(factory(&url).open_blobs(&name).await.unwrap());
+    assert_eq!(client.query_one(&orphans, &[]).await.unwrap().get::<_, i64>(0), 0);
+    let mut listed = other.list().await.unwrap();
+    listed.sort_unstable();
+    let mut expected = vec![blob.sha256, empty.sha256];
+    expected.sort_unstable();
+    assert_eq!(listed, expected);
+    assert!(other.contains(&blob.sha256).await.unwrap());
+    assert!(other.delete(&blob.sha256).await.unwrap());
+    assert!(!other.delete(&blob.sha256).await.unwrap());
+    assert!(!blobs.contains(&blob.sha256).await.unwrap());
+}

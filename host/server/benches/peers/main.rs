@@ -3,8 +3,11 @@
 //! that client is JavaScript), each system alone, in alternating rounds. Prints one table.
 //!
 //! Systems: Kiln with the bank example (`kiln-http`: `/api/mutation` and `/api/query`;
-//! `kiln-ws`: the official `ConvexClient` over WebSocket), `node-sqlite` (better-sqlite3, WAL,
+//! `kiln-ws`: the official `ConvexClient` over WebSocket; `kiln-pg-http`: the same HTTP calls
+//! to a Kiln whose data is in PostgreSQL), `node-sqlite` (better-sqlite3, WAL,
 //! synchronous=FULL) and `node-pg` (`pg` on a throwaway PostgreSQL cluster, durable commits).
+//! Then failover: two Kiln hosts share a database; the deployment's owner is killed and the
+//! time until a mutation succeeds through the other host is measured (`--tries=`).
 //! Workloads: transfers (read two accounts, move 1, write both) from 64 clients over 1,000 and
 //! over 10 accounts; an indexed point query from 32 connections with all-distinct arguments
 //! (every request runs the query) and with repeated ones.
@@ -55,6 +58,7 @@ fn here() -> PathBuf {
 enum System {
     KilnHttp,
     KilnWs,
+    KilnPg,
     NodeSqlite,
     NodePg,
 }
@@ -64,6 +68,7 @@ impl System {
         match self {
             System::KilnHttp => "kiln-http",
             System::KilnWs => "kiln-ws (official client)",
+            System::KilnPg => "kiln-pg-http",
             System::NodeSqlite => "node-sqlite",
             System::NodePg => "node-pg",
         }
@@ -190,6 +195,8 @@ impl Drop for Postgres {
 struct Systems {
     kiln: ServerProcess,
     kiln_accounts: Arc<Vec<String>>,
+    kiln_pg: ServerProcess,
+    kiln_pg_accounts: Arc<Vec<String>>,
     sqlite: NodePeer,
     _sqlite_dir: tempfile::TempDir,
     pg: NodePeer,
@@ -199,25 +206,28 @@ struct Systems {
 impl Systems {
     async fn start() -> Systems {
         let kiln = ServerProcess::spawn();
-        kiln.deploy("examples/bank");
-        let mut http = Http::connect(kiln.addr).await;
-        let mut accounts = Vec::with_capacity(ACCOUNTS);
-        for i in 0..ACCOUNTS {
-            let args = json!({"owner": format!("owner-{i}"), "balance": int64(BALANCE)});
-            accounts.push(http.call("mutation", "accounts:open", args).await.as_str().unwrap().to_owned());
-        }
+        let kiln_accounts = Arc::new(bank(&kiln).await);
         let sqlite_dir = tempfile::tempdir().unwrap();
         let seed = [ACCOUNTS.to_string(), BALANCE.to_string()];
         let db = sqlite_dir.path().join("bank.sqlite3").display().to_string();
         let sqlite = NodePeer::spawn("sqlite-server.mjs", &[db, seed[0].clone(), seed[1].clone()]);
         let postgres = Postgres::start();
         let pg = NodePeer::spawn("pg-server.mjs", &[postgres.url(), seed[0].clone(), seed[1].clone()]);
-        Systems { kiln, kiln_accounts: Arc::new(accounts), sqlite, _sqlite_dir: sqlite_dir, pg, postgres }
+        // Kiln's schemas (`kiln_*`) sit beside the Node server's table in the same database.
+        let kiln_pg = ServerProcess::spawn_with(&[("KILN_BENCH_DATABASE", postgres.url())]);
+        let kiln_pg_accounts = Arc::new(bank(&kiln_pg).await);
+        Systems { kiln, kiln_accounts, kiln_pg, kiln_pg_accounts, sqlite, _sqlite_dir: sqlite_dir, pg, postgres }
+    }
+
+    /// The accounts of `system` (Kiln's ids).
+    fn accounts(&self, system: System) -> Arc<Vec<String>> {
+        if system == System::KilnPg { self.kiln_pg_accounts.clone() } else { self.kiln_accounts.clone() }
     }
 
     fn addr(&self, system: System) -> SocketAddr {
         match system {
             System::KilnHttp | System::KilnWs => self.kiln.addr,
+            System::KilnPg => self.kiln_pg.addr,
             System::NodeSqlite => self.sqlite.addr,
             System::NodePg => self.pg.addr,
         }
@@ -227,6 +237,7 @@ impl Systems {
     fn server_cpu(&self, system: System) -> Duration {
         match system {
             System::KilnHttp | System::KilnWs => self.kiln.cpu(),
+            System::KilnPg => self.kiln_pg.cpu() + tree_cpu(self.postgres.pid()),
             System::NodeSqlite => tree_cpu(self.sqlite.child.id()),
             System::NodePg => tree_cpu(self.pg.child.id()) + tree_cpu(self.postgres.pid()),
         }
@@ -236,10 +247,24 @@ impl Systems {
     async fn total(&self, system: System) -> i64 {
         let mut http = Http::connect(self.addr(system)).await;
         match system {
-            System::KilnHttp | System::KilnWs => from_int64(&http.call("query", "accounts:total", json!({})).await),
+            System::KilnHttp | System::KilnWs | System::KilnPg => {
+                from_int64(&http.call("query", "accounts:total", json!({})).await)
+            }
             System::NodeSqlite | System::NodePg => http.post("/total", &json!({})).await.as_i64().unwrap(),
         }
     }
+}
+
+/// Deploys the bank to `kiln`'s default deployment and opens its accounts; returns their ids.
+async fn bank(kiln: &ServerProcess) -> Vec<String> {
+    kiln.deploy("examples/bank");
+    let mut http = Http::connect(kiln.addr).await;
+    let mut accounts = Vec::with_capacity(ACCOUNTS);
+    for i in 0..ACCOUNTS {
+        let args = json!({"owner": format!("owner-{i}"), "balance": int64(BALANCE)});
+        accounts.push(http.call("mutation", "accounts:open", args).await.as_str().unwrap().to_owned());
+    }
+    accounts
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,10 +291,10 @@ impl Workload {
     fn systems(self) -> &'static [System] {
         match self {
             Workload::Transfers | Workload::HotTransfers => {
-                &[System::KilnHttp, System::KilnWs, System::NodeSqlite, System::NodePg]
+                &[System::KilnHttp, System::KilnWs, System::KilnPg, System::NodeSqlite, System::NodePg]
             }
             Workload::DistinctQueries | Workload::RepeatedQueries => {
-                &[System::KilnHttp, System::NodeSqlite, System::NodePg]
+                &[System::KilnHttp, System::KilnPg, System::NodeSqlite, System::NodePg]
             }
         }
     }
@@ -309,7 +334,7 @@ fn pair(n: usize) -> (usize, usize) {
 
 /// The request `system` gets for one operation of `workload`.
 fn request(system: System, workload: Workload, accounts: &[String], counter: &AtomicU64) -> (&'static str, Value) {
-    let kiln = system == System::KilnHttp;
+    let kiln = matches!(system, System::KilnHttp | System::KilnPg);
     match workload {
         Workload::Transfers | Workload::HotTransfers => {
             let (from, to) = pair(workload.accounts());
@@ -346,7 +371,7 @@ async fn over_http(systems: &Systems, system: System, workload: Workload, warmup
     let counter = Arc::new(AtomicU64::new(rand::thread_rng().r#gen::<u32>() as u64 * 1_000_000));
     let mut tasks = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let (stop, counter, accounts) = (stop.clone(), counter.clone(), systems.kiln_accounts.clone());
+        let (stop, counter, accounts) = (stop.clone(), counter.clone(), systems.accounts(system));
         let mut http = Http::connect(addr).await;
         tasks.push(tokio::spawn(async move {
             // (finished at, latency in µs, succeeded)
@@ -355,7 +380,8 @@ async fn over_http(systems: &Systems, system: System, workload: Workload, warmup
                 let (path, body) = request(system, workload, &accounts, &counter);
                 let t = Instant::now();
                 let (status, answer) = http.send(path, &body).await;
-                let ok = status == 200 && (system != System::KilnHttp || answer["status"] == "success");
+                let kiln = matches!(system, System::KilnHttp | System::KilnPg);
+                let ok = status == 200 && (!kiln || answer["status"] == "success");
                 done.push((Instant::now(), t.elapsed().as_micros() as u64, ok));
             }
             done
@@ -438,6 +464,79 @@ async fn official_client(systems: &Systems, workload: Workload, warmup: f64, sec
 }
 
 // ---------------------------------------------------------------------------------------------
+// Failover.
+
+/// How long the failover hosts' leases last.
+const FAILOVER_LEASE_MS: u64 = 2000;
+
+/// The hosts `GET /api/kiln/hosts` of `host` lists: (url, deployments) of the live ones.
+fn live_hosts(host: &ServerProcess) -> Vec<(String, Vec<String>)> {
+    let mut res = ureq::get(format!("http://{}/api/kiln/hosts", host.addr))
+        .header("Authorization", format!("Convex {}", host.admin_key))
+        .call()
+        .unwrap();
+    let list: Value = serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+    list["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["alive"] == true)
+        .map(|h| {
+            let owned = h["deployments"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_owned()).collect();
+            (h["url"].as_str().unwrap().to_owned(), owned)
+        })
+        .collect()
+}
+
+/// Two hosts on a database of their own: `tries` times, kills the owner of the deployment and
+/// measures (in µs) until a mutation through the other host succeeds, then starts a new host.
+async fn failover(postgres: &Postgres, tries: usize) -> Vec<u64> {
+    let port = postgres.port.to_string();
+    let status = postgres
+        .command("psql")
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-qc", "CREATE DATABASE failover"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "creating the failover database failed");
+    let url = format!("postgres://postgres@127.0.0.1:{port}/failover");
+    let env = [("KILN_BENCH_DATABASE", url), ("KILN_BENCH_LEASE_MS", FAILOVER_LEASE_MS.to_string())];
+    let mut hosts = [ServerProcess::spawn_with(&env), ServerProcess::spawn_with(&env)];
+    hosts[0].deploy("examples/bank");
+    let mut times = Vec::with_capacity(tries);
+    let open = json!({"path": "accounts:open", "args": {"owner": "failover", "balance": int64(1)}});
+    for _ in 0..tries {
+        // Both hosts alive, the deployment served by one of them.
+        let owner = loop {
+            let live = live_hosts(&hosts[0]);
+            let owner = live.iter().find(|(_, owned)| owned.iter().any(|d| d == "default")).map(|(url, _)| url.clone());
+            if live.len() == 2
+                && let Some(url) = owner
+            {
+                break hosts.iter().position(|h| format!("http://{}", h.addr) == url).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let survivor = 1 - owner;
+        let mut http = Http::connect(hosts[survivor].addr).await;
+        let (status, _) = http.send("/api/mutation", &open).await;
+        assert_eq!(status, 200, "the deployment serves before the kill");
+        hosts[owner].child.kill().unwrap();
+        let killed = Instant::now();
+        loop {
+            let (status, answer) = http.send("/api/mutation", &open).await;
+            if status == 200 && answer["status"] == "success" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        times.push(killed.elapsed().as_micros() as u64);
+        eprintln!("failover: {:.0} ms", killed.elapsed().as_secs_f64() * 1e3);
+        hosts[owner] = ServerProcess::spawn_with(&env);
+    }
+    times
+}
+
+// ---------------------------------------------------------------------------------------------
 // The table.
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
@@ -451,7 +550,7 @@ fn print_table(results: &BTreeMap<(Workload, System), Vec<Measurement>>, rounds:
     println!("Medians of {rounds} alternating round(s); CPU in µs per operation.");
     println!();
     println!(
-        "| workload | system | ops/s | p50 ms | p99 ms | server CPU | load gen CPU | failed | Kiln HTTP / WS ÷ this |"
+        "| workload | system | ops/s | p50 ms | p99 ms | server CPU | load gen CPU | failed | Kiln HTTP / WS / PG ÷ this |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let rate = |w: Workload, s: System| results.get(&(w, s)).map(|m| median(m.iter().map(|m| m.per_second)));
@@ -461,7 +560,7 @@ fn print_table(results: &BTreeMap<(Workload, System), Vec<Measurement>>, rounds:
             System::NodeSqlite | System::NodePg => {
                 let own = med(|m| m.per_second);
                 let of = |s| rate(workload, s).map(|r| format!("{:.2}×", r / own)).unwrap_or_else(|| "—".into());
-                format!("{} / {}", of(System::KilnHttp), of(System::KilnWs))
+                format!("{} / {} / {}", of(System::KilnHttp), of(System::KilnWs), of(System::KilnPg))
             }
             _ => String::new(),
         };
@@ -512,7 +611,7 @@ fn main() {
                     .systems()
                     .iter()
                     .copied()
-                    .filter(|s| !kiln_only || matches!(s, System::KilnHttp | System::KilnWs))
+                    .filter(|s| !kiln_only || matches!(s, System::KilnHttp | System::KilnWs | System::KilnPg))
                     .collect();
                 let turn = round % order.len();
                 order.rotate_left(turn);
@@ -535,8 +634,8 @@ fn main() {
                 }
             }
         }
-        for system in [System::KilnHttp, System::NodeSqlite, System::NodePg] {
-            if kiln_only && system != System::KilnHttp {
+        for system in [System::KilnHttp, System::KilnPg, System::NodeSqlite, System::NodePg] {
+            if kiln_only && !matches!(system, System::KilnHttp | System::KilnPg) {
                 continue;
             }
             assert_eq!(
@@ -547,5 +646,18 @@ fn main() {
             );
         }
         print_table(&results, rounds);
+        if only.as_ref().is_none_or(|o| o.iter().any(|k| k == "failover")) {
+            let tries = flag("--tries=").map_or(if quick { 2 } else { 10 }, |t| t.parse().expect("--tries=<number>"));
+            let mut times = failover(&systems.postgres, tries).await;
+            times.sort_unstable();
+            println!();
+            println!(
+                "Failover, owner killed → first successful mutation through the other host ({tries} tries, \
+                 lease {FAILOVER_LEASE_MS} ms, poll 200 ms): p50 {:.0} ms, min {:.0} ms, max {:.0} ms",
+                pct(&times, 0.5),
+                pct(&times, 0.0),
+                pct(&times, 1.0)
+            );
+        }
     });
 }

@@ -69,13 +69,38 @@ pub fn serve_child(data: &str) {
         let mut config = kiln_server::ServerConfig::default();
         config.runtime.data_dir = PathBuf::from(data);
         config.runtime.cache_dir = Some(cache_dir());
-        let persistence = Arc::new(kiln_sqlite::SqliteFactory {
-            data_dir: config.runtime.data_dir.clone(),
-            options: kiln_sqlite::SqliteOptions::default(),
-        });
-        let (server, first) = kiln_server::Server::start(config, persistence).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("ready {} {}", listener.local_addr().unwrap(), first.default_admin_key.unwrap());
+        let addr = listener.local_addr().unwrap();
+        // `KILN_BENCH_DATABASE`: a host of that PostgreSQL database (as `kiln serve --database`),
+        // its leases lasting `KILN_BENCH_LEASE_MS`.
+        let (server, _) = match std::env::var("KILN_BENCH_DATABASE") {
+            Ok(url) => {
+                let mut options = kiln_postgres::PostgresOptions::new(&url);
+                options.lock_wait = Duration::ZERO;
+                if let Some(ms) = std::env::var("KILN_BENCH_LEASE_MS").ok().and_then(|v| v.parse().ok()) {
+                    options.lease_ttl = Duration::from_millis(ms);
+                }
+                let lease = options.lease_ttl;
+                let factory = kiln_postgres::PostgresFactory::new(options).unwrap();
+                let cluster = kiln_postgres::cluster::PostgresCluster::open(&factory).await.unwrap();
+                let poll = Duration::from_millis(200);
+                let factory = Arc::new(factory);
+                let member =
+                    kiln_server::cluster::Member::new(Arc::new(cluster), format!("http://{addr}"), poll, lease)
+                        .with_blobs(factory.clone());
+                kiln_server::Server::start_member(config, factory, Some(member)).await.unwrap()
+            }
+            Err(_) => {
+                let persistence = Arc::new(kiln_sqlite::SqliteFactory {
+                    data_dir: config.runtime.data_dir.clone(),
+                    options: kiln_sqlite::SqliteOptions::default(),
+                });
+                kiln_server::Server::start(config, persistence).await.unwrap()
+            }
+        };
+        // The instance key administers every deployment (also one another host created).
+        let key = std::fs::read_to_string(Path::new(data).join("admin_key")).unwrap();
+        println!("ready {addr} {}", key.trim());
         std::io::stdout().flush().unwrap();
         let server = Arc::new(server);
         let serving = server.clone();
@@ -95,10 +120,17 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// A server on embedded SQLite.
     pub fn spawn() -> ServerProcess {
+        ServerProcess::spawn_with(&[])
+    }
+
+    /// A server with `env` (`KILN_BENCH_DATABASE`, `KILN_BENCH_LEASE_MS`) set.
+    pub fn spawn_with(env: &[(&str, String)]) -> ServerProcess {
         let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env("KILN_BENCH_SERVE", data.path())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

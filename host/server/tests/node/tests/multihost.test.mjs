@@ -2,16 +2,19 @@
 // deployment is owned by one host (a lease in Postgres), the others forward its requests and
 // sockets there. Clients on different hosts see each other's writes live; when the owner is
 // killed another host takes over and nothing acknowledged is lost; a paused owner that wakes
-// up after its lease moved commits nothing. Needs KILN_TEST_POSTGRES_URL (the README's test
+// up after its lease moved commits nothing; a PostgreSQL restart under load fails calls clearly
+// and loses nothing; files move with their deployment. Needs KILN_TEST_POSTGRES_URL (the README's test
 // command starts a cluster); each run gets a database of its own.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConvexClient, ConvexHttpClient } from "convex/browser";
 import { anyApi } from "convex/server";
-import { createDeployment, deploy, nextUpdate, repoRoot, startServer, waitFor } from "./helpers.mjs";
+import { createDeployment, deploy, nextUpdate, repoRoot, startServer, testApp, waitFor } from "./helpers.mjs";
 
 const api = anyApi;
 /** Short leases and polls: a dead owner's deployments move within about two seconds. */
@@ -220,6 +223,110 @@ test("three hosts on one PostgreSQL database serve one set of deployments", asyn
     });
   } finally {
     await Promise.all(clients.map((cl) => cl.close()));
+    for (const s of servers) await s.stop();
+  }
+});
+
+test("restarting PostgreSQL under load: calls fail clearly while it is down, then succeed; nothing acknowledged is lost", async (t) => {
+  if (!process.env.KILN_TEST_POSTGRES_URL) {
+    assert.ok(!process.env.CI, "KILN_TEST_POSTGRES_URL is not set in CI");
+    return t.skip("KILN_TEST_POSTGRES_URL is not set (the README's test command starts a cluster)");
+  }
+  // A cluster of its own, to stop and start (the shared one serves other tests).
+  const dir = mkdtempSync(join(tmpdir(), "kiln-pg-restart-"));
+  const script = join(repoRoot, ".ci/postgres");
+  const pg = (...args) => {
+    const r = spawnSync("bash", [script, ...args, dir], { encoding: "utf8" });
+    assert.equal(r.status, 0, `.ci/postgres ${args}: ${r.stderr}`);
+    return r.stdout.trim();
+  };
+  const url = pg("start");
+  let server;
+  const clients = [];
+  try {
+    server = await startServer({ args: ["--database", url], env: { KILN_POSTGRES_CONNECT_TIMEOUT_SECS: "1" } });
+    const key = await createDeployment(server, "bank");
+    const bankUrl = `${server.url}/d/bank`;
+    deploy(bankUrl, key, join(repoRoot, "examples/bank"));
+    const http = new ConvexHttpClient(bankUrl, { logger: false });
+    const accounts = [];
+    for (let i = 0; i < 4; i++) accounts.push(await http.mutation(api.accounts.open, { owner: `r${i}`, balance: 1_000_000_000n }));
+    const acked = [];
+    const refused = [];
+    let phase = "before";
+    const ran = { before: 0, down: 0, after: 0 };
+    const until = { stop: false };
+    for (let i = 0; i < 8; i++) clients.push(new ConvexHttpClient(bankUrl, { logger: false }));
+    const load = Promise.all(
+      clients.map(async (client, n) => {
+        for (let i = 1; !until.stop; i++) {
+          const amount = BigInt(n * 1_000_000 + i);
+          const at = phase;
+          try {
+            await client.mutation(api.accounts.transfer, { from: accounts[n % 4], to: accounts[(n + 1) % 4], amount });
+            acked.push(amount);
+            ran[at]++;
+          } catch (e) {
+            refused.push({ at, error: String(e?.message ?? e) });
+            await new Promise((r) => setTimeout(r, 50));
+          }
+        }
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 1500));
+    pg("halt");
+    phase = "down";
+    await new Promise((r) => setTimeout(r, 3000));
+    pg("resume");
+    phase = "after";
+    await waitFor(() => ran.after > 20, 30_000, "transfers to succeed after PostgreSQL returned", 100);
+    until.stop = true;
+    await load;
+    console.log(`acknowledged ${JSON.stringify(ran)}; refused ${refused.length}: ${[...new Set(refused.map((r) => r.error))].slice(0, 3)}`);
+    assert.ok(ran.before > 20, "transfers ran before the restart");
+    assert.ok(refused.length > 0, "calls failed while PostgreSQL was down");
+    for (const r of refused) {
+      assert.match(r.error, /storage failure: PostgreSQL|StorageFailure|cannot reach the database/, r.error);
+    }
+    assert.equal(await http.query(api.accounts.total, {}), 4_000_000_000n, "money is conserved");
+    const recorded = new Set((await transferAmounts(http)).map(String));
+    const missing = acked.filter((a) => !recorded.has(String(a)));
+    assert.deepEqual(missing.slice(0, 5), [], `${missing.length} acknowledged transfers are missing`);
+  } finally {
+    await server?.stop();
+    pg("stop");
+  }
+});
+
+test("a deployment's files move with it to another host", async (t) => {
+  const base = process.env.KILN_TEST_POSTGRES_URL;
+  if (!base) {
+    assert.ok(!process.env.CI, "KILN_TEST_POSTGRES_URL is not set in CI");
+    return t.skip("KILN_TEST_POSTGRES_URL is not set (the README's test command starts a cluster)");
+  }
+  const args = ["--database", freshDatabase(base)];
+  const servers = [];
+  try {
+    for (let i = 0; i < 2; i++) servers.push(await startServer({ args, env: clusterEnv }));
+    deploy(servers[1].url, servers[1].adminKey, testApp);
+    const ownerUrl = await waitFor(() => ownerOf(servers[0], "default"), 10_000, "an owner");
+    const owner = servers.find((s) => s.url === ownerUrl);
+    const other = servers.find((s) => s !== owner);
+    const http = new ConvexHttpClient(other.url, { logger: false });
+    const bytes = randomBytes(3 << 20);
+    const uploadUrl = new URL(await http.mutation(api.files.generateUploadUrl, {}));
+    // Through the host that does not serve the deployment: forwarded to its owner.
+    const res = await fetch(`${other.url}${uploadUrl.pathname}${uploadUrl.search}`, { method: "POST", body: bytes });
+    assert.equal(res.status, 200, await res.clone().text());
+    const { storageId } = await res.json();
+    await owner.kill();
+    rmSync(owner.data, { recursive: true, force: true });
+    servers.splice(servers.indexOf(owner), 1);
+    const { url } = await http.query(api.files.describe, { storageId });
+    const path = new URL(url).pathname;
+    const back = Buffer.from(await (await fetch(`${other.url}${path}`)).arrayBuffer());
+    assert.ok(back.equals(bytes), `the file downloads byte-identical from the new owner (${back.length} bytes)`);
+  } finally {
     for (const s of servers) await s.stop();
   }
 });
