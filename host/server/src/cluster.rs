@@ -3,10 +3,12 @@
 //! Each host sends heartbeats (with the URL it is reached at, `--advertise`) and, every poll,
 //! reads the hosts, the shared registry and the deployments' leases. A deployment is served
 //! by the host holding its lease (the persistence takes it on open and fences commits with
-//! it); this module decides which host tries to take which: a free or expired lease is taken
-//! by the live host that rendezvous hashing picks for the deployment (by any host once it has
-//! stayed free for a lease time, so a picked host that never comes does not strand it), and a
-//! host owning more than its share hands one deployment per poll to the host picked for it.
+//! it); this module decides which host tries to take which. Every host computes the same plan
+//! from the same view ([`assign`]: each deployment to the live host it scores highest among
+//! those under their share); a free or expired lease is taken by the host the plan names (by
+//! any host once it has stayed free for a lease time, so a named host that never comes does
+//! not strand it), and a host holding a deployment the plan gives another hands it over, one
+//! per poll.
 //! A deployment whose lease another host took is closed here at once. Requests and sockets
 //! for a deployment served elsewhere are forwarded to its owner ([`forward`]).
 
@@ -130,9 +132,27 @@ fn score(deployment: &str, host: &str) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The live host that should serve `deployment`.
-fn pick<'a>(deployment: &str, live: &[&'a str]) -> Option<&'a str> {
-    live.iter().copied().max_by_key(|h| score(deployment, h))
+/// Which live host should serve each deployment: in name order, each goes to the host it
+/// scores highest among those still under their share (`⌈deployments / hosts⌉`), so no host
+/// gets more than its share and every host computes the same from the same view.
+fn assign<'a>(names: &[String], live: &[&'a str]) -> HashMap<String, &'a str> {
+    let share = names.len().div_ceil(live.len().max(1));
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    let mut sorted: Vec<&String> = names.iter().collect();
+    sorted.sort();
+    let mut out = HashMap::new();
+    for name in sorted {
+        let host = live
+            .iter()
+            .copied()
+            .filter(|h| load.get(h).copied().unwrap_or(0) < share)
+            .max_by_key(|h| (score(name, h), *h));
+        if let Some(host) = host {
+            *load.entry(host).or_insert(0) += 1;
+            out.insert(name.clone(), host);
+        }
+    }
+    out
 }
 
 /// Runs polls until the server stops; a failed poll is logged and retried.
@@ -184,6 +204,8 @@ pub async fn poll(state: &Arc<AppState>) -> Result<()> {
         }
     }
     let lease_ms = i64::try_from(member.lease.as_millis()).unwrap_or(i64::MAX);
+    let plan = assign(&names, &live);
+    let mine = |name: &str| plan.get(name).is_some_and(|h| *h == me);
     for name in &names {
         if state.deployments.read().contains_key(name) {
             continue;
@@ -191,7 +213,7 @@ pub async fn poll(state: &Arc<AppState>) -> Result<()> {
         let lease = leases.get(name);
         let free = lease.is_none_or(|l| l.expires_in_ms <= 0);
         let stranded = lease.is_some_and(|l| l.expires_in_ms <= -lease_ms);
-        if free && (pick(name, &live) == Some(me.as_str()) || stranded) {
+        if free && (mine(name) || stranded) {
             match state.open_deployment(name).await {
                 Ok(_) => {
                     tracing::info!(deployment = %name, "took the deployment");
@@ -202,14 +224,11 @@ pub async fn poll(state: &Arc<AppState>) -> Result<()> {
     }
     *member.view.write() = View { hosts: hosts.clone(), leases: leases.clone() };
     warm(state, member).await?;
-    // Hand over one deployment past our share, to the live host it prefers.
-    let share = names.len().div_ceil(live.len().max(1));
-    if state.deployments.read().len() > share {
-        let mine: Vec<String> = state.deployments.read().keys().cloned().collect();
-        if let Some(name) = mine.iter().find(|n| pick(n, &live).is_some_and(|h| h != me)) {
-            tracing::info!(deployment = %name, "handing the deployment over to another host");
-            state.close_deployment(name).await;
-        }
+    // Hand over one deployment the plan gives another host (which takes it on its next poll).
+    let held: Vec<String> = state.deployments.read().keys().cloned().collect();
+    if let Some(name) = held.iter().find(|n| plan.get(n.as_str()).is_some_and(|h| *h != me)) {
+        tracing::info!(deployment = %name, "handing the deployment over to another host");
+        state.close_deployment(name).await;
     }
     Ok(())
 }
@@ -411,27 +430,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_host_picks_the_same_owner_and_deployments_spread() {
+    fn every_host_plans_the_same_balanced_placement() {
         let hosts = ["a-1", "b-2", "c-3"];
-        let mut counts = HashMap::new();
-        for i in 0..300 {
-            let name = format!("app{i}");
-            let first = pick(&name, &hosts).unwrap();
-            let reordered = [hosts[2], hosts[0], hosts[1]];
-            assert_eq!(pick(&name, &reordered), Some(first), "the pick does not depend on the list's order");
-            *counts.entry(first).or_insert(0) += 1;
-        }
-        for host in hosts {
-            let n = counts.get(host).copied().unwrap_or(0);
-            assert!((60..=140).contains(&n), "{host} got {n} of 300 deployments");
-        }
-        // A host leaving moves only its own deployments.
-        for i in 0..300 {
-            let name = format!("app{i}");
-            let before = pick(&name, &hosts).unwrap();
-            if before != "b-2" {
-                assert_eq!(pick(&name, &["a-1", "c-3"]), Some(before));
+        for n in [1usize, 2, 3, 5, 7, 300] {
+            let names: Vec<String> = (0..n).map(|i| format!("app{i}")).collect();
+            let plan = assign(&names, &hosts);
+            assert_eq!(plan.len(), n, "every deployment has a host");
+            let mut reversed = names.clone();
+            reversed.reverse();
+            let reordered = assign(&reversed, &[hosts[2], hosts[0], hosts[1]]);
+            assert_eq!(plan, reordered, "the plan depends on neither list's order");
+            let share = n.div_ceil(hosts.len());
+            for host in hosts {
+                let load = plan.values().filter(|h| **h == host).count();
+                assert!(load <= share, "{host} got {load} of {n} (share {share})");
             }
+        }
+        // Two deployments on three hosts never share one (the placement the node test expects).
+        for i in 0..200 {
+            let names = vec![format!("x{i}"), "default".to_owned()];
+            let plan = assign(&names, &hosts);
+            assert_ne!(plan[&names[0]], plan[&names[1]]);
         }
     }
 

@@ -105,6 +105,9 @@ pub struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// Pushes compiled at once (`PushLimits::concurrent_compiles`).
     pub compiles: Semaphore,
+    /// Held while a deployment opens or closes here: a poll and a creation never open the same
+    /// one twice (a second opening would take its lease again and fence the first).
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -146,6 +149,10 @@ impl AppState {
     /// Opens a deployment in the runtime and starts its hub (with other hosts, after loading
     /// its deployed app from the shared records; fails while another host holds it).
     pub async fn open_deployment(self: &Arc<Self>, name: &str) -> Result<Arc<DeploymentState>> {
+        let _opening = self.opening.lock().await;
+        if let Some(open) = self.deployments.read().get(name) {
+            return Ok(open.clone());
+        }
         if self.runtime.deployment(name).is_none() {
             cluster::fetch_app(self, name).await?;
         }
@@ -234,6 +241,7 @@ impl AppState {
     /// host that serves it next), its hub and scheduler stop, and its storage closes once the
     /// calls still running end (releasing its lease for another host).
     pub async fn close_deployment(&self, name: &str) {
+        let _closing = self.opening.lock().await;
         let state = self.deployments.write().remove(name);
         if let Some(state) = state {
             state.closed.send_replace(true);
@@ -308,6 +316,7 @@ impl Server {
             metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
             compiles: Semaphore::new(config.push.concurrent_compiles.max(1)),
+            opening: tokio::sync::Mutex::new(()),
             config,
         });
         // Scheduled functions' calls reach the function log and the metrics like clients' do.

@@ -159,7 +159,10 @@ fn schema_of(name: &str) -> Result<String> {
 }
 
 /// The schema's migrations, in order; `{s}` is the quoted schema. `meta.format_version`
-/// records how many were applied.
+/// records how many were applied. The third serves ascending snapshot scans (`DISTINCT ON`
+/// keeps each key's first row in `key, ts DESC` order; the primary keys' `key, ts` order
+/// serves only descending ones, read backwards): without it an ascending scan sorts every
+/// revision in its range before its `LIMIT` applies.
 const MIGRATIONS: &[&str] = &[
     "
 CREATE TABLE {s}.documents (
@@ -188,6 +191,10 @@ CREATE TABLE {s}.blob_chunks (
     PRIMARY KEY (upload, n)
 );
 CREATE SEQUENCE {s}.blob_uploads;
+",
+    "
+CREATE INDEX documents_latest ON {s}.documents (table_id, id, ts DESC);
+CREATE INDEX index_entries_latest ON {s}.index_entries (index_id, key, ts DESC);
 ",
 ];
 

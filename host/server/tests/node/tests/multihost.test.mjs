@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConvexClient, ConvexHttpClient } from "convex/browser";
 import { anyApi } from "convex/server";
-import { createDeployment, deploy, nextUpdate, repoRoot, startServer, testApp, waitFor } from "./helpers.mjs";
+import { createDeployment, deploy, kiln, nextUpdate, repoRoot, startServer, testApp, waitFor } from "./helpers.mjs";
 
 const api = anyApi;
 /** Short leases and polls: a dead owner's deployments move within about two seconds. */
@@ -101,6 +101,17 @@ test("three hosts on one PostgreSQL database serve one set of deployments", asyn
       list.every((h) => h.deployments.length <= 1),
       `two deployments over three hosts: one each at most (${JSON.stringify(list)})`,
     );
+    // `kiln hosts` prints every host, its state and what it serves.
+    const printed = kiln("hosts", "--url", b.url, "--admin-key", b.adminKey);
+    assert.equal(printed.status, 0, printed.stderr);
+    const lines = printed.stdout.trim().split("\n");
+    assert.equal(lines.length, 3, printed.stdout);
+    assert.equal(lines.filter((l) => l.includes("alive (this host)")).length, 1, printed.stdout);
+    for (const h of list) {
+      const line = lines.find((l) => l.includes(h.url));
+      assert.ok(line, `${h.url} is listed:\n${printed.stdout}`);
+      for (const d of h.deployments) assert.ok(line.includes(d), `${h.url} serves ${d}:\n${printed.stdout}`);
+    }
 
     const http = (server) => new ConvexHttpClient(`${server.url}/d/bank`, { logger: false });
     const accounts = [];
