@@ -106,6 +106,27 @@ pub async fn pruning(p: &dyn Persistence) {
     // …and the superseded revision is gone.
     assert_eq!(p.get_document(a, Timestamp(15)).await.unwrap(), None);
     assert_eq!(p.recover().await.unwrap().pruned_up_to, Timestamp(30));
+
+    // A later pruning removes what commits since the first superseded, and nothing else.
+    let c = doc(2, 3);
+    p.commit(commit(50, &[(a, Some(b"a5")), (c, Some(b"c5"))], &[(9, b"ka", None), (9, b"kc", Some(c))]))
+        .await
+        .unwrap();
+    p.commit(commit(60, &[(c, None)], &[(9, b"kc", None)])).await.unwrap();
+    p.commit(commit(80, &[(a, Some(b"a8"))], &[])).await.unwrap();
+    loop {
+        if p.prune(Timestamp(70), 1).await.unwrap().done {
+            break;
+        }
+    }
+    assert_eq!(p.get_document(a, Timestamp(45)).await.unwrap(), None, "a3 was superseded at 50");
+    assert_eq!(p.get_document(a, Timestamp(70)).await.unwrap().unwrap().value.as_deref(), Some(&b"a5"[..]));
+    assert_eq!(p.get_document(a, Timestamp(80)).await.unwrap().unwrap().value.as_deref(), Some(&b"a8"[..]));
+    assert!(p.get_document(c, Timestamp(70)).await.unwrap().is_none_or(|r| r.value.is_none()));
+    assert_eq!(p.get_document(c, Timestamp(55)).await.unwrap(), None, "c's revisions before its deletion are gone");
+    let hits = p.scan_index(IndexId(9), &KeyRange::all(), Timestamp(70), Order::Asc, 10).await.unwrap();
+    assert!(hits.is_empty(), "ka and kc were removed by 60");
+    assert_eq!(p.recover().await.unwrap().pruned_up_to, Timestamp(70));
 }
 
 /// The revisions of one table between two commits, tombstones included, in (timestamp, id)

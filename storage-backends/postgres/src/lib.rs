@@ -162,7 +162,9 @@ fn schema_of(name: &str) -> Result<String> {
 /// records how many were applied. The third serves ascending snapshot scans (`DISTINCT ON`
 /// keeps each key's first row in `key, ts DESC` order; the primary keys' `key, ts` order
 /// serves only descending ones, read backwards): without it an ascending scan sorts every
-/// revision in its range before its `LIMIT` applies.
+/// revision in its range before its `LIMIT` applies. The fourth finds what pruning must look
+/// at (revisions written since the last pruning) without reading the tables: timestamps grow
+/// with insertion, so block ranges (BRIN) index them at almost no cost.
 const MIGRATIONS: &[&str] = &[
     "
 CREATE TABLE {s}.documents (
@@ -195,6 +197,10 @@ CREATE SEQUENCE {s}.blob_uploads;
     "
 CREATE INDEX documents_latest ON {s}.documents (table_id, id, ts DESC);
 CREATE INDEX index_entries_latest ON {s}.index_entries (index_id, key, ts DESC);
+",
+    "
+CREATE INDEX documents_by_ts ON {s}.documents USING brin (ts);
+CREATE INDEX index_entries_by_ts ON {s}.index_entries USING brin (ts);
 ",
 ];
 
@@ -310,20 +316,33 @@ async fn acquire(client: &Client, sql: &Sql, host: &str, ttl: Duration) -> Resul
 
 /// Extends the lease while the persistence is open; stops when it is dropped or the lease
 /// was taken (the writer then refuses commits: its epoch is gone). An expired lease nobody
-/// took keeps its epoch and is extended again: no other host committed meanwhile.
-async fn renew(pool: Pool, sql: Arc<Sql>, epoch: i64, ttl: Duration, every: Duration, open: std::sync::Weak<()>) {
+/// took keeps its epoch and is extended again: no other host committed meanwhile. Renewals
+/// use a connection of their own: busy reads holding every pooled one must not let the lease
+/// lapse.
+async fn renew(
+    config: tokio_postgres::Config,
+    sql: Arc<Sql>,
+    epoch: i64,
+    ttl: Duration,
+    every: Duration,
+    open: std::sync::Weak<()>,
+) {
     let query = format!(
         "UPDATE {LEASES} SET expires_at = now() + make_interval(secs => $3)
          WHERE deployment = $1 AND epoch = $2"
     );
+    let mut client: Option<Client> = None;
     loop {
         tokio::time::sleep(every).await;
         if open.strong_count() == 0 {
             return;
         }
-        let renewed = match pool.get().await {
-            Ok(client) => client.execute(&query, &[&sql.schema, &epoch, &ttl.as_secs_f64()]).await.map_err(storage),
-            Err(e) => Err(storage(e)),
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = connect(&config).await.ok();
+        }
+        let renewed = match &client {
+            Some(c) => c.execute(&query, &[&sql.schema, &epoch, &ttl.as_secs_f64()]).await.map_err(storage),
+            None => Err(storage("cannot connect to the database")),
         };
         match renewed {
             Ok(0) => {
@@ -365,7 +384,7 @@ impl PostgresPersistence {
         let writer = Writer { client, epoch, fenced: None };
         tokio::spawn(writer.run(factory.config.clone(), sql.clone(), receive, options.max_batch.max(1)));
         let (ttl, every) = (options.lease_ttl, options.renew_every.unwrap_or(options.lease_ttl / 3));
-        let renewals = renew(factory.pool.clone(), sql.clone(), epoch, ttl, every, Arc::downgrade(&open));
+        let renewals = renew(factory.config.clone(), sql.clone(), epoch, ttl, every, Arc::downgrade(&open));
         tokio::spawn(renewals);
         Ok(PostgresPersistence { pool: factory.pool.clone(), sql, writer: send, _open: open })
     }
@@ -667,6 +686,25 @@ async fn resolve(
     if committed { Ok(()) } else { Err(failed) }
 }
 
+/// One pruning step of `table` (keyed by `k1, k2, ts`; `live` is NULL in tombstones): at most
+/// `$2` revisions that one written after the previous completed pruning (`$3`) and at or
+/// before the cutoff (`$1`) supersedes, and such tombstones with nothing older left under them
+/// (a tombstone whose older revisions go in this step goes in the next). The `ts` range is
+/// found through the BRIN index of migration 4, so a step reads what was written since the
+/// last pruning, not the table.
+fn prune_sql(table: &str, k1: &str, k2: &str, live: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE ctid IN (
+            SELECT old.ctid FROM {table} n JOIN {table} old
+                ON old.{k1} = n.{k1} AND old.{k2} = n.{k2} AND old.ts < n.ts
+            WHERE n.ts > $3 AND n.ts <= $1
+            UNION ALL
+            SELECT t.ctid FROM {table} t WHERE t.ts > $3 AND t.ts <= $1 AND t.{live} IS NULL
+                AND NOT EXISTS (SELECT 1 FROM {table} o WHERE o.{k1} = t.{k1} AND o.{k2} = t.{k2} AND o.ts < t.ts)
+            LIMIT $2)"
+    )
+}
+
 #[async_trait]
 impl Persistence for PostgresPersistence {
     async fn recover(&self) -> Result<RecoveredState> {
@@ -827,34 +865,23 @@ impl Persistence for PostgresPersistence {
 
     async fn prune(&self, cutoff: Timestamp, max_rows: usize) -> Result<StepResult> {
         let client = self.client().await?;
-        let (docs, entries) = (self.sql.t("documents"), self.sql.t("index_entries"));
-        // Revisions superseded by a newer one at or before the cutoff; tombstones at or before
-        // it once nothing older is left under them (removed first, so that no step lets an
-        // older revision show through).
-        let documents = format!(
-            "DELETE FROM {docs} WHERE ctid IN (
-                SELECT d.ctid FROM {docs} d WHERE d.ts <= $1 AND (
-                    EXISTS (SELECT 1 FROM {docs} n WHERE n.table_id = d.table_id AND n.id = d.id
-                            AND n.ts > d.ts AND n.ts <= $1)
-                    OR (d.value IS NULL AND NOT EXISTS (SELECT 1 FROM {docs} o WHERE o.table_id = d.table_id
-                            AND o.id = d.id AND o.ts < d.ts)))
-                LIMIT $2)"
-        );
-        let index_entries = format!(
-            "DELETE FROM {entries} WHERE ctid IN (
-                SELECT e.ctid FROM {entries} e WHERE e.ts <= $1 AND (
-                    EXISTS (SELECT 1 FROM {entries} n WHERE n.index_id = e.index_id AND n.key = e.key
-                            AND n.ts > e.ts AND n.ts <= $1)
-                    OR (e.doc_id IS NULL AND NOT EXISTS (SELECT 1 FROM {entries} o WHERE o.index_id = e.index_id
-                            AND o.key = e.key AND o.ts < e.ts)))
-                LIMIT $2)"
-        );
+        // What the last completed pruning covered is gone already: only revisions written
+        // after it can supersede anything left (or be bare tombstones).
+        let previous = format!("SELECT int_value FROM {} WHERE name = 'pruned_up_to'", self.sql.t("meta"));
+        let previous: i64 =
+            client.query_opt(&previous, &[]).await.map_err(storage)?.and_then(|r| r.get(0)).unwrap_or(0);
         let cutoff_sql = ts_sql(cutoff);
-        let mut deleted = client.execute(&documents, &[&cutoff_sql, &limit_sql(max_rows)]).await.map_err(storage)?;
-        let left = (max_rows as u64).saturating_sub(deleted);
-        if left > 0 {
+        let mut deleted = 0;
+        for (table, k1, k2, live) in
+            [("documents", "table_id", "id", "value"), ("index_entries", "index_id", "key", "doc_id")]
+        {
+            let left = (max_rows as u64).saturating_sub(deleted);
+            if left == 0 {
+                break;
+            }
             let budget = i64::try_from(left).unwrap_or(i64::MAX);
-            deleted += client.execute(&index_entries, &[&cutoff_sql, &budget]).await.map_err(storage)?;
+            let step = prune_sql(&self.sql.t(table), k1, k2, live);
+            deleted += client.execute(&step, &[&cutoff_sql, &budget, &previous]).await.map_err(storage)?;
         }
         let done = deleted == 0;
         if done {

@@ -17,8 +17,8 @@ import { anyApi } from "convex/server";
 import { createDeployment, deploy, kiln, nextUpdate, repoRoot, startServer, testApp, waitFor } from "./helpers.mjs";
 
 const api = anyApi;
-/** Short leases and polls: a dead owner's deployments move within about two seconds. */
-const clusterEnv = { KILN_POSTGRES_LEASE_SECS: "2", KILN_CLUSTER_POLL_MS: "200" };
+/** Short leases and polls: a dead owner's deployments move within about three seconds. */
+const clusterEnv = { KILN_POSTGRES_LEASE_SECS: "3", KILN_CLUSTER_POLL_MS: "200" };
 
 /** A new, empty database on the server `url` names; returns its URL. */
 function freshDatabase(url) {
